@@ -1,0 +1,234 @@
+"""Pieces shared by the sync and asyncio clients: input validation, request building, result parsing,
+error translation and the retry schedule. Private: the public API is in `client.py` / `aio.py`."""
+from __future__ import annotations
+
+import json
+import numbers
+import re
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException
+
+from nann_client.errors import (InvalidRequestError, NannError, RequestTimeoutError, ServerError,
+                                UnavailableError)
+from nann_client.types import RetrievalResult, ServerInfo
+
+HISTORY, K, EF, ROUNDS = "history", "k", "ef", "rounds"
+ITEM_IDS, SCORES = "item_ids", "scores"
+INFO_PARAMETER = "nann_info"
+TRANSIENT_STATUSES = frozenset({"UNAVAILABLE"})
+
+_INT64_MAX = np.iinfo(np.int64).max
+_ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
+
+
+# ---------------------------------------------------------------- validation
+
+def validate_history(history: Any) -> np.ndarray:
+    """A 1-D, non-empty integer sequence → int64 array of shape [1, L] (the wire shape)."""
+    if isinstance(history, (str, bytes)):
+        raise InvalidRequestError(f"history must be a 1-D sequence of integer item ids, got {type(history).__name__}")
+    try:
+        arr = np.asarray(history)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise InvalidRequestError(f"history must be a 1-D sequence of integer item ids: {e}") from e
+    if arr.ndim != 1:
+        raise InvalidRequestError(f"history must be a 1-D sequence of integer item ids, got shape {arr.shape}")
+    if arr.size == 0:
+        raise InvalidRequestError("history is empty")
+    if arr.dtype.kind not in "iu":
+        raise InvalidRequestError(f"history must hold integer item ids, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and int(arr.max()) > _INT64_MAX:
+        raise InvalidRequestError("history holds item ids that do not fit in int64")
+    return arr.astype(np.int64, copy=False).reshape(1, -1)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+
+
+def validate_k(k: Any) -> Optional[int]:
+    if k is None:
+        return None
+    if not _is_int(k):
+        raise InvalidRequestError(f"k must be a positive integer, got {k!r}")
+    if k <= 0:
+        raise InvalidRequestError(f"k={int(k)} must be >= 1")
+    if k > np.iinfo(np.int32).max:
+        raise InvalidRequestError(f"k={int(k)} is too large")
+    return int(k)
+
+
+def validate_int_list(name: str, values: Any) -> Optional[np.ndarray]:
+    """Per-layer `ef` / `rounds`: None, or a non-empty 1-D sequence of positive ints → int32 [1, n]."""
+    if values is None:
+        return None
+    if _is_int(values):
+        values = [values]
+    if isinstance(values, (str, bytes)):
+        raise InvalidRequestError(f"{name} must be a sequence of positive integers, got {type(values).__name__}")
+    try:
+        arr = np.asarray(values)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise InvalidRequestError(f"{name} must be a sequence of positive integers: {e}") from e
+    if arr.ndim != 1 or arr.size == 0 or arr.dtype.kind not in "iu":
+        raise InvalidRequestError(f"{name} must be a non-empty 1-D sequence of positive integers, got {values!r}")
+    if (arr <= 0).any() or (arr > np.iinfo(np.int32).max).any():
+        raise InvalidRequestError(f"{name} values must be positive 32-bit integers, got {arr.tolist()}")
+    return arr.astype(np.int32).reshape(1, -1)
+
+
+# ---------------------------------------------------------------- request / response
+
+def build_request(history: Any, k: Any = None, ef: Any = None, rounds: Any = None
+                  ) -> Tuple[List[InferInput], List[InferRequestedOutput]]:
+    """Validate and build the Triton inputs/outputs for one retrieval request."""
+    hist = validate_history(history)
+    k_ = validate_k(k)
+    ef_ = validate_int_list(EF, ef)
+    rounds_ = validate_int_list(ROUNDS, rounds)
+    inputs = []
+    inp = InferInput(HISTORY, list(hist.shape), "INT64")
+    inp.set_data_from_numpy(hist)
+    inputs.append(inp)
+    if k_ is not None:
+        inp = InferInput(K, [1, 1], "INT32")
+        inp.set_data_from_numpy(np.array([[k_]], dtype=np.int32))
+        inputs.append(inp)
+    for name, arr in ((EF, ef_), (ROUNDS, rounds_)):
+        if arr is not None:
+            inp = InferInput(name, list(arr.shape), "INT32")
+            inp.set_data_from_numpy(arr)
+            inputs.append(inp)
+    outputs = [InferRequestedOutput(ITEM_IDS), InferRequestedOutput(SCORES)]
+    return inputs, outputs
+
+
+def parse_result(result: Any) -> RetrievalResult:
+    """tritonclient InferResult → RetrievalResult (arrays copied, flattened from the wire shape [1, k])."""
+    ids = result.as_numpy(ITEM_IDS)
+    scores = result.as_numpy(SCORES)
+    if ids is None or scores is None:
+        raise ServerError(f"the server's response lacks the {ITEM_IDS!r} or {SCORES!r} output")
+    ids = np.array(ids, dtype=np.int64).reshape(-1)
+    scores = np.array(scores, dtype=np.float32).reshape(-1)
+    if ids.shape != scores.shape:
+        raise ServerError(f"the server returned {ids.size} item ids but {scores.size} scores")
+    return RetrievalResult(item_ids=ids, scores=scores)
+
+
+def parse_info(model_name: str, config: dict, metadata: dict, url: str) -> ServerInfo:
+    """Build ServerInfo from `get_model_config(as_json=True)` and `get_model_metadata(as_json=True)`."""
+    cfg = config.get("config", config)
+    param = (cfg.get("parameters") or {}).get(INFO_PARAMETER) or {}
+    text = param.get("string_value")
+    if not text:
+        raise ServerError(f"model {model_name!r} at {url} has no {INFO_PARAMETER!r} parameter in its config")
+    try:
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        raise ServerError(f"model {model_name!r} at {url}: {INFO_PARAMETER!r} is not a JSON object: {e}") from e
+    versions = [str(v) for v in metadata.get("versions") or []]
+    version = max(versions, key=lambda v: (int(v) if v.isdigit() else -1, v)) if versions else ""
+    try:
+        return ServerInfo(
+            model_name=model_name,
+            model_version=version,
+            num_items=int(raw.get("num_items", 0)),
+            emb_dim=int(raw.get("emb_dim", 0)),
+            scorer_backend=str(raw.get("scorer_backend", "")),
+            defaults=dict(raw.get("defaults") or {}),
+            limits=dict(raw.get("limits") or {}),
+            max_batch_size=int(cfg.get("max_batch_size", 0) or 0),
+            raw=raw,
+        )
+    except (TypeError, ValueError) as e:
+        raise ServerError(f"model {model_name!r} at {url}: malformed {INFO_PARAMETER!r}: {e}") from e
+
+
+# ---------------------------------------------------------------- errors and retries
+
+def status_name(exc: BaseException) -> Optional[str]:
+    """'StatusCode.INVALID_ARGUMENT' → 'INVALID_ARGUMENT' (None when there is no status)."""
+    status = exc.status() if isinstance(exc, InferenceServerException) else None
+    if not status:
+        return None
+    return str(status).rsplit(".", 1)[-1]
+
+
+def error_message(exc: BaseException) -> str:
+    """The server's message, without Triton's "in ensemble 'nann', " wrapper of an ensemble step's error."""
+    if isinstance(exc, InferenceServerException):
+        msg = exc.message()
+        msg = str(msg) if msg is not None else str(exc)
+        return _ENSEMBLE_PREFIX.sub("", msg, count=1)
+    return str(exc)
+
+
+def raw_message(exc: BaseException) -> Optional[str]:
+    if isinstance(exc, InferenceServerException) and exc.message() is not None:
+        return str(exc.message())
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Only gRPC UNAVAILABLE (which includes 'connection refused') and plain connection errors are retried."""
+    if isinstance(exc, InferenceServerException):
+        return status_name(exc) in TRANSIENT_STATUSES
+    return isinstance(exc, ConnectionError)
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def translate(exc: BaseException, *, url: str, attempts: int = 1, timeout: Optional[float] = None) -> NannError:
+    """Map a tritonclient/gRPC exception to the SDK hierarchy (the caller raises it `from exc`)."""
+    if isinstance(exc, NannError):
+        return exc
+    err = _translate(exc, url=url, attempts=attempts, timeout=timeout)
+    err.server_message = raw_message(exc)
+    return err
+
+
+def _translate(exc: BaseException, *, url: str, attempts: int, timeout: Optional[float]) -> NannError:
+    status = status_name(exc)
+    msg = error_message(exc)
+    if status == "INVALID_ARGUMENT":
+        return InvalidRequestError(msg, status=status)
+    if is_transient(exc):
+        return UnavailableError(
+            f"NANN server at {url} is unavailable after {attempts} attempt{'s' if attempts != 1 else ''}: "
+            f"{one_line(msg)}", url=url, attempts=attempts, status=status)
+    if status == "DEADLINE_EXCEEDED":
+        limit = f" of {timeout:g} s" if timeout is not None else ""
+        return RequestTimeoutError(f"request to NANN server at {url} exceeded its timeout{limit}", status=status)
+    if status is None and not isinstance(exc, InferenceServerException):
+        return NannError(f"request to NANN server at {url} failed: {type(exc).__name__}: {one_line(msg)}")
+    return ServerError(msg, status=status)
+
+
+def backoff_delays(retries: int, backoff: float) -> Iterable[float]:
+    """Exponential backoff: backoff, 2*backoff, 4*backoff, ... (`retries` values)."""
+    return [backoff * (2 ** i) for i in range(max(0, retries))]
+
+
+def check_options(timeout: float, retries: int, backoff: float, max_concurrency: Optional[int] = None) -> None:
+    if not (timeout is None or timeout > 0):
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries!r}")
+    if backoff < 0:
+        raise ValueError(f"backoff must be >= 0, got {backoff!r}")
+    if max_concurrency is not None and max_concurrency < 1:
+        raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency!r}")
+
+
+def as_histories(histories: Any) -> Sequence[Any]:
+    if isinstance(histories, np.ndarray) and histories.ndim == 2:
+        return list(histories)
+    return list(histories)

@@ -1,0 +1,167 @@
+"""Build the HNSW graph over the item embeddings with hnswlib and export it to CSR arrays.
+
+Output (see docs/DESIGN.md, "Graph"): ``meta.json``, ``levels.npy`` int8 [N], and for every level l
+``layer{l}_indptr.npy`` int64 [N+1] / ``layer{l}_indices.npy`` int32 over dense item ids (rows of nodes
+that are not in layer l are empty).
+
+The export reads hnswlib's raw structures through ``Index.__getstate__()`` (hnswlib 0.8):
+
+* ``data_level0``: ``cur_element_count`` records of ``size_data_per_element`` bytes, in internal-id order:
+  a uint32 header whose low 16 bits are the link count, ``max_M0`` int32 links (internal ids), the vector
+  (at ``offset_data``) and the uint64 label (at ``label_offset``);
+* ``link_lists``: for each element with level > 0, in internal-id order, ``level`` blocks of
+  ``size_links_per_element`` bytes (uint32 header + ``max_M`` int32 links), block k holding layer k+1;
+* ``element_levels``, ``enterpoint_node`` (internal id), ``max_level``.
+
+Internal ids are not the labels (items are added by several threads), so every id goes through the label
+of its internal id; we add items with labels = dense ids.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+def _layer_csr(labels_k: np.ndarray, counts_k: np.ndarray, links_k: np.ndarray,
+               label_of_internal: np.ndarray, num_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR over dense ids from the rows of the nodes in one layer.
+
+    labels_k [K] dense id of each row, counts_k [K] link counts, links_k [K, maxM] internal ids.
+    """
+    order = np.argsort(labels_k, kind="stable")
+    labels_k = labels_k[order]
+    counts_k = counts_k[order].astype(np.int64)
+    links_k = links_k[order]
+    deg = np.zeros(num_items, dtype=np.int64)
+    deg[labels_k] = counts_k
+    indptr = np.zeros(num_items + 1, dtype=np.int64)
+    np.cumsum(deg, out=indptr[1:])
+    mask = np.arange(links_k.shape[1])[None, :] < counts_k[:, None]
+    indices = label_of_internal[links_k[mask]].astype(np.int32)  # row-major: keeps each list's order
+    return indptr, indices
+
+
+def export_index(index, out_dir) -> dict:
+    """Export a built hnswlib index (labels = dense ids 0..N-1) to ``out_dir``; returns the meta dict."""
+    state = index.__getstate__()
+    params = state[0] if isinstance(state, tuple) else state
+    n = int(params["cur_element_count"])
+    size_el = int(params["size_data_per_element"])
+    off_data = int(params["offset_data"])
+    label_off = int(params["label_offset"])
+    max_m0 = int(params["max_M0"])
+    max_m = int(params["max_M"])
+    size_links = int(params["size_links_per_element"])
+    if off_data != 4 * (max_m0 + 1) or size_links != 4 * (max_m + 1) or int(params.get("offset_level0", 0)) != 0:
+        raise RuntimeError("unexpected hnswlib memory layout (is this hnswlib 0.8?)")
+
+    data0 = np.asarray(params["data_level0"]).view(np.uint8)[: n * size_el].reshape(n, size_el)
+    label_of_internal = np.ascontiguousarray(data0[:, label_off:label_off + 8]).view(np.uint64).ravel()
+    label_of_internal = label_of_internal.astype(np.int64)
+    if n and (label_of_internal.min() < 0 or label_of_internal.max() >= n
+              or np.unique(label_of_internal).size != n):
+        raise RuntimeError("labels of the index are not the dense ids 0..N-1")
+    internal_levels = np.asarray(params["element_levels"], dtype=np.int64)[:n]
+    levels = np.empty(n, dtype=np.int8)
+    levels[label_of_internal] = internal_levels
+    max_level = int(params["max_level"]) if n else 0
+    entry_point = int(label_of_internal[int(params["enterpoint_node"])]) if n else 0
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # layer 0
+    head0 = np.ascontiguousarray(data0[:, :off_data]).view(np.uint32)  # [n, max_m0 + 1]
+    counts0 = head0[:, 0] & 0xFFFF
+    links0 = head0[:, 1:].view(np.int32)
+    indptr, indices = _layer_csr(label_of_internal, counts0, links0, label_of_internal, n)
+    np.save(out / "layer0_indptr.npy", indptr)
+    np.save(out / "layer0_indices.npy", indices)
+    del head0, links0, data0
+
+    # upper layers
+    words = np.asarray(params["link_lists"]).view(np.uint8)
+    words = np.ascontiguousarray(words).view(np.uint32)
+    block = max_m + 1
+    start = np.zeros(n, dtype=np.int64)  # word offset of each element's first block
+    if n:
+        np.cumsum(internal_levels[:-1] * block, out=start[1:])
+    if n and int(internal_levels.sum()) * block != words.size:
+        raise RuntimeError("unexpected hnswlib link_lists size")
+    for lev in range(1, max_level + 1):
+        members = np.nonzero(internal_levels >= lev)[0]
+        rows = words[(start[members] + (lev - 1) * block)[:, None] + np.arange(block)[None, :]]
+        counts = rows[:, 0] & 0xFFFF
+        links = rows[:, 1:].view(np.int32)
+        indptr, indices = _layer_csr(label_of_internal[members], counts, links, label_of_internal, n)
+        np.save(out / f"layer{lev}_indptr.npy", indptr)
+        np.save(out / f"layer{lev}_indices.npy", indices)
+    np.save(out / "levels.npy", levels)
+    meta = {"num_items": n, "max_level": max_level, "entry_point": entry_point,
+            "m": int(params["M"]), "ef_construction": int(params["ef_construction"]),
+            "format_version": FORMAT_VERSION}
+    with open(out / "meta.json", "w") as f:  # written last: its presence marks a complete export
+        json.dump(meta, f, indent=1)
+    return meta
+
+
+def build_index(embeddings: np.ndarray, m: int = 32, ef_construction: int = 40, threads: int = 0,
+                seed: int = 100, chunk: int = 50_000, progress: bool = True):
+    """The hnswlib index (space l2) over all rows of ``embeddings``, labels = row numbers."""
+    import hnswlib
+    from tqdm import tqdm
+
+    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] == 0:
+        raise ValueError(f"embeddings must be a non-empty [N, D] array, got shape {emb.shape}")
+    n, d = emb.shape
+    index = hnswlib.Index(space="l2", dim=d)
+    index.init_index(max_elements=n, M=m, ef_construction=ef_construction, random_seed=seed)
+    index.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
+    with tqdm(total=n, desc="hnsw build", unit="item", disable=not progress) as bar:
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            index.add_items(emb[s:e], np.arange(s, e, dtype=np.int64))
+            bar.update(e - s)
+    return index
+
+
+def build_graph(embeddings: np.ndarray, out_dir, m: int = 32, ef_construction: int = 40, threads: int = 0,
+                seed: int = 100) -> None:
+    """Build hnswlib's HNSW (L2) over ``embeddings`` (dense ids = row numbers) and export it to ``out_dir``."""
+    t0 = time.perf_counter()
+    index = build_index(embeddings, m=m, ef_construction=ef_construction, threads=threads, seed=seed)
+    t1 = time.perf_counter()
+    meta = export_index(index, out_dir)
+    t2 = time.perf_counter()
+    levels = np.load(Path(out_dir) / "levels.npy")
+    counts = [int((levels >= lev).sum()) for lev in range(meta["max_level"] + 1)]
+    print(f"graph: {meta['num_items']} items, M={m}, efConstruction={ef_construction}: "
+          f"built in {t1 - t0:.1f} s, exported in {t2 - t1:.1f} s")
+    for lev, c in enumerate(counts):
+        print(f"  level {lev}: {c} nodes")
+    print(f"  entry point {meta['entry_point']} -> {out_dir}")
+
+
+def main(args) -> int:
+    from nann.errors import UserError
+
+    run = Path(args.run)
+    emb_path = run / "item_embeddings.npy"
+    if not emb_path.is_file():
+        raise UserError(f"{emb_path} not found: run `nann train --run {run}` first")
+    try:
+        emb = np.load(emb_path, mmap_mode="r", allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{emb_path} is not a readable .npy array ({e})") from None
+    if emb.ndim != 2 or emb.shape[0] == 0:
+        raise UserError(f"{emb_path} must be a non-empty [N, D] array, got shape {emb.shape}")
+    build_graph(np.asarray(emb, dtype=np.float32), run / "graph", m=args.m,
+                ef_construction=args.ef_construction, threads=args.threads, seed=args.seed)
+    return 0

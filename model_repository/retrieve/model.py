@@ -1,0 +1,66 @@
+"""Triton model `retrieve`: beam search for all requests of one execute(), one BLS scorer call per round."""
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from nann.engine.grid import CandidateGrid
+from nann.serving.requests import RequestError, ServingLimits
+from nann.serving.retrieval import RetrieveService
+from nann.serving.services import model_context
+
+
+class ScorerFailed(RuntimeError):
+    pass
+
+
+def _optional(request, name):
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        version_dir, params = model_context(args)
+        grid = json.loads(params["grid"])
+        self.service = RetrieveService(version_dir, ServingLimits.from_json(json.loads(params["limits"])),
+                                       CandidateGrid(grid["sizes"], grid["max_size"]))
+        self.state_names = [o["name"] for o in json.loads(args["model_config"])["input"]
+                            if o["name"] not in ("k", "ef", "rounds")]
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        good, params = [], []
+        for i, request in enumerate(requests):
+            try:
+                params.append(self.service.parse(_optional(request, "k"), _optional(request, "ef"),
+                                                 _optional(request, "rounds")))
+                good.append(i)
+            except RequestError as e:
+                responses[i] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
+        if good:
+            state = [pb_utils.Tensor(name, np.concatenate(
+                [pb_utils.get_input_tensor_by_name(requests[i], name).as_numpy() for i in good]))
+                for name in self.state_names]
+
+            def score(owner, ids):
+                reply = pb_utils.InferenceRequest(
+                    model_name="scorer", requested_output_names=["scores"],
+                    inputs=state + [pb_utils.Tensor("cand_ids", ids.astype(np.int64)),
+                                    pb_utils.Tensor("owner", owner.astype(np.int64))]).exec()
+                if reply.has_error():
+                    raise ScorerFailed(reply.error().message())
+                return pb_utils.get_output_tensor_by_name(reply, "scores").as_numpy()
+
+            try:
+                answers, _ = self.service.retrieve(params, score)
+            except ScorerFailed as e:
+                error = pb_utils.TritonError(f"scorer failed: {e}", pb_utils.TritonError.UNAVAILABLE)
+                for i in good:
+                    responses[i] = pb_utils.InferenceResponse(error=error)
+            else:
+                for i, (ids, scores) in zip(good, answers):
+                    responses[i] = pb_utils.InferenceResponse(
+                        [pb_utils.Tensor("item_ids", ids[None]), pb_utils.Tensor("scores", scores[None])])
+        return responses

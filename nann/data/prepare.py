@@ -1,0 +1,159 @@
+"""`nann data prepare`: turn a UserBehavior CSV into the prepared arrays of docs/DESIGN.md.
+
+Rules (the paper's, Section 5.1):
+- each user's behaviours are sorted by timestamp (stable: ties keep file order);
+- users with fewer than --min-behaviors valid behaviours are dropped; items / categories are those occurring in
+  the kept users' rows; dense item ids are 0..N-1 in ascending raw-id order, dense categories likewise;
+  an item's category is the one of its first row in file order;
+- validation and test users are drawn at random (numpy default_rng(seed) permutation of the kept users: the first
+  n_test are test, the next n_val validation, the rest training). Clipping: each of n_test / n_val is at most
+  max(1, users // 10), so at least 80% of the users (and at least one) stay for training; 3 users minimum;
+- for a val/test user with sequence length l the ceil(l/2)-th behaviour (1-based) is the target, its history the
+  (at most max_seq) behaviours right before it; the behaviours after the target are not used;
+- training users' full sequences are written; `item_counts` counts item occurrences in them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from nann.data.reader import TS_MIN, read_user_behavior
+from nann.errors import UserError
+
+FORMAT_VERSION = 1
+
+
+def _log(msg: str) -> None:
+    print(f"[prepare] {msg}", file=sys.stderr, flush=True)
+
+
+def _gather_segments(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
+    """Concatenate values[starts[k] : starts[k]+lengths[k]] for all k; returns (flat, offsets int64 [K+1])."""
+    lengths = lengths.astype(np.int64)
+    offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    total = int(offsets[-1])
+    idx = np.arange(total, dtype=np.int64)
+    idx += np.repeat(starts.astype(np.int64) - offsets[:-1], lengths)
+    return values[idx], offsets
+
+
+def split_counts(num_users: int, val_users: int, test_users: int) -> tuple[int, int]:
+    """Clipped (n_val, n_test): each at most max(1, num_users // 10)."""
+    cap = max(1, num_users // 10)
+    return min(val_users, cap), min(test_users, cap)
+
+
+def prepare_arrays(user, item, category, timestamp, *, max_seq: int, min_behaviors: int,
+                   val_users: int, test_users: int, seed: int) -> dict:
+    """Core of `prepare` on in-memory arrays (file order). Returns a dict of the output arrays plus counts."""
+    uu, u_inv, u_cnt = np.unique(user, return_inverse=True, return_counts=True)
+    keep_user = u_cnt >= min_behaviors
+    n_users = int(keep_user.sum())
+    if n_users < 3:
+        raise UserError(f"only {n_users} users have at least {min_behaviors} behaviours; need at least 3 "
+                        f"(lower --min-behaviors or use a larger CSV)")
+    row_keep = keep_user[u_inv]
+    # dense user index among the kept users, in ascending raw id order
+    kept_rank = np.cumsum(keep_user) - 1
+    ku = kept_rank[u_inv[row_keep]].astype(np.int64)
+    items_k = item[row_keep]
+    cats_k = category[row_keep]
+    ts_k = timestamp[row_keep]
+    del u_inv, row_keep
+
+    items, first_idx, item_dense = np.unique(items_k, return_index=True, return_inverse=True)
+    categories = np.unique(cats_k)
+    item_category = np.searchsorted(categories, cats_k[first_idx]).astype(np.int32)
+    del items_k, cats_k, first_idx
+
+    key = (ku << 32) | (ts_k - TS_MIN)  # ts in [TS_MIN, TS_MIN + 2^32): reader's plausible range
+    order = np.argsort(key, kind="stable")
+    del key, ku, ts_k
+    seq = item_dense[order].astype(np.int32)
+    del order, item_dense
+    lengths = u_cnt[keep_user].astype(np.int64)
+    starts = np.zeros(n_users, dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    user_ids = uu[keep_user].astype(np.int64)
+
+    n_val, n_test = split_counts(n_users, val_users, test_users)
+    perm = np.random.default_rng(seed).permutation(n_users)
+    test_u = np.sort(perm[:n_test])
+    val_u = np.sort(perm[n_test:n_test + n_val])
+    train_u = np.sort(perm[n_test + n_val:])
+
+    out = {"items": items.astype(np.int64), "categories": categories.astype(np.int64),
+           "item_category": item_category}
+    for name, us in (("val", val_u), ("test", test_u)):
+        ln = lengths[us]
+        tpos = (ln + 1) // 2 - 1  # 0-based index of the ceil(l/2)-th behaviour
+        h = np.minimum(tpos, max_seq)
+        hist, hoff = _gather_segments(seq, starts[us] + tpos - h, h)
+        out[name] = {"history_items": hist.astype(np.int32), "history_offsets": hoff,
+                     "targets": seq[starts[us] + tpos].astype(np.int32), "user_ids": user_ids[us]}
+    train_items, train_off = _gather_segments(seq, starts[train_u], lengths[train_u])
+    out["train"] = {"items": train_items.astype(np.int32), "offsets": train_off, "user_ids": user_ids[train_u]}
+    out["item_counts"] = np.bincount(train_items, minlength=items.shape[0]).astype(np.int64)
+    out["counts"] = {"users": n_users, "items": int(items.shape[0]), "categories": int(categories.shape[0]),
+                     "behaviors": int(seq.shape[0]), "train_users": int(train_u.shape[0]),
+                     "val_users": int(val_u.shape[0]), "test_users": int(test_u.shape[0]),
+                     "samples": int((lengths[train_u] - 1).sum()),
+                     "dropped_users": int(uu.shape[0] - n_users)}
+    return out
+
+
+def _check_args(args) -> None:
+    if args.max_seq < 1:
+        raise UserError(f"--max-seq must be at least 1, got {args.max_seq}")
+    if args.min_behaviors < 2:
+        raise UserError(f"--min-behaviors must be at least 2 (a target needs a history), got {args.min_behaviors}")
+    if args.test_users < 0 or args.val_users < 0:
+        raise UserError("--test-users and --val-users must be non-negative")
+    if not (0.0 <= args.max_malformed <= 1.0):
+        raise UserError(f"--max-malformed is a share in [0, 1], got {args.max_malformed}")
+
+
+def main(args) -> int:
+    _check_args(args)
+    t0 = time.perf_counter()
+    res = read_user_behavior(args.csv, max_malformed=args.max_malformed)
+    if res.malformed_rows:
+        print(res.summary(), file=sys.stderr)
+    t1 = time.perf_counter()
+    _log(f"read {res.valid_rows:,} valid rows of {res.rows:,} in {t1 - t0:.1f}s")
+    out = prepare_arrays(res.user, res.item, res.category, res.timestamp, max_seq=args.max_seq,
+                         min_behaviors=args.min_behaviors, val_users=args.val_users,
+                         test_users=args.test_users, seed=args.seed)
+    rows, valid_rows, malformed = res.rows, res.valid_rows, dict(res.malformed)
+    del res
+    d = args.out
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output directory {d}: {e.strerror}") from None
+    np.save(os.path.join(d, "items.npy"), out["items"])
+    np.save(os.path.join(d, "categories.npy"), out["categories"])
+    np.save(os.path.join(d, "item_category.npy"), out["item_category"])
+    np.save(os.path.join(d, "item_counts.npy"), out["item_counts"])
+    for name in ("train", "val", "test"):
+        np.savez(os.path.join(d, f"{name}.npz"), **out[name])
+    c = out["counts"]
+    stats = {"users": c["users"], "items": c["items"], "categories": c["categories"], "rows": rows,
+             "valid_rows": valid_rows, "malformed": malformed, "train_users": c["train_users"],
+             "val_users": c["val_users"], "test_users": c["test_users"], "samples": c["samples"],
+             "behaviors": c["behaviors"], "dropped_users": c["dropped_users"]}
+    meta = {"format_version": FORMAT_VERSION, "max_seq": args.max_seq, "min_behaviors": args.min_behaviors,
+            "seed": args.seed}
+    with open(os.path.join(d, "stats.json"), "w") as f:
+        json.dump(stats, f, indent=2)
+    with open(os.path.join(d, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    _log(f"{c['users']:,} users ({c['train_users']:,} train / {c['val_users']:,} val / {c['test_users']:,} test), "
+         f"{c['items']:,} items, {c['categories']:,} categories, {c['samples']:,} training samples "
+         f"-> {d} in {time.perf_counter() - t0:.1f}s")
+    return 0

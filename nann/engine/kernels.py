@@ -1,0 +1,191 @@
+"""Numba kernels of the retrieval engine (nann.engine.search drives them).
+
+Result lists are kept as sorted uint64 *keys*: the high 32 bits are the float32 score mapped to an unsigned
+integer whose ascending order is the score's DESCENDING order, the low 32 bits the item id. Sorting keys
+ascending = best score first, ties broken by the smaller id, so every selection is deterministic and does
+not depend on how requests were batched or in which order candidates arrived.
+
+Visited sets are bitmaps over item ids, one row of uint64 words per concurrent request. Each row keeps a
+list of the words it turned from zero to non-zero ("touched"), so clearing costs O(work), not O(|V|).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_LOW32 = np.uint64(0xFFFFFFFF)
+_SIGN = np.uint64(0x80000000)
+_SHIFT = np.uint64(32)
+
+
+@njit(cache=True)
+def make_keys(score_bits, ids):
+    """uint64 keys from float32 scores (given as their uint32 bit patterns) and int32 ids."""
+    n = ids.shape[0]
+    out = np.empty(n, dtype=np.uint64)
+    low = np.uint64(0xFFFFFFFF)
+    sign = np.uint64(0x80000000)
+    for i in range(n):
+        b = np.uint64(score_bits[i])
+        if b & sign:
+            s = low ^ b  # negative float: invert all bits
+        else:
+            s = b | sign  # positive float: set the sign bit
+        hi = low ^ s  # descending
+        out[i] = (hi << np.uint64(32)) | np.uint64(ids[i])
+    return out
+
+
+def decode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int32, scores float32) of uint64 keys (numpy, vectorised)."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    ids = (keys & _LOW32).astype(np.uint32).view(np.int32)
+    s = (~(keys >> _SHIFT)).astype(np.uint32)
+    pos = (s & np.uint32(0x80000000)) != 0
+    bits = np.where(pos, s & np.uint32(0x7FFFFFFF), ~s).astype(np.uint32)
+    return ids, bits.view(np.float32)
+
+
+@njit(cache=True)
+def expand(indptr, indices, w_keys, w_flag, w_len, active, max_expand, bitmap, touched, touched_n):
+    """Neighbour expansion + visited test-and-set for all requests in one pass.
+
+    For each active request r, the flagged entries of its list W (at most ``max_expand`` of them, best first)
+    are expanded: their flags are cleared and every neighbour not yet in r's bitmap is marked and emitted.
+    Returns (owner int32 [C], ids int32 [C], ptr int64 [B+1]): request r's candidates are ptr[r]:ptr[r+1],
+    distinct within the request (the bitmap dedups).
+    """
+    nb = w_len.shape[0]
+    total = 0
+    for r in range(nb):
+        if not active[r]:
+            continue
+        k = 0
+        for j in range(w_len[r]):
+            if w_flag[r, j]:
+                node = np.int64(w_keys[r, j] & np.uint64(0xFFFFFFFF))
+                total += indptr[node + 1] - indptr[node]
+                k += 1
+                if k >= max_expand:
+                    break
+    owner = np.empty(total, dtype=np.int32)
+    ids = np.empty(total, dtype=np.int32)
+    ptr = np.zeros(nb + 1, dtype=np.int64)
+    c = 0
+    one = np.uint64(1)
+    for r in range(nb):
+        if active[r]:
+            k = 0
+            for j in range(w_len[r]):
+                if w_flag[r, j]:
+                    w_flag[r, j] = 0
+                    node = np.int64(w_keys[r, j] & np.uint64(0xFFFFFFFF))
+                    for e in range(indptr[node], indptr[node + 1]):
+                        v = indices[e]
+                        wi = v >> 6
+                        bit = one << np.uint64(v & 63)
+                        word = bitmap[r, wi]
+                        if (word & bit) == 0:
+                            if word == 0:
+                                touched[r, touched_n[r]] = wi
+                                touched_n[r] += 1
+                            bitmap[r, wi] = word | bit
+                            owner[c] = r
+                            ids[c] = v
+                            c += 1
+                    k += 1
+                    if k >= max_expand:
+                        break
+        ptr[r + 1] = c
+    return owner[:c], ids[:c], ptr
+
+
+@njit(cache=True)
+def mark_nodes(bitmap, touched, touched_n, nodes, n_req):
+    """Mark the same ``nodes`` visited for requests 0..n_req-1."""
+    one = np.uint64(1)
+    for r in range(n_req):
+        for i in range(nodes.shape[0]):
+            v = nodes[i]
+            wi = v >> 6
+            word = bitmap[r, wi]
+            if word == 0:
+                touched[r, touched_n[r]] = wi
+                touched_n[r] += 1
+            bitmap[r, wi] = word | (one << np.uint64(v & 63))
+
+
+@njit(cache=True)
+def mark_lists(bitmap, touched, touched_n, w_keys, w_len):
+    """Mark every entry of each request's list W visited."""
+    one = np.uint64(1)
+    for r in range(w_len.shape[0]):
+        for j in range(w_len[r]):
+            v = np.int64(w_keys[r, j] & np.uint64(0xFFFFFFFF))
+            wi = v >> 6
+            word = bitmap[r, wi]
+            if word == 0:
+                touched[r, touched_n[r]] = wi
+                touched_n[r] += 1
+            bitmap[r, wi] = word | (one << np.uint64(v & 63))
+
+
+@njit(cache=True)
+def reset_bitmaps(bitmap, touched, touched_n):
+    """Clear only the touched words of every row."""
+    for r in range(touched_n.shape[0]):
+        for k in range(touched_n[r]):
+            bitmap[r, touched[r, k]] = 0
+        touched_n[r] = 0
+
+
+@njit(cache=True)
+def merge(w_keys, w_flag, w_len, cand_keys, ptr, ef, buf_keys, buf_flag):
+    """W <- top-ef of (W ∪ N) for every request, in place.
+
+    W rows are sorted keys (w_len[r] valid); N of request r is cand_keys[ptr[r]:ptr[r+1]] (unsorted, disjoint
+    from W). New entries get flag 1, kept entries keep their flag. Selection: partition to the best ef
+    candidates, sort them, then a linear merge with W.
+    """
+    for r in range(w_len.shape[0]):
+        e = ef[r]
+        n = ptr[r + 1] - ptr[r]
+        if n == 0:
+            if w_len[r] > e:
+                w_len[r] = e
+            continue
+        seg = cand_keys[ptr[r]:ptr[r + 1]]
+        if n > e:
+            cs = np.sort(np.partition(seg, e - 1)[:e])
+        else:
+            cs = np.sort(seg)
+        nc = cs.shape[0]
+        wl = w_len[r]
+        i = 0
+        j = 0
+        o = 0
+        while o < e and (i < wl or j < nc):
+            if j >= nc or (i < wl and w_keys[r, i] < cs[j]):
+                buf_keys[o] = w_keys[r, i]
+                buf_flag[o] = w_flag[r, i]
+                i += 1
+            else:
+                buf_keys[o] = cs[j]
+                buf_flag[o] = 1
+                j += 1
+            o += 1
+        for k in range(o):
+            w_keys[r, k] = buf_keys[k]
+            w_flag[r, k] = buf_flag[k]
+        w_len[r] = o
+
+
+@njit(cache=True)
+def any_flag(w_flag, w_len, out):
+    for r in range(w_len.shape[0]):
+        f = 0
+        for j in range(w_len[r]):
+            if w_flag[r, j]:
+                f = 1
+                break
+        out[r] = f

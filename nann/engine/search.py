@@ -1,0 +1,324 @@
+"""The retrieval engine: beam retrieval (NANN Algorithms 1–2), HNSW retrieval with the neural score, and
+brute force — one implementation used offline (``nann evaluate``) and inside Triton.
+
+The scorer is pluggable: ``score_fn(owner: int32 [C], ids: int32 [C]) -> float32 [C]`` (higher is better),
+where ``owner`` is the request's row in the batch (0..n_requests-1). The engine advances a whole batch of
+requests round by round; each round's candidates of all still-active requests go to ``score_fn`` as one
+concatenated batch, padded to the next size of the candidate grid (padding rows owner 0, id 0, their scores
+dropped). A round larger than the grid maximum is split into several calls.
+
+Traversal runs in Numba kernels (``nann.engine.kernels``): neighbour expansion with a visited bitmap per
+request (test-and-set, dedup within a request), and the top-ef merge. Scores are kept as uint64 keys that
+order by (score desc, id asc), so results do not depend on batching, padding or candidate order.
+
+Layers and parameters: ``SearchParams.ef`` / ``rounds`` list one value per layer, TOP layer first; with k
+entries the search starts at layer k-1, whose nodes (all nodes of level >= k-1) are scored exhaustively in
+one batch. A graph with fewer levels than asked drops the leading (top) entries; layers above k-1 of a taller
+graph are ignored. The visited bitmap of a request lives for the whole search (across layers), so an item is
+scored at most once per request. NaN scores are treated as -inf.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from nann.engine import kernels as K
+from nann.engine.grid import CandidateGrid
+
+ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Beam-retrieval parameters, one entry per layer, TOP layer first (paper default shown)."""
+    ef: tuple[int, ...] = (100, 200, 400)
+    rounds: tuple[int, ...] = (1, 1, 3)
+    top_m: int = 200
+
+    def __post_init__(self):
+        object.__setattr__(self, "ef", tuple(int(x) for x in self.ef))
+        object.__setattr__(self, "rounds", tuple(int(x) for x in self.rounds))
+        if not self.ef or len(self.ef) != len(self.rounds):
+            raise ValueError(f"ef {self.ef} and rounds {self.rounds} need the same, non-zero length")
+        if min(self.ef) < 1:
+            raise ValueError(f"ef must be >= 1, got {self.ef}")
+        if min(self.rounds) < 0:
+            raise ValueError(f"rounds must be >= 0, got {self.rounds}")
+        if int(self.top_m) < 1:
+            raise ValueError(f"top_m must be >= 1, got {self.top_m}")
+
+
+@dataclass
+class SearchResult:
+    ids: np.ndarray          # int32 [B, M] dense ids, best first, -1 padding
+    scores: np.ndarray       # float32 [B, M], -inf padding
+    n_scored: np.ndarray     # int64 [B] items scored per request (padding excluded)
+    rounds: np.ndarray       # int32 [B] scoring rounds a request took part in
+    score_calls: int = 0     # calls of score_fn
+    t_traverse: float = 0.0  # seconds outside score_fn (kernels + driver)
+    t_score: float = 0.0     # seconds inside score_fn
+    extra: dict = field(default_factory=dict)
+
+
+class Workspace:
+    """Reusable visited bitmaps for up to ``capacity`` concurrent requests over ``num_items`` items."""
+
+    def __init__(self, num_items: int):
+        self.num_items = int(num_items)
+        self.nwords = max(1, (self.num_items + 63) // 64)
+        self.capacity = 0
+        self.bitmap = np.zeros((0, self.nwords), dtype=np.uint64)
+        self.touched = np.zeros((0, self.nwords), dtype=np.int32)
+        self.touched_n = np.zeros(0, dtype=np.int64)
+        self.lock = threading.Lock()
+
+    def ensure(self, n_requests: int) -> None:
+        if n_requests > self.capacity:
+            cap = max(n_requests, 2 * self.capacity)
+            self.bitmap = np.zeros((cap, self.nwords), dtype=np.uint64)
+            self.touched = np.zeros((cap, self.nwords), dtype=np.int32)
+            self.touched_n = np.zeros(cap, dtype=np.int64)
+            self.capacity = cap
+
+    def views(self, n: int):
+        return self.bitmap[:n], self.touched[:n], self.touched_n[:n]
+
+    def reset(self) -> None:
+        K.reset_bitmaps(self.bitmap, self.touched, self.touched_n)
+
+    def is_clean(self) -> bool:
+        return not self.bitmap.any() and not self.touched_n.any()
+
+
+def get_workspace(graph) -> Workspace:
+    ws = getattr(graph, "_workspace", None)
+    if ws is None or ws.num_items != graph.num_items:
+        ws = Workspace(graph.num_items)
+        try:
+            graph._workspace = ws
+        except AttributeError:
+            pass
+    return ws
+
+
+class _Run:
+    """State of one search call: scoring with the grid, counters, W lists, the workspace rows."""
+
+    def __init__(self, num_items: int, n_requests: int, score_fn: ScoreFn, grid: CandidateGrid | None,
+                 workspace: Workspace | None, w_cap: int):
+        self.n = int(n_requests)
+        self.score_fn = score_fn
+        self.grid = grid if grid is not None else CandidateGrid()
+        self.calls = 0
+        self.t_score = 0.0
+        self.n_scored = np.zeros(self.n, dtype=np.int64)
+        self.rounds = np.zeros(self.n, dtype=np.int32)
+        self.w_keys = np.zeros((self.n, w_cap), dtype=np.uint64)
+        self.w_flag = np.zeros((self.n, w_cap), dtype=np.uint8)
+        self.w_len = np.zeros(self.n, dtype=np.int64)
+        self.buf_keys = np.zeros(w_cap, dtype=np.uint64)
+        self.buf_flag = np.zeros(w_cap, dtype=np.uint8)
+        self._ws = workspace
+        self._own_lock = False
+        if workspace is not None:
+            if workspace.lock.acquire(blocking=False):
+                self._own_lock = True
+            else:  # another thread is searching with it: use a private one
+                self._ws = Workspace(num_items)
+            self._ws.ensure(self.n)
+            self.bitmap, self.touched, self.touched_n = self._ws.views(self.n)
+
+    def close(self) -> None:
+        if self._ws is not None:
+            K.reset_bitmaps(self.bitmap, self.touched, self.touched_n)
+            if self._own_lock:
+                self._ws.lock.release()
+
+    def score(self, owner: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Scores of all candidates of a round: grid-padded, split at the grid maximum."""
+        c = int(ids.shape[0])
+        out = np.empty(c, dtype=np.float32)
+        for s, e in self.grid.splits(c):
+            po, pi, m = self.grid.pad(owner[s:e], ids[s:e])
+            t0 = time.perf_counter()
+            got = self.score_fn(po, pi)
+            self.t_score += time.perf_counter() - t0
+            self.calls += 1
+            got = np.asarray(got, dtype=np.float32).reshape(-1)
+            if got.shape[0] != po.shape[0]:
+                raise ValueError(f"score_fn returned {got.shape[0]} scores for {po.shape[0]} candidates")
+            out[s:e] = got[:m]
+        bad = np.isnan(out)
+        if bad.any():
+            out[bad] = -np.inf
+        return out
+
+    def score_merge(self, owner, ids, ptr, ef) -> None:
+        scores = self.score(owner, ids)
+        keys = K.make_keys(scores.view(np.uint32), ids)
+        K.merge(self.w_keys, self.w_flag, self.w_len, keys, ptr, ef, self.buf_keys, self.buf_flag)
+
+    def run_layer(self, indptr, indices, ef, max_rounds, max_expand: int) -> None:
+        """Rounds of expand → score → merge until every request is done (per-request round limits)."""
+        has = np.zeros(self.n, dtype=np.uint8)
+        t = 0
+        limit = int(max_rounds.max()) if self.n else 0
+        while t < limit:
+            K.any_flag(self.w_flag, self.w_len, has)
+            active = (has != 0) & (t < max_rounds)
+            if not active.any():
+                break
+            owner, ids, ptr = K.expand(indptr, indices, self.w_keys, self.w_flag, self.w_len,
+                                       active.astype(np.uint8), max_expand, self.bitmap, self.touched,
+                                       self.touched_n)
+            cnt = np.diff(ptr)
+            self.n_scored += cnt
+            self.rounds += (cnt > 0).astype(np.int32)
+            if ids.shape[0]:
+                self.score_merge(owner, ids, ptr, ef)
+            t += 1
+        np.minimum(self.w_len, ef, out=self.w_len)
+
+    def result(self, top_m: np.ndarray, t_total: float, extra: dict | None = None) -> SearchResult:
+        m = int(top_m.max()) if self.n else 0
+        take = min(m, self.w_keys.shape[1])
+        ids = np.full((self.n, m), -1, dtype=np.int32)
+        scores = np.full((self.n, m), -np.inf, dtype=np.float32)
+        if take:
+            i, s = K.decode_keys(self.w_keys[:, :take])
+            valid = np.arange(take)[None, :] < np.minimum(self.w_len, top_m)[:, None]
+            ids[:, :take] = np.where(valid, i, -1)
+            scores[:, :take] = np.where(valid, s, -np.inf)
+        return SearchResult(ids=ids, scores=scores, n_scored=self.n_scored, rounds=self.rounds,
+                            score_calls=self.calls, t_traverse=max(0.0, t_total - self.t_score),
+                            t_score=self.t_score, extra=extra or {})
+
+
+def _layer_arrays(graph, level: int):
+    indptr, indices = graph.layer(level)
+    return np.asarray(indptr), np.asarray(indices)
+
+
+def _per_request(params, n: int) -> list[SearchParams]:
+    if isinstance(params, SearchParams):
+        return [params] * n
+    plist = list(params)
+    if len(plist) != n:
+        raise ValueError(f"{len(plist)} SearchParams for {n} requests")
+    if len({len(p.ef) for p in plist}) > 1:
+        raise ValueError("per-request SearchParams must all have the same number of layers")
+    return plist
+
+
+def effective_layers(graph, n_layers: int) -> tuple[int, int]:
+    """(start layer, number of leading parameter entries dropped) for params with ``n_layers`` entries."""
+    start = min(n_layers - 1, graph.max_level)
+    return start, (n_layers - 1) - start
+
+
+def beam_search(graph, n_requests: int, score_fn: ScoreFn, params: SearchParams | Sequence[SearchParams],
+                grid: CandidateGrid | None = None, workspace: Workspace | None = None) -> SearchResult:
+    """Beam retrieval (Algorithm 1 with Algorithm 2 per layer) for a batch of requests."""
+    t0 = time.perf_counter()
+    n = int(n_requests)
+    plist = _per_request(params, n)
+    if n == 0:
+        e = np.zeros((0, 0))
+        return SearchResult(e.astype(np.int32), e.astype(np.float32), np.zeros(0, np.int64), np.zeros(0, np.int32))
+    start, drop = effective_layers(graph, len(plist[0].ef))
+    ef = np.array([p.ef[drop:] for p in plist], dtype=np.int64)          # [n, start+1], column c = layer start-c
+    rounds = np.array([p.rounds[drop:] for p in plist], dtype=np.int64)
+    top_m = np.array([p.top_m for p in plist], dtype=np.int64)
+    w_cap = int(max(ef.max(), top_m.max()))
+    run = _Run(graph.num_items, n, score_fn, grid, workspace or get_workspace(graph), w_cap)
+    try:
+        # Algorithm 1, step 1: score every node of the start layer, keep the best ef[start] as entry points
+        nodes = graph.nodes_at_level(start)
+        k = int(nodes.shape[0])
+        K.mark_nodes(run.bitmap, run.touched, run.touched_n, nodes, n)
+        owner = np.repeat(np.arange(n, dtype=np.int32), k)
+        ids = np.tile(nodes, n)
+        run.n_scored += k
+        run.rounds += 1
+        run.score_merge(owner, ids, np.arange(n + 1, dtype=np.int64) * k, ef[:, 0].copy())
+        # SEARCH-LAYER from the start layer down to 0; ep of the next layer = W (all of it is the frontier)
+        for c, level in enumerate(range(start, -1, -1)):
+            if c > 0:
+                run.w_flag[:] = 1
+            indptr, indices = _layer_arrays(graph, level)
+            run.run_layer(indptr, indices, ef[:, c].copy(), rounds[:, c].copy(), max_expand=1 << 62)
+        res = run.result(top_m, 0.0)
+    finally:
+        run.close()
+    total = time.perf_counter() - t0
+    res.t_traverse = max(0.0, total - res.t_score)
+    res.extra = {"start_layer": start, "dropped_layers": drop}
+    return res
+
+
+def hnsw_search(graph, n_requests: int, score_fn: ScoreFn, ef0: int, top_m: int,
+                grid: CandidateGrid | None = None, upper_ef: int = 1,
+                workspace: Workspace | None = None) -> SearchResult:
+    """HNSW retrieval with the neural score (higher is better), batched across requests.
+
+    From the entry point: best-first search with a list of ``upper_ef`` (1 = HNSW's greedy descent) on the
+    upper layers, then at layer 0 the classic best-first search with a dynamic list of max(ef0, top_m):
+    each round every active request expands its best not-yet-expanded node; a request stops when it has
+    none left (equivalently: its best candidate is worse than the worst of its list). As in hnswlib the
+    layer-0 visited set starts fresh, so a node scored on an upper layer may be scored again there
+    (``n_scored`` counts such a node twice: it counts scorer rows).
+    """
+    t0 = time.perf_counter()
+    n = int(n_requests)
+    ef_l0 = int(max(ef0, top_m))
+    upper_ef = int(max(1, upper_ef))
+    tm = np.full(n, int(top_m), dtype=np.int64)
+    run = _Run(graph.num_items, n, score_fn, grid, workspace or get_workspace(graph), max(ef_l0, upper_ef))
+    try:
+        ep = np.full(n, graph.entry_point, dtype=np.int32)
+        K.mark_nodes(run.bitmap, run.touched, run.touched_n, ep[:1], n)
+        run.n_scored += 1
+        run.rounds += 1
+        run.score_merge(np.arange(n, dtype=np.int32), ep, np.arange(n + 1, dtype=np.int64), np.full(n, upper_ef))
+        unlimited = np.full(n, 1 << 62, dtype=np.int64)
+        for level in range(graph.max_level, -1, -1):
+            ef = np.full(n, upper_ef if level > 0 else ef_l0, dtype=np.int64)
+            if level == 0:
+                K.reset_bitmaps(run.bitmap, run.touched, run.touched_n)
+                K.mark_lists(run.bitmap, run.touched, run.touched_n, run.w_keys, run.w_len)
+            run.w_flag[:] = 1
+            indptr, indices = _layer_arrays(graph, level)
+            run.run_layer(indptr, indices, ef, unlimited, max_expand=1)
+        res = run.result(tm, 0.0)
+    finally:
+        run.close()
+    res.t_traverse = max(0.0, time.perf_counter() - t0 - res.t_score)
+    return res
+
+
+def brute_force(num_items: int, n_requests: int, score_fn: ScoreFn, top_m: int, chunk: int | None = None,
+                grid: CandidateGrid | None = None) -> SearchResult:
+    """Exact top-M by scoring every item (``chunk`` items per request per step)."""
+    t0 = time.perf_counter()
+    n = int(n_requests)
+    grid = grid if grid is not None else CandidateGrid()
+    if chunk is None:
+        chunk = max(1, grid.max_size // max(1, n))
+    tm = np.full(n, int(top_m), dtype=np.int64)
+    run = _Run(num_items, n, score_fn, grid, None, int(top_m))
+    ef = tm.copy()
+    for s in range(0, int(num_items), int(chunk)):
+        e = min(int(num_items), s + int(chunk))
+        k = e - s
+        owner = np.repeat(np.arange(n, dtype=np.int32), k)
+        ids = np.tile(np.arange(s, e, dtype=np.int32), n)
+        run.score_merge(owner, ids, np.arange(n + 1, dtype=np.int64) * k, ef)
+        run.rounds += 1
+    run.n_scored += int(num_items)
+    res = run.result(tm, 0.0)
+    res.t_traverse = max(0.0, time.perf_counter() - t0 - res.t_score)
+    return res

@@ -1,0 +1,64 @@
+"""`nann query`: ask a running NANN server for one user's top-k, through the client SDK."""
+from __future__ import annotations
+
+import json
+import sys
+
+from nann.errors import UserError
+
+
+def parse_history(text: str) -> list[int]:
+    """'1,2, 3' → [1, 2, 3]; anything else → UserError with a one-line message."""
+    parts = [p.strip() for p in str(text).split(",")]
+    parts = [p for p in parts if p]
+    if not parts:
+        raise UserError("--history is empty: give comma-separated raw item ids, e.g. --history 101,202,303")
+    ids = []
+    for p in parts:
+        try:
+            ids.append(int(p))
+        except ValueError:
+            raise UserError(f"--history: {p!r} is not an integer item id (expected e.g. 101,202,303)") from None
+    return ids
+
+
+def format_table(item_ids, scores) -> str:
+    """The same table `nann retrieve` prints: rank, item id, score (best first)."""
+    rows = [f"{'rank':>4}  {'item_id':>12}  score"]
+    for rank, (item, score) in enumerate(zip(item_ids, scores), start=1):
+        rows.append(f"{rank:>4}  {int(item):>12}  {float(score):.6f}")
+    return "\n".join(rows)
+
+
+def main(args) -> int:
+    from nann_client import (InvalidRequestError, NannClient, NannError, RequestTimeoutError,
+                             UnavailableError)
+
+    history = parse_history(args.history)
+    if args.k is not None and args.k <= 0:
+        raise UserError(f"--k must be a positive integer, got {args.k}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UserError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    timeout = 10.0 if args.timeout is None else args.timeout
+
+    def one_line(e: Exception) -> str:
+        return " ".join(str(e).split())
+
+    try:
+        with NannClient(args.url, timeout=timeout) as client:
+            result = client.retrieve(history, k=args.k)
+    except InvalidRequestError as e:
+        raise UserError(f"invalid request: {one_line(e)}") from None
+    except UnavailableError as e:
+        raise UserError(f"{one_line(e)} (is `nann serve` running there?)") from None
+    except RequestTimeoutError as e:
+        raise UserError(f"{one_line(e)}; try a larger --timeout") from None
+    except NannError as e:
+        raise UserError(f"server at {args.url}: {one_line(e)}") from None
+
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(format_table(result.item_ids, result.scores))
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,203 @@
+"""`nann export`: assemble a complete, versioned Triton model repository from a trained run.
+
+Layout of REPO_DIR (model names are a contract):
+    nann/          the ensemble (public entry point): preprocess → user_encoder → retrieve
+    preprocess/    Python: validate, raw → dense ids, gather e_v, pad to max_seq
+    user_encoder/  Python: user_encoder.onnx
+    retrieve/      Python: Numba beam search, BLS to `scorer` once per round
+    scorer/        Python (ONNX Runtime or torch) on CPU hosts, TensorRT plan on GPU hosts
+Each model gets a new version directory `N/` (N = newest + 1 when REPO_DIR already exists, so a running
+server can switch versions), its artifacts hard-linked from the run (copied across file systems) and a
+checksummed manifest verified at load.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from string import Template
+
+import numpy as np
+
+from nann.engine.grid import CandidateGrid
+from nann.errors import UserError
+from nann.serving.repository import model_versions, write_manifest
+from nann.serving.requests import ServingLimits
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
+PYTHON_MODELS = ("preprocess", "user_encoder", "retrieve", "scorer")
+RUN_FILES = ("config.json", "onnx_io.json", "item_embeddings.npy", "user_encoder.onnx", "scorer.onnx",
+             "model.safetensors", "items.npy", "item_category.npy")
+GRAPH_FILES = ("meta.json", "levels.npy")
+TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
+MAX_BATCH = 64
+QUEUE_DELAY_US = 2000
+
+
+def check_run(run_dir: Path) -> None:
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise UserError(f"run {run_dir} lacks {', '.join(missing)}: run `nann train --run {run_dir}` first")
+    if not all((run_dir / "graph" / name).is_file() for name in GRAPH_FILES):
+        raise UserError(f"run {run_dir} has no graph: run `nann graph --run {run_dir}` first")
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def state_specs(run_dir: Path) -> list[dict]:
+    """The user-state tensors as [{"name", "dtype", "dims"}] with dims excluding the leading batch axis."""
+    io = json.loads((run_dir / "onnx_io.json").read_text())
+    specs = []
+    for s in io["state"]:
+        dims = [d if isinstance(d, int) and d > 0 else -1 for d in s["shape"][1:]]
+        specs.append({"name": s["name"], "dtype": s.get("dtype", "float32"), "dims": dims})
+    return specs
+
+
+def tensor_entries(specs: list[dict], batched: bool, indent: str = "  ") -> str:
+    lines = []
+    for s in specs:
+        dims = s["dims"] if batched else [-1] + s["dims"]
+        lines.append(f'{indent}{{ name: "{s["name"]}" data_type: {TRITON_TYPES[s["dtype"]]} '
+                     f'dims: [ {", ".join(str(d) for d in dims)} ] }}')
+    return ",\n".join(lines)
+
+
+def pbtxt_string(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def measure_cpu_backends(run_dir: Path, candidates: int = 8192, repeats: int = 5) -> dict[str, float]:
+    """Candidates scored per second by each CPU runtime on this run's model (median of repeats)."""
+    from nann.runtime import ModelRuntime
+
+    rng = np.random.default_rng(0)
+    speeds = {}
+    for backend in ("onnxruntime", "torch"):
+        runtime = ModelRuntime.load(run_dir, backend=backend)
+        histories = [rng.integers(0, runtime.num_items, size=runtime.max_seq) for _ in range(8)]
+        state = runtime.encode(histories)
+        owner = rng.integers(0, 8, size=candidates)
+        ids = rng.integers(0, runtime.num_items, size=candidates)
+        runtime.score(state, owner, ids)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            runtime.score(state, owner, ids)
+            times.append(time.perf_counter() - t0)
+        speeds[backend] = candidates / statistics.median(times)
+    return speeds
+
+
+def tensorrt_available() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def choose_scorer(requested: str, run_dir: Path) -> tuple[str, dict]:
+    if requested == "tensorrt" and not tensorrt_available():
+        raise UserError("--scorer tensorrt needs the tensorrt package and a CUDA GPU on this host; "
+                        "use --scorer auto or onnxruntime on CPU hosts")
+    if requested != "auto":
+        return requested, {}
+    if tensorrt_available():
+        return "tensorrt", {}
+    speeds = measure_cpu_backends(run_dir)
+    return max(speeds, key=speeds.get), speeds
+
+
+def next_version(repo: Path) -> int:
+    versions = [int(v.name) for m in PYTHON_MODELS + ("nann",) if (repo / m).is_dir() for v in model_versions(repo / m)]
+    return max(versions, default=0) + 1
+
+
+def render(template: str, **values) -> str:
+    return Template((TEMPLATES / template).read_text()).substitute(**values)
+
+
+def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: ServingLimits | None = None,
+                      grid: CandidateGrid | None = None, env_path: str | None = None) -> dict:
+    """Write a new version of every model into `repo`; returns the export summary (also in nann_info)."""
+    run_dir, repo = Path(run_dir).resolve(), Path(repo).resolve()
+    check_run(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    limits = limits or ServingLimits(max_seq=int(config["max_seq"]))
+    grid = grid or CandidateGrid()
+    backend, speeds = choose_scorer(scorer, run_dir)
+    runtime_backend = backend if backend != "tensorrt" else "onnxruntime"
+    version = next_version(repo)
+    specs = state_specs(run_dir)
+    emb_dim = int(np.load(run_dir / "item_embeddings.npy", mmap_mode="r").shape[1])
+    num_items = int(np.load(run_dir / "items.npy", mmap_mode="r").shape[0])
+    info = {
+        "model_version": version, "num_items": num_items, "emb_dim": emb_dim, "scorer_backend": backend,
+        "arch": config.get("arch"), "run": str(run_dir), "max_seq": limits.max_seq,
+        "defaults": {"k": limits.default_k, "ef": list(limits.default_ef), "rounds": list(limits.default_rounds)},
+        "limits": {"max_k": limits.max_k, "max_history": limits.max_history, "max_ef": limits.max_ef,
+                   "max_rounds": limits.max_rounds},
+        "grid": {"sizes": list(grid.sizes), "max_size": grid.max_size},
+        "cpu_scorer_candidates_per_s": {k: round(v) for k, v in speeds.items()},
+    }
+    values = dict(
+        max_batch=MAX_BATCH, queue_delay_us=QUEUE_DELAY_US, max_seq=limits.max_seq, emb_dim=emb_dim,
+        env_path=pbtxt_string(env_path or sys.prefix), runtime_backend=runtime_backend,
+        limits=pbtxt_string(json.dumps(limits.to_json())), grid=pbtxt_string(json.dumps(info["grid"])),
+        nann_info=pbtxt_string(json.dumps(info)),
+        state_outputs=tensor_entries(specs, batched=True),
+        state_inputs=tensor_entries(specs, batched=True),
+        state_inputs_unbatched=tensor_entries(specs, batched=False),
+        encoder_output_map="\n".join(f'      output_map {{ key: "{s["name"]}" value: "{s["name"]}" }}' for s in specs),
+        retrieve_state_input_map="\n".join(f'      input_map {{ key: "{s["name"]}" value: "{s["name"]}" }}' for s in specs),
+    )
+    repo.mkdir(parents=True, exist_ok=True)
+    for model in PYTHON_MODELS:
+        if model == "scorer" and backend == "tensorrt":
+            continue
+        version_dir = repo / model / str(version)
+        version_dir.mkdir(parents=True)
+        shutil.copy2(TEMPLATES / model / "model.py", version_dir / "model.py")
+        for name in RUN_FILES:
+            link_or_copy(run_dir / name, version_dir / name)
+        if model == "retrieve":
+            for path in (run_dir / "graph").iterdir():
+                link_or_copy(path, version_dir / "graph" / path.name)
+        write_manifest(version_dir, {"run": str(run_dir), "model": model})
+        (repo / model / "config.pbtxt").write_text(render(f"{model}/config.pbtxt.template", **values))
+    if backend == "tensorrt":
+        from nann.serving.tensorrt_build import build_scorer_plan
+
+        version_dir = repo / "scorer" / str(version)
+        version_dir.mkdir(parents=True)
+        profiles = build_scorer_plan(run_dir / "scorer_ids.onnx", version_dir / "model.plan", specs, grid, MAX_BATCH)
+        write_manifest(version_dir, {"run": str(run_dir), "model": "scorer"})
+        (repo / "scorer" / "config.pbtxt").write_text(render(
+            "scorer_tensorrt/config.pbtxt.template", **values,
+            profiles=", ".join(f'"{p}"' for p in range(profiles))))
+    (repo / "nann" / str(version)).mkdir(parents=True)
+    (repo / "nann" / "config.pbtxt").write_text(render("nann/config.pbtxt.template", **values))
+    return info
+
+
+def main(args) -> int:
+    info = export_repository(Path(args.run), Path(args.repo), args.scorer)
+    speeds = info["cpu_scorer_candidates_per_s"]
+    if speeds:
+        print("CPU scorer: " + ", ".join(f"{k} {v:,.0f} candidates/s" for k, v in speeds.items())
+              + f" → {info['scorer_backend']}", file=sys.stderr)
+    print(f"exported version {info['model_version']} of {info['num_items']:,} items "
+          f"({info['scorer_backend']} scorer) to {args.repo}")
+    return 0

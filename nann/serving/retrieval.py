@@ -1,0 +1,66 @@
+"""Raw ids in, raw ids out: the retrieval pipeline shared by `nann retrieve`, evaluation and the Triton models.
+
+`beam search → top-k raw ids` is written once (`RetrieveService`); offline its scorer is the local runtime,
+inside Triton a BLS call. `OfflineRetriever` chains the very services the Triton models run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from nann.engine.graph import HnswGraph
+from nann.engine.grid import CandidateGrid
+from nann.engine.search import SearchParams, beam_search
+from nann.serving.requests import ServingLimits, parse_search
+
+ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class RetrieveService:
+    """Beam search for a batch of requests whose user state is already computed."""
+
+    def __init__(self, artifact_dir: Path, limits: ServingLimits, grid: CandidateGrid):
+        from nann.data.prepared import Vocabulary
+
+        self.graph = HnswGraph.load(Path(artifact_dir) / "graph")
+        vocab = Vocabulary.load(artifact_dir)
+        self.item_raw_ids = vocab.dense_to_raw(np.arange(vocab.num_items)).astype(np.int64)
+        self.limits = limits
+        self.grid = grid
+
+    def parse(self, k, ef, rounds) -> SearchParams:
+        return parse_search(k, ef, rounds, self.limits)
+
+    def retrieve(self, params: Sequence[SearchParams], score_fn: ScoreFn):
+        """([(raw ids int64, scores float32)] per request, the engine's SearchResult with its counters)."""
+        result = beam_search(self.graph, len(params), score_fn, list(params), self.grid)
+        answers = []
+        for i, p in enumerate(params):
+            ids = result.ids[i, : p.top_m]
+            keep = ids >= 0
+            answers.append((self.item_raw_ids[ids[keep]], result.scores[i, : p.top_m][keep].astype(np.float32)))
+        return answers, result
+
+
+class OfflineRetriever:
+    """The served pipeline without a server: the same preprocess, encoder, search and scorer code."""
+
+    def __init__(self, run_dir: str | Path, backend: str = "onnxruntime", limits: ServingLimits | None = None,
+                 grid: CandidateGrid | None = None):
+        from nann.serving.services import EncoderService, Preprocessor, ScorerService
+
+        run_dir = Path(run_dir)
+        self.encoder = EncoderService(run_dir, backend)
+        self.scorer = ScorerService(run_dir, backend)
+        self.limits = limits or ServingLimits(max_seq=self.encoder.runtime.max_seq)
+        self.preprocessor = Preprocessor(run_dir, self.limits)
+        self.service = RetrieveService(run_dir, self.limits, grid or CandidateGrid())
+
+    def retrieve(self, raw_histories: Sequence[np.ndarray], params: Sequence[SearchParams]):
+        """Top-k (raw ids, scores) per history; raises RequestError for a request the server would refuse."""
+        padded = [self.preprocessor.prepare(np.asarray(h, dtype=np.int64)) for h in raw_histories]
+        state = self.encoder.encode(np.stack([p[0] for p in padded]), np.stack([p[1] for p in padded]))
+        answers, _ = self.service.retrieve(params, lambda owner, ids: self.scorer.score(state, ids, owner))
+        return answers

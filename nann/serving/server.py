@@ -1,0 +1,215 @@
+"""Run the tritonserver binary bundled in the `nvidia-pytriton` wheel on a model repository.
+
+`TritonServer` is used by `nann serve`, the demo, the perf scripts and the integration tests alike:
+it lays out a backend directory (symlinks to the wheel's Python backend and the stub for this
+interpreter), starts the server on the given ports (loopback by default), waits until the server and
+every model in the repository are ready, and stops it cleanly.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nann.errors import UserError
+
+PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
+
+
+def pytriton_server_root() -> Path:
+    """The `tritonserver/` folder of the installed nvidia-pytriton wheel."""
+    try:
+        import pytriton
+    except ImportError as e:
+        raise UserError("nvidia-pytriton is not installed: run `make venv` (or pip install nvidia-pytriton==0.7.0)") from e
+    root = Path(pytriton.__file__).parent / "tritonserver"
+    if not (root / "bin" / "tritonserver").exists():
+        raise UserError(f"no tritonserver binary under {root}: reinstall nvidia-pytriton==0.7.0")
+    return root
+
+
+def make_backend_dir(target: Path) -> Path:
+    """Create `target/python/` holding symlinks to the wheel's Python backend and this Python's stub."""
+    root = pytriton_server_root()
+    stub = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
+    if not stub.exists():
+        raise UserError(f"nvidia-pytriton ships no Python backend stub for Python {sys.version_info.major}.{sys.version_info.minor}")
+    python_dir = target / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for src in [root / "backends" / "python" / name for name in PYTHON_BACKEND_FILES] + [stub]:
+        link = python_dir / src.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(src)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class TritonServer:
+    """One tritonserver process. Use as a context manager, or call start() and stop()."""
+
+    repo: Path
+    grpc_port: int = 0
+    http_port: int = 0
+    metrics_port: int = 0
+    host: str = "127.0.0.1"
+    model_control_mode: str = "none"
+    log_path: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
+    shm_default_mb: int = 16
+    _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    _workdir: tempfile.TemporaryDirectory | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.repo = Path(self.repo).resolve()
+        self.grpc_port = self.grpc_port or free_port()
+        self.http_port = self.http_port or free_port()
+        self.metrics_port = self.metrics_port or free_port()
+
+    @property
+    def grpc_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"{host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.http_port}"
+
+    def command(self, backend_dir: Path) -> list[str]:
+        prefix = f"nann{os.getpid()}_{self.grpc_port}_"
+        return [
+            str(pytriton_server_root() / "bin" / "tritonserver"),
+            f"--model-repository={self.repo}",
+            f"--backend-directory={backend_dir}",
+            f"--model-control-mode={self.model_control_mode}",
+            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}", f"--http-port={self.http_port}",
+            f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            f"--backend-config=python,shm-default-byte-size={self.shm_default_mb * 1024 * 1024}",
+            f"--backend-config=python,shm-growth-byte-size={4 * 1024 * 1024}",
+            f"--backend-config=python,shm-region-prefix-name={prefix}",
+            *self.extra_args,
+        ]
+
+    def start(self, timeout: float = 120.0) -> "TritonServer":
+        if not self.repo.is_dir():
+            raise UserError(f"model repository {self.repo} does not exist: run `nann export` first")
+        self._workdir = tempfile.TemporaryDirectory(prefix="nann-triton-")
+        backend_dir = make_backend_dir(Path(self._workdir.name) / "backends")
+        if self.log_path is None:
+            self.log_path = Path(self._workdir.name) / "tritonserver.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")
+        self._proc = subprocess.Popen(self.command(backend_dir), stdout=log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self.wait_ready(timeout)
+        return self
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc is None or self._proc.poll() is not None:
+                raise UserError(f"tritonserver exited while loading (code {self._proc and self._proc.returncode}); "
+                                f"its log: {self.log_path}\n{self.log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        self.stop()
+        raise UserError(f"tritonserver was not ready after {timeout:.0f} s; its log: {self.log_path}\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = Path(self.log_path).read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait()
+        self._proc = None
+        if self._workdir is not None and self.log_path is not None and str(self.log_path).startswith(self._workdir.name):
+            # keep the log of a temporary server readable after stop: move it next to the temp dir
+            kept = Path(tempfile.gettempdir()) / f"nann-tritonserver-{self.grpc_port}.log"
+            try:
+                Path(self.log_path).replace(kept)
+                self.log_path = kept
+            except OSError:
+                pass
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def __enter__(self) -> "TritonServer":
+        return self.start() if not self.running() else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main(args) -> int:
+    """`nann serve`: run until Ctrl-C / SIGTERM."""
+    from nann.serving.repository import verify_repository
+
+    verify_repository(Path(args.repo))
+    log_path = Path(args.repo).resolve().parent / "tritonserver.log"
+    server = TritonServer(Path(args.repo), args.grpc_port, args.http_port, args.metrics_port, host=args.host,
+                          model_control_mode=args.model_control_mode, log_path=log_path)
+    stop_requested = False
+
+    def _on_signal(signum, frame):
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    print(f"starting tritonserver on {args.host} (gRPC {server.grpc_port}, HTTP {server.http_port}, "
+          f"metrics {server.metrics_port}); log: {log_path}", file=sys.stderr)
+    server.start()
+    print(f"ready: gRPC {server.grpc_url}  (Ctrl-C to stop)", file=sys.stderr)
+    while not stop_requested:
+        if not server.running():
+            print(f"nann serve: error: tritonserver exited; log: {log_path}\n{server.log_tail()}", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+    server.stop()
+    print("stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,79 @@
+"""What each Triton Python model does, in plain numpy: the `model.py` files only move tensors in and out.
+
+Each service is built from the model's version directory (artifacts, verified against the manifest) and
+the string parameters of its config.pbtxt.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import numpy as np
+
+from nann.serving.repository import verify_manifest
+from nann.serving.requests import RequestError, ServingLimits, parse_history
+
+
+def model_context(args: dict) -> tuple[Path, dict[str, str]]:
+    """(version directory, string parameters) of a Python model from Triton's initialize() args.
+
+    Verifies the version directory against its manifest first, so a missing, truncated or altered artifact
+    fails the model load with a message naming the file.
+    """
+    config = json.loads(args["model_config"])
+    version_dir = Path(args["model_repository"]) / str(args["model_version"])
+    verify_manifest(version_dir)
+    params = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+    return version_dir, params
+
+
+class Preprocessor:
+    """history (raw ids) → the behaviours' e_v padded to max_seq, and the mask."""
+
+    def __init__(self, version_dir: Path, limits: ServingLimits):
+        from nann.data.prepared import Vocabulary
+
+        self.vocab = Vocabulary.load(version_dir)
+        self.table = np.load(version_dir / "item_embeddings.npy", mmap_mode="r", allow_pickle=False)
+        self.limits = limits
+
+    def prepare(self, raw_history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dense = parse_history(raw_history, self.vocab.raw_to_dense, self.limits)
+        emb = np.zeros((self.limits.max_seq, self.table.shape[1]), dtype=np.float32)
+        mask = np.zeros(self.limits.max_seq, dtype=np.float32)
+        emb[: dense.size] = self.table[dense]
+        mask[: dense.size] = 1.0
+        return emb, mask
+
+
+class EncoderService:
+    """Runs user_encoder.onnx for a batch of padded histories."""
+
+    def __init__(self, version_dir: Path, backend: str):
+        from nann.runtime import ModelRuntime
+
+        self.runtime = ModelRuntime.load(version_dir, backend=backend)
+        self.state_names = list(self.runtime.state_names)
+
+    def encode(self, hist_emb: np.ndarray, hist_mask: np.ndarray) -> dict[str, np.ndarray]:
+        return self.runtime.encode_padded(hist_emb.astype(np.float32, copy=False),
+                                          hist_mask.astype(np.float32, copy=False))
+
+
+class ScorerService:
+    """Scores candidate ids for the users whose state rows it is given (the CPU `scorer` model)."""
+
+    def __init__(self, version_dir: Path, backend: str):
+        from nann.runtime import ModelRuntime
+
+        self.runtime = ModelRuntime.load(version_dir, backend=backend)
+        self.state_names = list(self.runtime.state_names)
+
+    def score(self, state: dict[str, np.ndarray], cand_ids: np.ndarray, owner: np.ndarray) -> np.ndarray:
+        if cand_ids.shape != owner.shape:
+            raise RequestError(f"cand_ids {list(cand_ids.shape)} and owner {list(owner.shape)} differ in shape")
+        rows = next(iter(state.values())).shape[0]
+        if cand_ids.size and (cand_ids.min() < 0 or cand_ids.max() >= self.runtime.num_items):
+            raise RequestError(f"cand_ids outside [0, {self.runtime.num_items})")
+        if owner.size and (owner.min() < 0 or owner.max() >= rows):
+            raise RequestError(f"owner outside [0, {rows})")
+        return self.runtime.score(state, owner, cand_ids)

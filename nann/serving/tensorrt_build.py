@@ -1,0 +1,66 @@
+"""TensorRT engine for the scorer on GPU hosts: the paper's XLA auto-padding as optimization profiles.
+
+`scorer_ids.onnx` (item table inside, candidates passed as ids) is compiled with one optimization profile
+per candidate-grid size: profile i fixes the candidate axis to exactly grid size i (min = opt = max), and
+the user-state axis R ranges over 1..max_batch. `retrieve` pads every round to a grid size, so exactly one
+profile matches each call, the way XLA compiled one program per padded size.
+
+TensorRT cannot be installed on the CPU machines this project is developed on: this module is only
+imported when `tensorrt` imports and a CUDA device is present; `profile_shapes` is unit-tested everywhere.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nann.engine.grid import CandidateGrid
+from nann.errors import UserError
+
+CANDIDATE_INPUTS = ("cand_ids", "owner")
+
+
+def profile_shapes(state_specs: list[dict], grid: CandidateGrid, max_batch: int) -> list[dict[str, tuple]]:
+    """Per profile: input name → (min, opt, max) shapes. One profile per grid size."""
+    profiles = []
+    opt_users = max(1, min(max_batch, 8))
+    for size in grid.sizes:
+        shapes = {}
+        for spec in state_specs:
+            inner = tuple(spec["dims"])
+            if any(d < 0 for d in inner):
+                raise UserError(f"state tensor {spec['name']} has a dynamic inner axis {list(inner)}: "
+                                "TensorRT profiles need fixed inner dimensions")
+            shapes[spec["name"]] = ((1, *inner), (opt_users, *inner), (max_batch, *inner))
+        for name in CANDIDATE_INPUTS:
+            shapes[name] = ((size,), (size,), (size,))
+        profiles.append(shapes)
+    return profiles
+
+
+def build_scorer_plan(onnx_path: Path, plan_path: Path, state_specs: list[dict], grid: CandidateGrid,
+                      max_batch: int, fp16: bool = False) -> int:
+    """Compile onnx_path into plan_path; returns the number of optimization profiles."""
+    import tensorrt as trt
+
+    if not Path(onnx_path).is_file():
+        raise UserError(f"{onnx_path} is missing: re-run `nann train` (it exports scorer_ids.onnx)")
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise UserError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    shapes = profile_shapes(state_specs, grid, max_batch)
+    for profile_shapes_i in shapes:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in profile_shapes_i.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise UserError(f"TensorRT failed to build an engine from {onnx_path}")
+    Path(plan_path).write_bytes(bytes(plan))
+    return len(shapes)

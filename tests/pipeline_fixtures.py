@@ -1,0 +1,39 @@
+"""Session fixtures: a tiny but real pipeline (synth → prepare → train → graph) and a served export of it."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from nann.cli import main as cli_main
+
+
+def run_cli(*argv: str) -> None:
+    code = cli_main([str(a) for a in argv])
+    assert code == 0, f"nann {' '.join(map(str, argv))} exited {code}"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> SimpleNamespace:
+    work: Path = tmp_path_factory.mktemp("pipeline")
+    raw, data, run = work / "raw", work / "data", work / "run"
+    run_cli("data", "synth", "--out", raw, "--users", 800, "--items", 3000, "--categories", 40, "--seed", 1)
+    run_cli("data", "prepare", "--csv", raw / "UserBehavior.csv", "--out", data, "--test-users", 120,
+            "--val-users", 40)
+    run_cli("train", "--data", data, "--run", run, "--epochs", 1, "--negatives", 10, "--max-samples", 8000,
+            "--batch-size", 256)
+    run_cli("graph", "--run", run, "--m", 8, "--ef-construction", 40)
+    return SimpleNamespace(work=work, data=data, run=run)
+
+
+@pytest.fixture(scope="session")
+def served(tiny_run, tmp_path_factory):
+    """The tiny run exported (CPU ONNX Runtime scorer) and served by a real tritonserver on free ports."""
+    from nann.serving.export import export_repository
+    from nann.serving.server import TritonServer
+
+    repo = tmp_path_factory.mktemp("repo")
+    info = export_repository(tiny_run.run, repo, scorer="onnxruntime")
+    with TritonServer(repo) as server:
+        yield SimpleNamespace(server=server, repo=repo, info=info, **vars(tiny_run))

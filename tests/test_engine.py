@@ -1,0 +1,319 @@
+"""The retrieval engine (nann.engine.search) and the candidate grid."""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pytest
+
+from graph_builder.build import build_index, export_index
+from nann.engine.grid import CandidateGrid
+from nann.engine.graph import HnswGraph
+from nann.engine.search import (SearchParams, Workspace, beam_search, brute_force, effective_layers,
+                                hnsw_search)
+
+
+def _graph(tmp_path_factory, n, d, m, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    index = build_index(x, m=m, ef_construction=40, threads=2, seed=seed, progress=False)
+    out = tmp_path_factory.mktemp(f"g{n}")
+    export_index(index, out)
+    return x, index, out
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    x, index, out = _graph(tmp_path_factory, 600, 8, 6, 3)
+    return x, HnswGraph.load(out), out
+
+
+@pytest.fixture(scope="module")
+def medium(tmp_path_factory):
+    x, index, out = _graph(tmp_path_factory, 5000, 16, 16, 5)
+    return x, index, HnswGraph.load(out), out
+
+
+def dot_scorer(x, n_users, seed=0):
+    u = np.random.default_rng(seed).standard_normal((n_users, x.shape[1])).astype(np.float32)
+
+    def score(owner, ids):
+        return (u[owner] * x[ids]).sum(axis=1)  # row-wise: independent of batch composition
+    return score
+
+
+def _connected(g: HnswGraph) -> bool:
+    indptr, indices = g.layer(0)
+    seen = np.zeros(g.num_items, bool)
+    seen[g.entry_point] = True
+    q = deque([g.entry_point])
+    while q:
+        v = q.popleft()
+        for w in indices[indptr[v]:indptr[v + 1]]:
+            if not seen[w]:
+                seen[w] = True
+                q.append(int(w))
+    return bool(seen.all())
+
+
+# ----------------------------------------------------------------------------- grid
+def test_grid():
+    g = CandidateGrid()
+    assert g.sizes[:3] == (1, 200, 400) and g.max_size == 14800 and len(g.sizes) == 75
+    assert g.pad_size(1) == 1 and g.pad_size(2) == 200 and g.pad_size(200) == 200 and g.pad_size(201) == 400
+    assert g.pad_size(14800) == 14800
+    with pytest.raises(ValueError):
+        g.pad_size(14801)
+    assert g.splits(30000) == [(0, 14800), (14800, 29600), (29600, 30000)]
+    o, i, n = g.pad(np.array([3, 4], np.int32), np.array([7, 8], np.int32))
+    assert n == 2 and o.shape == (200,) and o[:2].tolist() == [3, 4] and i[:2].tolist() == [7, 8]
+    assert not o[2:].any() and not i[2:].any()
+    g2 = CandidateGrid([10, 20, 30], max_size=25)
+    assert g2.sizes == (10, 20, 25) and g2.pad_size(21) == 25
+    assert CandidateGrid.single(7).pad_size(5) == 5
+
+
+def test_keys_order():
+    from nann.engine import kernels as K
+    s = np.array([1.5, -2.0, 0.0, np.inf, -np.inf, 1.5, 3e-39, -3e-39], np.float32)
+    ids = np.arange(len(s), dtype=np.int32)[::-1].copy()
+    keys = K.make_keys(s.view(np.uint32), ids)
+    i2, s2 = K.decode_keys(keys)
+    assert (i2 == ids).all() and (s2.view(np.uint32) == s.view(np.uint32)).all()
+    order = np.argsort(keys)
+    expect = sorted(range(len(s)), key=lambda k: (-float(s[k]), int(ids[k])))
+    assert order.tolist() == expect
+
+
+# ----------------------------------------------------------------------------- beam search
+def test_beam_exhaustive_equals_brute_force(small):
+    x, g, _ = small
+    assert _connected(g)
+    n_users = 5
+    score = dot_scorer(x, n_users)
+    L = g.max_level + 1
+    p = SearchParams(ef=(10_000,) * L, rounds=(1000,) * L, top_m=50)
+    res = beam_search(g, n_users, score, p)
+    ref = brute_force(g.num_items, n_users, score, 50, chunk=97)
+    assert (res.ids == ref.ids).all()
+    assert (res.scores == ref.scores).all()
+    assert (res.n_scored == g.num_items).all() and (ref.n_scored == g.num_items).all()
+    # brute force = exact top-M
+    full = (np.random.default_rng(0).standard_normal((n_users, x.shape[1])).astype(np.float32)[:, None, :]
+            * x[None]).sum(-1)
+    for r in range(n_users):
+        top = sorted(range(len(x)), key=lambda k: (-full[r, k], k))[:50]
+        assert ref.ids[r].tolist() == top
+
+
+def test_default_params_reasonable(small):
+    x, g, _ = small
+    score = dot_scorer(x, 4, seed=1)
+    res = beam_search(g, 4, score, SearchParams((20, 40, 80), (1, 1, 3), top_m=20))
+    ref = brute_force(g.num_items, 4, score, 20)
+    overlap = np.mean([len(set(res.ids[r]) & set(ref.ids[r])) / 20 for r in range(4)])
+    assert overlap > 0.6
+    assert (np.diff(res.scores, axis=1) <= 0).all()
+    assert (res.n_scored < g.num_items).all()
+
+
+def test_batched_equals_single(medium):
+    x, _, g, _ = medium
+    n = 6
+    score = dot_scorer(x, n, seed=2)
+    p = SearchParams((30, 60, 120), (1, 2, 3), top_m=50)
+    batch = beam_search(g, n, score, p)
+    for r in range(n):
+        one = beam_search(g, 1, lambda o, i, r=r: score(np.full_like(o, r), i), p)
+        assert (one.ids[0] == batch.ids[r]).all()
+        assert (one.scores[0] == batch.scores[r]).all()
+        assert one.n_scored[0] == batch.n_scored[r] and one.rounds[0] == batch.rounds[r]
+    hb = hnsw_search(g, n, score, ef0=40, top_m=20)
+    for r in range(n):
+        one = hnsw_search(g, 1, lambda o, i, r=r: score(np.full_like(o, r), i), ef0=40, top_m=20)
+        assert (one.ids[0] == hb.ids[r]).all() and one.n_scored[0] == hb.n_scored[r]
+
+
+def test_padding_and_splitting_do_not_change_results(small):
+    x, g, _ = small
+    n = 3
+    score = dot_scorer(x, n, seed=3)
+    p = SearchParams((8, 30, 60), (1, 2, 3), top_m=40)
+    results = []
+    for grid in [CandidateGrid([1]), CandidateGrid(), CandidateGrid([50_000]), CandidateGrid.single(),
+                 CandidateGrid([7, 64], max_size=64)]:
+        seen = []
+
+        def rec(o, i):
+            seen.append(len(i))
+            return score(o, i)
+        res = beam_search(g, n, rec, p, grid=grid)
+        assert all(s <= grid.max_size for s in seen)
+        if grid.sizes is not None:
+            assert all(s in grid.sizes for s in seen)
+        results.append(res)
+        h = hnsw_search(g, n, score, ef0=30, top_m=10, grid=grid)
+        results[-1] = (res, h)
+    for res, h in results[1:]:
+        assert (res.ids == results[0][0].ids).all() and (res.scores == results[0][0].scores).all()
+        assert (res.n_scored == results[0][0].n_scored).all()
+        assert (h.ids == results[0][1].ids).all()
+    assert results[0][0].score_calls == results[0][0].n_scored.sum()  # grid [1]: one candidate per call
+
+
+def test_per_request_params(medium):
+    x, _, g, _ = medium
+    score = dot_scorer(x, 3, seed=4)
+    ps = [SearchParams((10, 20, 40), (1, 1, 2), top_m=10), SearchParams((50, 100, 300), (1, 2, 4), top_m=100),
+          SearchParams((5, 5, 5), (0, 1, 1), top_m=3)]
+    mixed = beam_search(g, 3, score, ps)
+    assert mixed.ids.shape == (3, 100)
+    for r, p in enumerate(ps):
+        one = beam_search(g, 1, lambda o, i, r=r: score(np.full_like(o, r), i), p)
+        m = p.top_m
+        assert (mixed.ids[r, :m] == one.ids[0]).all() and (mixed.scores[r, :m] == one.scores[0]).all()
+        assert (mixed.ids[r, m:] == -1).all() and np.isneginf(mixed.scores[r, m:]).all()
+        assert mixed.n_scored[r] == one.n_scored[0]
+    with pytest.raises(ValueError):
+        beam_search(g, 2, score, [ps[0], SearchParams((10, 10), (1, 1))])
+
+
+def test_n_scored_counts_distinct_candidates(medium):
+    x, _, g, _ = medium
+    n = 4
+    score = dot_scorer(x, n, seed=5)
+    for search in (lambda sf, grid: beam_search(g, n, sf, SearchParams((20, 80, 200), (1, 2, 3), 100), grid=grid),
+                   lambda sf, grid: hnsw_search(g, n, sf, 100, 50, grid=grid)):
+        got = [[] for _ in range(n)]
+
+        def rec(o, i):
+            for r in range(n):
+                got[r].extend(i[o == r].tolist())
+            return score(o, i)
+        res = search(rec, CandidateGrid.single())
+        for r in range(n):
+            assert len(got[r]) == res.n_scored[r]
+    # beam: items are distinct per request
+    got = [[] for _ in range(n)]
+
+    def rec2(o, i):
+        for r in range(n):
+            got[r].extend(i[o == r].tolist())
+        return score(o, i)
+    res = beam_search(g, n, rec2, SearchParams((20, 80, 200), (1, 2, 3), 100), grid=CandidateGrid.single())
+    for r in range(n):
+        assert len(set(got[r])) == len(got[r]) == res.n_scored[r]
+    # with padding the scorer sees more rows, n_scored stays the same
+    padded = beam_search(g, n, score, SearchParams((20, 80, 200), (1, 2, 3), 100))
+    assert (padded.n_scored == res.n_scored).all()
+
+
+def test_bitmap_reset_and_reuse(medium):
+    x, _, g, out = medium
+    score_a = dot_scorer(x, 5, seed=6)
+    score_b = dot_scorer(x, 3, seed=7)
+    p = SearchParams((20, 60, 150), (1, 1, 3), 60)
+    beam_search(g, 5, score_a, p)
+    hnsw_search(g, 5, score_a, 50, 20)
+    ws = g._workspace
+    assert ws is not None and ws.is_clean()
+    b1 = beam_search(g, 3, score_b, p)
+    fresh = HnswGraph.load(out)
+    b2 = beam_search(fresh, 3, score_b, p)
+    b3 = beam_search(g, 3, score_b, p, workspace=Workspace(g.num_items))
+    for b in (b2, b3):
+        assert (b.ids == b1.ids).all() and (b.n_scored == b1.n_scored).all()
+    assert g._workspace is ws and ws.is_clean()
+
+    def boom(o, i):
+        raise RuntimeError("scorer failed")
+    with pytest.raises(RuntimeError):
+        beam_search(g, 2, boom, p)
+    assert ws.is_clean() and not ws.lock.locked()
+
+
+def test_layers_dropped_or_ignored(small):
+    x, g, _ = small
+    score = dot_scorer(x, 2, seed=8)
+    L = g.max_level + 1
+    start, drop = effective_layers(g, L + 2)
+    assert start == g.max_level and drop == 2
+    a = beam_search(g, 2, score, SearchParams((1, 1) + (30,) * L, (1, 1) + (2,) * L, 20))
+    b = beam_search(g, 2, score, SearchParams((30,) * L, (2,) * L, 20))
+    assert (a.ids == b.ids).all() and a.extra["dropped_layers"] == 2
+    # fewer layers than the graph: start at layer 1, all of its nodes scored exhaustively
+    c = beam_search(g, 2, score, SearchParams((30, 60), (1, 2), 20))
+    assert c.extra["start_layer"] == 1
+    assert (c.n_scored >= len(g.nodes_at_level(1))).all()
+
+
+def test_small_ef0_pads(small):
+    x, g, _ = small
+    score = dot_scorer(x, 2, seed=9)
+    res = beam_search(g, 2, score, SearchParams((2, 3, 5), (1, 1, 1), top_m=12))
+    assert res.ids.shape == (2, 12)
+    assert (res.ids[:, 5:] == -1).all() and np.isneginf(res.scores[:, 5:]).all()
+    assert (res.ids[:, :5] >= 0).all()
+
+
+# ----------------------------------------------------------------------------- HNSW retrieval
+def test_hnsw_search_matches_hnswlib(medium):
+    x, index, g, _ = medium
+    rng = np.random.default_rng(11)
+    q = rng.standard_normal((40, x.shape[1])).astype(np.float32)
+    k, ef = 10, 50
+    index.set_ef(ef)
+    labels, dist = index.knn_query(q, k=k)
+
+    def score(owner, ids):
+        d = q[owner] - x[ids]
+        return -(d * d).sum(axis=1)
+    res = hnsw_search(g, len(q), score, ef0=ef, top_m=k)
+    same = 0
+    total_missing = 0
+    for r in range(len(q)):
+        ours, theirs = set(res.ids[r].tolist()), set(labels[r].tolist())
+        if ours == theirs:
+            same += 1
+        else:  # allow equal-distance ties at the boundary
+            missing = theirs - ours
+            kth = -res.scores[r, -1]
+            total_missing += sum(1 for v in missing if abs(((q[r] - x[v]) ** 2).sum() - kth) > 1e-4)
+    assert same >= len(q) - 2
+    assert total_missing <= 2
+    np.testing.assert_allclose(-res.scores, dist, rtol=1e-4, atol=1e-4)
+    assert (res.n_scored > ef).all() and (res.n_scored < g.num_items).all()
+
+
+def test_brute_force_chunks(small):
+    x, g, _ = small
+    score = dot_scorer(x, 3, seed=12)
+    a = brute_force(g.num_items, 3, score, 25, chunk=1)
+    b = brute_force(g.num_items, 3, score, 25, chunk=10_000)
+    c = brute_force(g.num_items, 3, score, 25, grid=CandidateGrid([64]))
+    assert (a.ids == b.ids).all() and (b.ids == c.ids).all() and (a.scores == c.scores).all()
+
+
+def test_handmade_path_graph():
+    """A path 0-1-...-9 at layer 0, nodes {0, 5} at layer 1: beam follows the path one hop per round."""
+    n = 10
+    levels = np.zeros(n, np.int8)
+    levels[[0, 5]] = 1
+    nb0 = [[1]] + [[i - 1, i + 1] for i in range(1, n - 1)] + [[n - 2]]
+    p0 = np.cumsum([0] + [len(v) for v in nb0])
+    i0 = np.concatenate(nb0)
+    p1 = np.zeros(n + 1, np.int64)
+    p1[1:] = np.cumsum([1 if i in (0, 5) else 0 for i in range(n)])
+    i1 = np.array([5, 0])
+    g = HnswGraph.from_arrays(levels, [(p0, i0), (p1, i1)], entry_point=0)
+    assert g.nodes_at_level(1).tolist() == [0, 5]
+    score = lambda o, i: -np.abs(i - 9).astype(np.float32)  # noqa: E731  best item: 9
+    r = beam_search(g, 1, score, SearchParams((1, 1), (1, 2), top_m=2))
+    # layer 1: {0, 5} scored, ep = 5; layer 0, two rounds: {4, 6} -> W={6}, then {7} -> W={7}
+    assert r.ids[0].tolist() == [7, -1] and r.n_scored[0] == 5 and r.rounds[0] == 3
+    r = beam_search(g, 1, score, SearchParams((1, 1), (1, 10), top_m=3))
+    assert r.ids[0].tolist() == [9, -1, -1]
+    r = beam_search(g, 1, score, SearchParams((1, 3), (1, 10), top_m=3))
+    assert r.ids[0].tolist() == [9, 8, 7]
+    h = hnsw_search(g, 1, score, ef0=1, top_m=1)
+    assert h.ids[0].tolist() == [9]
