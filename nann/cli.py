@@ -44,7 +44,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a model on prepared data and export its ONNX parts")
     s.add_argument("--data", required=True)
     s.add_argument("--run", required=True)
-    s.add_argument("--arch", choices=["attention", "mlp", "two-tower"], default="attention")
+    s.add_argument("--arch", choices=["attention", "mlp", "two-tower", "deep-retrieval"],
+                   default="attention")
     s.add_argument("--fgsm-eps", type=float, default=3e-4)
     s.add_argument("--negatives", type=int, default=199)
     s.add_argument("--epochs", type=int, default=1)
@@ -67,7 +68,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="offline retrieval quality on the test users")
     s.add_argument("--run", required=True)
     s.add_argument("--data", required=True)
-    s.add_argument("--method", choices=["beam", "hnsw", "brute"], default="beam")
+    s.add_argument("--method", choices=["beam", "hnsw", "brute", "dr"], default="beam")
     s.add_argument("--ef", type=_int_list, default=[100, 200, 400], help="per layer, top layer first")
     s.add_argument("--rounds", type=_int_list, default=[1, 1, 3], help="per layer, top layer first")
     s.add_argument("--top-m", type=int, default=200)

@@ -1,0 +1,118 @@
+"""Model, FGSM and loss tests."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.model import ARCHS, ModelConfig, NANNModel, build_split, per_candidate_macs
+from trainer.train import bernoulli_kl_logits, compute_loss, fgsm_delta
+
+
+def randomize_bn(model: NANNModel, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
+        if isinstance(m, torch.nn.PReLU):
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
+    return model.eval()
+
+
+def tiny_model(arch, n_items=120, seed=0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(num_items=n_items, num_categories=6, arch=arch, max_seq=12)
+    return randomize_bn(NANNModel(cfg, torch.randint(0, 6, (n_items,))), seed)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fgsm_delta_max_norm_and_sign(arch):
+    model = tiny_model(arch)
+    B, L, K = 4, 9, 6
+    hist_e = model.item_embed(torch.randint(0, 120, (B, L))).detach()
+    mask = torch.ones(B, L)
+    cand_e = model.item_embed(torch.randint(0, 120, (B, K))).detach().requires_grad_(True)
+    s = model.score_emb(hist_e, mask, cand_e)
+    eps = 3e-4
+    delta = fgsm_delta(s, cand_e, eps)
+    assert not delta.requires_grad
+    (g,) = torch.autograd.grad(s.sum(), cand_e)
+    nz = g != 0
+    assert nz.float().mean() > 0.9
+    assert torch.allclose(delta.abs()[nz], torch.full_like(delta[nz], eps))
+    assert delta.abs().max().item() == pytest.approx(eps, rel=1e-6)
+    assert torch.equal(torch.sign(delta), torch.sign(g))
+    # the perturbation moves every score up (first-order): s(e+Δ) >= s(e)
+    s_adv = model.score_emb(hist_e, mask, cand_e.detach() + delta)
+    assert (s_adv - s.detach() >= -1e-6).all()
+
+
+def test_bernoulli_kl_finite_nonnegative():
+    a = torch.tensor([-80.0, -3.0, 0.0, 2.0, 90.0])
+    b = torch.tensor([80.0, -3.1, 0.5, 2.0, -90.0])
+    kl = bernoulli_kl_logits(a, b)
+    assert torch.isfinite(kl).all() and (kl >= -1e-7).all()
+    assert kl[3] == 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_loss_finite_and_decreases(arch):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    N, B, L, k = 60, 32, 8, 10
+    model = NANNModel(ModelConfig(num_items=N, num_categories=4, arch=arch, max_seq=L), torch.arange(N) % 4)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    # a fixed, learnable task: the target is a function of the history
+    hist = torch.from_numpy(rng.integers(0, N, (B, L)))
+    mask = torch.ones(B, L)
+    pos = (hist[:, -1] * 7 + 3) % N
+    log_q = torch.full((N,), -np.log(N))
+    losses = []
+    for _ in range(60):
+        neg = torch.from_numpy(rng.integers(0, N, (B, k)))
+        cand = torch.cat([pos[:, None], neg], 1)
+        loss, nce, aux = compute_loss(model, hist, mask, cand, log_q[cand] + np.log(k), 3e-2)
+        assert torch.isfinite(loss) and torch.isfinite(aux) and aux >= -1e-5
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_split_equals_full_model(arch):
+    model = tiny_model(arch)
+    enc, sc = build_split(model)
+    with torch.no_grad():
+        E = model.all_item_embeddings()
+        R, L, C = 3, 11, 40
+        hist = torch.randint(0, 120, (R, L))
+        mask = (torch.rand(R, L) > 0.3).float()
+        mask[:, 0] = 1
+        owner = torch.randint(0, R, (C,))
+        cand = torch.randint(0, 120, (C,))
+        full = model(hist[owner], mask[owner], cand[:, None]).squeeze(1)
+        split = sc(*enc(E[hist] * mask[..., None], mask), E[cand], owner)
+        assert (split - full).abs().max() <= 1e-5 * max(1.0, full.abs().max())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_empty_history_is_finite(arch):
+    model = tiny_model(arch)
+    enc, sc = build_split(model)
+    with torch.no_grad():
+        E = model.all_item_embeddings()
+        state = enc(torch.zeros(1, 1, 64), torch.zeros(1, 1))
+        s = sc(*state, E[:10], torch.zeros(10, dtype=torch.long))
+    assert torch.isfinite(s).all()
+
+
+def test_macs_saved():
+    cfg = ModelConfig(num_items=10, num_categories=2)
+    m = per_candidate_macs(cfg)
+    assert m["after"] < m["before"]

@@ -1,0 +1,125 @@
+"""End-to-end `nann train` on a tiny prepared directory: artifacts, resume, data-parallel under torchrun.
+
+Run as a script (by torchrun, from test_ddp_replicas_identical) it trains and dumps this rank's weights."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from nann.cli import main as cli_main  # noqa: E402
+from test_trainer_data import make_prepared  # noqa: E402
+
+
+def _train_args(data, run, **kw):
+    a = dict(data=str(data), run=str(run), arch="attention", fgsm_eps=3e-4, negatives=10, epochs=1, batch_size=64,
+             lr=3e-3, max_samples=0, eval_every=0, device="cpu", seed=0)
+    a.update(kw)
+    return argparse.Namespace(**a)
+
+
+def _cli(data, run, *extra):
+    return cli_main(["train", "--data", str(data), "--run", str(run), "--negatives", "10", "--batch-size", "64",
+                     "--device", "cpu", *extra])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_prepared(tmp_path_factory.mktemp("data") / "d", n_items=200, n_users=120, seq_len=15)
+
+
+def _log(run):
+    with open(os.path.join(run, "train_log.jsonl")) as f:
+        return [json.loads(x) for x in f]
+
+
+def test_train_writes_artifacts_and_resumes(data, tmp_path):
+    run = tmp_path / "run"
+    assert _cli(data, run, "--epochs", "1", "--eval-every", "10") == 0
+    for name in ("config.json", "model.safetensors", "item_embeddings.npy", "item_embeddings_fp16.npy",
+                 "user_encoder.onnx", "scorer.onnx", "scorer_ids.onnx", "onnx_io.json", "items.npy",
+                 "item_category.npy", "train_log.jsonl", "checkpoint/model.safetensors",
+                 "checkpoint/optimizer.safetensors", "checkpoint/state.json"):
+        assert (run / name).exists(), name
+    assert np.array_equal(np.load(run / "items.npy"), np.load(os.path.join(data, "items.npy")))
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["arch"] == "attention" and cfg["num_items"] == 200 and cfg["emb_dim"] == 64
+    st1 = json.loads((run / "checkpoint/state.json").read_text())
+    steps1 = st1["global_step"]
+    assert st1["epoch"] == 1 and steps1 == int(np.ceil(120 * 14 / 64))
+    log1 = _log(run)
+    assert any(r["kind"] == "val" for r in log1) and log1[-1]["kind"] == "test"
+    assert 0.0 <= log1[-1]["recall_all@200"] <= 1.0
+    # a second call with more epochs continues from the checkpoint
+    assert _cli(data, run, "--epochs", "2") == 0
+    st2 = json.loads((run / "checkpoint/state.json").read_text())
+    assert st2["epoch"] == 2 and st2["global_step"] == 2 * steps1
+    train_steps = [r["step"] for r in _log(run) if r["kind"] == "train"]
+    assert train_steps == sorted(train_steps) and train_steps[-1] > steps1
+    # the ONNX runtime serves the trained model
+    from nann.runtime import ModelRuntime
+    rt = ModelRuntime.load(run)
+    s = rt.score(rt.encode([[1, 2, 3]]), np.zeros(200, np.int64), np.arange(200))
+    assert np.isfinite(s).all()
+
+
+def test_user_errors(data, tmp_path, capsys):
+    assert _cli(tmp_path / "nope", tmp_path / "r") == 2
+    assert "error" in capsys.readouterr().err
+    run = tmp_path / "r2"
+    assert _cli(data, run, "--max-samples", "64") == 0
+    assert cli_main(["train", "--data", str(data), "--run", str(run), "--arch", "mlp", "--device", "cpu",
+                     "--max-samples", "64"]) == 2
+
+
+@pytest.mark.parametrize("arch", ["mlp", "two-tower"])
+def test_other_archs_train(data, tmp_path, arch):
+    assert _cli(data, tmp_path / arch, "--arch", arch, "--max-samples", "640", "--fgsm-eps", "0") == 0
+    assert (tmp_path / arch / "scorer.onnx").exists()
+
+
+def test_ddp_replicas_identical(data, tmp_path):
+    run, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.abspath(__file__), str(data), str(run), str(out)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    from safetensors.numpy import load_file
+    a, b = load_file(str(out / "rank0.safetensors")), load_file(str(out / "rank1.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        if np.issubdtype(a[k].dtype, np.floating):
+            assert np.allclose(a[k], b[k], rtol=0, atol=1e-6), k
+        else:
+            assert np.array_equal(a[k], b[k]), k
+    st = json.loads((run / "checkpoint/state.json").read_text())
+    assert st["global_step"] == (480 // 2) // 32
+    assert (run / "scorer.onnx").exists()
+
+
+def _ddp_worker(data, run, out):
+    import torch
+    from safetensors.torch import save_file
+
+    from trainer.train import train_run
+
+    model = train_run(_train_args(data, run, max_samples=480, batch_size=32))
+    rank = int(os.environ["RANK"])
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+              os.path.join(out, f"rank{rank}.safetensors"))
+    assert torch.distributed.is_initialized() is False
+
+
+if __name__ == "__main__":
+    _ddp_worker(*sys.argv[1:4])

@@ -1,0 +1,126 @@
+"""ONNX export of the serving split: user_encoder.onnx, scorer.onnx, scorer_ids.onnx and onnx_io.json.
+
+* ``user_encoder.onnx``: ``hist_emb`` float32 [B,L,D], ``hist_mask`` float32 [B,L] -> state tensors (leading axis B).
+* ``scorer.onnx``: state tensors (leading axis R), ``cand_emb`` float32 [C,D], ``owner`` int64 [C] -> ``scores`` [C].
+* ``scorer_ids.onnx``: like scorer.onnx but ``cand_ids`` int64 [C] instead of ``cand_emb``; the item table
+  (``item_embeddings.npy``) is an initializer and a Gather picks the rows (for hosts that keep the table on the GPU).
+
+``scores`` is the raw logit s_u(e_v) - the same number the trainer uses as its logit and brute force ranks by.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.model import STATE_NAMES, NANNModel, build_split, state_shapes
+
+OPSET = 17
+
+
+class _ScorerIds(nn.Module):
+    def __init__(self, scorer, table: torch.Tensor):
+        super().__init__()
+        self.scorer = scorer
+        self.n_state = scorer.n_state
+        self.register_buffer("item_table", table)
+
+    def forward(self, *args):
+        state, ids, owner = args[:self.n_state], args[self.n_state], args[self.n_state + 1]
+        return self.scorer(*state, self.item_table[ids], owner)
+
+
+def _export(module, args, path, input_names, output_names, dynamic_axes):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, path, input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+
+
+def _io(name, dtype, shape):
+    return {"name": name, "dtype": dtype, "shape": list(shape)}
+
+
+def export_onnx(model: NANNModel, run_dir: str, item_embeddings: np.ndarray) -> dict:
+    """Writes the three ONNX files and onnx_io.json into run_dir; returns the onnx_io dict."""
+    cfg = model.cfg
+    model = model.cpu().eval()
+    enc, sc = build_split(model)
+    names = STATE_NAMES[cfg.arch]
+    shapes = state_shapes(cfg)
+    D = cfg.emb_dim
+    B, L, C = 2, 7, 5
+    hist = torch.randn(B, L, D)
+    mask = torch.ones(B, L)
+    mask[1, 4:] = 0
+    with torch.no_grad():
+        state = enc(hist, mask)
+
+    enc_dyn = {"hist_emb": {0: "B", 1: "L"}, "hist_mask": {0: "B", 1: "L"}}
+    for n in names:
+        enc_dyn[n] = {i: s for i, s in enumerate(shapes[n]) if isinstance(s, str)}
+    _export(enc, (hist, mask), os.path.join(run_dir, "user_encoder.onnx"), ["hist_emb", "hist_mask"], names, enc_dyn)
+
+    sc_dyn = {}
+    for n in names:
+        sc_dyn[n] = {i: ("R" if s == "B" else s) for i, s in enumerate(shapes[n]) if isinstance(s, str)}
+    cand = torch.randn(C, D)
+    owner = torch.tensor([0, 1, 1, 0, 1], dtype=torch.int64)
+    _export(sc, (*state, cand, owner), os.path.join(run_dir, "scorer.onnx"), names + ["cand_emb", "owner"],
+            ["scores"], {**sc_dyn, "cand_emb": {0: "C"}, "owner": {0: "C"}, "scores": {0: "C"}})
+
+    table = torch.from_numpy(np.ascontiguousarray(item_embeddings, dtype=np.float32))
+    ids = torch.tensor([0, 1, 2, 0, 1], dtype=torch.int64) % table.shape[0]
+    _export(_ScorerIds(sc, table), (*state, ids, owner), os.path.join(run_dir, "scorer_ids.onnx"),
+            names + ["cand_ids", "owner"], ["scores"],
+            {**sc_dyn, "cand_ids": {0: "C"}, "owner": {0: "C"}, "scores": {0: "C"}})
+
+    state_io = [_io(n, "float32", shapes[n]) for n in names]
+    scorer_state = [_io(n, "float32", ["R" if s == "B" else s for s in shapes[n]]) for n in names]
+    io = {
+        "format_version": 1,
+        "arch": cfg.arch,
+        "emb_dim": D,
+        "max_seq": cfg.max_seq,
+        "num_items": cfg.num_items,
+        "opset": OPSET,
+        "score": "raw logit s_u(e_v) (higher is better; no sigmoid, no NCE correction)",
+        "state": state_io,
+        "user_encoder": {"file": "user_encoder.onnx",
+                         "inputs": [_io("hist_emb", "float32", ["B", "L", D]), _io("hist_mask", "float32", ["B", "L"])],
+                         "outputs": state_io},
+        "scorer": {"file": "scorer.onnx",
+                   "inputs": scorer_state + [_io("cand_emb", "float32", ["C", D]), _io("owner", "int64", ["C"])],
+                   "outputs": [_io("scores", "float32", ["C"])]},
+        "scorer_ids": {"file": "scorer_ids.onnx",
+                       "inputs": scorer_state + [_io("cand_ids", "int64", ["C"]), _io("owner", "int64", ["C"])],
+                       "outputs": [_io("scores", "float32", ["C"])]},
+    }
+    with open(os.path.join(run_dir, "onnx_io.json"), "w") as f:
+        json.dump(io, f, indent=1)
+    return io
+
+
+def write_run_artifacts(model: NANNModel, run_dir: str, config: dict | None = None) -> torch.Tensor:
+    """model.safetensors, item_embeddings.npy (+ _fp16), the ONNX files and onnx_io.json (and config.json when
+    given or absent). Returns the item embeddings (torch, on the model's device)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(run_dir, exist_ok=True)
+    model.eval()
+    cfg_path = os.path.join(run_dir, "config.json")
+    if config is not None or not os.path.exists(cfg_path):
+        with open(cfg_path, "w") as f:
+            json.dump(config if config is not None else model.cfg.to_dict(), f, indent=1)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+              os.path.join(run_dir, "model.safetensors"))
+    E = model.all_item_embeddings()
+    emb = E.detach().cpu().numpy().astype(np.float32)
+    np.save(os.path.join(run_dir, "item_embeddings.npy"), emb)
+    np.save(os.path.join(run_dir, "item_embeddings_fp16.npy"), emb.astype(np.float16))
+    export_onnx(model, run_dir, emb)
+    return E

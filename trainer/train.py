@@ -1,0 +1,409 @@
+"""`nann train`: NCE (sampled sigmoid) + the FGSM adversarial auxiliary task, then export of the serving split.
+
+Loss per positive (history, next item) with k = --negatives noise items from the unigram distribution q:
+    logit'(v) = s_u(e_v) - log(k q(v))                       (NCE correction, positives and noise alike)
+    L_NCE     = sum over the k+1 labels of BCE(logit', label)  (averaged over the batch's positives)
+    Δ         = ε sign(∂ s_u(e_v) / ∂ e_v)                   (torch.autograd.grad, Δ detached)
+    L_AUX     = sum over the k+1 labels of KL(Bernoulli(σ(s_u(e_v))) || Bernoulli(σ(s_u(e_v + Δ))))
+    L         = L_NCE + L_AUX                                 (--fgsm-eps 0: L = L_NCE)
+L_AUX is the Bernoulli KL (the paper's s log(s/s̃) plus the matching (1-s) log((1-s)/(1-s̃)) term), which is
+non-negative and finite (computed from log-sigmoids). The retrieval/serving score is the raw s_u(e_v).
+
+Data parallel: under torchrun (WORLD_SIZE > 1) each rank trains on its shard of the epoch's samples; gradients
+(and BatchNorm running statistics) are averaged with all_reduce after every step (gloo on CPU, nccl on CUDA), which is
+what DistributedDataParallel does; only rank 0 writes artifacts.
+
+Checkpoint (RUN_DIR/checkpoint/): model.safetensors, optimizer.safetensors (Adam moments, no pickle) and
+state.json (epoch, step within the epoch, global step, param_groups). A run directory with a checkpoint resumes:
+--epochs is the run's total number of epochs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nann.errors import UserError
+from trainer.model import ARCHS, ModelConfig, NANNModel, build_split
+from trainer.sampling import NoiseSampler, epoch_order, load_data, make_batch, pad_histories, sample_positions
+
+TOP_M = 200
+
+
+def eval_users(kind: str, device: torch.device) -> int:
+    """Users for brute-force recall-all@200: val 1000 / test 2000 on CUDA; on CPU 200 / 500 (brute force over 100k
+    items costs ~0.25 s per user on 2 cores). Override with NANN_VAL_USERS / NANN_TEST_USERS."""
+    env = os.environ.get("NANN_VAL_USERS" if kind == "val" else "NANN_TEST_USERS")
+    if env:
+        return int(env)
+    if device.type == "cuda":
+        return 1000 if kind == "val" else 2000
+    return 200 if kind == "val" else 500
+
+
+# ---- small helpers ---------------------------------------------------------------------------------------------
+
+def _dist_info():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    return world, rank, local, local_world
+
+
+def fgsm_delta(score: torch.Tensor, emb: torch.Tensor, eps: float) -> torch.Tensor:
+    """Δ = ε·sign(∂ Σ score / ∂ emb), detached (the graph is kept for the main backward)."""
+    (g,) = torch.autograd.grad(score.sum(), emb, retain_graph=True, create_graph=False)
+    return (eps * torch.sign(g)).detach()
+
+
+def bernoulli_kl_logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """KL(Bernoulli(σ(a)) || Bernoulli(σ(b))), elementwise, finite for all finite a, b."""
+    p = torch.sigmoid(a)
+    return p * (F.logsigmoid(a) - F.logsigmoid(b)) + (1 - p) * (F.logsigmoid(-a) - F.logsigmoid(-b))
+
+
+def compute_loss(model: NANNModel, hist_ids, mask, cand_ids, log_kq, eps: float):
+    """hist_ids [B,L], mask [B,L], cand_ids [B,K] (column 0 = the positive), log_kq [B,K] = log(k q(cand)).
+
+    Returns (loss, nce, aux) with loss = nce + aux (averaged over the B positives)."""
+    B, L = hist_ids.shape
+    all_ids = torch.cat([hist_ids.reshape(-1), cand_ids.reshape(-1)])
+    uniq, inv = torch.unique(all_ids, return_inverse=True)
+    E = model.item_embed(uniq)  # each distinct item through the item network once (BatchNorm over distinct items)
+    hist_e = E[inv[:B * L]].view(B, L, -1) * mask[..., None]
+    cand_e = E[inv[B * L:]].view(B, cand_ids.shape[1], -1)
+    u, k = model.user_side(hist_e, mask)
+    s = model.cand_side(u, k, hist_e, mask, cand_e)
+    labels = torch.zeros_like(s)
+    labels[:, 0] = 1.0
+    nce = F.binary_cross_entropy_with_logits(s - log_kq, labels, reduction="sum") / B
+    if eps > 0:
+        delta = fgsm_delta(s, cand_e, eps)
+        s_adv = model.cand_side(u, k, hist_e, mask, cand_e + delta)
+        aux = bernoulli_kl_logits(s, s_adv).sum() / B
+    else:
+        aux = torch.zeros((), device=s.device)
+    return nce + aux, nce.detach(), aux.detach()
+
+
+# ---- evaluation ------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def recall_all(model: NANNModel, split, n_users: int, max_seq: int, device, top_m: int = TOP_M,
+               item_emb: torch.Tensor | None = None) -> float:
+    """recall-all@M of the first n_users of split: brute-force score of every item with the split scorer."""
+    n = min(n_users, len(split))
+    if n == 0:
+        return float("nan")
+    was = model.training
+    model.eval()
+    enc, sc = build_split(model)
+    enc, sc = enc.to(device), sc.to(device)
+    E = model.all_item_embeddings() if item_emb is None else item_emb
+    E = E.to(device)
+    Y = sc.cand_pre(E)
+    hits = 0
+    ub = 64
+    for s0 in range(0, n, ub):
+        idx = range(s0, min(n, s0 + ub))
+        ids, mask = pad_histories([split.history(i) for i in idx], max_seq)
+        ids_t, mask_t = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+        state = enc(E[ids_t] * mask_t[..., None], mask_t)
+        for j, i in enumerate(idx):
+            st = tuple(x[j:j + 1] for x in state)
+            scores = sc.score_one_pre(st, Y)
+            top = torch.topk(scores, min(top_m, scores.shape[0])).indices
+            hits += int((top == int(split.targets[i])).any())
+    model.train(was)
+    return hits / n
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------------------
+
+def _save_safetensors(tensors: dict, path: str):
+    from safetensors.torch import save_file
+
+    tmp = path + ".tmp"
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(obj, path):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run_dir, model, opt, epoch, step_in_epoch, global_step):
+    ck = os.path.join(run_dir, "checkpoint")
+    os.makedirs(ck, exist_ok=True)
+    _save_safetensors(model.state_dict(), os.path.join(ck, "model.safetensors"))
+    osd = opt.state_dict()
+    tens = {}
+    for pid, st in osd["state"].items():
+        for key, val in st.items():
+            tens[f"{pid}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
+    _save_safetensors(tens or {"_empty": torch.zeros(1)}, os.path.join(ck, "optimizer.safetensors"))
+    _write_json({"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
+                 "param_groups": osd["param_groups"]}, os.path.join(ck, "state.json"))
+
+
+def load_checkpoint(run_dir, model, opt, device):
+    from safetensors.torch import load_file
+
+    ck = os.path.join(run_dir, "checkpoint")
+    if not os.path.exists(os.path.join(ck, "state.json")):
+        return None
+    model.load_state_dict(load_file(os.path.join(ck, "model.safetensors"), device=str(device)))
+    with open(os.path.join(ck, "state.json")) as f:
+        st = json.load(f)
+    tens = load_file(os.path.join(ck, "optimizer.safetensors"))
+    state: dict = {}
+    for name, val in tens.items():
+        if name == "_empty":
+            continue
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = val if key == "step" else val.to(device)
+    opt.load_state_dict({"state": state, "param_groups": st["param_groups"]})
+    return st
+
+
+def load_model(run_dir: str, map_location="cpu") -> NANNModel:
+    """The trained model of a run (config.json + model.safetensors), in eval mode."""
+    from safetensors.torch import load_file
+
+    cfg_path, w_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "model.safetensors")
+    for p in (cfg_path, w_path):
+        if not os.path.exists(p):
+            raise UserError(f"{p} not found: is {run_dir} a finished training run?")
+    with open(cfg_path) as f:
+        cfg = ModelConfig.from_dict(json.load(f))
+    model = NANNModel(cfg)
+    model.load_state_dict(load_file(w_path, device=str(map_location)))
+    return model.eval()
+
+
+# ---- data parallel ---------------------------------------------------------------------------------------------
+
+def _allreduce_mean(tensors, world):
+    import torch.distributed as dist
+
+    if not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world
+    o = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[o:o + n].view_as(t))
+        o += n
+
+
+def _sync_grads(model, world):
+    grads = []
+    for p in model.parameters():
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+    _allreduce_mean(grads, world)
+
+
+def _sync_bn_stats(model, world):
+    _allreduce_mean([b for n, b in model.named_buffers() if b.is_floating_point()], world)
+
+
+def _broadcast_params(model):
+    import torch.distributed as dist
+
+    for t in list(model.parameters()) + list(model.buffers()):
+        dist.broadcast(t.data, 0)
+
+
+# ---- main ------------------------------------------------------------------------------------------------------
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda but no CUDA device is available (use --device cpu or auto)")
+        return torch.device("cuda", local_rank)
+    if name != "cpu":
+        raise UserError(f"--device must be auto, cpu or cuda, not {name!r}")
+    return torch.device("cpu")
+
+
+def main(args) -> int:
+    """`nann train` entry point (also under torchrun)."""
+    train_run(args)
+    return 0
+
+
+def train_run(args) -> NANNModel:
+    """Trains (or resumes) the run; returns this rank's model."""
+    world, rank, local_rank, local_world = _dist_info()
+    if args.arch not in ARCHS:
+        raise UserError(f"--arch must be one of {', '.join(ARCHS)}")
+    for name in ("negatives", "epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.fgsm_eps < 0 or args.lr <= 0:
+        raise UserError("--fgsm-eps must be >= 0 and --lr > 0")
+    device = _resolve_device(args.device, local_rank)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
+    if world > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(args, device, world, rank)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _train(args, device, world, rank) -> int:
+    is_main = rank == 0
+    log = (lambda *a: print(*a, flush=True)) if is_main else (lambda *a: None)
+    data = load_data(args.data)
+    run_dir = args.run
+    os.makedirs(run_dir, exist_ok=True)
+    cfg_path = os.path.join(run_dir, "config.json")
+    cfg = ModelConfig(num_items=data.num_items, num_categories=data.num_categories, arch=args.arch,
+                      max_seq=data.max_seq)
+    if os.path.exists(os.path.join(run_dir, "checkpoint", "state.json")) and os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            old = json.load(f)
+        if old.get("arch") != cfg.arch or old.get("num_items") != cfg.num_items:
+            raise UserError(f"{run_dir} holds a run of arch {old.get('arch')} over {old.get('num_items')} items; "
+                            f"use a new --run directory")
+
+    torch.manual_seed(args.seed)
+    model = NANNModel(cfg, torch.from_numpy(data.item_category)).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    st = load_checkpoint(run_dir, model, opt, device)
+    start_epoch, start_step, global_step = (st["epoch"], st["step_in_epoch"], st["global_step"]) if st else (0, 0, 0)
+    if world > 1:
+        _broadcast_params(model)
+    if is_main:
+        conf = cfg.to_dict()
+        conf.update({"data_dir": os.path.abspath(args.data), "score": "raw logit s_u(e_v)",
+                     "training": {"fgsm_eps": args.fgsm_eps, "negatives": args.negatives, "epochs": args.epochs,
+                                  "batch_size": args.batch_size, "lr": args.lr, "max_samples": args.max_samples,
+                                  "seed": args.seed, "world_size": world, "noise": "unigram (counts clipped at 1)",
+                                  "aux_loss": "bernoulli_kl"}})
+        _write_json(conf, cfg_path)
+        if st:
+            log(f"resuming {run_dir} at epoch {start_epoch}, step {start_step} (global step {global_step})")
+
+    positions = sample_positions(data.train_offsets)
+    if len(positions) == 0:
+        raise UserError(f"{args.data} has no training samples")
+    noise = NoiseSampler(data.item_counts)
+    log_q = torch.from_numpy(noise.log_q).to(device)
+    k = args.negatives
+    log_k = math.log(k)
+    log_path = os.path.join(run_dir, "train_log.jsonl")
+    log_f = open(log_path, "a") if is_main else None
+
+    def write_log(rec):
+        if log_f:
+            log_f.write(json.dumps(rec) + "\n")
+            log_f.flush()
+
+    from tqdm import tqdm
+
+    t_start = time.time()
+    for epoch in range(start_epoch, args.epochs):
+        order = epoch_order(positions, args.seed, epoch, args.max_samples, rank, world)
+        n_steps = len(order) // args.batch_size if world > 1 else math.ceil(len(order) / args.batch_size)
+        rng = np.random.default_rng([args.seed, epoch, rank, 17, start_step if epoch == start_epoch else 0])
+        first = start_step if epoch == start_epoch else 0
+        model.train()
+        bar = tqdm(range(first, n_steps), total=n_steps, initial=first, desc=f"epoch {epoch + 1}/{args.epochs}",
+                   disable=not is_main, dynamic_ncols=True, mininterval=1.0)
+        run_loss, t_log, n_log = None, time.time(), 0
+        for step in bar:
+            g = order[step * args.batch_size:(step + 1) * args.batch_size]
+            hist, mask, pos = make_batch(data.train_items, data.train_offsets, g, data.max_seq)
+            neg = noise.sample(rng, (len(g), k))
+            cand = torch.from_numpy(np.concatenate([pos[:, None], neg], axis=1)).to(device)
+            hist_t, mask_t = torch.from_numpy(hist).to(device), torch.from_numpy(mask).to(device)
+            loss, nce, aux = compute_loss(model, hist_t, mask_t, cand, log_q[cand] + log_k, args.fgsm_eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if world > 1:
+                _sync_grads(model, world)
+            opt.step()
+            if world > 1:
+                _sync_bn_stats(model, world)
+            global_step += 1
+            n_log += len(g)
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                raise RuntimeError(f"loss is {lv} at step {global_step}")
+            run_loss = lv if run_loss is None else 0.98 * run_loss + 0.02 * lv
+            bar.set_postfix(loss=f"{run_loss:.4f}", nce=f"{float(nce):.3f}", aux=f"{float(aux):.2e}", refresh=False)
+            if global_step % 50 == 0:
+                now = time.time()
+                write_log({"kind": "train", "epoch": epoch, "step": global_step, "loss": lv, "running_loss": run_loss,
+                           "nce": float(nce), "aux": float(aux), "samples_per_s": n_log * world / (now - t_log)})
+                t_log, n_log = now, 0
+            if args.eval_every and global_step % args.eval_every == 0 and step + 1 < n_steps:
+                if is_main:
+                    r = recall_all(model, data.val, eval_users("val", device), data.max_seq, device)
+                    write_log({"kind": "val", "epoch": epoch, "step": global_step, "recall_all@200": r})
+                    bar.write(f"step {global_step}: val recall-all@{TOP_M} = {r:.4f}")
+                    save_checkpoint(run_dir, model, opt, epoch, step + 1, global_step)
+                model.train()
+        bar.close()
+        if is_main:
+            save_checkpoint(run_dir, model, opt, epoch + 1, 0, global_step)
+            r = recall_all(model, data.val, eval_users("val", device), data.max_seq, device)
+            write_log({"kind": "val", "epoch": epoch + 1, "step": global_step, "recall_all@200": r,
+                       "elapsed_s": time.time() - t_start})
+            log(f"epoch {epoch + 1}: val recall-all@{TOP_M} = {r:.4f} "
+                f"({min(eval_users('val', device), len(data.val))} users)")
+        start_step = 0
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    if is_main:
+        finish_run(model, data, run_dir, device, write_log, log)
+    if log_f:
+        log_f.close()
+    return model
+
+
+def finish_run(model: NANNModel, data, run_dir: str, device, write_log=lambda r: None, log=print) -> dict:
+    """Writes the final artifacts of a run and reports test recall-all@200."""
+    from trainer.export import write_run_artifacts
+
+    E = write_run_artifacts(model, run_dir)
+    model.to(device)
+    for name in ("items.npy", "item_category.npy", "categories.npy"):
+        src = os.path.join(data.data_dir, name)
+        if os.path.exists(src):
+            shutil.copyfile(src, os.path.join(run_dir, name))
+    n = min(eval_users("test", device), len(data.test))
+    r = recall_all(model, data.test, n, data.max_seq, device, item_emb=E)
+    write_log({"kind": "test", "recall_all@200": r, "users": n})
+    log(f"test recall-all@{TOP_M} = {r:.4f} ({n} users, brute force over {data.num_items} items)")
+    return {"test_recall_all@200": r, "users": n}
