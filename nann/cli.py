@@ -109,6 +109,13 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(handler="nann.query:main")
 
+    s = sub.add_parser("perf", help="load tests and side-by-side retrieval benchmarks (writes perf/results/)")
+    s.add_argument("--quick", action="store_true", help="small data and short intervals (a few minutes; CI smoke test)")
+    s.add_argument("--out", default="perf/results", help="directory for raw results and plots")
+    s.add_argument("--items", type=_int_list, default=None, help="item counts for the side-by-side benchmark")
+    s.add_argument("--skip-load", action="store_true", help="skip the perf_analyzer load tests")
+    s.set_defaults(handler="perf.run:main")
+
     s = sub.add_parser("demo", help="the whole pipeline on embedded synthetic data")
     s.add_argument("--workdir", default="demo")
     s.set_defaults(handler="nann.demo:main")
