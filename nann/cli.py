@@ -53,6 +53,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=3e-3)
     s.add_argument("--max-samples", type=int, default=0, help="cap on training samples per epoch (0 = all)")
     s.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0 = end of each epoch)")
+    s.add_argument("--eval-users", type=int, default=0,
+                   help="users for the brute-force recall checks (0 = 200 val / 500 test on CPU, 1000 / 2000 on GPU)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(handler="trainer.train:main")
@@ -72,6 +74,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ef", type=_int_list, default=[100, 200, 400], help="per layer, top layer first")
     s.add_argument("--rounds", type=_int_list, default=[1, 1, 3], help="per layer, top layer first")
     s.add_argument("--top-m", type=int, default=200)
+    s.add_argument("--beam", type=int, default=None, help="--method dr: beam width (default: the run's)")
     s.add_argument("--users", type=int, default=0, help="evaluate at most this many test users (0 = all)")
     s.add_argument("--batch", type=int, default=32, help="requests advanced together")
     s.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime")

@@ -17,7 +17,7 @@ from nann.errors import UserError
 
 SYNTH = ["--users", "20000", "--items", "100000", "--categories", "500", "--seed", "0"]
 PREPARE = ["--test-users", "1000", "--val-users", "500"]
-TRAIN = ["--arch", "attention", "--epochs", "1", "--negatives", "20", "--max-samples", "300000",
+TRAIN = ["--arch", "attention", "--epochs", "1", "--negatives", "20", "--max-samples", "200000", "--eval-users", "200",
          "--batch-size", "512"]
 EVAL_USERS = "300"
 QUERY_USERS = 5

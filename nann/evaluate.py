@@ -127,6 +127,29 @@ def sweep_specs(method: str, ef: tuple[int, ...], rounds: tuple[int, ...], top_m
     return [MethodSpec("beam", tuple(max(1, round(e * s)) for e in ef), rounds, top_m) for s in BEAM_SWEEP_SCALES]
 
 
+def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
+    """Recall-retrieval and coverage vs % of |V| scored, one line per method (the paper's Figure 3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, points in curves.items():
+        x = [p["scored_fraction"] * 100 for p in points]
+        axes[0].plot(x, [p["recall_retrieval"] * 100 for p in points], marker="o", label=name)
+        axes[1].plot(x, [p["coverage"] * 100 for p in points], marker="o", label=name)
+    for ax, title in zip(axes, ("recall-retrieval@M (%)", "coverage@M (%)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("items scored (% of |V|)")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def print_metrics(m: dict) -> None:
     print(f"{m['method']:>6}  users {m['users']}  recall-all@{m['top_m']} {m['recall_all']:.4f}  "
           f"recall-retrieval {m['recall_retrieval']:.4f}  recall-Δ {m['recall_delta'] * 100:.2f}%  "
@@ -135,6 +158,14 @@ def print_metrics(m: dict) -> None:
 
 
 def main_evaluate(args) -> int:
+    if args.method == "dr":
+        from trainer.deep_retrieval import evaluate_dr
+
+        m = evaluate_dr(args.run, args.data, users=args.users, top_m=args.top_m, beam=args.beam)
+        print_metrics(m)
+        if args.json:
+            Path(args.json).write_text(json.dumps(m, indent=1))
+        return 0
     if len(args.ef) != len(args.rounds):
         raise UserError(f"--ef {args.ef} and --rounds {args.rounds} need one value per layer each")
     ev = Evaluator(args.run, args.data, users=args.users, batch=args.batch, backend=args.backend)
@@ -148,6 +179,8 @@ def main_evaluate(args) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results if args.sweep else results[0], indent=1))
+        if args.sweep:
+            plot_curves({base.method: results}, Path(args.json).with_suffix(".png"))
     return 0
 
 

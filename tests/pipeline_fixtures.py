@@ -22,7 +22,7 @@ def tiny_run(tmp_path_factory) -> SimpleNamespace:
     run_cli("data", "prepare", "--csv", raw / "UserBehavior.csv", "--out", data, "--test-users", 120,
             "--val-users", 40)
     run_cli("train", "--data", data, "--run", run, "--epochs", 1, "--negatives", 10, "--max-samples", 8000,
-            "--batch-size", 256)
+            "--batch-size", 256, "--eval-users", 50)
     run_cli("graph", "--run", run, "--m", 8, "--ef-construction", 40)
     return SimpleNamespace(work=work, data=data, run=run)
 

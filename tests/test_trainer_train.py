@@ -22,7 +22,7 @@ from test_trainer_data import make_prepared  # noqa: E402
 
 def _train_args(data, run, **kw):
     a = dict(data=str(data), run=str(run), arch="attention", fgsm_eps=3e-4, negatives=10, epochs=1, batch_size=64,
-             lr=3e-3, max_samples=0, eval_every=0, device="cpu", seed=0)
+             lr=3e-3, max_samples=0, eval_every=0, eval_users=0, device="cpu", seed=0)
     a.update(kw)
     return argparse.Namespace(**a)
 

@@ -36,12 +36,11 @@ from trainer.sampling import NoiseSampler, epoch_order, load_data, make_batch, p
 TOP_M = 200
 
 
-def eval_users(kind: str, device: torch.device) -> int:
-    """Users for brute-force recall-all@200: val 1000 / test 2000 on CUDA; on CPU 200 / 500 (brute force over 100k
-    items costs ~0.25 s per user on 2 cores). Override with NANN_VAL_USERS / NANN_TEST_USERS."""
-    env = os.environ.get("NANN_VAL_USERS" if kind == "val" else "NANN_TEST_USERS")
-    if env:
-        return int(env)
+def eval_users(kind: str, device: torch.device, requested: int = 0) -> int:
+    """Users for brute-force recall-all@200: `--eval-users` when given, else val 1000 / test 2000 on CUDA and
+    200 / 500 on CPU (brute force over 100k items costs ~0.25 s per user on 2 cores)."""
+    if requested:
+        return int(requested)
     if device.type == "cuda":
         return 1000 if kind == "val" else 2000
     return 200 if kind == "val" else 500
@@ -244,7 +243,11 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
 
 
 def main(args) -> int:
-    """`nann train` entry point (also under torchrun)."""
+    """`nann train` entry point (also under torchrun); `--arch deep-retrieval` trains the DR baseline."""
+    if args.arch == "deep-retrieval":
+        from trainer.deep_retrieval import main_train
+
+        return main_train(args)
     train_run(args)
     return 0
 
@@ -367,7 +370,7 @@ def _train(args, device, world, rank) -> int:
                 t_log, n_log = now, 0
             if args.eval_every and global_step % args.eval_every == 0 and step + 1 < n_steps:
                 if is_main:
-                    r = recall_all(model, data.val, eval_users("val", device), data.max_seq, device)
+                    r = recall_all(model, data.val, eval_users("val", device, args.eval_users), data.max_seq, device)
                     write_log({"kind": "val", "epoch": epoch, "step": global_step, "recall_all@200": r})
                     bar.write(f"step {global_step}: val recall-all@{TOP_M} = {r:.4f}")
                     save_checkpoint(run_dir, model, opt, epoch, step + 1, global_step)
@@ -375,11 +378,11 @@ def _train(args, device, world, rank) -> int:
         bar.close()
         if is_main:
             save_checkpoint(run_dir, model, opt, epoch + 1, 0, global_step)
-            r = recall_all(model, data.val, eval_users("val", device), data.max_seq, device)
+            r = recall_all(model, data.val, eval_users("val", device, args.eval_users), data.max_seq, device)
             write_log({"kind": "val", "epoch": epoch + 1, "step": global_step, "recall_all@200": r,
                        "elapsed_s": time.time() - t_start})
             log(f"epoch {epoch + 1}: val recall-all@{TOP_M} = {r:.4f} "
-                f"({min(eval_users('val', device), len(data.val))} users)")
+                f"({min(eval_users('val', device, args.eval_users), len(data.val))} users)")
         start_step = 0
     if world > 1:
         import torch.distributed as dist
@@ -402,7 +405,7 @@ def finish_run(model: NANNModel, data, run_dir: str, device, write_log=lambda r:
         src = os.path.join(data.data_dir, name)
         if os.path.exists(src):
             shutil.copyfile(src, os.path.join(run_dir, name))
-    n = min(eval_users("test", device), len(data.test))
+    n = min(eval_users("test", device, args.eval_users), len(data.test))
     r = recall_all(model, data.test, n, data.max_seq, device, item_emb=E)
     write_log({"kind": "test", "recall_all@200": r, "users": n})
     log(f"test recall-all@{TOP_M} = {r:.4f} ({n} users, brute force over {data.num_items} items)")

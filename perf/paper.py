@@ -1,0 +1,93 @@
+"""The paper's Table 3 and Figure 3 on our data: `python -m perf.paper --data DATA --work DIR`.
+
+Table 3 shape: three architectures (two-tower, mlp = "DNN w/o attention", attention) × FGSM off/on, each
+evaluated with beam search at the default parameters ({100,200,400}, {1,1,3}, M=200): recall-retrieval,
+recall-all, recall-Δ, coverage, % of |V| scored.
+Figure 3: recall and coverage vs % of |V| scored while the search budget varies, for NANN (beam, FGSM model),
+NANN-HNSW (hnsw, FGSM model) and SL2G (hnsw, attention model trained without FGSM).
+Runs are trained (through the CLI) only when missing, so the script can be resumed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from nann.cli import main as cli_main
+from nann.evaluate import Evaluator, MethodSpec, plot_curves, sweep_specs
+
+ARCHS = ("two-tower", "mlp", "attention")
+ARCH_NAMES = {"two-tower": "two-sided", "mlp": "DNN w/o attention", "attention": "DNN w/ attention"}
+
+
+def ensure_run(data: Path, run: Path, arch: str, fgsm_eps: float, train_args: list[str]) -> Path:
+    if not (run / "scorer.onnx").exists():
+        argv = ["train", "--data", str(data), "--run", str(run), "--arch", arch, "--fgsm-eps", str(fgsm_eps), *train_args]
+        if cli_main(argv) != 0:
+            raise SystemExit(f"training failed: nann {' '.join(argv)}")
+    if not (run / "graph" / "meta.json").exists():
+        if cli_main(["graph", "--run", str(run)]) != 0:
+            raise SystemExit(f"graph build failed for {run}")
+    return run
+
+
+def table3(results: list[dict]) -> str:
+    lines = ["| FGSM | model | recall-retrieval | recall-all | recall-Δ | coverage | % of V scored |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {'yes' if r['fgsm'] else 'no'} | {ARCH_NAMES[r['arch']]} | {r['recall_retrieval'] * 100:.2f}% | "
+                     f"{r['recall_all'] * 100:.2f}% | {r['recall_delta'] * 100:.2f}% | {r['coverage'] * 100:.2f}% | "
+                     f"{r['scored_fraction'] * 100:.2f}% |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="prepared data directory")
+    p.add_argument("--work", required=True, help="directory for the runs and results")
+    p.add_argument("--users", type=int, default=300, help="test users evaluated")
+    p.add_argument("--fgsm-eps", type=float, default=3e-4)
+    p.add_argument("--train-args", default="--epochs 1 --negatives 20 --max-samples 200000 --batch-size 512 "
+                                           "--eval-users 100", help="extra `nann train` arguments")
+    p.add_argument("--skip-table", action="store_true")
+    p.add_argument("--skip-figure", action="store_true")
+    args = p.parse_args(argv)
+    data, work = Path(args.data), Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    train_args = args.train_args.split()
+    runs = {(arch, fgsm): work / f"{arch}-{'fgsm' if fgsm else 'plain'}" for arch in ARCHS for fgsm in (False, True)}
+    if not args.skip_table:
+        results = []
+        for (arch, fgsm), run in runs.items():
+            ensure_run(data, run, arch, args.fgsm_eps if fgsm else 0.0, train_args)
+            m = Evaluator(run, data, users=args.users).evaluate(MethodSpec("beam"))
+            results.append({**m, "arch": arch, "fgsm": fgsm})
+            print(table3(results[-1:]).splitlines()[-1], file=sys.stderr)
+        (work / "table3.json").write_text(json.dumps(results, indent=1))
+        (work / "table3.md").write_text(table3(results) + "\n")
+        print(table3(results))
+    if not args.skip_figure:
+        fgsm_run = ensure_run(data, runs[("attention", True)], "attention", args.fgsm_eps, train_args)
+        plain_run = ensure_run(data, runs[("attention", False)], "attention", 0.0, train_args)
+        nann_eval = Evaluator(fgsm_run, data, users=args.users)
+        sl2g_eval = Evaluator(plain_run, data, users=args.users)
+        curves = {
+            "NANN (beam, FGSM)": [nann_eval.evaluate(s) for s in sweep_specs("beam", (100, 200, 400), (1, 1, 3), 200)],
+            "NANN-HNSW (hnsw, FGSM)": [nann_eval.evaluate(s) for s in sweep_specs("hnsw", (400,), (1,), 200)],
+            "SL2G (hnsw, no FGSM)": [sl2g_eval.evaluate(s) for s in sweep_specs("hnsw", (400,), (1,), 200)],
+        }
+        (work / "figure3.json").write_text(json.dumps({"created": datetime.now(timezone.utc).isoformat(),
+                                                       "curves": curves}, indent=1))
+        plot_curves(curves, work / "figure3.png")
+        for name, points in curves.items():
+            print(name)
+            for pt in points:
+                print(f"  scored {pt['scored_fraction'] * 100:6.2f}%  recall {pt['recall_retrieval'] * 100:5.2f}%  "
+                      f"coverage {pt['coverage'] * 100:6.2f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

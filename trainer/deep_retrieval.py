@@ -1,0 +1,249 @@
+"""Deep Retrieval (DR, arXiv 2007.07203) as a comparison baseline: EM training and beam-search evaluation.
+
+Model and beam search: ``trainer/dr_model.py``; M-step: ``trainer/dr_mstep.py``.
+
+Training (``train_dr``): initial random item->path mapping (J distinct paths of D layers × K nodes per item), then
+``em_iterations`` rounds of [E-step, M-step] and a final E-step:
+- E-step: ``epochs`` passes of Adam over (at most ``max_samples``) training samples with the mapping fixed; loss =
+  −log Σ_j p(π_j(y) | x) (structure) + sampled-softmax cross-entropy of the reranker (``negatives`` unigram noise
+  items shared by the batch, logQ-corrected, accidental hits masked).
+- M-step: a beam search (``mstep_beam``) for ``mstep_samples`` training pairs gives each pair's top paths and
+  p(c | x); they are streamed into each target item's top-S list; paths are then re-assigned greedily with the
+  path-size penalty α·f(|c|), f(n) = n⁴/4 (see dr_mstep.py).
+
+Run directory: ``config.json`` ("arch": "deep-retrieval"), ``model.safetensors``, ``item_paths.npy`` int32
+[N, J, D] (node of each layer of each item's paths), ``train_log.jsonl``.
+
+Evaluation (``evaluate_dr``): beam search (``beam``) -> distinct items on the final B paths -> reranker scores ->
+top-M. ``recall_all`` / ``coverage`` use the reranker's exact top-M over all items (DR's own brute force).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nann.errors import UserError
+from trainer.dr_model import DRModel, PathIndex, beam_search, code_paths, path_codes
+from trainer.dr_mstep import accumulate_topk, assign_paths, random_codes
+from trainer.sampling import NoiseSampler, epoch_order, make_batch, pad_histories
+
+ARCH = "deep-retrieval"
+
+
+def _path_stats(codes: np.ndarray) -> dict:
+    sizes = PathIndex(codes).sizes()
+    return {"paths_used": int(sizes.shape[0]), "max_path_size": int(sizes.max()),
+            "mean_path_size": float(sizes.mean())}
+
+
+def _log(run_dir: str, rec: dict, quiet: bool) -> None:
+    with open(os.path.join(run_dir, "train_log.jsonl"), "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    if not quiet:
+        print(f"[dr] {json.dumps(rec)}", file=sys.stderr)
+
+
+def _e_step(model, opt, items, offsets, positions, codes_t, noise, cfg, rng, epoch_id, quiet):
+    model.train()
+    K = cfg["nodes"]
+    paths_t = torch.from_numpy(code_paths(codes_t, K, cfg["layers"]))            # [N, J, D]
+    log_q = torch.from_numpy(noise.log_q)
+    tot = {"struct": 0.0, "rerank": 0.0, "n": 0}
+    for ep in range(cfg["epochs"]):
+        order = epoch_order(positions, cfg["seed"], epoch_id * 1000 + ep, cfg["max_samples"], 0, 1)
+        bs = cfg["batch_size"]
+        for start in tqdm(range(0, len(order), bs), desc=f"dr E-step {epoch_id}", unit="batch", file=sys.stderr,
+                          leave=False, disable=quiet):
+            hist, mask, tgt = make_batch(items, offsets, order[start:start + bs], cfg["max_seq"])
+            hist, mask, tgt = torch.from_numpy(hist), torch.from_numpy(mask), torch.from_numpy(tgt)
+            h = model.encode(hist, mask)
+            l_struct = -torch.logsumexp(model.path_logprob(h, paths_t[tgt]), dim=1).mean()
+            q = model.rerank_query(h)
+            neg = torch.from_numpy(noise.sample(rng, (cfg["negatives"],)))
+            pos_logit = (q * model.out_emb(tgt)).sum(1) + model.out_bias[tgt] - log_q[tgt]
+            neg_logit = q @ model.out_emb(neg).T + model.out_bias[neg] - log_q[neg]
+            neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == tgt.unsqueeze(1), float("-inf"))
+            logits = torch.cat([pos_logit.unsqueeze(1), neg_logit], dim=1)
+            l_rank = F.cross_entropy(logits, torch.zeros(len(tgt), dtype=torch.long))
+            opt.zero_grad()
+            (l_struct + l_rank).backward()
+            opt.step()
+            tot["struct"] += l_struct.item() * len(tgt)
+            tot["rerank"] += l_rank.item() * len(tgt)
+            tot["n"] += len(tgt)
+    n = max(1, tot["n"])
+    return {"struct_loss": tot["struct"] / n, "rerank_loss": tot["rerank"] / n, "samples": tot["n"]}
+
+
+@torch.no_grad()
+def _m_step(model, items, offsets, positions, codes, cfg, rng, it, quiet):
+    model.eval()
+    N, J = codes.shape
+    sel = positions
+    if cfg["mstep_samples"] and cfg["mstep_samples"] < len(positions):
+        sel = np.sort(rng.choice(positions, cfg["mstep_samples"], replace=False))
+    top_code = np.full((N, cfg["top_s"]), -1, dtype=np.int64)
+    top_score = np.zeros((N, cfg["top_s"]), dtype=np.float64)
+    counts = np.zeros(N, dtype=np.int64)
+    chunk = 2048
+    for start in tqdm(range(0, len(sel), chunk), desc=f"dr M-step {it}", unit="chunk", file=sys.stderr,
+                      leave=False, disable=quiet):
+        hist, mask, tgt = make_batch(items, offsets, sel[start:start + chunk], cfg["max_seq"])
+        h = model.encode(torch.from_numpy(hist), torch.from_numpy(mask))
+        paths, scores = beam_search(model.step_fn(h), len(tgt), cfg["nodes"], cfg["layers"], cfg["mstep_beam"])
+        accumulate_topk(top_code, top_score, tgt, path_codes(paths.numpy(), cfg["nodes"]),
+                        scores.exp().double().numpy(), cfg["decay"])
+        counts += np.bincount(tgt, minlength=N)
+    new = assign_paths(top_code, top_score, counts, codes, cfg["alpha"], rounds=2, seed=cfg["seed"] + it)
+    changed = float((np.sort(new, 1) != np.sort(codes, 1)).any(1).mean())
+    return new, {"mstep_pairs": int(len(sel)), "items_changed": changed}
+
+
+def train_dr(data_dir, run_dir, *, layers=3, nodes=64, paths=3, beam=10, alpha=1e-5, epochs=1, em_iterations=3,
+             batch_size=2048, max_samples=300_000, seed=0, lr=3e-3, mstep_beam=16, mstep_samples=300_000, top_s=16,
+             decay=0.999, negatives=1024, emb_dim=64, hidden=128, node_dim=32, threads=0, quiet=False) -> dict:
+    """Train DR on a prepared data directory; writes the run directory and returns its config.
+
+    threads > 0 sets torch's intra-op threads (1 is much faster on a small, shared CPU).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    from nann.data.prepared import PreparedData
+
+    data = PreparedData.load(str(data_dir))
+    if nodes ** layers < paths:
+        raise UserError(f"--nodes {nodes} and --layers {layers} give fewer than {paths} paths")
+    os.makedirs(run_dir, exist_ok=True)
+    log_path = os.path.join(run_dir, "train_log.jsonl")
+    if os.path.exists(log_path):
+        os.remove(log_path)
+    N = data.num_items
+    cfg = dict(arch=ARCH, layers=layers, nodes=nodes, paths=paths, beam=beam, alpha=alpha, epochs=epochs,
+               em_iterations=em_iterations, batch_size=batch_size, max_samples=max_samples, seed=seed, lr=lr,
+               mstep_beam=mstep_beam, mstep_samples=mstep_samples, top_s=top_s, decay=decay, negatives=negatives,
+               emb_dim=emb_dim, hidden=hidden, node_dim=node_dim, num_items=N,
+               num_categories=max(1, data.num_categories), max_seq=data.max_seq,
+               data_dir=os.path.abspath(str(data_dir)), encoder="mean+last item/category embeddings -> MLP")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = DRModel(N, cfg["num_categories"], layers=layers, nodes=nodes, emb_dim=emb_dim, hidden=hidden,
+                    node_dim=node_dim)
+    model.item_category.copy_(torch.from_numpy(np.asarray(data.vocab.item_category, dtype=np.int64)))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    items = np.asarray(data.train.items, dtype=np.int32)
+    offsets = np.asarray(data.train.offsets, dtype=np.int64)
+    positions = data.train.sample_positions()
+    if len(positions) == 0:
+        raise UserError(f"{data_dir} has no training samples")
+    noise = NoiseSampler(data.item_counts)
+    codes = random_codes(N, paths, nodes ** layers, rng)
+    t0 = time.time()
+    for it in range(em_iterations + 1):
+        rec = {"em_iteration": it, **_e_step(model, opt, items, offsets, positions, codes, noise, cfg, rng, it,
+                                             quiet)}
+        if it < em_iterations:
+            codes, mrec = _m_step(model, items, offsets, positions, codes, cfg, rng, it, quiet)
+            rec.update(mrec)
+        rec.update(_path_stats(codes), seconds=round(time.time() - t0, 1))
+        _log(run_dir, rec, quiet)
+    _save(run_dir, model, cfg, codes)
+    return cfg
+
+
+def _save(run_dir, model, cfg, codes):
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+              os.path.join(run_dir, "model.safetensors"))
+    np.save(os.path.join(run_dir, "item_paths.npy"), code_paths(codes, cfg["nodes"], cfg["layers"]).astype(np.int32))
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+
+
+def load_dr(run_dir):
+    """(model, config, item path codes int64 [N, J]) of a DR run directory."""
+    from safetensors.torch import load_file
+
+    cfg_path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(cfg_path):
+        raise UserError(f"{run_dir} has no config.json: train it with `nann train --arch deep-retrieval`")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    if cfg.get("arch") != ARCH:
+        raise UserError(f"{run_dir} is a {cfg.get('arch')!r} run, not deep-retrieval")
+    for name in ("model.safetensors", "item_paths.npy"):
+        if not os.path.exists(os.path.join(run_dir, name)):
+            raise UserError(f"{run_dir} lacks {name}: re-run `nann train --arch deep-retrieval`")
+    model = DRModel(cfg["num_items"], cfg["num_categories"], layers=cfg["layers"], nodes=cfg["nodes"],
+                    emb_dim=cfg["emb_dim"], hidden=cfg["hidden"], node_dim=cfg["node_dim"])
+    model.load_state_dict(load_file(os.path.join(run_dir, "model.safetensors")))
+    model.eval()
+    paths = np.load(os.path.join(run_dir, "item_paths.npy"), allow_pickle=False)
+    return model, cfg, path_codes(paths, cfg["nodes"])
+
+
+@torch.no_grad()
+def evaluate_dr(run_dir, data_dir, users: int = 0, top_m: int = 200, beam=None, batch: int = 64,
+                threads: int = 0, quiet: bool = False) -> dict:
+    """DR retrieval metrics on the test users (keys as nann.evaluate.Evaluator.evaluate, plus DR parameters)."""
+    if threads:
+        torch.set_num_threads(threads)
+    from nann.data.prepared import PreparedData
+    from nann.evaluate import metrics
+
+    model, cfg, codes = load_dr(run_dir)
+    beam = int(beam or cfg["beam"])
+    data = PreparedData.load(str(data_dir))
+    test = data.test
+    if len(test) == 0:
+        raise UserError(f"{data_dir} has no test users")
+    if data.num_items != cfg["num_items"]:
+        raise UserError(f"{data_dir} has a different item count than the run {run_dir}")
+    test = test.subset(users) if users and users < len(test) else test
+    index = PathIndex(codes)
+    U = len(test)
+    found = np.full((U, top_m), -1, dtype=np.int64)
+    exact = np.full((U, top_m), -1, dtype=np.int64)
+    scored = np.zeros(U, dtype=np.int64)
+    elapsed = 0.0
+    for start in tqdm(range(0, U, batch), desc=f"dr beam={beam}", unit="batch", file=sys.stderr, leave=False,
+                      disable=quiet):
+        idx = range(start, min(U, start + batch))
+        t0 = time.perf_counter()
+        hist, mask = pad_histories([test.history(i) for i in idx], cfg["max_seq"])
+        h = model.encode(torch.from_numpy(hist), torch.from_numpy(mask))
+        q = model.rerank_query(h)
+        paths, _ = beam_search(model.step_fn(h), len(idx), cfg["nodes"], cfg["layers"], beam)
+        pcodes = path_codes(paths.numpy(), cfg["nodes"])
+        for r, u in enumerate(idx):
+            cand = index.collect(pcodes[r])
+            scored[u] = cand.shape[0]
+            if cand.shape[0] == 0:
+                continue
+            s = model.rerank_scores(q, torch.full((cand.shape[0],), r, dtype=torch.long), torch.from_numpy(cand))
+            k = min(top_m, cand.shape[0])
+            found[u, :k] = cand[s.topk(k).indices.numpy()]
+        elapsed += time.perf_counter() - t0
+        k = min(top_m, cfg["num_items"])
+        exact[start:start + len(idx), :k] = model.rerank_all(q).topk(k, dim=1).indices.numpy()
+    return {**metrics(found, exact, test.targets, scored, cfg["num_items"]), "method": "dr", "beam": beam,
+            "top_m": top_m, "seconds_per_query": elapsed / U, "num_items": cfg["num_items"],
+            "layers": cfg["layers"], "nodes": cfg["nodes"], "paths": cfg["paths"], "alpha": cfg["alpha"]}
+
+
+def main_train(args) -> int:
+    """`nann train --arch deep-retrieval`: uses data, run, epochs, batch_size, lr, max_samples (0 = all samples per
+    E-step epoch), seed; CPU only; the DR-specific settings take train_dr's defaults."""
+    dev = getattr(args, "device", "auto")
+    if dev not in ("auto", "cpu", None):
+        print(f"[dr] note: deep-retrieval trains on CPU; --device {dev} ignored", file=sys.stderr)
+    train_dr(args.data, args.run, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+             max_samples=args.max_samples)
+    return 0
