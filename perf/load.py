@@ -297,43 +297,62 @@ def plot(series: dict[str, list[dict]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def batching_off_vs_on(repo: Path, input_json: Path, out_dir: Path, cfg: SweepConfig, concurrency: tuple[int, ...],
+                       tag: str = "", pa_env: tuple[Path, dict] | None = None) -> dict:
+    """Sweeps at `concurrency` with dynamic batching off (a copy of the repo), then on again right after, so
+    the ratio compares neighbours in time; {"off": rows, "on_again": rows, "batching_ratios": rows}."""
+    from nann.serving.server import TritonServer
+
+    pa_env = pa_env or ensure_perf_analyzer()
+    out_dir = Path(out_dir)
+    sub = SweepConfig(**{**vars(cfg), "concurrency": tuple(concurrency)})
+    off_repo = without_dynamic_batching(repo, out_dir / f"repo_no_batching{tag}")
+    res = {}
+    try:
+        with TritonServer(off_repo) as server:
+            res["off"] = sweep(server, input_json, out_dir, f"batching_off{tag}", sub, pa_env)
+    finally:
+        shutil.rmtree(off_repo, ignore_errors=True)
+    with TritonServer(repo) as server:
+        res["on_again"] = sweep(server, input_json, out_dir, f"batching_on_again{tag}", sub, pa_env)
+    ratios = []
+    for off in res["off"]:
+        on = next(r for r in res["on_again"] if r["concurrency"] == off["concurrency"])
+        ratios.append({"concurrency": off["concurrency"],
+                       "throughput_on_over_off": on["throughput_rps"] / off["throughput_rps"],
+                       "p50_off_over_on": off["p50_us"] / on["p50_us"],
+                       "p99_off_over_on": off["p99_us"] / on["p99_us"],
+                       "retrieve_batch_on": on.get("retrieve_avg_batch"),
+                       "retrieve_batch_off": off.get("retrieve_avg_batch")})
+    res["batching_ratios"] = ratios
+    write_rows(ratios, out_dir / f"load_batching_ratio{tag}.csv")
+    return res
+
+
 def load_test(repo: Path, data_dir: Path, out_dir: Path, cfg: SweepConfig, off_concurrency: tuple[int, ...] = (8, 16),
-              users: int = 1000, tag: str = "") -> dict:
-    """The sweep with dynamic batching on, then (if `off_concurrency`) off; CSVs, plot and ratios."""
+              users: int = 1000, tag: str = "", server=None) -> dict:
+    """Sweep with dynamic batching on (on `server` if given, else a new TritonServer), then off vs on at
+    `off_concurrency` (skipped if empty); CSVs, the latency-throughput plot and OUT/load<tag>.json."""
     from nann.serving.server import TritonServer
 
     pa_env = ensure_perf_analyzer()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     input_json = out_dir / f"perf_input{tag}.json"
-    n_users = write_input_data(data_dir, input_json, users)
-    result = {"input_users": n_users, "config": vars(cfg) | {"concurrency": list(cfg.concurrency)}}
-    with TritonServer(repo) as server:
+    result = {"input_users": write_input_data(data_dir, input_json, users),
+              "config": {**vars(cfg), "concurrency": list(cfg.concurrency)}}
+    if server is not None:
         result["on"] = sweep(server, input_json, out_dir, f"batching_on{tag}", cfg, pa_env)
+    else:
+        with TritonServer(repo) as srv:
+            result["on"] = sweep(srv, input_json, out_dir, f"batching_on{tag}", cfg, pa_env)
+    best = max(result["on"], key=lambda r: r["throughput_rps"])
+    result["max_throughput_rps"], result["max_throughput_concurrency"] = best["throughput_rps"], best["concurrency"]
     if off_concurrency:
-        off_repo = without_dynamic_batching(repo, out_dir / f"repo_no_batching{tag}")
-        off_cfg = SweepConfig(**{**vars(cfg), "concurrency": tuple(off_concurrency)})
-        on_same = SweepConfig(**{**vars(cfg), "concurrency": tuple(off_concurrency)})
-        with TritonServer(off_repo) as server:
-            result["off"] = sweep(server, input_json, out_dir, f"batching_off{tag}", off_cfg, pa_env)
-        # measured again with batching on right after, so the ratio compares neighbours in time
-        with TritonServer(repo) as server:
-            result["on_again"] = sweep(server, input_json, out_dir, f"batching_on_again{tag}", on_same, pa_env)
-        shutil.rmtree(off_repo, ignore_errors=True)
-        ratios = []
-        for off in result["off"]:
-            on = next(r for r in result["on_again"] if r["concurrency"] == off["concurrency"])
-            ratios.append({"concurrency": off["concurrency"],
-                           "throughput_on_over_off": on["throughput_rps"] / off["throughput_rps"],
-                           "p50_off_over_on": off["p50_us"] / on["p50_us"],
-                           "p99_off_over_on": off["p99_us"] / on["p99_us"],
-                           "retrieve_batch_on": on.get("retrieve_avg_batch"),
-                           "retrieve_batch_off": off.get("retrieve_avg_batch")})
-        result["batching_ratios"] = ratios
-        write_rows(ratios, out_dir / f"load_batching_ratio{tag}.csv")
-    plot({"dynamic batching on": result["on"], "off": result.get("off", []),
+        result.update(batching_off_vs_on(repo, input_json, out_dir, cfg, off_concurrency, tag, pa_env))
+    plot({"dynamic batching on": result["on"], "batching off": result.get("off", []),
           "on (rerun)": result.get("on_again", [])}, out_dir / f"latency_throughput{tag}.png",
-         f"nann ensemble over gRPC, perf_analyzer{tag.replace('_', ' ')}")
+         f"nann ensemble over gRPC, perf_analyzer {tag.strip('_')}")
     (out_dir / f"load{tag}.json").write_text(json.dumps(result, indent=1))
     return result
 

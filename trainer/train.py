@@ -389,13 +389,14 @@ def _train(args, device, world, rank) -> int:
 
         dist.barrier()
     if is_main:
-        finish_run(model, data, run_dir, device, write_log, log)
+        finish_run(model, data, run_dir, device, write_log, log, args.eval_users)
     if log_f:
         log_f.close()
     return model
 
 
-def finish_run(model: NANNModel, data, run_dir: str, device, write_log=lambda r: None, log=print) -> dict:
+def finish_run(model: NANNModel, data, run_dir: str, device, write_log=lambda r: None, log=print,
+               eval_users_requested: int = 0) -> dict:
     """Writes the final artifacts of a run and reports test recall-all@200."""
     from trainer.export import write_run_artifacts
 
@@ -405,7 +406,7 @@ def finish_run(model: NANNModel, data, run_dir: str, device, write_log=lambda r:
         src = os.path.join(data.data_dir, name)
         if os.path.exists(src):
             shutil.copyfile(src, os.path.join(run_dir, name))
-    n = min(eval_users("test", device, args.eval_users), len(data.test))
+    n = min(eval_users("test", device, eval_users_requested), len(data.test))
     r = recall_all(model, data.test, n, data.max_seq, device, item_emb=E)
     write_log({"kind": "test", "recall_all@200": r, "users": n})
     log(f"test recall-all@{TOP_M} = {r:.4f} ({n} users, brute force over {data.num_items} items)")

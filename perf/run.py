@@ -1,0 +1,219 @@
+"""`nann perf`: side-by-side retrieval benchmark + served latency + perf_analyzer load tests, one run.
+
+    nann perf                      # full: |V| = 100k (add --items 100000,1000000 for 1M), writes perf/RESULTS.md
+    nann perf --quick              # small data, short intervals, concurrency 1,4 (CI smoke test; a few minutes)
+    nann perf --skip-load          # no perf_analyzer
+    nann perf --out DIR            # raw JSON/CSV/PNG go to DIR (default perf/results, git-ignored)
+
+For each |V|: perf/compare.py (data → three models → graphs → offline methods on the same test users), then
+the NANN run is exported (`export_repository`, ONNX Runtime scorer, as offline), served (`TritonServer`),
+timed at concurrency 1 through `NannClient` against the offline engine on the same users, and load-tested with
+perf_analyzer (perf/load.py): concurrency sweep with dynamic batching on, then off vs on at 8/16 as a ratio.
+Every number lands in OUT/results_v<items>.json and OUT/RESULTS.md; the full mode also rewrites perf/RESULTS.md.
+Timings are medians measured side by side in one run; the machine may be shared, so compare ratios.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK_ITEMS = [5000]
+FULL_ITEMS = [100_000]
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "nproc": os.cpu_count(),
+            "cpu": cpu, "python": platform.python_version(), "platform": platform.platform(),
+            "git_describe": git("describe", "--always", "--dirty", "--tags"), "git_commit": git("rev-parse", "HEAD"),
+            "loadavg_at_start": [round(x, 2) for x in load] if load else None}
+
+
+def _serve_and_load(res: dict, out: Path, tag: str, quick: bool, skip_load: bool, sc) -> None:
+    from perf import load as L
+    from perf.compare import served_vs_offline
+
+    from nann.serving.export import export_repository
+    from nann.serving.server import TritonServer
+
+    paths = res["paths"]
+    repo = Path(paths["nann"]).parent / "repo"
+    if repo.exists():
+        shutil.rmtree(repo)
+    t0 = time.perf_counter()
+    res["export"] = export_repository(Path(paths["nann"]), repo, scorer="onnxruntime")
+    res["export"]["seconds"] = round(time.perf_counter() - t0, 1)
+    cfg = L.SweepConfig(concurrency=(1, 4), interval_ms=1000, stability=50, max_trials=4, timeout_s=120) if quick \
+        else L.SweepConfig()
+    off = (4,) if quick else (8, 16)
+    pa_env = None
+    if skip_load:
+        res["load"] = {"skipped": "--skip-load"}
+    else:
+        try:
+            pa_env = L.ensure_perf_analyzer()
+        except L.PerfAnalyzerUnavailable as e:
+            res["load"] = {"skipped": str(e)}
+            print(f"[perf] load test skipped: {e}", file=sys.stderr)
+    with TritonServer(repo) as server:
+        print(f"[perf] serving {repo} at {server.grpc_url}", file=sys.stderr)
+        res["served_vs_offline"] = served_vs_offline(Path(paths["nann"]), Path(paths["data"]), server.grpc_url,
+                                                     sc.served_users)
+    if pa_env is not None:   # its own servers: batching on (sweep), off, on again
+        res["load"] = L.load_test(repo, Path(paths["data"]), out, cfg, off, users=1000, tag=tag)
+
+
+def run_one(items: int, out: Path, quick: bool, skip_load: bool) -> dict:
+    from perf.compare import compare, scale_for
+
+    sc = scale_for(items, quick)
+    tag = f"_v{items}"
+    t0 = time.perf_counter()
+    res = compare(out / "work" / f"v{items}", sc)
+    res["compare_seconds"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    _serve_and_load(res, out, tag, quick, skip_load, sc)
+    res["serve_seconds"] = round(time.perf_counter() - t0, 1)
+    (out / f"results{tag}.json").write_text(json.dumps(res, indent=1, default=float))
+    write_csv(res, out / f"compare{tag}.csv")
+    return res
+
+
+def write_csv(res: dict, path: Path) -> None:
+    from perf.load import write_rows
+
+    write_rows([{k: v for k, v in r.items() if not isinstance(v, dict)} for r in res["methods"]], path)
+
+
+# ------------------------------------------------------------------------------------------------- report
+def _pct(x):
+    return "—" if x is None else f"{x * 100:.1f}%"
+
+
+def _num(x, fmt="{:.1f}"):
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def queue_ms(row: dict) -> float:
+    """Queue time per request summed over the ensemble's composing models (Triton's statistics; perf_analyzer
+    reports none for an ensemble itself)."""
+    return sum(row.get(f"{m}_queue_us", 0.0) for m in ("preprocess", "user_encoder", "retrieve", "scorer")) / 1e3
+
+
+def markdown(results: list[dict], info: dict, command: str) -> str:
+    lines = ["# perf results", "",
+             "Produced by `nann perf` (perf/run.py). Raw JSON/CSV/PNG: the run's OUT directory (git-ignored).", "",
+             f"- command: `{command}`", f"- date: {info['date']}",
+             f"- machine: {info['nproc']} cores, {info['cpu']}, {info['platform']}, Python {info['python']}; "
+             f"load average at start {info['loadavg_at_start']} (shared machine: read ratios, not absolute times)",
+             f"- version: `{info['git_describe']}` ({info['git_commit']})", ""]
+    for res in results:
+        sc = res["scale"]
+        lines += [f"## |V| = {res['items']:,} items ({res['users']} test users; synthetic data, "
+                  f"{sc['users']:,} users)", "",
+                  f"Training (each model): `nann train {' '.join(sc['train'])}` (+ `--fgsm-eps 0` for SL2G, "
+                  f"`--arch two-tower --fgsm-eps 0` for two-tower). Offline latency: one user at a time, encode + search, "
+                  "ONNX Runtime scorer. Quality on all test users listed; latency on the 'timed users'.", "",
+                  "| method | model | recall@200 | recall-all (own brute force) | coverage@200 vs own brute force | "
+                  "overlap with NANN brute force | items scored / query | % of V | offline ms median | offline ms p99 | timed users |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in res["methods"]:
+            lines.append(f"| {r['method']} | {r['model']} | {_pct(r['recall'])} | {_pct(r['recall_all'])} | "
+                         f"{_pct(r['coverage_own'])} | {_pct(r['overlap_nann_brute'])} | "
+                         f"{_num(r['items_scored'], '{:,.0f}') if r['items_scored'] is not None else 'n/a (hnswlib)'} | "
+                         f"{_pct(r['scored_fraction']) if r['scored_fraction'] is not None else 'n/a'} | "
+                         f"{_num(r['latency_ms_median'], '{:.2f}')} | {_num(r['latency_ms_p99'], '{:.2f}')} | {r['latency_queries']} |")
+        rt = res["ratios"]
+        lines += ["", "| ratio | value |", "|---|---|",
+                  f"| NANN beam speed-up over brute force (median latency) at {_pct(rt['nann_coverage'])} coverage | "
+                  f"{rt['nann_speedup_over_brute_median']:.1f}x |",
+                  f"| items scored: brute force / NANN beam | {rt['nann_scored_ratio_brute_over_beam']:.1f}x |",
+                  *[f"| NANN beam recall@200 / {what} recall@200 | {_num(rt[f'nann_recall_over_{key}'], '{:.2f}x')} "
+                    f"({rt[f'nann_recall_minus_{key}_pp']:+.1f} pp) |"
+                    for what, key in (("two-tower + hnswlib ip", "two_tower_hnsw"),
+                                      ("two-tower + hnswlib l2 (MIPS transform)", "two_tower_l2"),
+                                      ("two-tower brute force", "two_tower_brute"))]]
+        so = res.get("served_vs_offline")
+        if so:
+            lines.append(f"| served (gRPC, NannClient, concurrency 1) / offline engine latency, median "
+                         f"({so['users']} users, k={so['k']}) | {so['served_over_offline_median']:.2f}x "
+                         f"({so['served']['latency_ms_median']:.2f} ms vs {so['offline']['latency_ms_median']:.2f} ms; "
+                         f"p99 {so['served']['latency_ms_p99']:.2f} vs {so['offline']['latency_ms_p99']:.2f} ms) |")
+        load = res.get("load", {})
+        if "skipped" in load:
+            lines += ["", f"Load test skipped: {load['skipped']}"]
+        elif load:
+            lines += ["", f"### Served: perf_analyzer on the `nann` ensemble (gRPC, {load['input_users']} real test-user "
+                      f"histories, measurement interval {load['config']['interval_ms']} ms)", "",
+                      "| dyn. batching | concurrency | req/s | p50 ms | p90 ms | p99 ms | queue ms (composing models) | "
+                      "server compute ms (ensemble) | retrieve avg batch |", "|---|---|---|---|---|---|---|---|---|"]
+            for label, key in (("on", "on"), ("off", "off"), ("on (rerun)", "on_again")):
+                for r in load.get(key, []):
+                    comp = sum(r.get(k, 0.0) for k in ("server_compute_input_us", "server_compute_infer_us",
+                                                        "server_compute_output_us"))
+                    lines.append(f"| {label} | {r['concurrency']} | {r['throughput_rps']:.1f} | {r['p50_us'] / 1e3:.1f} | "
+                                 f"{r['p90_us'] / 1e3:.1f} | {r['p99_us'] / 1e3:.1f} | "
+                                 f"{queue_ms(r):.1f} | {comp / 1e3:.1f} | "
+                                 f"{_num(r.get('retrieve_avg_batch'), '{:.2f}')} |")
+            lines += ["", f"Max served throughput (batching on): {load['max_throughput_rps']:.1f} req/s at concurrency "
+                      f"{load['max_throughput_concurrency']}.", "",
+                      "| concurrency | throughput on/off | p50 off/on | p99 off/on |", "|---|---|---|---|"]
+            for r in load.get("batching_ratios", []):
+                lines.append(f"| {r['concurrency']} | {r['throughput_on_over_off']:.2f}x | {r['p50_off_over_on']:.2f}x | "
+                             f"{r['p99_off_over_on']:.2f}x |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    quick = bool(getattr(args, "quick", False))
+    out = Path(getattr(args, "out", None) or "perf/results").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    items = list(getattr(args, "items", None) or (QUICK_ITEMS if quick else FULL_ITEMS))
+    skip_load = bool(getattr(args, "skip_load", False))
+    info = machine_info()
+    command = "nann perf" + (" --quick" if quick else "") + (f" --items {','.join(map(str, items))}"
+                                                              if getattr(args, "items", None) else "") \
+        + (" --skip-load" if skip_load else "") + (f" --out {args.out}" if getattr(args, "out", None)
+                                                  and args.out != "perf/results" else "")
+    results = []
+    for n in items:
+        t0 = time.perf_counter()
+        results.append(run_one(n, out, quick, skip_load))
+        print(f"[perf] |V| = {n:,} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    summary = {"machine": info, "command": command, "results": results}
+    (out / "results.json").write_text(json.dumps(summary, indent=1, default=float))
+    md = markdown(results, info, command)
+    (out / "RESULTS.md").write_text(md)
+    if not quick and out == (ROOT / "perf" / "results").resolve():
+        (ROOT / "perf" / "RESULTS.md").write_text(md)
+        print(f"[perf] wrote {ROOT / 'perf' / 'RESULTS.md'}", file=sys.stderr)
+    print(md)
+    return 0

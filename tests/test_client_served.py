@@ -1,0 +1,82 @@
+"""The client SDK and `nann query` against the real served pipeline: answers equal `nann retrieve` offline."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+from nann_client import AsyncNannClient, InvalidRequestError, NannClient
+
+from nann.cli import main as cli_main
+from nann.data.prepared import PreparedData
+
+pytestmark = pytest.mark.serving
+
+
+@pytest.fixture(scope="module")
+def histories(served):
+    data = PreparedData.load(str(served.data))
+    n = len(data.test)  # fewer than 100 test users in the tiny run: cycle through them
+    return [data.vocab.dense_to_raw(data.test.history(i % n)) for i in range(100)]
+
+
+def offline_json(run, history, k, capsys) -> dict:
+    assert cli_main(["retrieve", "--run", str(run), "--history", ",".join(map(str, history)), "--k", str(k),
+                     "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_sync_and_async_equal_nann_retrieve(served, histories, capsys):
+    url = served.server.grpc_url
+    with NannClient(url) as client:
+        sync = [client.retrieve(h, k=20) for h in histories[:10]]
+
+    async def run_async():
+        async with AsyncNannClient(url) as client:
+            return [await client.retrieve(h, k=20) for h in histories[:10]]
+
+    for h, s, a in zip(histories, sync, asyncio.run(run_async())):
+        want = offline_json(served.run, h, 20, capsys)
+        assert s.item_ids.tolist() == want["item_ids"] == a.item_ids.tolist()
+        np.testing.assert_allclose(s.scores, want["scores"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a.scores, want["scores"], rtol=1e-4, atol=1e-5)
+
+
+def test_retrieve_many_keeps_order_and_equals_single_calls(served, histories):
+    with NannClient(served.server.grpc_url) as client:
+        many = client.retrieve_many(histories, k=10)
+        singles = [client.retrieve(h, k=10) for h in histories]
+    assert len(many) == 100
+    for m, s in zip(many, singles):
+        assert m.item_ids.tolist() == s.item_ids.tolist()
+        np.testing.assert_allclose(m.scores, s.scores, rtol=1e-6)
+
+
+@pytest.mark.parametrize("history, k, message", [
+    ([987654321987], None, "unknown item ids (1): 987654321987"),
+    (None, 5000, "k=5000 is outside [1, 1000]"),
+])
+def test_server_messages_reach_the_caller(served, histories, history, k, message):
+    with NannClient(served.server.grpc_url) as client:
+        with pytest.raises(InvalidRequestError) as err:
+            client.retrieve(histories[0] if history is None else history, k=k)
+    assert message in str(err.value)
+
+
+def test_info_comes_from_the_server(served):
+    with NannClient(served.server.grpc_url) as client:
+        info = client.info()
+        assert client.ready()
+    assert info.num_items == served.info["num_items"]
+    assert info.scorer_backend == "onnxruntime"
+    assert info.max_k == 1000
+
+
+def test_nann_query_prints_what_nann_retrieve_prints(served, histories, capsys):
+    history = ",".join(map(str, histories[3]))
+    assert cli_main(["query", "--url", served.server.grpc_url, "--history", history, "--k", "7", "--json"]) == 0
+    served_json = json.loads(capsys.readouterr().out)
+    offline = offline_json(served.run, histories[3], 7, capsys)
+    assert served_json["item_ids"] == offline["item_ids"]
+    np.testing.assert_allclose(served_json["scores"], offline["scores"], rtol=1e-4, atol=1e-5)
