@@ -101,7 +101,10 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--http-port", type=int, default=8000)
     s.add_argument("--metrics-port", type=int, default=8002)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    s.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none")
+    s.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none",
+                   help="none (default): the model-control API is off; poll: load new versions as they are exported")
+    s.add_argument("--triton-arg", action="append", dest="triton_args", default=[], metavar="ARG",
+                   help="extra tritonserver option, repeatable (e.g. --triton-arg=--grpc-use-ssl=true)")
     s.set_defaults(handler="nann.serving.server:main")
 
     s = sub.add_parser("query", help="ask a running server for one user's top-k")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nann.errors import UserError
+from nann.steps import run_step
 
 SYNTH = ["--users", "20000", "--items", "100000", "--categories", "500", "--seed", "0"]
 PREPARE = ["--test-users", "1000", "--val-users", "500"]
@@ -22,20 +22,6 @@ TRAIN = ["--arch", "attention", "--epochs", "1", "--negatives", "20", "--max-sam
 EVAL_USERS = "300"
 QUERY_USERS = 5
 LATENCY_QUERIES = 30
-
-
-def _step(title: str, argv: list[str], done: Path | None = None) -> None:
-    from nann.cli import main as cli_main
-
-    if done is not None and done.exists():
-        print(f"== {title}: already done ({done})", file=sys.stderr)
-        return
-    print(f"== {title}: nann {' '.join(argv)}", file=sys.stderr)
-    t0 = time.perf_counter()
-    code = cli_main(argv)
-    if code != 0:
-        raise UserError(f"demo step '{title}' failed (exit {code})")
-    print(f"   {title} took {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
 
 def _serve_and_query(repo: Path, data: Path, run: Path) -> None:
@@ -76,15 +62,15 @@ def main(args) -> int:
     work = Path(args.workdir).resolve()
     data, run, repo = work / "data", work / "run", work / "repo"
     t0 = time.perf_counter()
-    _step("synthesise data", ["data", "synth", "--out", str(work / "raw"), *SYNTH], work / "raw" / "UserBehavior.csv")
-    _step("prepare", ["data", "prepare", "--csv", str(work / "raw" / "UserBehavior.csv"), "--out", str(data), *PREPARE],
+    run_step("synthesise data", ["data", "synth", "--out", str(work / "raw"), *SYNTH], work / "raw" / "UserBehavior.csv")
+    run_step("prepare", ["data", "prepare", "--csv", str(work / "raw" / "UserBehavior.csv"), "--out", str(data), *PREPARE],
           data / "stats.json")
-    _step("train", ["train", "--data", str(data), "--run", str(run), *TRAIN], run / "scorer.onnx")
-    _step("graph", ["graph", "--run", str(run)], run / "graph" / "meta.json")
-    _step("evaluate", ["evaluate", "--run", str(run), "--data", str(data), "--users", EVAL_USERS,
+    run_step("train", ["train", "--data", str(data), "--run", str(run), *TRAIN], run / "scorer.onnx")
+    run_step("graph", ["graph", "--run", str(run)], run / "graph" / "meta.json")
+    run_step("evaluate", ["evaluate", "--run", str(run), "--data", str(data), "--users", EVAL_USERS,
                        "--json", str(work / "evaluate.json")])
     if not (repo / "nann" / "config.pbtxt").exists():
-        _step("export", ["export", "--run", str(run), "--repo", str(repo)])
+        run_step("export", ["export", "--run", str(run), "--repo", str(repo)])
     _serve_and_query(repo, data, run)
     metrics = json.loads((work / "evaluate.json").read_text())
     print(f"demo done in {time.perf_counter() - t0:.0f} s: recall-all@200 {metrics['recall_all']:.3f}, "

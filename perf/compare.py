@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nann.steps import run_step
+
 TOP_M = 200
 HNSW_EF0 = 400
 TT_EF = 400
@@ -75,29 +77,9 @@ GRAPHS = ("nann", "sl2g")
 
 
 def _cli(title: str, argv: list[str], done: Path, log: list) -> None:
-    from nann.cli import main as cli_main
-
-    if done.exists():
-        print(f"[perf] {title}: already done ({done})", file=sys.stderr)
-        return
-    print(f"[perf] {title}: nann {' '.join(argv)}", file=sys.stderr)
-    t0 = time.perf_counter()
-    entry = {"step": title, "argv": argv}
-    try:
-        code = cli_main(argv)
-    except Exception as e:  # noqa: BLE001
-        # A crash after the step wrote its artifacts (e.g. in a trainer's closing report) must not void the
-        # benchmark: go on with a loud warning, recorded in the results. No artifacts = a real failure.
-        if not done.exists():
-            raise
-        print(f"[perf] WARNING: {title} raised {type(e).__name__}: {e} after writing {done}; continuing",
-              file=sys.stderr)
-        entry["warning"] = f"{type(e).__name__}: {e}"
-        code = 0
-    if code != 0:
-        raise RuntimeError(f"`nann {' '.join(argv)}` exited {code}")
-    entry["seconds"] = round(time.perf_counter() - t0, 1)
-    log.append(entry)
+    seconds = run_step(title, argv, done)
+    if seconds is not None:
+        log.append({"step": title, "argv": argv, "seconds": round(seconds, 1)})
 
 
 def prepare(work: Path, sc: Scale) -> tuple[dict, list]:

@@ -14,7 +14,7 @@
 
 Used by `nann perf` (perf/run.py); stand-alone:
 
-    python -m perf.load --repo REPO --data DATA --out OUT [--concurrency 1,2,4,8,16,32] [--interval-ms 3000]
+    python -m perf.load --repo REPO --data DATA --out OUT [--concurrency 1,2,4,8,16,32] [--interval-ms 2000]
 """
 from __future__ import annotations
 
@@ -177,9 +177,9 @@ def stats_delta(before: dict, after: dict) -> dict[str, dict]:
 @dataclass
 class SweepConfig:
     concurrency: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    interval_ms: int = 3000
+    interval_ms: int = 2000
     stability: int = 50          # percent; the machine is shared, so tolerate noise
-    max_trials: int = 6
+    max_trials: int = 4
     timeout_s: float = 300.0
 
 
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="perf/results")
     p.add_argument("--concurrency", default="1,2,4,8,16,32")
     p.add_argument("--off-concurrency", default="8,16", help="empty = skip the batching-off rerun")
-    p.add_argument("--interval-ms", type=int, default=3000)
+    p.add_argument("--interval-ms", type=int, default=2000)
     a = p.parse_args(argv)
     cfg = SweepConfig(concurrency=tuple(int(x) for x in a.concurrency.split(",")), interval_ms=a.interval_ms)
     off = tuple(int(x) for x in a.off_concurrency.split(",") if x.strip())

@@ -15,21 +15,17 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from nann.cli import main as cli_main
 from nann.evaluate import Evaluator, MethodSpec, plot_curves, sweep_specs
+from nann.steps import run_step
 
 ARCHS = ("two-tower", "mlp", "attention")
 ARCH_NAMES = {"two-tower": "two-sided", "mlp": "DNN w/o attention", "attention": "DNN w/ attention"}
 
 
 def ensure_run(data: Path, run: Path, arch: str, fgsm_eps: float, train_args: list[str]) -> Path:
-    if not (run / "scorer.onnx").exists():
-        argv = ["train", "--data", str(data), "--run", str(run), "--arch", arch, "--fgsm-eps", str(fgsm_eps), *train_args]
-        if cli_main(argv) != 0:
-            raise SystemExit(f"training failed: nann {' '.join(argv)}")
-    if not (run / "graph" / "meta.json").exists():
-        if cli_main(["graph", "--run", str(run)]) != 0:
-            raise SystemExit(f"graph build failed for {run}")
+    run_step(f"train {run.name}", ["train", "--data", data, "--run", run, "--arch", arch, "--fgsm-eps", fgsm_eps,
+                                    *train_args], run / "scorer.onnx")
+    run_step(f"graph {run.name}", ["graph", "--run", run], run / "graph" / "meta.json")
     return run
 
 

@@ -1,4 +1,3 @@
-import argparse
 import hashlib
 
 import numpy as np

@@ -8,6 +8,7 @@ from nann.engine.grid import CandidateGrid
 from nann.serving.export import pbtxt_string, tensor_entries
 from nann.serving.repository import ArtifactError, verify_manifest, write_manifest
 from nann.serving.requests import RequestError, ServingLimits, parse_history, parse_search
+from nann.serving.services import check_state
 from nann.serving.tensorrt_build import profile_shapes
 
 RAW = np.array([11, 25, 37, 40, 58], dtype=np.int64)
@@ -104,3 +105,15 @@ def test_config_rendering_helpers():
     assert tensor_entries(specs, batched=True) == '  { name: "keys" data_type: TYPE_FP32 dims: [ 50, 64 ] }'
     assert "dims: [ -1, 50, 64 ]" in tensor_entries(specs, batched=False)
     assert pbtxt_string('{"a": "b\\c"}') == '{\\"a\\": \\"b\\\\c\\"}'
+
+
+def test_state_checks_refuse_wrong_shapes_and_non_finite_values():
+    shapes = {"keys": (1, 3, 2), "user_bias": (1, 4)}
+    good = {"keys": np.zeros((1, 3, 2), np.float32), "user_bias": np.ones((1, 4), np.float32)}
+    check_state(good, shapes)
+    with pytest.raises(RequestError, match=r"keys must have shape \[1, 3, 2\], got \[2, 3, 2\]"):
+        check_state({**good, "keys": np.zeros((2, 3, 2), np.float32)}, shapes)
+    bad = good["user_bias"].copy()
+    bad[0, 1] = np.nan
+    with pytest.raises(RequestError, match="user_bias holds NaN or inf"):
+        check_state({**good, "user_bias": bad}, shapes)

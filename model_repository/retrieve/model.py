@@ -23,26 +23,27 @@ class TritonPythonModel:
     def initialize(self, args):
         version_dir, params = model_context(args)
         grid = json.loads(params["grid"])
+        state_dims = {o["name"]: o["dims"] for o in json.loads(args["model_config"])["input"]
+                      if o["name"] not in ("k", "ef", "rounds")}
         self.service = RetrieveService(version_dir, ServingLimits.from_json(json.loads(params["limits"])),
-                                       CandidateGrid(grid["sizes"], grid["max_size"]))
-        self.state_names = [o["name"] for o in json.loads(args["model_config"])["input"]
-                            if o["name"] not in ("k", "ef", "rounds")]
+                                       CandidateGrid(grid["sizes"], grid["max_size"]), state_dims)
+        self.state_names = list(state_dims)
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        good, params = [], []
+        good, params, states = [], [], []
         for i, request in enumerate(requests):
             try:
-                params.append(self.service.parse(_optional(request, "k"), _optional(request, "ef"),
+                state = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.state_names}
+                params.append(self.service.parse(state, _optional(request, "k"), _optional(request, "ef"),
                                                  _optional(request, "rounds")))
                 good.append(i)
+                states.append(state)
             except RequestError as e:
                 responses[i] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
         if good:
-            state = [pb_utils.Tensor(name, np.concatenate(
-                [pb_utils.get_input_tensor_by_name(requests[i], name).as_numpy() for i in good]))
-                for name in self.state_names]
+            state = [pb_utils.Tensor(name, np.concatenate([s[name] for s in states])) for name in self.state_names]
 
             def score(owner, ids):
                 reply = pb_utils.InferenceRequest(

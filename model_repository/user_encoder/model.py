@@ -1,5 +1,4 @@
 """Triton model `user_encoder`: one user_encoder.onnx run for all requests of an execute()."""
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from nann.serving.services import EncoderService, model_context
@@ -11,9 +10,8 @@ class TritonPythonModel:
         self.encoder = EncoderService(version_dir, params["backend"])
 
     def execute(self, requests):
-        emb = np.concatenate([pb_utils.get_input_tensor_by_name(r, "hist_emb").as_numpy() for r in requests])
-        mask = np.concatenate([pb_utils.get_input_tensor_by_name(r, "hist_mask").as_numpy() for r in requests])
-        state = self.encoder.encode(emb, mask)
-        return [pb_utils.InferenceResponse([pb_utils.Tensor(name, np.ascontiguousarray(state[name][i:i + 1]))
-                                            for name in self.encoder.state_names])
-                for i in range(len(requests))]
+        states = self.encoder.encode_requests(
+            [pb_utils.get_input_tensor_by_name(r, "hist_emb").as_numpy() for r in requests],
+            [pb_utils.get_input_tensor_by_name(r, "hist_mask").as_numpy() for r in requests])
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(name, state[name]) for name in self.encoder.state_names])
+                for state in states]

@@ -14,6 +14,7 @@ from nann.engine.graph import HnswGraph
 from nann.engine.grid import CandidateGrid
 from nann.engine.search import SearchParams, beam_search
 from nann.serving.requests import ServingLimits, parse_search
+from nann.serving.services import check_state
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -21,7 +22,9 @@ ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 class RetrieveService:
     """Beam search for a batch of requests whose user state is already computed."""
 
-    def __init__(self, artifact_dir: Path, limits: ServingLimits, grid: CandidateGrid):
+    def __init__(self, artifact_dir: Path, limits: ServingLimits, grid: CandidateGrid,
+                 state_dims: dict[str, list[int]] | None = None):
+        """state_dims: each state input's dims from the model config (-1 = the sequence axis, max_seq long)."""
         from nann.data.prepared import Vocabulary
 
         self.graph = HnswGraph.load(Path(artifact_dir) / "graph")
@@ -29,8 +32,12 @@ class RetrieveService:
         self.item_raw_ids = vocab.dense_to_raw(np.arange(vocab.num_items)).astype(np.int64)
         self.limits = limits
         self.grid = grid
+        self.state_shapes = {name: (1, *(limits.max_seq if int(d) == -1 else int(d) for d in dims))
+                             for name, dims in (state_dims or {}).items()}
 
-    def parse(self, k, ef, rounds) -> SearchParams:
+    def parse(self, state: dict[str, np.ndarray], k, ef, rounds) -> SearchParams:
+        """Validate one request: its state rows (one user, finite) and its search parameters."""
+        check_state(state, self.state_shapes)
         return parse_search(k, ef, rounds, self.limits)
 
     def retrieve(self, params: Sequence[SearchParams], score_fn: ScoreFn):

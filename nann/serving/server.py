@@ -73,6 +73,7 @@ class TritonServer:
     shm_default_mb: int = 16
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _workdir: tempfile.TemporaryDirectory | None = field(default=None, init=False, repr=False)
+    expected_stubs: set = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.repo = Path(self.repo).resolve()
@@ -117,12 +118,47 @@ class TritonServer:
         if self.log_path is None:
             self.log_path = Path(self._workdir.name) / "tritonserver.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "wb")
+        log = open(self.log_path, "ab")  # append: a restart keeps the log of the crash before it
         self._proc = subprocess.Popen(self.command(backend_dir), stdout=log, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         self.wait_ready(timeout)
+        self.expected_stubs = set(self.stub_processes())
         return self
+
+    def stub_processes(self) -> dict[str, int]:
+        """{instance name (e.g. "scorer_0_0"): pid} of this server's live Python backend stub processes (from /proc)."""
+        if not self.running():
+            return {}
+        stubs = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if fields[0] == "Z" or int(fields[1]) != self.pid:
+                    continue
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 8:
+                stubs[argv[8].decode(errors="replace")] = int(entry)
+        return stubs
+
+    def dead_stubs(self) -> list[str]:
+        """Model instances whose stub process died since the server became ready.
+
+        Triton 2.51's Python backend does not restart a dead stub and keeps reporting the model ready; every
+        request to that instance then fails ("Stub process 'X' is not healthy"). `supervise` restarts the server.
+        """
+        return sorted(self.expected_stubs - set(self.stub_processes()))
+
+    def restart(self, timeout: float = 120.0, stop_timeout: float = 5.0) -> "TritonServer":
+        """Stop (SIGKILL after `stop_timeout`: a model whose stub died never unloads) and start again, same ports."""
+        self.stop(stop_timeout)
+        return self.start(timeout)
 
     def is_ready(self) -> bool:
         try:
@@ -185,6 +221,42 @@ class TritonServer:
         self.stop()
 
 
+def supervise(server: TritonServer, should_stop, max_restarts: int = 5, window_s: float = 600.0,
+              interval: float = 0.5, say=lambda msg: print(msg, file=sys.stderr)) -> int:
+    """Keep `server` serving until should_stop() is true; returns 0 then, or 1 after too many restarts.
+
+    Restarts tritonserver (same ports) when it exits (e.g. a crash) or when a Python model's stub process died,
+    which Triton itself neither repairs nor reports through readiness. At most `max_restarts` within `window_s`.
+    """
+    restarts: list[float] = []
+    while not should_stop():
+        reason = None
+        if not server.running():
+            reason = f"tritonserver exited (code {server._proc and server._proc.returncode})"
+        elif server.model_control_mode != "explicit":  # in explicit mode an unload legitimately ends a stub
+            dead = server.dead_stubs()
+            if dead:
+                reason = f"the stub process of {', '.join(dead)} died"
+        if reason is None:
+            time.sleep(interval)
+            continue
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < window_s] + [now]
+        if len(restarts) > max_restarts:
+            say(f"nann serve: error: {reason}; gave up after {max_restarts} restarts in {window_s:.0f} s; "
+                f"log: {server.log_path}\n{server.log_tail()}")
+            server.stop(5.0)
+            return 1
+        say(f"nann serve: {reason}; restarting tritonserver (log: {server.log_path})")
+        try:
+            server.restart()
+        except UserError as e:
+            say(f"nann serve: error: restart failed: {e}")
+            return 1
+        say(f"ready again: gRPC {server.grpc_url}")
+    return 0
+
+
 def main(args) -> int:
     """`nann serve`: run until Ctrl-C / SIGTERM."""
     from nann.serving.repository import verify_repository
@@ -192,7 +264,8 @@ def main(args) -> int:
     verify_repository(Path(args.repo))
     log_path = Path(args.repo).resolve().parent / "tritonserver.log"
     server = TritonServer(Path(args.repo), args.grpc_port, args.http_port, args.metrics_port, host=args.host,
-                          model_control_mode=args.model_control_mode, log_path=log_path)
+                          model_control_mode=args.model_control_mode, log_path=log_path,
+                          extra_args=list(args.triton_args))
     stop_requested = False
 
     def _on_signal(signum, frame):
@@ -205,11 +278,8 @@ def main(args) -> int:
           f"metrics {server.metrics_port}); log: {log_path}", file=sys.stderr)
     server.start()
     print(f"ready: gRPC {server.grpc_url}  (Ctrl-C to stop)", file=sys.stderr)
-    while not stop_requested:
-        if not server.running():
-            print(f"nann serve: error: tritonserver exited; log: {log_path}\n{server.log_tail()}", file=sys.stderr)
-            return 1
-        time.sleep(0.5)
+    if supervise(server, lambda: stop_requested):
+        return 1
     server.stop()
     print("stopped", file=sys.stderr)
     return 0

@@ -26,6 +26,20 @@ def model_context(args: dict) -> tuple[Path, dict[str, str]]:
     return version_dir, params
 
 
+def check_state(state: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse a user-state input of the wrong shape or holding NaN/inf.
+
+    Only a client calling an internal model directly can send such state (Triton serves every model on the
+    same port); through the `nann` ensemble the state comes from `user_encoder`.
+    """
+    for name, shape in shapes.items():
+        value = state[name]
+        if value.shape != tuple(shape):
+            raise RequestError(f"state input {name} must have shape {list(shape)}, got {list(value.shape)}")
+        if not np.isfinite(value).all():
+            raise RequestError(f"state input {name} holds NaN or inf")
+
+
 class Preprocessor:
     """history (raw ids) → the behaviours' e_v padded to max_seq, and the mask."""
 
@@ -67,6 +81,13 @@ class EncoderService:
                 for i in range(hist_emb.shape[0])]
         return {name: np.concatenate([row[name] for row in rows]) for name in self.state_names}
 
+    def encode_requests(self, embs: list[np.ndarray], masks: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """One encoder pass for several requests; each request gets back its own rows (it may hold several)."""
+        state = self.encode(np.concatenate(embs), np.concatenate(masks))
+        ends = np.cumsum([e.shape[0] for e in embs])
+        return [{name: np.ascontiguousarray(state[name][end - e.shape[0]:end]) for name in self.state_names}
+                for e, end in zip(embs, ends)]
+
 
 class ScorerService:
     """Scores candidate ids for the users whose state rows it is given (the CPU `scorer` model)."""
@@ -80,6 +101,9 @@ class ScorerService:
     def score(self, state: dict[str, np.ndarray], cand_ids: np.ndarray, owner: np.ndarray) -> np.ndarray:
         if cand_ids.shape != owner.shape:
             raise RequestError(f"cand_ids {list(cand_ids.shape)} and owner {list(owner.shape)} differ in shape")
+        bad = [name for name, value in state.items() if not np.isfinite(value).all()]
+        if bad:
+            raise RequestError(f"state input {bad[0]} holds NaN or inf")
         rows = next(iter(state.values())).shape[0]
         if cand_ids.size and (cand_ids.min() < 0 or cand_ids.max() >= self.runtime.num_items):
             raise RequestError(f"cand_ids outside [0, {self.runtime.num_items})")

@@ -1,0 +1,231 @@
+"""Faults against real tritonservers (each test has its own, so the shared `served` fixture is undisturbed):
+a killed Python stub under load, broken artifacts at load, a new model version while clients keep sending.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from nann.cli import main as cli_main
+from nann.data.prepared import PreparedData
+from nann.errors import UserError
+from nann.serving.export import export_repository
+from nann.serving.repository import ArtifactError, verify_repository
+from nann.serving.requests import parse_search
+from nann.serving.retrieval import OfflineRetriever
+from nann.serving.server import TritonServer, free_port, supervise
+
+pytestmark = pytest.mark.serving
+
+
+@pytest.fixture(scope="module")
+def histories(tiny_run):
+    data = PreparedData.load(str(tiny_run.data))
+    return [data.vocab.dense_to_raw(data.test.history(i)) for i in range(40)]
+
+
+def infer(client, history, k=20):
+    h = np.asarray(history, np.int64).reshape(1, -1)
+    inputs = [grpcclient.InferInput("history", list(h.shape), "INT64"), grpcclient.InferInput("k", [1, 1], "INT32")]
+    inputs[0].set_data_from_numpy(h)
+    inputs[1].set_data_from_numpy(np.array([[k]], np.int32))
+    return client.infer("nann", inputs, client_timeout=30).as_numpy("item_ids")[0]
+
+
+class Load:
+    """Client threads sending back to back until stopped; records (start, end, error or None, ids)."""
+
+    def __init__(self, url, histories, threads=4):
+        self.url, self.histories, self.log, self._stop = url, histories, [], threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(t, threads), daemon=True) for t in range(threads)]
+
+    def _run(self, t, step):
+        i = t
+        with grpcclient.InferenceServerClient(self.url) as client:
+            while not self._stop.is_set():
+                h = self.histories[i % len(self.histories)]
+                start = time.monotonic()
+                try:
+                    self.log.append((start, time.monotonic(), None, i % len(self.histories), infer(client, h)))
+                except Exception as e:  # noqa: BLE001 - counted by the test
+                    self.log.append((start, time.monotonic(), str(e), i % len(self.histories), None))
+                    time.sleep(0.05)
+                i += step
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self.threads:
+            t.join(60)
+
+    def failures(self):
+        return [entry for entry in self.log if entry[2] is not None]
+
+
+def stub_pid(server: TritonServer, model: str) -> int:
+    stubs = server.stub_processes()
+    return stubs[f"{model}_0_0"]
+
+
+# ---------------------------------------------------------------- a killed stub
+
+@pytest.mark.parametrize("model", ["retrieve", "scorer"])
+def test_killed_stub_under_load_is_recovered_by_the_supervisor(served, histories, tmp_path, model):
+    """Triton 2.51 neither restarts a dead Python stub nor reports the model unready (and a dead BLS target can
+    take the whole server down); `nann serve`'s supervisor restarts tritonserver. In-flight requests fail with
+    an error, later ones succeed again."""
+    server = TritonServer(served.repo, log_path=tmp_path / "triton.log").start()
+    stop = threading.Event()
+    messages: list[str] = []
+    code: list[int] = []
+    watcher = threading.Thread(target=lambda: code.append(supervise(server, stop.is_set, interval=0.2,
+                                                                    say=messages.append)))
+    try:
+        watcher.start()
+        with Load(server.grpc_url, histories) as load:
+            time.sleep(2.0)
+            victim = stub_pid(server, model)
+            killed_at = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and not any("ready again" in m for m in messages):
+                time.sleep(0.25)
+            ready_at = time.monotonic()
+            time.sleep(2.0)
+        failed = [e for e in load.failures() if e[0] >= killed_at - 30]
+        ok_after = [e for e in load.log if e[2] is None and e[0] > ready_at]
+        print(f"\nkilled {model} stub: {len(failed)} failed requests, {len(ok_after)} succeeded after; "
+              f"supervisor: {messages}")
+        assert any("died" in m or "exited" in m for m in messages), messages
+        assert any("ready again" in m for m in messages), messages
+        assert ok_after, "no request succeeded after the restart"
+        assert victim not in server.stub_processes().values() and server.dead_stubs() == []
+        assert all(e[2] for e in failed)  # every failure carries a message
+    finally:
+        stop.set()
+        watcher.join(60)
+        server.stop(10)
+    assert code == [0]
+
+
+def test_dead_stub_is_detected_and_not_repaired_by_triton(served, histories, tmp_path):
+    """Without the supervisor: the model stays 'ready' while every request through it fails, naming the stub."""
+    with TritonServer(served.repo, log_path=tmp_path / "triton.log") as server, \
+            grpcclient.InferenceServerClient(server.grpc_url) as client:
+        infer(client, histories[0])
+        os.kill(stub_pid(server, "preprocess"), signal.SIGKILL)
+        time.sleep(1.0)
+        assert server.dead_stubs() == ["preprocess_0_0"]
+        assert client.is_model_ready("preprocess")  # Triton's readiness does not notice
+        with pytest.raises(Exception, match="Stub process 'preprocess_0_0' is not healthy"):
+            infer(client, histories[0])
+        server.restart()
+        assert len(infer(client, histories[0])) == 20 and server.dead_stubs() == []
+
+
+# ---------------------------------------------------------------- broken artifacts
+
+def fresh_repo(tiny_run, path: Path) -> Path:
+    export_repository(tiny_run.run, path, scorer="onnxruntime")
+    return path
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Rewrite a (possibly hard-linked) artifact without touching the run it was linked from."""
+    path.unlink()
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "altered"])
+def test_nann_serve_refuses_a_broken_repository_naming_the_file(tiny_run, tmp_path, capsys, damage):
+    repo = fresh_repo(tiny_run, tmp_path / "repo")
+    target = repo / "retrieve" / "1" / "graph" / "layer0_indices.npy"
+    data = target.read_bytes()
+    if damage == "missing":
+        target.unlink()
+    elif damage == "truncated":
+        replace_file(target, data[: len(data) // 2])
+    else:
+        replace_file(target, data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(ArtifactError, match=str(target)):
+        verify_repository(repo)
+    code = cli_main(["serve", "--repo", str(repo), "--grpc-port", str(free_port()), "--http-port", str(free_port()),
+                     "--metrics-port", str(free_port())])
+    err = capsys.readouterr().err
+    assert code != 0 and str(target) in err, err
+    assert {"missing": "is missing", "truncated": "truncated", "altered": "sha256"}[damage] in err
+
+
+def test_artifact_broken_after_the_precheck_fails_the_load_inside_triton(tiny_run, tmp_path):
+    repo = fresh_repo(tiny_run, tmp_path / "repo")
+    verify_repository(repo)  # what `nann serve` checks first: fine
+    target = repo / "scorer" / "1" / "scorer.onnx"
+    replace_file(target, target.read_bytes()[:-10] + b"0123456789")
+    server = TritonServer(repo, log_path=tmp_path / "triton.log")
+    with pytest.raises(UserError, match="tritonserver exited while loading"):
+        server.start(timeout=120)
+    server.stop()
+    log = (tmp_path / "triton.log").read_text(errors="replace")
+    assert f"artifact {target} does not match its sha256 checksum" in log
+    assert "scorer" in log and not server.running()
+
+
+# ---------------------------------------------------------------- a new version while serving
+
+@pytest.fixture(scope="module")
+def second_run(tiny_run, tmp_path_factory):
+    """The same model with a different graph (a cheap, distinguishable new version)."""
+    from pipeline_fixtures import run_cli
+
+    run2 = tmp_path_factory.mktemp("run2") / "run"
+    shutil.copytree(tiny_run.run, run2, ignore=shutil.ignore_patterns("graph", "checkpoint"))
+    run_cli("graph", "--run", run2, "--m", 4, "--ef-construction", 12)
+    return run2
+
+
+def test_new_version_is_picked_up_without_failed_requests(tiny_run, second_run, histories, tmp_path):
+    repo = fresh_repo(tiny_run, tmp_path / "repo")
+    before = OfflineRetriever(tiny_run.run)
+    after = OfflineRetriever(second_run)
+    params = parse_search(np.array([20]), None, None, before.limits)
+    want_old = [before.retrieve([h], [params])[0][0].tolist() for h in histories]
+    want_new = [after.retrieve([h], [params])[0][0].tolist() for h in histories]
+    changed = [i for i in range(len(histories)) if want_old[i] != want_new[i]]
+    assert changed, "the two versions answer alike: the test could not see the switch"
+    server = TritonServer(repo, model_control_mode="poll", extra_args=["--repository-poll-secs=1"],
+                          log_path=tmp_path / "triton.log")
+    with server, grpcclient.InferenceServerClient(server.grpc_url) as client:
+        with Load(server.grpc_url, histories) as load:
+            time.sleep(2.0)
+            exported_at = time.monotonic()
+            export_repository(second_run, repo, scorer="onnxruntime")
+            deadline = time.monotonic() + 120
+            models = ("preprocess", "user_encoder", "retrieve", "scorer", "nann")
+            while time.monotonic() < deadline and not all(
+                    client.is_model_ready(m, "2") and not client.is_model_ready(m, "1") for m in models):
+                time.sleep(0.5)
+            switched_at = time.monotonic()
+            time.sleep(3.0)
+        assert all(client.is_model_ready(m, "2") for m in models), server.log_tail(30)
+        failures = load.failures()
+        during = [e for e in load.log if e[0] >= exported_at]
+        print(f"\nversion switch in {switched_at - exported_at:.1f} s: {len(during)} requests during and after it, "
+              f"{len(failures)} failed")
+        assert not failures, failures[:3]
+        late = [e for e in load.log if e[0] > switched_at + 0.5]
+        assert late and all(e[4].tolist() == want_new[e[3]] for e in late)
+        assert all(e[4].tolist() in (want_old[e[3]], want_new[e[3]]) for e in load.log)
+        for i in changed[:5]:
+            assert infer(client, histories[i]).tolist() == want_new[i]

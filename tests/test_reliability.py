@@ -1,0 +1,390 @@
+"""Reliability and security of the served system against a real tritonserver (the shared `served` fixture,
+plus one server of its own for the scorer batch bound): bad input of every kind is refused with INVALID_ARG
+naming the problem and never disturbs other requests or the server; limits; loopback binding; model control
+off; no unpickling; a short soak.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import threading
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from nann.data.prepared import PreparedData
+from nann.engine.grid import CandidateGrid
+from nann.serving.requests import ServingLimits, parse_search
+from nann.serving.retrieval import OfflineRetriever
+
+pytestmark = pytest.mark.serving
+
+MODELS = ("nann", "preprocess", "user_encoder", "retrieve", "scorer")
+ROOT = Path(__file__).resolve().parents[1]
+BAD_INPUTS_TRIED: list[str] = []
+
+
+def tensor(name, arr, dtype):
+    t = grpcclient.InferInput(name, list(arr.shape), dtype)
+    t.set_data_from_numpy(arr)
+    return t
+
+
+def request(history, k=None, ef=None, rounds=None, history_dtype=np.int64, history_type="INT64", batch=True):
+    h = np.asarray(history, dtype=history_dtype)
+    inputs = [tensor("history", h.reshape(1, -1) if batch and h.ndim == 1 else h, history_type)]
+    for name, value in (("k", None if k is None else [k]), ("ef", ef), ("rounds", rounds)):
+        if value is not None:
+            inputs.append(tensor(name, np.asarray(value, dtype=np.int32).reshape(1, -1), "INT32"))
+    return inputs
+
+
+def infer(client, inputs, model="nann"):
+    result = client.infer(model, inputs, client_timeout=60)
+    return result.as_numpy("item_ids")[0], result.as_numpy("scores")[0]
+
+
+def assert_invalid(client, inputs, *patterns, model="nann"):
+    with pytest.raises(InferenceServerException) as err:
+        client.infer(model, inputs, client_timeout=60)
+    assert "INVALID_ARG" in str(err.value.status()), err.value
+    for pattern in patterns:
+        assert re.search(pattern, err.value.message()), err.value.message()
+    return err.value.message()
+
+
+@pytest.fixture(scope="module")
+def users(served):
+    data = PreparedData.load(str(served.data))
+    return [data.vocab.dense_to_raw(data.test.history(i)) for i in range(24)]
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    with grpcclient.InferenceServerClient(served.server.grpc_url) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def offline(served):
+    return OfflineRetriever(served.run)
+
+
+def check_good_request(client, users, offline):
+    ids, scores = infer(client, request(users[3], k=7))
+    want = offline.retrieve([users[3]], [parse_search(np.array([7]), None, None, offline.limits)])[0]
+    assert ids.tolist() == want[0].tolist() and np.isfinite(scores).all()
+
+
+BAD = {  # name: (request builder given the users, regexes the message must match)
+    "empty history": (lambda u: request([]), [r"history is empty"]),
+    "1000+1 ids": (lambda u: request(np.resize(u[0], 1001)), [r"1001 item ids, more than the maximum 1000"]),
+    "100000 ids": (lambda u: request(np.resize(u[0], 100_000)), [r"more than the maximum 1000"]),
+    "unknown id": (lambda u: request(list(u[0][:3]) + [123456789012]), [r"unknown item ids \(1\): 123456789012"]),
+    "negative id": (lambda u: request([-5, *u[0][:2]]), [r"unknown item ids \(1\): -5"]),
+    "int64 max id": (lambda u: request([2**63 - 1]), [r"unknown item ids \(1\): 9223372036854775807"]),
+    "int64 min id": (lambda u: request([-2**63]), [r"unknown item ids"]),
+    "20 unknown ids": (lambda u: request(np.arange(10**12, 10**12 + 20)), [r"unknown item ids \(20\)", r"\.\.\."]),
+    "FP32 history": (lambda u: request(u[0], history_dtype=np.float32, history_type="FP32"),
+                     [r"data-type is 'FP32', but model 'nann' expects 'INT64'"]),
+    "NaN FP32 history": (lambda u: request([np.nan, np.inf], history_dtype=np.float32, history_type="FP32"),
+                         [r"expects 'INT64'"]),
+    "INT32 history": (lambda u: request(u[0], history_dtype=np.int32, history_type="INT32"), [r"expects 'INT64'"]),
+    "1-D history without batch axis": (lambda u: request(u[0], batch=False), [r"unexpected shape for input 'history'"]),
+    "2 rows in one request": (lambda u: request(np.stack([u[0][:5], u[1][:5]])),
+                              [r"history must have shape \[n\] or \[1, n\], got \[2, 5\]"]),
+    "k=0": (lambda u: request(u[0], k=0), [r"k=0 is outside \[1, 1000\]"]),
+    "k=-3": (lambda u: request(u[0], k=-3), [r"k=-3 is outside"]),
+    "k=1001": (lambda u: request(u[0], k=1001), [r"k=1001 is outside \[1, 1000\]"]),
+    "k int32 max": (lambda u: request(u[0], k=2**31 - 1), [r"is outside \[1, 1000\]"]),
+    "k as INT64": (lambda u: request(u[0])[:1] + [tensor("k", np.array([[5]], np.int64), "INT64")],
+                   [r"input 'k' data-type is 'INT64'"]),
+    "two k values": (lambda u: request(u[0])[:1] + [tensor("k", np.array([[5, 6]], np.int32), "INT32")],
+                     [r"unexpected shape for input 'k'"]),
+    "ef too few": (lambda u: request(u[0], ef=[10, 10]), [r"ef needs 3 values \(one per layer, top first\), got 2"]),
+    "ef too many": (lambda u: request(u[0], ef=[10] * 4), [r"ef needs 3 values"]),
+    "ef=0": (lambda u: request(u[0], ef=[0, 10, 10]), [r"ef=\[0, 10, 10\] is outside \[1, 2000\]"]),
+    "ef negative": (lambda u: request(u[0], ef=[10, -1, 10]), [r"is outside \[1, 2000\]"]),
+    "ef=2001": (lambda u: request(u[0], ef=[10, 10, 2001]), [r"is outside \[1, 2000\]"]),
+    "rounds=0": (lambda u: request(u[0], rounds=[1, 0, 1]), [r"rounds=\[1, 0, 1\] is outside \[1, 10\]"]),
+    "rounds=11": (lambda u: request(u[0], rounds=[1, 1, 11]), [r"is outside \[1, 10\]"]),
+    "rounds wrong count": (lambda u: request(u[0], rounds=[1]), [r"rounds needs 3 values"]),
+    "unknown input": (lambda u: request(u[0]) + [tensor("bogus", np.array([[1]], np.int32), "INT32")],
+                      [r"unexpected inference input 'bogus'"]),
+    "internal tensor via the ensemble": (
+        lambda u: request(u[0]) + [tensor("user_bias", np.full((1, 128), np.nan, np.float32), "FP32")],
+        [r"unexpected inference input 'user_bias'"]),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input_refused_with_invalid_arg_and_server_keeps_serving(served, client, users, offline, name):
+    build, patterns = BAD[name]
+    assert_invalid(client, build(users), *patterns)
+    BAD_INPUTS_TRIED.append(name)
+    check_good_request(client, users, offline)
+
+
+def test_history_between_max_seq_and_max_history_keeps_most_recent(client, users, offline):
+    history = np.resize(np.concatenate(users[:6]), 1000)
+    ids, _ = infer(client, request(history, k=10))
+    want = offline.retrieve([history[-offline.limits.max_seq:]],
+                            [parse_search(np.array([10]), None, None, offline.limits)])[0]
+    assert ids.tolist() == want[0].tolist()
+
+
+def test_bad_requests_in_a_shared_batch_do_not_affect_the_good_ones(served, users, offline):
+    """Good and bad requests sent at once (they share execute() calls): each gets its own answer."""
+    url = served.server.grpc_url
+    bad_names = ["empty history", "unknown id", "k=0", "ef too few", "rounds=11", "2 rows in one request"]
+    jobs = [("good", i) for i in range(12)] + [("bad", n) for n in bad_names]
+    jobs = [jobs[i] for i in np.random.default_rng(0).permutation(len(jobs))]
+    barrier = threading.Barrier(len(jobs))
+    results = {}
+
+    def worker(job):
+        kind, what = job
+        inputs = request(users[what], k=20) if kind == "good" else BAD[what][0](users)
+        with grpcclient.InferenceServerClient(url) as c:
+            barrier.wait()
+            try:
+                results[job] = infer(c, inputs)
+            except InferenceServerException as e:
+                results[job] = e
+
+    with grpcclient.InferenceServerClient(url) as c:
+        before = c.get_inference_statistics("preprocess", as_json=True)["model_stats"][0]
+    threads = [threading.Thread(target=worker, args=(job,)) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with grpcclient.InferenceServerClient(url) as c:
+        after = c.get_inference_statistics("preprocess", as_json=True)["model_stats"][0]
+    params = parse_search(np.array([20]), None, None, offline.limits)
+    for kind, what in jobs:
+        got = results[(kind, what)]
+        if kind == "good":
+            assert not isinstance(got, Exception), got
+            assert got[0].tolist() == offline.retrieve([users[what]], [params])[0][0].tolist()
+        else:
+            assert isinstance(got, InferenceServerException) and "INVALID_ARG" in str(got.status())
+            assert re.search(BAD[what][1][0], got.message()), got.message()
+            BAD_INPUTS_TRIED.append(f"batched {what}")
+    executions = int(after["execution_count"]) - int(before["execution_count"])
+    assert executions < len(jobs), "the requests were never batched together"
+
+
+# ---------------------------------------------------------------- the internal models, called directly
+# Triton serves every model of the repository on the same port (no per-model access control), so the internal
+# models' inputs (the only float inputs) are reachable from outside: they must refuse what would corrupt others.
+
+def state_inputs(rows=1, seq=50, fill=0.1, nan_in=None):
+    shapes = {"keys": (rows, seq, 64), "attn_bias": (rows, seq), "values": (rows, seq, 64), "user_bias": (rows, 128)}
+    out = {}
+    for name, shape in shapes.items():
+        arr = np.full(shape, fill, np.float32)
+        if name == nan_in:
+            arr.flat[0] = np.nan
+        out[name] = arr
+    return out
+
+
+def test_scorer_called_directly_refuses_nan_state_and_bad_ids(client):
+    def scorer_inputs(state, cand_ids, owner):
+        return [tensor(n, v, "FP32") for n, v in state.items()] + [
+            tensor("cand_ids", np.asarray(cand_ids, np.int64), "INT64"), tensor("owner", np.asarray(owner, np.int64), "INT64")]
+
+    good = client.infer("scorer", scorer_inputs(state_inputs(), [1, 2, 3], [0, 0, 0])).as_numpy("scores")
+    assert good.shape == (3,) and np.isfinite(good).all()
+    for name in ("keys", "user_bias"):
+        assert_invalid(client, scorer_inputs(state_inputs(nan_in=name), [1, 2], [0, 0]), rf"state input {name} holds NaN",
+                       model="scorer")
+    assert_invalid(client, scorer_inputs(state_inputs(), [10**9], [0]), r"cand_ids outside", model="scorer")
+    assert_invalid(client, scorer_inputs(state_inputs(), [1], [5]), r"owner outside", model="scorer")
+    assert_invalid(client, scorer_inputs(state_inputs(), [1, 2], [0]), r"differ in shape", model="scorer")
+    BAD_INPUTS_TRIED.extend(["scorer NaN keys", "scorer NaN user_bias", "scorer bad id", "scorer bad owner",
+                             "scorer shape mismatch"])
+
+
+def test_retrieve_called_directly_refuses_nan_or_misshaped_state_per_request(served, client, users):
+    def retrieve_inputs(state, k=5):
+        rows = state["keys"].shape[0]  # k with as many rows, or Triton itself refuses the batch size mismatch
+        return [tensor(n, v, "FP32") for n, v in state.items()] + [tensor("k", np.full((rows, 1), k, np.int32), "INT32")]
+
+    ids, _ = infer(client, retrieve_inputs(state_inputs()), model="retrieve")
+    assert len(ids) == 5
+    assert_invalid(client, retrieve_inputs(state_inputs(nan_in="values")), r"state input values must be finite.*NaN",
+                   model="retrieve")
+    assert_invalid(client, retrieve_inputs(state_inputs(rows=2)), r"with shape \[1, 50, 64\], got \[2, 50, 64\]",
+                   model="retrieve")
+    assert_invalid(client, retrieve_inputs(state_inputs(seq=7)), r"got \[1, 7, 64\]", model="retrieve")
+    BAD_INPUTS_TRIED.extend(["retrieve NaN state", "retrieve 2-row state", "retrieve short state"])
+
+    # sent together, the bad ones must not shift or fail the good ones sharing their execute()
+    jobs = [("good", state_inputs()), ("nan", state_inputs(nan_in="keys")), ("rows", state_inputs(rows=3)),
+            ("good", state_inputs(fill=0.2)), ("seq", state_inputs(seq=3))] * 2
+    barrier, results = threading.Barrier(len(jobs)), [None] * len(jobs)
+
+    def worker(i):
+        with grpcclient.InferenceServerClient(served.server.grpc_url) as c:
+            barrier.wait()
+            try:
+                results[i] = infer(c, retrieve_inputs(jobs[i][1]), model="retrieve")
+            except InferenceServerException as e:
+                results[i] = e
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    alone = {fill: infer(client, retrieve_inputs(state_inputs(fill=fill)), model="retrieve")[0].tolist()
+             for fill in (0.1, 0.2)}
+    for (kind, state), got in zip(jobs, results):
+        if kind == "good":
+            assert not isinstance(got, Exception), got
+            assert got[0].tolist() == alone[float(state["keys"].flat[0]).__round__(1)]
+        else:
+            assert isinstance(got, InferenceServerException) and "INVALID_ARG" in str(got.status()), got
+
+
+def test_user_encoder_called_directly_with_several_rows_answers_each_request_its_own_rows(served, client):
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((3, 50, 64)).astype(np.float32)
+    mask = np.ones((3, 50), np.float32)
+
+    def encode(c, rows):
+        return c.infer("user_encoder", [tensor("hist_emb", emb[rows], "FP32"),
+                                        tensor("hist_mask", mask[rows], "FP32")]).as_numpy("user_bias")
+
+    alone = [encode(client, [i])[0] for i in range(3)]
+    barrier, results = threading.Barrier(2), {}
+
+    def worker(rows):
+        with grpcclient.InferenceServerClient(served.server.grpc_url) as c:
+            barrier.wait()
+            results[tuple(rows)] = encode(c, rows)
+
+    threads = [threading.Thread(target=worker, args=(rows,)) for rows in ([0, 1], [2])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[(0, 1)].shape[0] == 2 and results[(2,)].shape[0] == 1
+    np.testing.assert_allclose(results[(0, 1)], np.stack(alone[:2]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(results[(2,)][0], alone[2], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- limits
+
+def test_limits_are_published_in_nann_info(client):
+    config = client.get_model_config("nann", as_json=True)["config"]
+    info = json.loads(config["parameters"]["nann_info"]["string_value"])
+    limits = ServingLimits()
+    assert info["limits"] == {"max_k": limits.max_k, "max_history": limits.max_history, "max_ef": limits.max_ef,
+                              "max_rounds": limits.max_rounds}
+    assert info["max_seq"] == 50 and info["grid"]["max_size"] == CandidateGrid().max_size
+    assert int(config["max_batch_size"]) == 64
+
+
+def test_rounds_larger_than_the_grid_maximum_are_split_not_refused(tiny_run, tmp_path):
+    """A tiny grid (max 64 candidates per scorer call): big rounds become several scorer calls, same answers."""
+    from nann.serving.export import export_repository
+    from nann.serving.server import TritonServer
+
+    grid = CandidateGrid([1, 16, 32, 64], 64)
+    export_repository(tiny_run.run, tmp_path / "repo", scorer="onnxruntime", grid=grid)
+    data = PreparedData.load(str(tiny_run.data))
+    histories = [data.vocab.dense_to_raw(data.test.history(i)) for i in range(4)]
+    offline = OfflineRetriever(tiny_run.run, grid=grid)
+    params = parse_search(np.array([50]), np.array([20, 100, 300]), np.array([1, 2, 3]), offline.limits)
+    with TritonServer(tmp_path / "repo") as server, grpcclient.InferenceServerClient(server.grpc_url) as c:
+        for h in histories:
+            ids, _ = infer(c, request(h, k=50, ef=[20, 100, 300], rounds=[1, 2, 3]))
+            assert ids.tolist() == offline.retrieve([h], [params])[0][0].tolist()
+        stats = {m: c.get_inference_statistics(m, as_json=True)["model_stats"][0] for m in ("retrieve", "scorer")}
+    scorer_calls, executions = int(stats["scorer"]["execution_count"]), int(stats["retrieve"]["execution_count"])
+    # at most 1 + 1 + 2 + 3 rounds per execute(): more scorer calls than that means rounds were split at 64
+    assert scorer_calls > executions * 7
+
+
+# ---------------------------------------------------------------- security
+
+def listening_addresses(port: int) -> list[str]:
+    """Local addresses with a LISTEN socket on `port` (from /proc/net/tcp and tcp6)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            addr, state = fields[1], fields[3]
+            host, p = addr.rsplit(":", 1)
+            if state == "0A" and int(p, 16) == port:
+                if len(host) == 8:
+                    found.append(".".join(str(b) for b in reversed(bytes.fromhex(host))))
+                else:  # IPv6: four little-endian 32-bit words; IPv4-mapped ::ffff:a.b.c.d shown as a.b.c.d
+                    raw = b"".join(bytes(reversed(bytes.fromhex(host[i:i + 8]))) for i in range(0, 32, 8))
+                    ip = ipaddress.IPv6Address(raw)
+                    found.append(str(ip.ipv4_mapped or ip))
+    return found
+
+
+def test_server_listens_on_loopback_only(served):
+    for port in (served.server.grpc_port, served.server.http_port, served.server.metrics_port):
+        found = listening_addresses(port)
+        assert found and all(ipaddress.ip_address(a).is_loopback for a in found), (port, found)
+
+
+def test_model_control_api_is_off_by_default(client, served):
+    assert served.server.model_control_mode == "none"
+    for call in (lambda: client.unload_model("scorer"), lambda: client.load_model("nann")):
+        with pytest.raises(InferenceServerException) as err:
+            call()
+        assert "not allowed" in err.value.message() or "explicit" in err.value.message(), err.value.message()
+    assert all(client.is_model_ready(m) for m in MODELS)
+
+
+def test_serving_code_never_unpickles():
+    offenders = []
+    patterns = [re.compile(r"allow_pickle\s*=\s*True"), re.compile(r"\bpickle\.loads?\("),
+                re.compile(r"torch\.load\((?![^)]*weights_only\s*=\s*True)"), re.compile(r"\bjoblib\.load\(")]
+    for folder in ("nann", "trainer", "graph_builder", "model_repository", "client", "perf"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text(errors="replace")
+            offenders += [f"{path.relative_to(ROOT)}: {p.pattern}" for p in patterns if p.search(text)]
+    assert not offenders, offenders
+    serving_loads = [line for path in (ROOT / "nann" / "serving").glob("*.py")
+                     for line in path.read_text().splitlines() if "np.load(" in line]
+    assert all("allow_pickle=False" in line or "mmap_mode" in line for line in serving_loads), serving_loads
+
+
+# ---------------------------------------------------------------- soak (short) and the final tally
+
+def test_short_soak_has_no_failures(served):
+    from perf.soak import random_histories, repo_item_ids, soak
+
+    report = soak(served.server.grpc_url, random_histories(repo_item_ids(served.repo)), seconds=15.0,
+                  concurrency=8, warmup_s=5.0, server_pid=served.server.pid)
+    assert report["requests_failed"] == 0, report["first_failures"]
+    assert report["requests_ok_after_warmup"] > 0 and report["threads_stuck"] == 0
+    assert report["server_rss_mb"]["end"] > 0
+
+
+def test_zz_no_bad_input_crashed_anything(served, client):
+    """Runs last in this module: the server process is alive and every model ready after all of the above."""
+    assert served.server.running()
+    assert all(client.is_model_ready(m) for m in MODELS)
+    assert served.server.dead_stubs() == []
+    with urllib.request.urlopen(f"{served.server.http_url}/v2/health/ready", timeout=5) as r:
+        assert r.status == 200
+    print(f"\nbad inputs tried: {len(BAD_INPUTS_TRIED)}, crashes: 0")
+    assert len(set(BAD_INPUTS_TRIED) & set(BAD)) in (0, len(BAD))  # all of them, or none selected
