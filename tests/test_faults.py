@@ -103,7 +103,10 @@ def test_killed_stub_under_load_is_recovered_by_the_supervisor(served, histories
             while time.monotonic() < deadline and not any("ready again" in m for m in messages):
                 time.sleep(0.25)
             ready_at = time.monotonic()
-            time.sleep(2.0)
+            # the clients' gRPC channels reconnect with their own backoff after hundreds of failures: give them time
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(e[2] is None and e[0] > ready_at for e in list(load.log)):
+                time.sleep(0.25)
         failed = [e for e in load.failures() if e[0] >= killed_at - 30]
         ok_after = [e for e in load.log if e[2] is None and e[0] > ready_at]
         print(f"\nkilled {model} stub: {len(failed)} failed requests, {len(ok_after)} succeeded after; "
