@@ -18,7 +18,7 @@ from nann.steps import run_step
 SYNTH = ["--users", "20000", "--items", "100000", "--categories", "500", "--seed", "0"]
 PREPARE = ["--test-users", "1000", "--val-users", "500"]
 TRAIN = ["--arch", "attention", "--epochs", "1", "--negatives", "20", "--max-samples", "200000", "--eval-users", "200",
-         "--batch-size", "512"]
+         "--batch-size", "256"]
 EVAL_USERS = "300"
 QUERY_USERS = 5
 LATENCY_QUERIES = 30
@@ -67,7 +67,7 @@ def main(args) -> int:
           data / "stats.json")
     run_step("train", ["train", "--data", str(data), "--run", str(run), *TRAIN], run / "scorer.onnx")
     run_step("graph", ["graph", "--run", str(run)], run / "graph" / "meta.json")
-    run_step("evaluate", ["evaluate", "--run", str(run), "--data", str(data), "--users", EVAL_USERS,
+    run_step("evaluate", ["evaluate", "--run", str(run), "--data", str(data), "--users", EVAL_USERS, "--rounds", "1,3,10",
                        "--json", str(work / "evaluate.json")])
     if not (repo / "nann" / "config.pbtxt").exists():
         run_step("export", ["export", "--run", str(run), "--repo", str(repo)])

@@ -1,7 +1,7 @@
 """The paper's Table 3 and Figure 3 on our data: `python -m perf.paper --data DATA --work DIR`.
 
 Table 3 shape: three architectures (two-tower, mlp = "DNN w/o attention", attention) × FGSM off/on, each
-evaluated with beam search at the default parameters ({100,200,400}, {1,1,3}, M=200): recall-retrieval,
+evaluated with beam search at the served defaults ({100,200,400}, {1,3,10}, M=200): recall-retrieval,
 recall-all, recall-Δ, coverage, % of |V| scored.
 Figure 3: recall and coverage vs % of |V| scored while the search budget varies, for NANN (beam, FGSM model),
 NANN-HNSW (hnsw, FGSM model) and SL2G (hnsw, attention model trained without FGSM).
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", required=True, help="directory for the runs and results")
     p.add_argument("--users", type=int, default=300, help="test users evaluated")
     p.add_argument("--fgsm-eps", type=float, default=3e-4)
-    p.add_argument("--train-args", default="--epochs 1 --negatives 20 --max-samples 200000 --batch-size 512 "
+    p.add_argument("--train-args", default="--epochs 1 --negatives 20 --max-samples 600000 --batch-size 256 "
                                            "--eval-users 100", help="extra `nann train` arguments")
     p.add_argument("--skip-table", action="store_true")
     p.add_argument("--skip-figure", action="store_true")
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for (arch, fgsm), run in runs.items():
             ensure_run(data, run, arch, args.fgsm_eps if fgsm else 0.0, train_args)
-            m = Evaluator(run, data, users=args.users).evaluate(MethodSpec("beam"))
+            m = Evaluator(run, data, users=args.users).evaluate(MethodSpec("beam", rounds=(1, 3, 10)))
             results.append({**m, "arch": arch, "fgsm": fgsm})
             print(table3(results[-1:]).splitlines()[-1], file=sys.stderr)
         (work / "table3.json").write_text(json.dumps(results, indent=1))
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         nann_eval = Evaluator(fgsm_run, data, users=args.users)
         sl2g_eval = Evaluator(plain_run, data, users=args.users)
         curves = {
-            "NANN (beam, FGSM)": [nann_eval.evaluate(s) for s in sweep_specs("beam", (100, 200, 400), (1, 1, 3), 200)],
+            "NANN (beam, FGSM)": [nann_eval.evaluate(s) for s in sweep_specs("beam", (100, 200, 400), (1, 3, 10), 200)],
             "NANN-HNSW (hnsw, FGSM)": [nann_eval.evaluate(s) for s in sweep_specs("hnsw", (400,), (1,), 200)],
             "SL2G (hnsw, no FGSM)": [sl2g_eval.evaluate(s) for s in sweep_specs("hnsw", (400,), (1,), 200)],
         }

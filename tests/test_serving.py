@@ -88,9 +88,9 @@ def test_concurrent_requests_match_offline_and_are_batched(served, users, offlin
     scorer_calls = int(after["scorer"]["execution_count"]) - int(before["scorer"]["execution_count"])
     assert requests == len(users)
     assert executions < requests, "dynamic batching never put two requests into one execute()"
-    # one scorer call for the exhaustive top layer + at most one per round (1 + 1 + 3 by default)
-    # for each execute(), however many requests it holds
-    assert scorer_calls <= executions * (1 + 1 + 1 + 3)
+    # one scorer call for the exhaustive top layer + at most one per round, for each execute(), however many
+    # requests it holds
+    assert scorer_calls <= executions * (1 + sum(offline.limits.default_rounds))
 
 
 @pytest.mark.parametrize("history, k, ef, rounds, message", [
