@@ -47,6 +47,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", choices=["attention", "mlp", "two-tower", "deep-retrieval"],
                    default="attention")
     s.add_argument("--fgsm-eps", type=float, default=3e-4)
+    s.add_argument("--no-interactions", dest="interactions", action="store_false",
+                   help="score network input without the element-wise products (ablation; attention / mlp)")
     s.add_argument("--negatives", type=int, default=199)
     s.add_argument("--epochs", type=int, default=1)
     s.add_argument("--batch-size", type=int, default=256)

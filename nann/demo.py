@@ -52,7 +52,7 @@ def _serve_and_query(repo: Path, data: Path, run: Path) -> None:
             served_seconds.append(time.perf_counter() - t0)
             if i < QUERY_USERS:
                 print(f"user {test.user_ids[i]} (history of {len(h)} items, last {h[-3:].tolist()}): "
-                      f"top-5 {result.item_ids[:5].tolist()} scores {np.round(result.scores[:5], 3).tolist()}")
+                      f"top-5 {result.item_ids[:5].tolist()} scores {np.round(result.scores[:5].astype(float), 3).tolist()}")
     served, off = statistics.median(served_seconds), statistics.median(offline_seconds)
     print(f"served latency (concurrency 1, median of {len(histories)}): {served * 1000:.1f} ms; "
           f"offline engine {off * 1000:.1f} ms; ratio {served / off:.2f}")

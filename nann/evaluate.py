@@ -22,7 +22,7 @@ from nann.engine.search import SearchParams, beam_search, brute_force, hnsw_sear
 from nann.errors import UserError
 
 BEAM_SWEEP_SCALES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
-HNSW_SWEEP_EF = (25, 50, 100, 200, 400, 800, 1600)
+HNSW_SWEEP_EF = (200, 300, 400, 800, 1600, 3200)  # the list holds max(ef0, top_m) items
 
 
 @dataclass

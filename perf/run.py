@@ -192,6 +192,21 @@ def markdown(results: list[dict], info: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+SECTION_BEGIN, SECTION_END = "<!-- nann perf: begin -->", "<!-- nann perf: end -->"
+
+
+def update_section(path: Path, md: str) -> None:
+    """Replace this command's section of the shared results file (other sections: other benchmarks)."""
+    block = f"{SECTION_BEGIN}\n{md.strip()}\n{SECTION_END}"
+    text = path.read_text() if path.exists() else ""
+    if SECTION_BEGIN in text and SECTION_END in text:
+        head, rest = text.split(SECTION_BEGIN, 1)
+        text = head + block + rest.split(SECTION_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
 def main(args) -> int:
     quick = bool(getattr(args, "quick", False))
     out = Path(getattr(args, "out", None) or "perf/results").resolve()
@@ -213,7 +228,7 @@ def main(args) -> int:
     md = markdown(results, info, command)
     (out / "RESULTS.md").write_text(md)
     if not quick and out == (ROOT / "perf" / "results").resolve():
-        (ROOT / "perf" / "RESULTS.md").write_text(md)
-        print(f"[perf] wrote {ROOT / 'perf' / 'RESULTS.md'}", file=sys.stderr)
+        update_section(ROOT / "perf" / "RESULTS.md", md)
+        print(f"[perf] updated the `nann perf` section of {ROOT / 'perf' / 'RESULTS.md'}", file=sys.stderr)
     print(md)
     return 0

@@ -162,3 +162,18 @@ def test_load_dr_rejects_other_runs(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"arch": "attention"}))
     with pytest.raises(UserError):
         load_dr(str(tmp_path))
+
+
+def test_cli_trains_and_evaluates_deep_retrieval(tmp_path, capsys):
+    from nann.cli import main as cli_main
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    data.mkdir()
+    _write_tiny_data(data)
+    assert cli_main(["train", "--arch", "deep-retrieval", "--data", str(data), "--run", str(run),
+                     "--max-samples", "1500", "--batch-size", "256"]) == 0
+    assert json.loads((run / "config.json").read_text())["arch"] == "deep-retrieval"
+    assert cli_main(["evaluate", "--method", "dr", "--run", str(run), "--data", str(data), "--top-m", "20",
+                     "--beam", "4", "--json", str(tmp_path / "dr.json")]) == 0
+    m = json.loads((tmp_path / "dr.json").read_text())
+    assert m["method"] == "dr" and m["users"] == 30 and math.isfinite(m["recall_retrieval"])

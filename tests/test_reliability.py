@@ -185,7 +185,8 @@ def test_bad_requests_in_a_shared_batch_do_not_affect_the_good_ones(served, user
 # models' inputs (the only float inputs) are reachable from outside: they must refuse what would corrupt others.
 
 def state_inputs(rows=1, seq=50, fill=0.1, nan_in=None):
-    shapes = {"keys": (rows, seq, 64), "attn_bias": (rows, seq), "values": (rows, seq, 64), "user_bias": (rows, 128)}
+    shapes = {"keys": (rows, seq, 64), "attn_bias": (rows, seq), "values": (rows, seq, 64), "user_bias": (rows, 128),
+              "user_vec": (rows, 64)}
     out = {}
     for name, shape in shapes.items():
         arr = np.full(shape, fill, np.float32)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.model import STATE_NAMES, NANNModel, build_split, state_shapes
+from trainer.model import NANNModel, build_split, state_names, state_shapes
 
 OPSET = 17
 
@@ -50,7 +50,7 @@ def export_onnx(model: NANNModel, run_dir: str, item_embeddings: np.ndarray) -> 
     cfg = model.cfg
     model = model.cpu().eval()
     enc, sc = build_split(model)
-    names = STATE_NAMES[cfg.arch]
+    names = state_names(cfg)
     shapes = state_shapes(cfg)
     D = cfg.emb_dim
     B, L, C = 2, 7, 5

@@ -6,17 +6,26 @@ Three architectures share one item network and one serving contract:
   (Linear -> BatchNorm -> PReLU on the hidden layers) -> ``e_v``. The behaviour sequence goes through the same item
   network. Target attention: query = FC(64, PReLU) -> FC(64) of the candidate's ``e_v``, keys = the same kind of
   projection of the behaviours, values = the behaviours' ``e_v``; scaled dot-product, masked softmax.
-  User vector = masked sum-pooling of the behaviours' ``e_v``. Score network over concat(user, attention, e_v):
-  FC 128 -> 64 -> 32 -> 1 (Linear -> BatchNorm -> PReLU on the hidden layers).
-* ``mlp`` ("DNN w/o attention"): the score network sees concat(user, e_v) only.
+  User vector = masked sum-pooling of the behaviours' ``e_v``. Score network over
+  concat(user, attention, e_v, attention*e_v, user*e_v) (5 x 64): FC 128 -> 64 -> 32 -> 1 (Linear -> BatchNorm ->
+  PReLU on the hidden layers).
+* ``mlp`` ("DNN w/o attention"): the score network sees concat(user, e_v, user*e_v) only.
 * ``two-tower``: score = <MLP(user sum-pool), e_v>.
+
+The element-wise products (``interactions``, on by default; DIN's activation unit does the same with [q, k, q-k, q*k])
+are there because an MLP over a plain concatenation learns a dot-product-like similarity poorly (Rendle et al. 2020):
+at the same training budget the plain-concat attention model scored well below the two-tower baseline. Runs whose
+config.json predates the field load with ``interactions=False`` (plain concat, no ``user_vec`` state).
 
 The score is the raw logit ``s_u(e_v)`` (before any sigmoid and without the NCE correction). That same number is the
 training logit (before the ``-log(k q(v))`` correction), the brute-force score and the served score.
 
 Serving split (``build_split``): ``UserEncoder(hist_emb [B,L,D], hist_mask [B,L]) -> state tensors`` and
 ``Scorer(*state [R,...], cand_emb [C,D], owner [C]) -> scores [C]``. Eval-mode BatchNorms are folded into the
-adjacent Linear layers, the user-only part of the first score layer (``W_u u + b``) goes into the state, the query's
+adjacent Linear layers, the user-only part of the first score layer (``W_u u + b``) goes into the state (with ``u``
+itself as ``user_vec`` for the products: per candidate ``u[owner] * e_v`` is 64 gathered floats and 64 multiplies,
+and the mixed blocks [attention, attention*e_v, u*e_v] of score layer 1 run as one [C,192]x[192,128] GEMM; the
+alternative, a per-user ``W_ue diag(u)`` [128,64] in the state, would gather 8,192 floats per candidate), the query's
 second projection is folded into the keys (``q.k = h1 . (W_q2^T k) + b_q2 . k``, with the 1/sqrt(d) scale), the
 candidate-only maps (query FC1 and the e_v block of score layer 1) run as one GEMM, and the additive mask plus the
 key-bias term form one ``attn_bias`` [B,L] tensor.
@@ -55,6 +64,8 @@ class ModelConfig:
     attn_dim: int = 64
     score_hidden: list[int] = field(default_factory=lambda: [128, 64, 32])
     tower_hidden: list[int] = field(default_factory=lambda: [128])
+    # score network input also holds element-wise interactions (u*e_v, and attention*e_v for attention)
+    interactions: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,7 +73,17 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         keys = cls.__dataclass_fields__.keys()
+        d = dict(d)
+        d.setdefault("interactions", False)  # runs written before the field existed: plain concat input
         return cls(**{k: v for k, v in d.items() if k in keys})
+
+    def score_blocks_in(self) -> list[str]:
+        """The blocks of the score network's input, in order (each emb_dim wide)."""
+        if self.arch == "attention":
+            return ["user", "attn", "item"] + (["attn*item", "user*item"] if self.interactions else [])
+        if self.arch == "mlp":
+            return ["user", "item"] + (["user*item"] if self.interactions else [])
+        return []
 
 
 def _prelu(x, a):
@@ -128,7 +149,7 @@ class NANNModel(nn.Module):
             self.q_proj = Projection(D, cfg.attn_dim)
             self.k_proj = Projection(D, cfg.attn_dim)
         if cfg.arch in ("attention", "mlp"):
-            d_in = D * (3 if cfg.arch == "attention" else 2)
+            d_in = D * len(cfg.score_blocks_in())
             sd = [d_in] + list(cfg.score_hidden)
             self.score_blocks = nn.ModuleList(DenseBlock(a, b) for a, b in zip(sd[:-1], sd[1:]))
             self.score_out = nn.Linear(sd[-1], 1)
@@ -171,15 +192,16 @@ class NANNModel(nn.Module):
             uv = self.tower_out(x)
             return (uv[:, None, :] * cand_e).sum(-1)
         K = cand_e.shape[1]
-        parts = [u[:, None, :].expand(-1, K, -1)]
+        uk = u[:, None, :].expand(-1, K, -1)
+        feats = {"user": uk, "item": cand_e, "user*item": uk * cand_e}
         if arch == "attention":
             q = self.q_proj(cand_e)                                          # [B,K,A]
             logits = torch.matmul(q, k.transpose(1, 2)) / math.sqrt(self.cfg.attn_dim)  # [B,K,L]
             logits = logits + (mask[:, None, :] - 1.0) * (-MASK_NEG)
             w = torch.softmax(logits, dim=-1) * mask[:, None, :]
-            parts.append(torch.matmul(w, hist_e))                           # [B,K,D]
-        parts.append(cand_e)
-        x = torch.cat(parts, dim=-1)
+            att = torch.matmul(w, hist_e)                                    # [B,K,D]
+            feats["attn"], feats["attn*item"] = att, att * cand_e
+        x = torch.cat([feats[n] for n in self.cfg.score_blocks_in()], dim=-1)
         for blk in self.score_blocks:
             x = blk(x)
         return self.score_out(x).squeeze(-1)
@@ -201,20 +223,25 @@ class NANNModel(nn.Module):
 
 # ---- the serving split ------------------------------------------------------------------------------------------
 
-STATE_NAMES = {
-    "attention": ["keys", "attn_bias", "values", "user_bias"],
-    "mlp": ["user_bias"],
+STATE_NAMES = {  # with interactions (the default); state_names(cfg) also covers runs without them
+    "attention": ["keys", "attn_bias", "values", "user_bias", "user_vec"],
+    "mlp": ["user_bias", "user_vec"],
     "two-tower": ["user_vec"],
 }
 
 
+def state_names(cfg: ModelConfig) -> list[str]:
+    names = list(STATE_NAMES[cfg.arch])
+    if cfg.arch != "two-tower" and not cfg.interactions:
+        names.remove("user_vec")
+    return names
+
+
 def state_shapes(cfg: ModelConfig) -> dict[str, list]:
     D, A, H = cfg.emb_dim, cfg.attn_dim, (cfg.score_hidden[0] if cfg.score_hidden else 0)
-    if cfg.arch == "attention":
-        return {"keys": ["B", "L", A], "attn_bias": ["B", "L"], "values": ["B", "L", D], "user_bias": ["B", H]}
-    if cfg.arch == "mlp":
-        return {"user_bias": ["B", H]}
-    return {"user_vec": ["B", D]}
+    shapes = {"keys": ["B", "L", A], "attn_bias": ["B", "L"], "values": ["B", "L", D], "user_bias": ["B", H],
+              "user_vec": ["B", D]}
+    return {n: shapes[n] for n in state_names(cfg)}
 
 
 class UserEncoder(nn.Module):
@@ -224,6 +251,7 @@ class UserEncoder(nn.Module):
         super().__init__()
         cfg = model.cfg
         self.arch = cfg.arch
+        self.interactions = cfg.interactions
         D = cfg.emb_dim
         with torch.no_grad():
             if self.arch == "two-tower":
@@ -256,29 +284,41 @@ class UserEncoder(nn.Module):
                 x = _prelu(F.linear(x, getattr(self, f"tw{i}"), getattr(self, f"tb{i}")), getattr(self, f"ta{i}"))
             return (F.linear(x, self.tow_w, self.tow_b),)
         user_bias = F.linear(u, self.wu, self.b1)
+        uv = (u,) if self.interactions else ()
         if self.arch == "mlp":
-            return (user_bias,)
+            return (user_bias, *uv)
         k = F.linear(_prelu(F.linear(hist_emb, self.k1w, self.k1b), self.ka), self.k2w, self.k2b)  # [B,L,A]
         keys = torch.matmul(k, self.q2w)                                                     # [B,L,A]
         attn_bias = torch.matmul(k, self.q2b) + (m - 1.0) * (-MASK_NEG)                       # [B,L]
         values = hist_emb * m[..., None]                                                     # [B,L,D]
-        return keys, attn_bias, values, user_bias
+        return (keys, attn_bias, values, user_bias, *uv)
 
 
 class Scorer(nn.Module):
-    """(*state [R,...], cand_emb [C,D], owner [C]) -> scores [C]."""
+    """(*state [R,...], cand_emb [C,D], owner [C]) -> scores [C].
+
+    Score layer 1 is split by input block: W_u u + b (user-only, in the state as ``user_bias``), W_e e_v (item-only,
+    one GEMM together with the query's first FC) and, per candidate, one GEMM over the blocks that mix user and
+    item: [attn, attn*e_v, u*e_v] (attention) or [u*e_v] (mlp), with ``u = user_vec[owner]`` gathered (64 floats)."""
 
     def __init__(self, model: NANNModel):
         super().__init__()
         cfg = model.cfg
         self.arch = cfg.arch
-        D = cfg.emb_dim
-        self.n_state = len(STATE_NAMES[self.arch])
+        self.interactions = cfg.interactions
+        D = self.D = cfg.emb_dim
+        self.n_state = len(state_names(cfg))
         if self.arch == "two-tower":
             return
         with torch.no_grad():
             w1, _, a1 = model.score_blocks[0].folded()
-            we = w1[:, -D:]
+            blocks = cfg.score_blocks_in()
+
+            def blk(name):
+                i = blocks.index(name) * D
+                return w1[:, i:i + D]
+
+            we = blk("item")
             if self.arch == "attention":
                 qp = model.q_proj
                 self.A = cfg.attn_dim
@@ -289,8 +329,11 @@ class Scorer(nn.Module):
             else:
                 self.register_buffer("wc", we.clone())
             self.register_buffer("act1", a1)
-            if self.arch == "attention":
-                self.register_buffer("wa", w1[:, D:2 * D].clone())  # attention output's block of score layer 1
+            # the blocks of score layer 1 whose input mixes user and candidate, as one [H, k*D] matrix
+            mixed = [n for n in blocks if n not in ("user", "item")]
+            self.has_mixed = bool(mixed)
+            if mixed:
+                self.register_buffer("wx", torch.cat([blk(n) for n in mixed], dim=1).clone())
             rest = [blk.folded() for blk in model.score_blocks[1:]]
             self.n_rest = len(rest)
             for i, (w, b, a) in enumerate(rest):
@@ -298,32 +341,42 @@ class Scorer(nn.Module):
             self.register_buffer("wo", model.score_out.weight.detach()[0].clone())
             self.register_buffer("bo", model.score_out.bias.detach().clone())
 
-    def forward(self, *args):
-        state, cand_emb, owner = args[:self.n_state], args[self.n_state], args[self.n_state + 1]
-        if self.arch == "two-tower":
-            return (state[0][owner] * cand_emb).sum(-1)
-        if self.arch == "mlp":
-            z = F.linear(cand_emb, self.wc) + state[0][owner]
-        else:
-            keys, attn_bias, values, user_bias = state
-            y = F.linear(cand_emb, self.wc, self.bc)
-            q1 = _prelu(y[:, :self.A], self.qa)                                      # [C,A]
-            logits = torch.matmul(keys[owner], q1[:, :, None]).squeeze(-1) + attn_bias[owner]  # [C,L]
-            w = torch.softmax(logits, dim=-1)
-            att = torch.matmul(w[:, None, :], values[owner]).squeeze(1)              # [C,D]
-            z = y[:, self.A:] + F.linear(att, self.wa) + user_bias[owner]
+    def _head(self, z):
         x = _prelu(z, self.act1)
         for i in range(self.n_rest):
             x = _prelu(F.linear(x, getattr(self, f"rw{i}"), getattr(self, f"rb{i}")), getattr(self, f"ra{i}"))
         return torch.matmul(x, self.wo) + self.bo
 
+    def _first(self, state, y, e, sel):
+        """Score layer 1 pre-activation. y = cand_pre linear part [C,*], e = e_v [C,D]; sel(t) picks each
+        candidate's user row of a state tensor (a gather by owner, or row 0 broadcast for one user)."""
+        if self.arch == "mlp":
+            z = y + sel(state[0])
+            if self.has_mixed:
+                z = z + F.linear(sel(state[1]) * e, self.wx)
+            return z
+        keys, attn_bias, values, user_bias = state[:4]
+        q1 = _prelu(y[:, :self.A], self.qa)                                          # [C,A]
+        att = sel.attend(q1, keys, attn_bias, values)                                 # [C,D]
+        mixed = torch.cat([att, att * e, sel(state[4]) * e], dim=-1) if self.interactions else att
+        return y[:, self.A:] + F.linear(mixed, self.wx) + sel(user_bias)
+
+    def forward(self, *args):
+        state, cand_emb, owner = args[:self.n_state], args[self.n_state], args[self.n_state + 1]
+        if self.arch == "two-tower":
+            return (state[0][owner] * cand_emb).sum(-1)
+        return self._head(self._first(state, self._lin(cand_emb), cand_emb, _Gather(owner)))
+
+    def _lin(self, cand_emb):
+        return F.linear(cand_emb, self.wc, self.bc if self.arch == "attention" else None)
+
     def cand_pre(self, cand_emb):
-        """The candidate-only linear part (item-only; can be computed once for all items)."""
+        """The candidate-only part (item-only; can be computed once for all items): the linear maps, followed by
+        e_v itself when the score network has interaction inputs."""
         if self.arch == "two-tower":
             return cand_emb
-        if self.arch == "mlp":
-            return F.linear(cand_emb, self.wc)
-        return F.linear(cand_emb, self.wc, self.bc)
+        y = self._lin(cand_emb)
+        return torch.cat([y, cand_emb], dim=-1) if self.interactions else y
 
     def score_one(self, state, cand_emb):
         """Fast path for a single user (R == 1) - plain GEMMs, no per-candidate gathers. Same function."""
@@ -332,17 +385,34 @@ class Scorer(nn.Module):
     def score_one_pre(self, state, y):
         if self.arch == "two-tower":
             return y @ state[0][0]
-        if self.arch == "mlp":
-            z = y + state[0][0]
-        else:
-            keys, attn_bias, values, user_bias = state
-            q1 = _prelu(y[:, :self.A], self.qa)
-            w = torch.softmax(q1 @ keys[0].t() + attn_bias[0], dim=-1)
-            z = y[:, self.A:] + F.linear(w @ values[0], self.wa) + user_bias[0]
-        x = _prelu(z, self.act1)
-        for i in range(self.n_rest):
-            x = _prelu(F.linear(x, getattr(self, f"rw{i}"), getattr(self, f"rb{i}")), getattr(self, f"ra{i}"))
-        return x @ self.wo + self.bo
+        n = self.wc.shape[0]
+        return self._head(self._first(state, y[:, :n], y[:, n:], _One()))
+
+
+class _Gather:
+    """Per-candidate user rows by owner (multi-user scorer)."""
+
+    def __init__(self, owner):
+        self.owner = owner
+
+    def __call__(self, t):
+        return t[self.owner]
+
+    def attend(self, q1, keys, attn_bias, values):
+        o = self.owner
+        logits = torch.matmul(keys[o], q1[:, :, None]).squeeze(-1) + attn_bias[o]      # [C,L]
+        w = torch.softmax(logits, dim=-1)
+        return torch.matmul(w[:, None, :], values[o]).squeeze(1)                       # [C,D]
+
+
+class _One:
+    """Row 0 broadcast over the candidates (single-user fast path: plain GEMMs)."""
+
+    def __call__(self, t):
+        return t[0]
+
+    def attend(self, q1, keys, attn_bias, values):
+        return torch.softmax(q1 @ keys[0].t() + attn_bias[0], dim=-1) @ values[0]
 
 
 class NaiveScorer(nn.Module):
@@ -372,8 +442,12 @@ def per_candidate_macs(cfg: ModelConfig, L: int | None = None) -> dict[str, int]
         return {"before": D, "after": D}
     sh = list(cfg.score_hidden)
     rest = sum(a * b for a, b in zip(sh[:-1], sh[1:])) + sh[-1]
+    n_in = len(cfg.score_blocks_in())
+    n_prod = n_in - (3 if cfg.arch == "attention" else 2)  # element-wise products (D multiplies each)
+    first = n_in * D * sh[0] + n_prod * D  # the full first score layer over the concatenated input
     if cfg.arch == "mlp":
-        return {"before": 2 * D * sh[0] + rest, "after": D * sh[0] + rest}
-    before = 2 * A * D + L * A + L * D + 3 * D * sh[0] + rest
-    after = A * D + L * A + L * D + 2 * D * sh[0] + rest  # values not folded with W_a (see module doc)
+        return {"before": first + rest, "after": first - D * sh[0] + rest}  # W_u u hoisted into user_bias
+    attn = L * A + L * D
+    before = 2 * A * D + attn + first + rest
+    after = A * D + attn + first - D * sh[0] + rest  # values not folded with W_a (see module doc)
     return {"before": before, "after": after}

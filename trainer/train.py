@@ -289,11 +289,12 @@ def _train(args, device, world, rank) -> int:
     os.makedirs(run_dir, exist_ok=True)
     cfg_path = os.path.join(run_dir, "config.json")
     cfg = ModelConfig(num_items=data.num_items, num_categories=data.num_categories, arch=args.arch,
-                      max_seq=data.max_seq)
+                      max_seq=data.max_seq, interactions=getattr(args, "interactions", True))
     if os.path.exists(os.path.join(run_dir, "checkpoint", "state.json")) and os.path.exists(cfg_path):
         with open(cfg_path) as f:
             old = json.load(f)
-        if old.get("arch") != cfg.arch or old.get("num_items") != cfg.num_items:
+        if (old.get("arch") != cfg.arch or old.get("num_items") != cfg.num_items
+                or (cfg.arch != "two-tower" and old.get("interactions", False) != cfg.interactions)):
             raise UserError(f"{run_dir} holds a run of arch {old.get('arch')} over {old.get('num_items')} items; "
                             f"use a new --run directory")
 
