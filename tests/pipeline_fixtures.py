@@ -37,3 +37,12 @@ def served(tiny_run, tmp_path_factory):
     info = export_repository(tiny_run.run, repo, scorer="onnxruntime")
     with TritonServer(repo) as server:
         yield SimpleNamespace(server=server, repo=repo, info=info, **vars(tiny_run))
+
+
+@pytest.fixture(scope="session")
+def test_histories(tiny_run) -> list:
+    """Raw-id histories (oldest first) of the tiny run's test users."""
+    from nann.data.prepared import PreparedData
+
+    data = PreparedData.load(str(tiny_run.data))
+    return [data.vocab.dense_to_raw(data.test.history(i)) for i in range(len(data.test))]

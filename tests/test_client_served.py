@@ -9,16 +9,14 @@ import pytest
 from nann_client import AsyncNannClient, InvalidRequestError, NannClient
 
 from nann.cli import main as cli_main
-from nann.data.prepared import PreparedData
 
 pytestmark = pytest.mark.serving
 
 
 @pytest.fixture(scope="module")
-def histories(served):
-    data = PreparedData.load(str(served.data))
-    n = len(data.test)  # fewer than 100 test users in the tiny run: cycle through them
-    return [data.vocab.dense_to_raw(data.test.history(i % n)) for i in range(100)]
+def histories(test_histories):
+    n = len(test_histories)  # fewer than 100 test users in the tiny run: cycle through them
+    return [test_histories[i % n] for i in range(100)]
 
 
 def offline_json(run, history, k, capsys) -> dict:

@@ -15,7 +15,6 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from nann.cli import main as cli_main
-from nann.data.prepared import PreparedData
 from nann.errors import UserError
 from nann.serving.export import export_repository
 from nann.serving.repository import ArtifactError, verify_repository
@@ -27,9 +26,8 @@ pytestmark = pytest.mark.serving
 
 
 @pytest.fixture(scope="module")
-def histories(tiny_run):
-    data = PreparedData.load(str(tiny_run.data))
-    return [data.vocab.dense_to_raw(data.test.history(i)) for i in range(40)]
+def histories(test_histories):
+    return test_histories[:40]
 
 
 def infer(client, history, k=20):

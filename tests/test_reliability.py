@@ -59,9 +59,8 @@ def assert_invalid(client, inputs, *patterns, model="nann"):
 
 
 @pytest.fixture(scope="module")
-def users(served):
-    data = PreparedData.load(str(served.data))
-    return [data.vocab.dense_to_raw(data.test.history(i)) for i in range(24)]
+def users(test_histories):
+    return test_histories[:24]
 
 
 @pytest.fixture(scope="module")

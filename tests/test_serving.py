@@ -8,7 +8,6 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from nann.data.prepared import PreparedData
 from nann.serving.requests import parse_search
 from nann.serving.retrieval import OfflineRetriever
 
@@ -30,9 +29,8 @@ def infer(client, history, k=None, ef=None, rounds=None):
 
 
 @pytest.fixture(scope="module")
-def users(served):
-    data = PreparedData.load(str(served.data))
-    return [data.vocab.dense_to_raw(data.test.history(i)) for i in range(40)]
+def users(test_histories):
+    return test_histories[:40]
 
 
 @pytest.fixture(scope="module")

@@ -56,11 +56,13 @@ class OfflineRetriever:
 
     def __init__(self, run_dir: str | Path, backend: str = "onnxruntime", limits: ServingLimits | None = None,
                  grid: CandidateGrid | None = None):
+        from nann.runtime import ModelRuntime
         from nann.serving.services import EncoderService, Preprocessor, ScorerService
 
         run_dir = Path(run_dir)
-        self.encoder = EncoderService(run_dir, backend)
-        self.scorer = ScorerService(run_dir, backend)
+        runtime = ModelRuntime.load(run_dir, backend=backend)
+        self.encoder = EncoderService(run_dir, backend, runtime)
+        self.scorer = ScorerService(run_dir, backend, runtime)
         self.limits = limits or ServingLimits(max_seq=self.encoder.runtime.max_seq)
         self.preprocessor = Preprocessor(run_dir, self.limits)
         self.service = RetrieveService(run_dir, self.limits, grid or CandidateGrid())

@@ -62,10 +62,10 @@ class Preprocessor:
 class EncoderService:
     """Runs user_encoder.onnx for a batch of padded histories."""
 
-    def __init__(self, version_dir: Path, backend: str):
+    def __init__(self, version_dir: Path, backend: str, runtime=None):
         from nann.runtime import ModelRuntime
 
-        self.runtime = ModelRuntime.load(version_dir, backend=backend)
+        self.runtime = runtime or ModelRuntime.load(version_dir, backend=backend)
         self.state_names = list(self.runtime.state_names)
 
     def encode(self, hist_emb: np.ndarray, hist_mask: np.ndarray) -> dict[str, np.ndarray]:
@@ -92,10 +92,10 @@ class EncoderService:
 class ScorerService:
     """Scores candidate ids for the users whose state rows it is given (the CPU `scorer` model)."""
 
-    def __init__(self, version_dir: Path, backend: str):
+    def __init__(self, version_dir: Path, backend: str, runtime=None):
         from nann.runtime import ModelRuntime
 
-        self.runtime = ModelRuntime.load(version_dir, backend=backend)
+        self.runtime = runtime or ModelRuntime.load(version_dir, backend=backend)
         self.state_names = list(self.runtime.state_names)
 
     def score(self, state: dict[str, np.ndarray], cand_ids: np.ndarray, owner: np.ndarray) -> np.ndarray:
