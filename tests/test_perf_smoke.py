@@ -41,7 +41,7 @@ def test_comparison_numbers(perf_quick):
     assert summary["machine"]["nproc"] and summary["command"].startswith("nann perf --quick")
     (res,) = summary["results"]
     methods = {r["method"]: r for r in res["methods"]}
-    assert len(methods) == 7, list(methods)
+    assert len(methods) == 8, list(methods)
     for name, r in methods.items():
         for key in METHOD_NUMBERS:
             assert _finite(r[key]), (name, key, r[key])
@@ -59,7 +59,7 @@ def test_comparison_numbers(perf_quick):
     assert so["answer_overlap"] > 0.9   # the server and the offline engine run the same search
     assert (out / f"compare_v{res['items_requested']}.csv").is_file()
     md = (out / "RESULTS.md").read_text()
-    assert "| NANN beam (default) |" in md and "nann perf --quick" in md
+    assert "| NANN beam (served defaults) |" in md and "nann perf --quick" in md
 
 
 def test_load_numbers(perf_quick):

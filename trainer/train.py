@@ -9,13 +9,19 @@ Loss per positive (history, next item) with k = --negatives noise items from the
 L_AUX is the Bernoulli KL (the paper's s log(s/s̃) plus the matching (1-s) log((1-s)/(1-s̃)) term), which is
 non-negative and finite (computed from log-sigmoids). The retrieval/serving score is the raw s_u(e_v).
 
-Data parallel: under torchrun (WORLD_SIZE > 1) each rank trains on its shard of the epoch's samples; gradients
-(and BatchNorm running statistics) are averaged with all_reduce after every step (gloo on CPU, nccl on CUDA), which is
-what DistributedDataParallel does; only rank 0 writes artifacts.
+Optimizers: the two embedding tables (item id, category) take sparse gradients and `torch.optim.SparseAdam`, which
+updates only the rows a batch touched; the dense layers take `torch.optim.Adam`, both at --lr. With dense Adam on a
+1M-row table every step would rewrite all 32M embedding weights and their moments (1-3 s per step on 2 cores).
+NCCL cannot all-reduce sparse gradients, so multi-GPU runs fall back to dense embeddings and Adam.
 
-Checkpoint (RUN_DIR/checkpoint/): model.safetensors, optimizer.safetensors (Adam moments, no pickle) and
-state.json (epoch, step within the epoch, global step, param_groups). A run directory with a checkpoint resumes:
---epochs is the run's total number of epochs.
+Data parallel: under torchrun (WORLD_SIZE > 1) the loss module is wrapped in torch DistributedDataParallel (gloo on
+CPU, nccl on CUDA); each rank trains on its shard of the epoch's samples and DDP averages the gradients. BatchNorm
+running statistics follow DDP's default (rank 0's are broadcast before each forward, and once more at the end);
+only rank 0 writes artifacts.
+
+Checkpoint (RUN_DIR/checkpoint/): model.safetensors, optimizer.safetensors (the moments of every optimizer, no
+pickle) and state.json (epoch, step within the epoch, global step, each optimizer's param_groups). A run
+directory with a checkpoint resumes: --epochs is the run's total number of epochs.
 """
 from __future__ import annotations
 
@@ -92,6 +98,17 @@ def compute_loss(model: NANNModel, hist_ids, mask, cand_ids, log_kq, eps: float)
     return nce + aux, nce.detach(), aux.detach()
 
 
+class TrainingObjective(torch.nn.Module):
+    """compute_loss as a module: DistributedDataParallel synchronises gradients of what its forward computes."""
+
+    def __init__(self, model: NANNModel, eps: float):
+        super().__init__()
+        self.model, self.eps = model, eps
+
+    def forward(self, hist_ids, mask, cand_ids, log_kq):
+        return compute_loss(self.model, hist_ids, mask, cand_ids, log_kq, self.eps)
+
+
 # ---- evaluation ------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -141,37 +158,58 @@ def _write_json(obj, path):
     os.replace(tmp, path)
 
 
-def save_checkpoint(run_dir, model, opt, epoch, step_in_epoch, global_step):
+EMBEDDING_TABLES = ("id_emb", "cat_emb")
+
+
+def make_optimizers(model: NANNModel, lr: float, sparse: bool) -> dict[str, torch.optim.Optimizer]:
+    """{"adam": dense layers} plus {"sparse_adam": embedding tables} when sparse (see the module docstring)."""
+    if not sparse:
+        return {"adam": torch.optim.Adam(model.parameters(), lr=lr)}
+    tables = [getattr(model, name) for name in EMBEDDING_TABLES]
+    for table in tables:
+        table.sparse = True
+    table_params = {id(t.weight) for t in tables}
+    dense = [p for p in model.parameters() if id(p) not in table_params]
+    return {"adam": torch.optim.Adam(dense, lr=lr),
+            "sparse_adam": torch.optim.SparseAdam([t.weight for t in tables], lr=lr)}
+
+
+def save_checkpoint(run_dir, model, opts: dict, epoch, step_in_epoch, global_step):
     ck = os.path.join(run_dir, "checkpoint")
     os.makedirs(ck, exist_ok=True)
     _save_safetensors(model.state_dict(), os.path.join(ck, "model.safetensors"))
-    osd = opt.state_dict()
-    tens = {}
-    for pid, st in osd["state"].items():
-        for key, val in st.items():
-            tens[f"{pid}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
+    tens, groups = {}, {}
+    for opt_name, opt in opts.items():
+        osd = opt.state_dict()
+        groups[opt_name] = osd["param_groups"]
+        for pid, st in osd["state"].items():
+            for key, val in st.items():
+                tens[f"{opt_name}.{pid}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
     _save_safetensors(tens or {"_empty": torch.zeros(1)}, os.path.join(ck, "optimizer.safetensors"))
     _write_json({"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-                 "param_groups": osd["param_groups"]}, os.path.join(ck, "state.json"))
+                 "optimizers": groups}, os.path.join(ck, "state.json"))
 
 
-def load_checkpoint(run_dir, model, opt, device):
+def load_checkpoint(run_dir, model, opts: dict, device):
     from safetensors.torch import load_file
 
     ck = os.path.join(run_dir, "checkpoint")
     if not os.path.exists(os.path.join(ck, "state.json")):
         return None
-    model.load_state_dict(load_file(os.path.join(ck, "model.safetensors"), device=str(device)))
     with open(os.path.join(ck, "state.json")) as f:
         st = json.load(f)
-    tens = load_file(os.path.join(ck, "optimizer.safetensors"))
-    state: dict = {}
-    for name, val in tens.items():
+    if sorted(st.get("optimizers", {})) != sorted(opts):
+        raise UserError(f"the checkpoint in {ck} was written with optimizers {sorted(st.get('optimizers', {}))}, "
+                        f"this run uses {sorted(opts)} (another version or device setup): use a new --run directory")
+    model.load_state_dict(load_file(os.path.join(ck, "model.safetensors"), device=str(device)))
+    states: dict = {name: {} for name in opts}
+    for name, val in load_file(os.path.join(ck, "optimizer.safetensors")).items():
         if name == "_empty":
             continue
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = val if key == "step" else val.to(device)
-    opt.load_state_dict({"state": state, "param_groups": st["param_groups"]})
+        opt_name, pid, key = name.split(".", 2)
+        states[opt_name].setdefault(int(pid), {})[key] = val if key == "step" else val.to(device)
+    for opt_name, opt in opts.items():
+        opt.load_state_dict({"state": states[opt_name], "param_groups": st["optimizers"][opt_name]})
     return st
 
 
@@ -192,40 +230,12 @@ def load_model(run_dir: str, map_location="cpu") -> NANNModel:
 
 # ---- data parallel ---------------------------------------------------------------------------------------------
 
-def _allreduce_mean(tensors, world):
+def _broadcast_buffers(model):
+    """Rank 0's BatchNorm statistics to every rank (DDP does this before each forward; this is the last one)."""
     import torch.distributed as dist
 
-    if not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    flat /= world
-    o = 0
-    for t in tensors:
-        n = t.numel()
-        t.copy_(flat[o:o + n].view_as(t))
-        o += n
-
-
-def _sync_grads(model, world):
-    grads = []
-    for p in model.parameters():
-        if p.requires_grad:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            grads.append(p.grad)
-    _allreduce_mean(grads, world)
-
-
-def _sync_bn_stats(model, world):
-    _allreduce_mean([b for n, b in model.named_buffers() if b.is_floating_point()], world)
-
-
-def _broadcast_params(model):
-    import torch.distributed as dist
-
-    for t in list(model.parameters()) + list(model.buffers()):
-        dist.broadcast(t.data, 0)
+    for b in model.buffers():
+        dist.broadcast(b.data, 0)
 
 
 # ---- main ------------------------------------------------------------------------------------------------------
@@ -300,11 +310,14 @@ def _train(args, device, world, rank) -> int:
 
     torch.manual_seed(args.seed)
     model = NANNModel(cfg, torch.from_numpy(data.item_category)).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    st = load_checkpoint(run_dir, model, opt, device)
+    opts = make_optimizers(model, args.lr, sparse=not (world > 1 and device.type == "cuda"))
+    st = load_checkpoint(run_dir, model, opts, device)
     start_epoch, start_step, global_step = (st["epoch"], st["step_in_epoch"], st["global_step"]) if st else (0, 0, 0)
+    objective = TrainingObjective(model, args.fgsm_eps)
     if world > 1:
-        _broadcast_params(model)
+        from torch.nn.parallel import DistributedDataParallel
+
+        objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     if is_main:
         conf = cfg.to_dict()
         conf.update({"data_dir": os.path.abspath(args.data), "score": "raw logit s_u(e_v)",
@@ -349,14 +362,12 @@ def _train(args, device, world, rank) -> int:
             neg = noise.sample(rng, (len(g), k))
             cand = torch.from_numpy(np.concatenate([pos[:, None], neg], axis=1)).to(device)
             hist_t, mask_t = torch.from_numpy(hist).to(device), torch.from_numpy(mask).to(device)
-            loss, nce, aux = compute_loss(model, hist_t, mask_t, cand, log_q[cand] + log_k, args.fgsm_eps)
-            opt.zero_grad(set_to_none=True)
+            loss, nce, aux = objective(hist_t, mask_t, cand, log_q[cand] + log_k)
+            for opt in opts.values():
+                opt.zero_grad(set_to_none=True)
             loss.backward()
-            if world > 1:
-                _sync_grads(model, world)
-            opt.step()
-            if world > 1:
-                _sync_bn_stats(model, world)
+            for opt in opts.values():
+                opt.step()
             global_step += 1
             n_log += len(g)
             lv = float(loss.detach())
@@ -374,11 +385,11 @@ def _train(args, device, world, rank) -> int:
                     r = recall_all(model, data.val, eval_users("val", device, args.eval_users), data.max_seq, device)
                     write_log({"kind": "val", "epoch": epoch, "step": global_step, "recall_all@200": r})
                     bar.write(f"step {global_step}: val recall-all@{TOP_M} = {r:.4f}")
-                    save_checkpoint(run_dir, model, opt, epoch, step + 1, global_step)
+                    save_checkpoint(run_dir, model, opts, epoch, step + 1, global_step)
                 model.train()
         bar.close()
         if is_main:
-            save_checkpoint(run_dir, model, opt, epoch + 1, 0, global_step)
+            save_checkpoint(run_dir, model, opts, epoch + 1, 0, global_step)
             r = recall_all(model, data.val, eval_users("val", device, args.eval_users), data.max_seq, device)
             write_log({"kind": "val", "epoch": epoch + 1, "step": global_step, "recall_all@200": r,
                        "elapsed_s": time.time() - t_start})
@@ -386,9 +397,7 @@ def _train(args, device, world, rank) -> int:
                 f"({min(eval_users('val', device, args.eval_users), len(data.val))} users)")
         start_step = 0
     if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+        _broadcast_buffers(model)
     if is_main:
         finish_run(model, data, run_dir, device, write_log, log, args.eval_users)
     if log_f:
