@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainer.model import ARCHS, ModelConfig, NANNModel, build_split, per_candidate_macs
-from trainer.train import bernoulli_kl_logits, compute_loss, fgsm_delta
+from trainer.train import bernoulli_kl_logits, compute_loss, fgsm_delta, make_optimizers
 
 
 def randomize_bn(model: NANNModel, seed=0):
@@ -65,7 +65,7 @@ def test_loss_finite_and_decreases(arch):
     rng = np.random.default_rng(0)
     N, B, L, k = 60, 32, 8, 10
     model = NANNModel(ModelConfig(num_items=N, num_categories=4, arch=arch, max_seq=L), torch.arange(N) % 4)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opts = make_optimizers(model, 3e-3, sparse=True).values()
     # a fixed, learnable task: the target is a function of the history
     hist = torch.from_numpy(rng.integers(0, N, (B, L)))
     mask = torch.ones(B, L)
@@ -77,11 +77,29 @@ def test_loss_finite_and_decreases(arch):
         cand = torch.cat([pos[:, None], neg], 1)
         loss, nce, aux = compute_loss(model, hist, mask, cand, log_q[cand] + np.log(k), 3e-2)
         assert torch.isfinite(loss) and torch.isfinite(aux) and aux >= -1e-5
-        opt.zero_grad()
+        for opt in opts:
+            opt.zero_grad()
         loss.backward()
-        opt.step()
+        for opt in opts:
+            opt.step()
         losses.append(float(loss.detach()))
     assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5])
+
+
+def test_sparse_step_updates_only_touched_embedding_rows():
+    model = NANNModel(ModelConfig(num_items=50, num_categories=5, arch="attention", max_seq=4), torch.arange(50) % 5)
+    opts = make_optimizers(model, 1e-2, sparse=True)
+    assert set(opts) == {"adam", "sparse_adam"}
+    before_ids, before_dense = model.id_emb.weight.detach().clone(), model.score_out.weight.detach().clone()
+    hist, cand = torch.tensor([[1, 2, 3, 4]] * 2), torch.tensor([[5, 6], [7, 8]])
+    loss, _, _ = compute_loss(model, hist, torch.ones(2, 4), cand, torch.zeros(2, 2), 0.0)
+    loss.backward()
+    assert model.id_emb.weight.grad.is_sparse
+    for opt in opts.values():
+        opt.step()
+    changed = (model.id_emb.weight.detach() != before_ids).any(dim=1).nonzero().flatten().tolist()
+    assert changed == list(range(1, 9))
+    assert not torch.equal(model.score_out.weight.detach(), before_dense)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
