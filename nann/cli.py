@@ -75,6 +75,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", choices=["beam", "hnsw", "brute", "dr"], default="beam")
     s.add_argument("--ef", type=_int_list, default=[100, 200, 400], help="per layer, top layer first")
     s.add_argument("--rounds", type=_int_list, default=[1, 1, 3], help="per layer, top layer first")
+    s.add_argument("--frontier", type=int, default=0,
+                   help="beam: list entries expanded per round, best first (0 = every new entry, Algorithm 2)")
     s.add_argument("--top-m", type=int, default=200)
     s.add_argument("--beam", type=int, default=None, help="--method dr: beam width (default: the run's)")
     s.add_argument("--users", type=int, default=0, help="evaluate at most this many test users (0 = all)")

@@ -21,7 +21,7 @@ from nann.engine.grid import CandidateGrid
 from nann.engine.search import SearchParams, beam_search, brute_force, hnsw_search
 from nann.errors import UserError
 
-BEAM_SWEEP_SCALES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+BEAM_SWEEP_SCALES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)   # of every ef, or of the frontier when one is set
 HNSW_SWEEP_EF = (200, 300, 400, 800, 1600, 3200)  # the list holds max(ef0, top_m) items
 
 
@@ -31,10 +31,12 @@ class MethodSpec:
     ef: tuple[int, ...] = (100, 200, 400)
     rounds: tuple[int, ...] = (1, 1, 3)
     top_m: int = 200
+    frontier: int = 0                 # beam: entries expanded per round, 0 = all (SearchParams.frontier)
 
     def label(self) -> str:
         if self.method == "beam":
-            return f"beam ef={list(self.ef)} rounds={list(self.rounds)}"
+            return f"beam ef={list(self.ef)} rounds={list(self.rounds)}" + \
+                (f" frontier={self.frontier}" if self.frontier else "")
         if self.method == "hnsw":
             return f"hnsw ef0={self.ef[-1]}"
         return "brute"
@@ -77,7 +79,7 @@ class Evaluator:
         for idx, score_fn in self._batches(spec.label()):
             if spec.method == "beam":
                 res = beam_search(self.graph, len(idx), score_fn,
-                                  SearchParams(spec.ef, spec.rounds, spec.top_m), self.grid)
+                                  SearchParams(spec.ef, spec.rounds, spec.top_m, spec.frontier), self.grid)
             elif spec.method == "hnsw":
                 res = hnsw_search(self.graph, len(idx), score_fn, spec.ef[-1], spec.top_m, self.grid)
             else:
@@ -97,6 +99,7 @@ class Evaluator:
             if spec.method == "brute" else self.search(spec)
         return {**metrics(found, exact, self.test.targets, scored, self.runtime.num_items),
                 "method": spec.method, "ef": list(spec.ef), "rounds": list(spec.rounds), "top_m": spec.top_m,
+                "frontier": spec.frontier,
                 "seconds_per_query": seconds, "num_items": self.runtime.num_items}
 
 
@@ -120,10 +123,14 @@ def metrics(found: np.ndarray, exact: np.ndarray, targets: np.ndarray, scored: n
     }
 
 
-def sweep_specs(method: str, ef: tuple[int, ...], rounds: tuple[int, ...], top_m: int) -> list[MethodSpec]:
-    """Search budgets from small to large around the given parameters."""
+def sweep_specs(method: str, ef: tuple[int, ...], rounds: tuple[int, ...], top_m: int,
+                frontier: int = 0) -> list[MethodSpec]:
+    """Search budgets from small to large around the given parameters: HNSW's ef0; beam's ef per layer, or its
+    frontier (ef and rounds fixed) when one is set."""
     if method == "hnsw":
         return [MethodSpec("hnsw", (max(e, 1),), (1,), top_m) for e in HNSW_SWEEP_EF]
+    if frontier:
+        return [MethodSpec("beam", ef, rounds, top_m, max(1, round(frontier * s))) for s in BEAM_SWEEP_SCALES]
     return [MethodSpec("beam", tuple(max(1, round(e * s)) for e in ef), rounds, top_m) for s in BEAM_SWEEP_SCALES]
 
 
@@ -169,8 +176,10 @@ def main_evaluate(args) -> int:
     if len(args.ef) != len(args.rounds):
         raise UserError(f"--ef {args.ef} and --rounds {args.rounds} need one value per layer each")
     ev = Evaluator(args.run, args.data, users=args.users, batch=args.batch, backend=args.backend)
-    base = MethodSpec(args.method, tuple(args.ef), tuple(args.rounds), args.top_m)
-    specs = sweep_specs(args.method, base.ef, base.rounds, args.top_m) if args.sweep else [base]
+    if args.frontier < 0:
+        raise UserError(f"--frontier must be >= 0 (0 = expand every new entry), got {args.frontier}")
+    base = MethodSpec(args.method, tuple(args.ef), tuple(args.rounds), args.top_m, args.frontier)
+    specs = sweep_specs(args.method, base.ef, base.rounds, args.top_m, base.frontier) if args.sweep else [base]
     results = []
     for spec in specs:
         m = ev.evaluate(spec)

@@ -1,10 +1,11 @@
 """The paper's Table 3 and Figure 3 on our data: `python -m perf.paper --data DATA --work DIR`.
 
 Table 3 shape: three architectures (two-tower, mlp = "DNN w/o attention", attention) × FGSM off/on, each
-evaluated with beam search at the served defaults ({100,200,400}, {1,3,10}, M=200): recall-retrieval,
-recall-all, recall-Δ, coverage, % of |V| scored.
-Figure 3: recall and coverage vs % of |V| scored while the search budget varies, for NANN (beam, FGSM model),
-NANN-HNSW (hnsw, FGSM model) and SL2G (hnsw, attention model trained without FGSM).
+evaluated with beam search at the served defaults (`ServingLimits`: ef, rounds, frontier; M=200):
+recall-retrieval, recall-all, recall-Δ, coverage, % of |V| scored.
+Figure 3: recall and coverage vs % of |V| scored while the search budget varies, for NANN (FGSM model) beam
+at the served defaults with ef swept, the same beam with a frontier (4 … 128, rounds {1,3,40}) swept, NANN-HNSW
+(hnsw, FGSM model) and SL2G (hnsw, attention model trained without FGSM).
 Runs are trained (through the CLI) only when missing, so the script can be resumed.
 """
 from __future__ import annotations
@@ -16,9 +17,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from nann.evaluate import Evaluator, MethodSpec, plot_curves, sweep_specs
+from nann.serving.requests import ServingLimits
 from nann.steps import run_step
 
 ARCHS = ("two-tower", "mlp", "attention")
+FRONTIER, FRONTIER_ROUNDS = 32, (1, 3, 40)   # the frontier curve: 4 … 128 (evaluate.BEAM_SWEEP_SCALES)
 ARCH_NAMES = {"two-tower": "two-sided", "mlp": "DNN w/o attention", "attention": "DNN w/ attention"}
 
 
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", required=True, help="directory for the runs and results")
     p.add_argument("--users", type=int, default=300, help="test users evaluated")
     p.add_argument("--fgsm-eps", type=float, default=3e-4)
-    p.add_argument("--train-args", default="--epochs 1 --negatives 20 --max-samples 600000 --batch-size 256 "
+    p.add_argument("--train-args", default="--epochs 1 --negatives 20 --max-samples 200000 --batch-size 256 "
                                            "--eval-users 100", help="extra `nann train` arguments")
     p.add_argument("--skip-table", action="store_true")
     p.add_argument("--skip-figure", action="store_true")
@@ -54,11 +57,20 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     train_args = args.train_args.split()
     runs = {(arch, fgsm): work / f"{arch}-{'fgsm' if fgsm else 'plain'}" for arch in ARCHS for fgsm in (False, True)}
+    evaluators: dict[Path, Evaluator] = {}
+
+    def evaluator(run: Path) -> Evaluator:  # one per run: its brute-force reference is computed once
+        if run not in evaluators:
+            evaluators[run] = Evaluator(run, data, users=args.users)
+        return evaluators[run]
+
+    lim = ServingLimits()
+    served = MethodSpec("beam", lim.default_ef, lim.default_rounds, 200, lim.default_frontier)
     if not args.skip_table:
         results = []
         for (arch, fgsm), run in runs.items():
             ensure_run(data, run, arch, args.fgsm_eps if fgsm else 0.0, train_args)
-            m = Evaluator(run, data, users=args.users).evaluate(MethodSpec("beam", rounds=(1, 3, 10)))
+            m = evaluator(run).evaluate(served)
             results.append({**m, "arch": arch, "fgsm": fgsm})
             print(table3(results[-1:]).splitlines()[-1], file=sys.stderr)
         (work / "table3.json").write_text(json.dumps(results, indent=1))
@@ -67,10 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_figure:
         fgsm_run = ensure_run(data, runs[("attention", True)], "attention", args.fgsm_eps, train_args)
         plain_run = ensure_run(data, runs[("attention", False)], "attention", 0.0, train_args)
-        nann_eval = Evaluator(fgsm_run, data, users=args.users)
-        sl2g_eval = Evaluator(plain_run, data, users=args.users)
+        nann_eval, sl2g_eval = evaluator(fgsm_run), evaluator(plain_run)
         curves = {
-            "NANN (beam, FGSM)": [nann_eval.evaluate(s) for s in sweep_specs("beam", (100, 200, 400), (1, 3, 10), 200)],
+            f"NANN (beam, FGSM), rounds {list(served.rounds)}, ef swept": [
+                nann_eval.evaluate(s) for s in sweep_specs("beam", served.ef, served.rounds, 200, served.frontier)],
+            f"NANN (beam, FGSM), rounds {list(FRONTIER_ROUNDS)}, frontier swept": [
+                nann_eval.evaluate(s) for s in sweep_specs("beam", served.ef, FRONTIER_ROUNDS, 200, FRONTIER)],
             "NANN-HNSW (hnsw, FGSM)": [nann_eval.evaluate(s) for s in sweep_specs("hnsw", (400,), (1,), 200)],
             "SL2G (hnsw, no FGSM)": [sl2g_eval.evaluate(s) for s in sweep_specs("hnsw", (400,), (1,), 200)],
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,12 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 FAKE_REPO = Path(__file__).resolve().parent / "fake_nann_repo"
 
 # must match tests/fake_nann_repo/fake_retrieve/1/model.py
-NUM_ITEMS, DEFAULT_K, DEFAULT_EF, DEFAULT_ROUNDS, MAX_K = 1000, 10, [10, 20], [1, 2], 100
+NUM_ITEMS, DEFAULT_K, DEFAULT_EF, DEFAULT_ROUNDS, DEFAULT_FRONTIER, MAX_K, MAX_FRONTIER = (
+    1000, 10, [10, 20], [1, 2], 0, 100, 64)
 SLEEP_ID = 9999
 
 
-def expected(history, k=None, ef=None, rounds=None) -> RetrievalResult:
+def expected(history, k=None, ef=None, rounds=None, frontier=None) -> RetrievalResult:
     k = DEFAULT_K if k is None else int(k)
+    frontier = DEFAULT_FRONTIER if frontier is None else int(frontier)
     ef = DEFAULT_EF if ef is None else list(ef)
     rounds = DEFAULT_ROUNDS if rounds is None else list(rounds)
     seen = sorted(set(int(x) for x in history), reverse=True)
@@ -36,7 +39,7 @@ def expected(history, k=None, ef=None, rounds=None) -> RetrievalResult:
         if cand not in present:
             ids.append(cand)
         cand -= 1
-    bonus = 0.01 * sum(ef) + 0.001 * sum(rounds)
+    bonus = 0.01 * sum(ef) + 0.001 * sum(rounds) + 0.0001 * frontier
     return RetrievalResult(np.asarray(ids, dtype=np.int64),
                            np.asarray([float(k - i) + bonus for i in range(k)], dtype=np.float32))
 
@@ -129,6 +132,34 @@ def test_client_side_validation_of_ef_rounds_and_many():
         assert c.retrieve_many([]) == []
 
 
+@pytest.mark.parametrize("frontier, fragment", [
+    (-1, "frontier=-1 must be >= 0 (0 = unlimited)"),
+    (2.0, "frontier must be a non-negative integer"),
+    (True, "frontier must be a non-negative integer"),
+    ([4], "frontier must be a non-negative integer"),
+    (2**31, "is too large"),
+])
+def test_client_side_validation_of_frontier(frontier, fragment):
+    with NannClient(dead_url(), retries=0, timeout=2) as c:
+        with pytest.raises(InvalidRequestError) as ei:
+            c.retrieve([1], frontier=frontier)
+        assert fragment in str(ei.value)
+        with pytest.raises(InvalidRequestError, match=r"histories\[0\]: frontier"):
+            c.retrieve_many([[1]], frontier=frontier)
+
+
+def test_frontier_input_sent_only_when_given():
+    from nann_client import _common
+
+    def names(**kw):
+        return [i.name() for i in _common.build_request([1, 2], **kw)[0]]
+
+    assert "frontier" not in names() and "frontier" not in names(k=5, ef=[1], rounds=[1])
+    inputs = _common.build_request([1, 2], frontier=0)[0]  # 0 (unlimited) is a value, sent as such
+    (frontier,) = [i for i in inputs if i.name() == "frontier"]
+    assert frontier.datatype() == "INT32" and frontier.shape() == [1, 1]
+
+
 def test_error_translation():
     from tritonclient.utils import InferenceServerException
 
@@ -173,6 +204,23 @@ def test_sync_retrieve(client, history, k, ef, rounds):
     assert np.all(np.diff(got.scores) < 0)  # best first
 
 
+def test_retrieve_with_frontier(client, url):
+    assert client.retrieve([5, 3], 4, frontier=7) == expected([5, 3], 4, frontier=7)
+    assert client.retrieve([5, 3], frontier=0) == expected([5, 3], frontier=0)
+    assert client.retrieve([5, 3], frontier=MAX_FRONTIER, ef=[5, 6]) == expected([5, 3], None, [5, 6], None,
+                                                                                 MAX_FRONTIER)
+    hs = rng_histories(6, seed=4)
+    assert client.retrieve_many(hs, k=3, frontier=2) == [expected(h, 3, frontier=2) for h in hs]
+
+    async def go():
+        async with AsyncNannClient(url) as c:
+            return await c.retrieve([42], 20, frontier=9), await c.retrieve_many(hs, frontier=1)
+
+    one, many = asyncio.run(go())
+    assert one == expected([42], 20, frontier=9)
+    assert many == [expected(h, frontier=1) for h in hs]
+
+
 def test_async_retrieve(url):
     async def go():
         async with AsyncNannClient(url) as c:
@@ -213,6 +261,8 @@ def test_retrieve_many_async_in_order(url, client):
     ([1, 2000, 3, 3000, 2000], None, {}, "unknown item ids: 2000, 3000"),
     ([SLEEP_ID, 0], None, {}, "history is empty"),  # emptied on the server side: its own message
     ([1], None, {"ef": [10_000]}, "ef=[10000] is outside [1, 500]"),
+    ([1], None, {"frontier": MAX_FRONTIER + 1},
+     f"frontier={MAX_FRONTIER + 1} is outside [0, {MAX_FRONTIER}] (0 = unlimited)"),
 ])
 def test_server_side_invalid(client, url, history, k, kwargs, message):
     t0 = time.monotonic()
@@ -228,7 +278,7 @@ def test_server_side_invalid(client, url, history, k, kwargs, message):
         async with AsyncNannClient(url) as c:
             await c.retrieve(history, k, **kwargs)
 
-    with pytest.raises(InvalidRequestError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(InvalidRequestError, match=re.escape(message)):
         asyncio.run(go())
 
 
@@ -277,7 +327,8 @@ def test_info_and_ready(client, url):
     assert isinstance(info, ServerInfo)
     assert info.model_name == "nann" and info.model_version == "1"
     assert info.num_items == NUM_ITEMS and info.emb_dim == 8 and info.scorer_backend == "fake"
-    assert info.defaults == {"k": 10, "ef": [10, 20], "rounds": [1, 2]}
+    assert info.defaults == {"k": 10, "ef": [10, 20], "rounds": [1, 2], "frontier": DEFAULT_FRONTIER}
+    assert info.limits["max_frontier"] == MAX_FRONTIER
     assert info.limits["max_k"] == MAX_K and info.max_k == MAX_K and info.default_k == 10
     assert info.max_history == 200 and info.max_batch_size == 64
 

@@ -41,6 +41,20 @@ def test_sync_and_async_equal_nann_retrieve(served, histories, capsys):
         np.testing.assert_allclose(a.scores, want["scores"], rtol=1e-4, atol=1e-5)
 
 
+def test_frontier_equals_offline_retriever(served, histories):
+    from nann.serving.requests import parse_search
+    from nann.serving.retrieval import OfflineRetriever
+
+    offline = OfflineRetriever(served.run)
+    params = parse_search(np.array([20]), None, np.array([1, 3, 10]), offline.limits, np.array([4]))
+    with NannClient(served.server.grpc_url) as client:
+        for h in histories[:4]:
+            got = client.retrieve(h, k=20, rounds=[1, 3, 10], frontier=4)
+            want_ids, want_scores = offline.retrieve([h], [params])[0]
+            assert got.item_ids.tolist() == want_ids.tolist()
+            np.testing.assert_allclose(got.scores, want_scores, rtol=1e-4, atol=1e-5)
+
+
 def test_retrieve_many_keeps_order_and_equals_single_calls(served, histories):
     with NannClient(served.server.grpc_url) as client:
         many = client.retrieve_many(histories, k=10)

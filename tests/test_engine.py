@@ -92,12 +92,13 @@ def test_beam_exhaustive_equals_brute_force(small):
     n_users = 5
     score = dot_scorer(x, n_users)
     L = g.max_level + 1
-    p = SearchParams(ef=(10_000,) * L, rounds=(1000,) * L, top_m=50)
-    res = beam_search(g, n_users, score, p)
     ref = brute_force(g.num_items, n_users, score, 50, chunk=97)
-    assert (res.ids == ref.ids).all()
-    assert (res.scores == ref.scores).all()
-    assert (res.n_scored == g.num_items).all() and (ref.n_scored == g.num_items).all()
+    for frontier in (0, 3):   # a narrow frontier only takes more rounds
+        p = SearchParams(ef=(10_000,) * L, rounds=(10_000,) * L, top_m=50, frontier=frontier)
+        res = beam_search(g, n_users, score, p)
+        assert (res.ids == ref.ids).all()
+        assert (res.scores == ref.scores).all()
+        assert (res.n_scored == g.num_items).all() and (ref.n_scored == g.num_items).all()
     # brute force = exact top-M
     full = (np.random.default_rng(0).standard_normal((n_users, x.shape[1])).astype(np.float32)[:, None, :]
             * x[None]).sum(-1)
@@ -163,11 +164,11 @@ def test_padding_and_splitting_do_not_change_results(small):
 
 def test_per_request_params(medium):
     x, _, g, _ = medium
-    score = dot_scorer(x, 3, seed=4)
+    score = dot_scorer(x, 4, seed=4)
     ps = [SearchParams((10, 20, 40), (1, 1, 2), top_m=10), SearchParams((50, 100, 300), (1, 2, 4), top_m=100),
-          SearchParams((5, 5, 5), (0, 1, 1), top_m=3)]
-    mixed = beam_search(g, 3, score, ps)
-    assert mixed.ids.shape == (3, 100)
+          SearchParams((5, 5, 5), (0, 1, 1), top_m=3), SearchParams((30, 60, 120), (1, 3, 20), 50, frontier=4)]
+    mixed = beam_search(g, 4, score, ps)
+    assert mixed.ids.shape == (4, 100)
     for r, p in enumerate(ps):
         one = beam_search(g, 1, lambda o, i, r=r: score(np.full_like(o, r), i), p)
         m = p.top_m
@@ -314,6 +315,11 @@ def test_handmade_path_graph():
     r = beam_search(g, 1, score, SearchParams((1, 1), (1, 10), top_m=3))
     assert r.ids[0].tolist() == [9, -1, -1]
     r = beam_search(g, 1, score, SearchParams((1, 3), (1, 10), top_m=3))
-    assert r.ids[0].tolist() == [9, 8, 7]
+    assert r.ids[0].tolist() == [9, 8, 7] and r.n_scored[0] == 8   # {0,5}, {4,6}, {3,7}, {8}, {9}
+    # frontier 1: only the best new entry is expanded per round, so 4 (behind the walk) never is
+    r = beam_search(g, 1, score, SearchParams((1, 3), (1, 10), top_m=3, frontier=1))
+    assert r.ids[0].tolist() == [9, 8, 7] and r.n_scored[0] == 7   # {0,5}, {4,6}, {7}, {8}, {9}
+    with pytest.raises(ValueError):
+        SearchParams(frontier=-1)
     h = hnsw_search(g, 1, score, ef0=1, top_m=1)
     assert h.ids[0].tolist() == [9]

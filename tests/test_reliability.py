@@ -110,8 +110,8 @@ BAD = {  # name: (request builder given the users, regexes the message must matc
     "ef=0": (lambda u: request(u[0], ef=[0, 10, 10]), [r"ef=\[0, 10, 10\] is outside \[1, 2000\]"]),
     "ef negative": (lambda u: request(u[0], ef=[10, -1, 10]), [r"is outside \[1, 2000\]"]),
     "ef=2001": (lambda u: request(u[0], ef=[10, 10, 2001]), [r"is outside \[1, 2000\]"]),
-    "rounds=0": (lambda u: request(u[0], rounds=[1, 0, 1]), [r"rounds=\[1, 0, 1\] is outside \[1, 10\]"]),
-    "rounds=11": (lambda u: request(u[0], rounds=[1, 1, 11]), [r"is outside \[1, 10\]"]),
+    "rounds=0": (lambda u: request(u[0], rounds=[1, 0, 1]), [r"rounds=\[1, 0, 1\] is outside \[1, 64\]"]),
+    "rounds=65": (lambda u: request(u[0], rounds=[1, 1, 65]), [r"is outside \[1, 64\]"]),
     "rounds wrong count": (lambda u: request(u[0], rounds=[1]), [r"rounds needs 3 values"]),
     "unknown input": (lambda u: request(u[0]) + [tensor("bogus", np.array([[1]], np.int32), "INT32")],
                       [r"unexpected inference input 'bogus'"]),
@@ -140,7 +140,7 @@ def test_history_between_max_seq_and_max_history_keeps_most_recent(client, users
 def test_bad_requests_in_a_shared_batch_do_not_affect_the_good_ones(served, users, offline):
     """Good and bad requests sent at once (they share execute() calls): each gets its own answer."""
     url = served.server.grpc_url
-    bad_names = ["empty history", "unknown id", "k=0", "ef too few", "rounds=11", "2 rows in one request"]
+    bad_names = ["empty history", "unknown id", "k=0", "ef too few", "rounds=65", "2 rows in one request"]
     jobs = [("good", i) for i in range(12)] + [("bad", n) for n in bad_names]
     jobs = [jobs[i] for i in np.random.default_rng(0).permutation(len(jobs))]
     barrier = threading.Barrier(len(jobs))
@@ -288,7 +288,8 @@ def test_limits_are_published_in_nann_info(client):
     info = json.loads(config["parameters"]["nann_info"]["string_value"])
     limits = ServingLimits()
     assert info["limits"] == {"max_k": limits.max_k, "max_history": limits.max_history, "max_ef": limits.max_ef,
-                              "max_rounds": limits.max_rounds}
+                              "max_rounds": limits.max_rounds, "max_frontier": limits.max_frontier}
+    assert info["defaults"]["frontier"] == limits.default_frontier
     assert info["max_seq"] == 50 and info["grid"]["max_size"] == CandidateGrid().max_size
     assert int(config["max_batch_size"]) == 64
 

@@ -14,10 +14,11 @@ from nann.serving.retrieval import OfflineRetriever
 pytestmark = pytest.mark.serving
 
 
-def infer(client, history, k=None, ef=None, rounds=None):
+def infer(client, history, k=None, ef=None, rounds=None, frontier=None):
     inputs = []
     for name, value, dtype in (("history", history, "INT64"), ("k", None if k is None else [k], "INT32"),
-                               ("ef", ef, "INT32"), ("rounds", rounds, "INT32")):
+                               ("ef", ef, "INT32"), ("rounds", rounds, "INT32"),
+                               ("frontier", None if frontier is None else [frontier], "INT32")):
         if value is None:
             continue
         arr = np.asarray(value, dtype=np.int64 if dtype == "INT64" else np.int32).reshape(1, -1)
@@ -109,6 +110,30 @@ def test_bad_requests_get_invalid_arg_and_server_keeps_serving(served, users, hi
         assert "INVALID_ARG" in str(err.value.status()) or "INVALID_ARGUMENT" in str(err.value.status())
         ids, _ = infer(client, users[1], k=5)
         assert len(ids) == 5
+
+
+def test_frontier_requests_match_offline_retrieve(served, users, offline):
+    """A per-request frontier reaches the engine: served answers equal offline ones with the same parameters."""
+    rounds = [1, 3, 10]
+    changed = 0
+    with grpcclient.InferenceServerClient(served.server.grpc_url) as client:
+        for i, history in enumerate(users[:8]):
+            frontier = (1, 4, 16, 0)[i % 4]
+            params = parse_search(np.array([30]), None, np.array(rounds), offline.limits, np.array([frontier]))
+            assert params.frontier == frontier
+            want_ids, want_scores = offline.retrieve([history], [params])[0]
+            ids, scores = infer(client, history, k=30, rounds=rounds, frontier=frontier)
+            assert ids.tolist() == want_ids.tolist()
+            np.testing.assert_allclose(scores, want_scores, rtol=1e-4, atol=1e-5)
+            unlimited = parse_search(np.array([30]), None, np.array(rounds), offline.limits, np.array([0]))
+            changed += offline.retrieve([history], [unlimited])[0][0].tolist() != want_ids.tolist()
+        # the narrow frontiers change some answers, so the equality above is not the default search twice
+        assert changed > 0
+        for bad, message in ((-1, "frontier=-1 is outside"), (100000, "frontier=100000 is outside")):
+            with pytest.raises(InferenceServerException) as err:
+                infer(client, users[0], frontier=bad)
+            assert message in err.value.message()
+            assert "INVALID_ARG" in str(err.value.status())
 
 
 def test_long_history_keeps_most_recent(served, users, offline):

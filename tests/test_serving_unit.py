@@ -21,7 +21,7 @@ def raw_to_dense(raw):
 
 
 LIMITS = ServingLimits(max_seq=3, max_history=6, default_k=2, max_k=4, default_ef=(4, 5), default_rounds=(1, 2),
-                       max_ef=10, max_rounds=3)
+                       max_ef=10, max_rounds=3, default_frontier=3, max_frontier=8)
 
 
 def test_history_maps_and_keeps_most_recent():
@@ -51,6 +51,30 @@ def test_search_defaults_and_overrides():
     assert parse_search(np.array([4]), np.array([2, 2]), None, LIMITS).ef == (2, 4)
 
 
+def test_search_frontier():
+    assert parse_search(None, None, None, LIMITS).frontier == LIMITS.default_frontier
+    assert parse_search(None, None, None, LIMITS, np.array([], dtype=np.int32)).frontier == LIMITS.default_frontier
+    served = ServingLimits()
+    assert parse_search(None, None, None, served).frontier == served.default_frontier
+    p = parse_search(np.array([3]), np.array([2, 9]), np.array([3, 3]), LIMITS, np.array([[5]], dtype=np.int32))
+    assert (p.ef, p.rounds, p.top_m, p.frontier) == ((2, 9), (3, 3), 3, 5)
+    assert parse_search(None, None, None, LIMITS, np.array([0])).frontier == 0  # unlimited
+    assert parse_search(None, None, None, LIMITS, np.array([8])).frontier == 8
+    with pytest.raises(ValueError, match=r"default_frontier=9 is outside \[0, 8\]"):
+        ServingLimits(default_frontier=9, max_frontier=8)
+
+
+@pytest.mark.parametrize("frontier, message", [
+    (np.array([-1]), r"frontier=-1 is outside \[0, 8\] \(0 = unlimited\)"),
+    (np.array([9]), r"frontier=9 is outside \[0, 8\]"),
+    (np.array([1, 2]), "frontier must be a single value, got 2"),
+    (np.array([1.5]), "frontier must be an integer tensor"),
+])
+def test_bad_frontier_is_refused(frontier, message):
+    with pytest.raises(RequestError, match=message):
+        parse_search(None, None, None, LIMITS, frontier)
+
+
 @pytest.mark.parametrize("k, ef, rounds, message", [
     (np.array([0]), None, None, r"k=0 is outside \[1, 4\]"),
     (np.array([5]), None, None, r"k=5 is outside"),
@@ -66,6 +90,9 @@ def test_bad_search_parameters_are_refused(k, ef, rounds, message):
 
 def test_limits_json_round_trip():
     assert ServingLimits.from_json(json.loads(json.dumps(LIMITS.to_json()))) == LIMITS
+    # a repository exported before frontier existed: its limits lack the keys and get the defaults
+    old = {key: value for key, value in LIMITS.to_json().items() if "frontier" not in key}
+    assert ServingLimits.from_json(old).default_frontier == ServingLimits().default_frontier
 
 
 def test_manifest_catches_missing_truncated_and_altered_files(tmp_path):

@@ -15,7 +15,7 @@ from nann_client.errors import (InvalidRequestError, NannError, RequestTimeoutEr
                                 UnavailableError)
 from nann_client.types import RetrievalResult, ServerInfo
 
-HISTORY, K, EF, ROUNDS = "history", "k", "ef", "rounds"
+HISTORY, K, EF, ROUNDS, FRONTIER = "history", "k", "ef", "rounds", "frontier"
 ITEM_IDS, SCORES = "item_ids", "scores"
 INFO_PARAMETER = "nann_info"
 TRANSIENT_STATUSES = frozenset({"UNAVAILABLE"})
@@ -61,6 +61,19 @@ def validate_k(k: Any) -> Optional[int]:
     return int(k)
 
 
+def validate_frontier(frontier: Any) -> Optional[int]:
+    """Beam-list entries expanded per round: None (server default), 0 (unlimited) or a positive int."""
+    if frontier is None:
+        return None
+    if not _is_int(frontier):
+        raise InvalidRequestError(f"frontier must be a non-negative integer (0 = unlimited), got {frontier!r}")
+    if frontier < 0:
+        raise InvalidRequestError(f"frontier={int(frontier)} must be >= 0 (0 = unlimited)")
+    if frontier > np.iinfo(np.int32).max:
+        raise InvalidRequestError(f"frontier={int(frontier)} is too large")
+    return int(frontier)
+
+
 def validate_int_list(name: str, values: Any) -> Optional[np.ndarray]:
     """Per-layer `ef` / `rounds`: None, or a non-empty 1-D sequence of positive ints → int32 [1, n]."""
     if values is None:
@@ -82,21 +95,23 @@ def validate_int_list(name: str, values: Any) -> Optional[np.ndarray]:
 
 # ---------------------------------------------------------------- request / response
 
-def build_request(history: Any, k: Any = None, ef: Any = None, rounds: Any = None
+def build_request(history: Any, k: Any = None, ef: Any = None, rounds: Any = None, frontier: Any = None
                   ) -> Tuple[List[InferInput], List[InferRequestedOutput]]:
-    """Validate and build the Triton inputs/outputs for one retrieval request."""
+    """Validate and build the Triton inputs/outputs for one retrieval request (None = input not sent)."""
     hist = validate_history(history)
     k_ = validate_k(k)
     ef_ = validate_int_list(EF, ef)
     rounds_ = validate_int_list(ROUNDS, rounds)
+    frontier_ = validate_frontier(frontier)
     inputs = []
     inp = InferInput(HISTORY, list(hist.shape), "INT64")
     inp.set_data_from_numpy(hist)
     inputs.append(inp)
-    if k_ is not None:
-        inp = InferInput(K, [1, 1], "INT32")
-        inp.set_data_from_numpy(np.array([[k_]], dtype=np.int32))
-        inputs.append(inp)
+    for name, value in ((K, k_), (FRONTIER, frontier_)):
+        if value is not None:
+            inp = InferInput(name, [1, 1], "INT32")
+            inp.set_data_from_numpy(np.array([[value]], dtype=np.int32))
+            inputs.append(inp)
     for name, arr in ((EF, ef_), (ROUNDS, rounds_)):
         if arr is not None:
             inp = InferInput(name, list(arr.shape), "INT32")

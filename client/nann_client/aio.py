@@ -103,13 +103,14 @@ class AsyncNannClient:
 
     async def retrieve(self, history: Sequence[int], k: Optional[int] = None, *,
                        ef: Optional[Sequence[int]] = None, rounds: Optional[Sequence[int]] = None,
-                       timeout: Optional[float] = None) -> RetrievalResult:
+                       frontier: Optional[int] = None, timeout: Optional[float] = None) -> RetrievalResult:
         """Top-k items for one user; see `NannClient.retrieve`."""
-        return await self._infer(c.build_request(history, k, ef, rounds), timeout)
+        return await self._infer(c.build_request(history, k, ef, rounds, frontier), timeout)
 
     async def retrieve_many(self, histories: Sequence[Sequence[int]], k: Optional[int] = None, *,
                             ef: Optional[Sequence[int]] = None, rounds: Optional[Sequence[int]] = None,
-                            timeout: Optional[float] = None, max_concurrency: int = 32) -> List[RetrievalResult]:
+                            frontier: Optional[int] = None, timeout: Optional[float] = None,
+                            max_concurrency: int = 32) -> List[RetrievalResult]:
         """Top-k items for many users, at most `max_concurrency` requests in flight; results in input order.
 
         Every history is validated before anything is sent. On the first failed request the others still
@@ -119,7 +120,7 @@ class AsyncNannClient:
         requests = []
         for i, h in enumerate(c.as_histories(histories)):
             try:
-                requests.append(c.build_request(h, k, ef, rounds))
+                requests.append(c.build_request(h, k, ef, rounds, frontier))
             except InvalidRequestError as e:
                 raise InvalidRequestError(f"histories[{i}]: {e.message}") from e
         if not requests:

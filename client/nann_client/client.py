@@ -101,7 +101,8 @@ class NannClient:
 
     # ------------------------------------------------------------------ API
     def retrieve(self, history: Sequence[int], k: Optional[int] = None, *, ef: Optional[Sequence[int]] = None,
-                 rounds: Optional[Sequence[int]] = None, timeout: Optional[float] = None) -> RetrievalResult:
+                 rounds: Optional[Sequence[int]] = None, frontier: Optional[int] = None,
+                 timeout: Optional[float] = None) -> RetrievalResult:
         """Top-k items for one user.
 
         Args:
@@ -109,6 +110,8 @@ class NannClient:
             k: how many items to return (server default if None; the server enforces its `max_k`).
             ef: per-layer beam widths, top layer first (server default if None).
             rounds: per-layer search rounds, top layer first (server default if None).
+            frontier: at most this many beam-list entries expanded per round, best first; 0 = all of them
+                (server default if None; the server enforces its `max_frontier`).
             timeout: budget of this call in seconds (the client's default if None).
 
         Returns:
@@ -120,7 +123,7 @@ class NannClient:
             RequestTimeoutError: no answer within `timeout`.
             ServerError: any other server-side failure.
         """
-        inputs, outputs = c.build_request(history, k, ef, rounds)
+        inputs, outputs = c.build_request(history, k, ef, rounds, frontier)
         client = self._grpc()
         result = self._call(lambda t: client.infer(self.model_name, inputs, outputs=outputs, client_timeout=t,
                                                    headers=self._headers), timeout)
@@ -128,7 +131,8 @@ class NannClient:
 
     def retrieve_many(self, histories: Sequence[Sequence[int]], k: Optional[int] = None, *,
                       ef: Optional[Sequence[int]] = None, rounds: Optional[Sequence[int]] = None,
-                      timeout: Optional[float] = None, max_concurrency: int = 32) -> List[RetrievalResult]:
+                      frontier: Optional[int] = None, timeout: Optional[float] = None,
+                      max_concurrency: int = 32) -> List[RetrievalResult]:
         """Top-k items for many users, sent concurrently so the server's dynamic batcher can group them.
 
         Every history is validated before anything is sent (an invalid one raises InvalidRequestError naming
@@ -143,7 +147,7 @@ class NannClient:
         requests = []
         for i, h in enumerate(hs):
             try:
-                requests.append(c.build_request(h, k, ef, rounds))
+                requests.append(c.build_request(h, k, ef, rounds, frontier))
             except InvalidRequestError as e:
                 raise InvalidRequestError(f"histories[{i}]: {e.message}") from e
         if not requests:

@@ -50,8 +50,9 @@ class ServerInfo:
         num_items: number of items in the catalogue.
         emb_dim: item embedding size.
         scorer_backend: the scorer runtime, e.g. ``"onnxruntime"``, ``"torch"``, ``"tensorrt"``.
-        defaults: default request parameters, ``{"k": int, "ef": [int...], "rounds": [int...]}``.
-        limits: request limits, ``{"max_k", "max_history", "max_ef", "max_rounds"}``.
+        defaults: default request parameters, ``{"k": int, "ef": [int...], "rounds": [int...], "frontier": int}``
+            (servers exported before `frontier` existed lack that key).
+        limits: request limits, ``{"max_k", "max_history", "max_ef", "max_rounds", "max_frontier"}``.
         max_batch_size: the model's max_batch_size from its config.
         raw: the whole decoded `nann_info` object (may hold more keys than the above).
     """

@@ -6,7 +6,7 @@ import triton_python_backend_utils as pb_utils
 
 from nann.engine.grid import CandidateGrid
 from nann.serving.requests import RequestError, ServingLimits
-from nann.serving.retrieval import RetrieveService
+from nann.serving.retrieval import SEARCH_INPUTS, RetrieveService
 from nann.serving.services import model_context
 
 
@@ -24,7 +24,7 @@ class TritonPythonModel:
         version_dir, params = model_context(args)
         grid = json.loads(params["grid"])
         state_dims = {o["name"]: o["dims"] for o in json.loads(args["model_config"])["input"]
-                      if o["name"] not in ("k", "ef", "rounds")}
+                      if o["name"] not in SEARCH_INPUTS}
         self.service = RetrieveService(version_dir, ServingLimits.from_json(json.loads(params["limits"])),
                                        CandidateGrid(grid["sizes"], grid["max_size"]), state_dims)
         self.state_names = list(state_dims)
@@ -35,8 +35,7 @@ class TritonPythonModel:
         for i, request in enumerate(requests):
             try:
                 state = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.state_names}
-                params.append(self.service.parse(state, _optional(request, "k"), _optional(request, "ef"),
-                                                 _optional(request, "rounds")))
+                params.append(self.service.parse(state, *(_optional(request, name) for name in SEARCH_INPUTS)))
                 good.append(i)
                 states.append(state)
             except RequestError as e:

@@ -50,8 +50,8 @@ def decode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def expand(indptr, indices, w_keys, w_flag, w_len, active, max_expand, bitmap, touched, touched_n):
     """Neighbour expansion + visited test-and-set for all requests in one pass.
 
-    For each active request r, the flagged entries of its list W (at most ``max_expand`` of them, best first)
-    are expanded: their flags are cleared and every neighbour not yet in r's bitmap is marked and emitted.
+    For each active request r, the flagged entries of its list W (at most ``max_expand[r]`` of them, best first;
+    the others stay flagged for a later round) are expanded: their flags are cleared and every neighbour not yet in r's bitmap is marked and emitted.
     Returns (owner int32 [C], ids int32 [C], ptr int64 [B+1]): request r's candidates are ptr[r]:ptr[r+1],
     distinct within the request (the bitmap dedups).
     """
@@ -66,7 +66,7 @@ def expand(indptr, indices, w_keys, w_flag, w_len, active, max_expand, bitmap, t
                 node = np.int64(w_keys[r, j] & np.uint64(0xFFFFFFFF))
                 total += indptr[node + 1] - indptr[node]
                 k += 1
-                if k >= max_expand:
+                if k >= max_expand[r]:
                     break
     owner = np.empty(total, dtype=np.int32)
     ids = np.empty(total, dtype=np.int32)
@@ -94,7 +94,7 @@ def expand(indptr, indices, w_keys, w_flag, w_len, active, max_expand, bitmap, t
                             ids[c] = v
                             c += 1
                     k += 1
-                    if k >= max_expand:
+                    if k >= max_expand[r]:
                         break
         ptr[r + 1] = c
     return owner[:c], ids[:c], ptr

@@ -30,14 +30,21 @@ from nann.engine import kernels as K
 from nann.engine.grid import CandidateGrid
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+UNLIMITED = 1 << 62
 
 
 @dataclass(frozen=True)
 class SearchParams:
-    """Beam-retrieval parameters, one entry per layer, TOP layer first (paper default shown)."""
+    """Beam-retrieval parameters, one entry per layer, TOP layer first (paper default shown).
+
+    frontier: at most this many of a request's unexpanded list entries are expanded per round, best first (the
+    rest wait for a later round); 0 expands all of them, Algorithm 2 as written. The paper's reference code
+    likewise expands only the top new items on layer 0; a narrow frontier with more rounds walks further for the
+    same number of items scored (perf/RESULTS.md, Figure 3)."""
     ef: tuple[int, ...] = (100, 200, 400)
     rounds: tuple[int, ...] = (1, 1, 3)
     top_m: int = 200
+    frontier: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "ef", tuple(int(x) for x in self.ef))
@@ -50,6 +57,8 @@ class SearchParams:
             raise ValueError(f"rounds must be >= 0, got {self.rounds}")
         if int(self.top_m) < 1:
             raise ValueError(f"top_m must be >= 1, got {self.top_m}")
+        if int(self.frontier) < 0:
+            raise ValueError(f"frontier must be >= 0 (0 = unlimited), got {self.frontier}")
 
 
 @dataclass
@@ -162,7 +171,7 @@ class _Run:
         keys = K.make_keys(scores.view(np.uint32), ids)
         K.merge(self.w_keys, self.w_flag, self.w_len, keys, ptr, ef, self.buf_keys, self.buf_flag)
 
-    def run_layer(self, indptr, indices, ef, max_rounds, max_expand: int) -> None:
+    def run_layer(self, indptr, indices, ef, max_rounds, max_expand: np.ndarray) -> None:
         """Rounds of expand → score → merge until every request is done (per-request round limits)."""
         has = np.zeros(self.n, dtype=np.uint8)
         t = 0
@@ -233,6 +242,7 @@ def beam_search(graph, n_requests: int, score_fn: ScoreFn, params: SearchParams 
     ef = np.array([p.ef[drop:] for p in plist], dtype=np.int64)          # [n, start+1], column c = layer start-c
     rounds = np.array([p.rounds[drop:] for p in plist], dtype=np.int64)
     top_m = np.array([p.top_m for p in plist], dtype=np.int64)
+    max_expand = np.array([p.frontier if p.frontier > 0 else UNLIMITED for p in plist], dtype=np.int64)
     w_cap = int(max(ef.max(), top_m.max()))
     run = _Run(graph.num_items, n, score_fn, grid, workspace or get_workspace(graph), w_cap)
     try:
@@ -250,7 +260,7 @@ def beam_search(graph, n_requests: int, score_fn: ScoreFn, params: SearchParams 
             if c > 0:
                 run.w_flag[:] = 1
             indptr, indices = _layer_arrays(graph, level)
-            run.run_layer(indptr, indices, ef[:, c].copy(), rounds[:, c].copy(), max_expand=1 << 62)
+            run.run_layer(indptr, indices, ef[:, c].copy(), rounds[:, c].copy(), max_expand)
         res = run.result(top_m, 0.0)
     finally:
         run.close()
@@ -284,7 +294,8 @@ def hnsw_search(graph, n_requests: int, score_fn: ScoreFn, ef0: int, top_m: int,
         run.n_scored += 1
         run.rounds += 1
         run.score_merge(np.arange(n, dtype=np.int32), ep, np.arange(n + 1, dtype=np.int64), np.full(n, upper_ef))
-        unlimited = np.full(n, 1 << 62, dtype=np.int64)
+        unlimited = np.full(n, UNLIMITED, dtype=np.int64)
+        one_each = np.ones(n, dtype=np.int64)
         for level in range(graph.max_level, -1, -1):
             ef = np.full(n, upper_ef if level > 0 else ef_l0, dtype=np.int64)
             if level == 0:
@@ -292,7 +303,7 @@ def hnsw_search(graph, n_requests: int, score_fn: ScoreFn, ef0: int, top_m: int,
                 K.mark_lists(run.bitmap, run.touched, run.touched_n, run.w_keys, run.w_len)
             run.w_flag[:] = 1
             indptr, indices = _layer_arrays(graph, level)
-            run.run_layer(indptr, indices, ef, unlimited, max_expand=1)
+            run.run_layer(indptr, indices, ef, unlimited, one_each)
         res = run.result(tm, 0.0)
     finally:
         run.close()

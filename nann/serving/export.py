@@ -146,9 +146,10 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
     info = {
         "model_version": version, "num_items": num_items, "emb_dim": emb_dim, "scorer_backend": backend,
         "arch": config.get("arch"), "run": str(run_dir), "max_seq": limits.max_seq,
-        "defaults": {"k": limits.default_k, "ef": list(limits.default_ef), "rounds": list(limits.default_rounds)},
+        "defaults": {"k": limits.default_k, "ef": list(limits.default_ef), "rounds": list(limits.default_rounds),
+                     "frontier": limits.default_frontier},
         "limits": {"max_k": limits.max_k, "max_history": limits.max_history, "max_ef": limits.max_ef,
-                   "max_rounds": limits.max_rounds},
+                   "max_rounds": limits.max_rounds, "max_frontier": limits.max_frontier},
         "grid": {"sizes": list(grid.sizes), "max_size": grid.max_size},
         "cpu_scorer_candidates_per_s": {k: round(v) for k, v in speeds.items()},
     }

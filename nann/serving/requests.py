@@ -27,18 +27,28 @@ class ServingLimits:
     default_k: int = 200
     max_k: int = 1000
     default_ef: tuple[int, ...] = (100, 200, 400)
-    # The paper's {1,1,3} stops the layer-0 walk after 3 hops; on our synthetic data that saturates near 45%
-    # coverage@200, while {1,3,10} (rounds end early once no new item enters the beam) reaches 0.99 at 6.5% of
-    # 100k items scored (perf/RESULTS.md).
+    # The paper's {1,1,3} stops the layer-0 walk after 3 hops: on our synthetic data (100k items, attention
+    # model) coverage@200 0.65 at 5.8% of items scored, while {1,3,10} (rounds end early once no new item
+    # enters the beam) reaches 0.93 at 4.9% (perf/RESULTS.md).
     default_rounds: tuple[int, ...] = (1, 3, 10)
     max_ef: int = 2000
-    max_rounds: int = 10
+    max_rounds: int = 64   # a narrow frontier needs more layer-0 rounds (e.g. frontier 32, rounds {1,3,40})
+    # List entries expanded per round, best first (SearchParams.frontier); 0 = all new entries (Algorithm 2).
+    default_frontier: int = 0
+    # A beam list never holds more than max(ef, k) <= max_ef entries, so any frontier at or above max_ef
+    # expands the whole list, the same as 0; the maximum only keeps requests to sane values.
+    max_frontier: int = 2000
+
+    def __post_init__(self):
+        if not 0 <= self.default_frontier <= self.max_frontier:
+            raise ValueError(f"default_frontier={self.default_frontier} is outside [0, {self.max_frontier}]")
 
     def to_json(self) -> dict:
         return {
             "max_seq": self.max_seq, "max_history": self.max_history, "default_k": self.default_k,
             "max_k": self.max_k, "default_ef": list(self.default_ef), "default_rounds": list(self.default_rounds),
             "max_ef": self.max_ef, "max_rounds": self.max_rounds,
+            "default_frontier": self.default_frontier, "max_frontier": self.max_frontier,
         }
 
     @classmethod
@@ -86,24 +96,32 @@ def parse_history(raw_history: np.ndarray, raw_to_dense, limits: ServingLimits) 
 
 
 def parse_search(k: np.ndarray | None, ef: np.ndarray | None, rounds: np.ndarray | None,
-                 limits: ServingLimits) -> SearchParams:
-    """Per-request search parameters from the optional `k`, `ef`, `rounds` inputs, bounded by the limits.
+                 limits: ServingLimits, frontier: np.ndarray | None = None) -> SearchParams:
+    """Per-request search parameters from the optional `k`, `ef`, `rounds`, `frontier` inputs, bounded by the limits.
 
     ef and rounds are per layer, top layer first, with as many entries as the defaults. The last layer's
-    ef is raised to k when k is larger, so the result list can hold k items.
+    ef is raised to k when k is larger, so the result list can hold k items. frontier is one value: at most
+    that many unexpanded list entries are expanded per round, best first (0 = all of them).
     """
-    k_value = limits.default_k
-    if k is not None and np.asarray(k).size:
-        k_row = _int_row("k", k)
-        if k_row.size != 1:
-            raise RequestError(f"k must be a single value, got {k_row.size}")
-        k_value = int(k_row[0])
+    k_value = _single_value("k", k, limits.default_k)
     if not 1 <= k_value <= limits.max_k:
         raise RequestError(f"k={k_value} is outside [1, {limits.max_k}]")
+    frontier_value = _single_value("frontier", frontier, limits.default_frontier)
+    if not 0 <= frontier_value <= limits.max_frontier:
+        raise RequestError(f"frontier={frontier_value} is outside [0, {limits.max_frontier}] (0 = unlimited)")
     ef_values = _layer_values("ef", ef, limits.default_ef, limits.max_ef)
     round_values = _layer_values("rounds", rounds, limits.default_rounds, limits.max_rounds)
     ef_values = ef_values[:-1] + (max(ef_values[-1], k_value),)
-    return SearchParams(ef=ef_values, rounds=round_values, top_m=k_value)
+    return SearchParams(ef=ef_values, rounds=round_values, top_m=k_value, frontier=frontier_value)
+
+
+def _single_value(name: str, value: np.ndarray | None, default: int) -> int:
+    if value is None or np.asarray(value).size == 0:
+        return default
+    row = _int_row(name, value)
+    if row.size != 1:
+        raise RequestError(f"{name} must be a single value, got {row.size}")
+    return int(row[0])
 
 
 def _layer_values(name: str, values: np.ndarray | None, default: tuple[int, ...], maximum: int) -> tuple[int, ...]:

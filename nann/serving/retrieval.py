@@ -17,6 +17,7 @@ from nann.serving.requests import ServingLimits, parse_search
 from nann.serving.services import check_state
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+SEARCH_INPUTS = ("k", "ef", "rounds", "frontier")  # the optional per-request inputs, in `parse`'s order
 
 
 class RetrieveService:
@@ -35,10 +36,10 @@ class RetrieveService:
         self.state_shapes = {name: (1, *(limits.max_seq if int(d) == -1 else int(d) for d in dims))
                              for name, dims in (state_dims or {}).items()}
 
-    def parse(self, state: dict[str, np.ndarray], k, ef, rounds) -> SearchParams:
+    def parse(self, state: dict[str, np.ndarray], k, ef, rounds, frontier=None) -> SearchParams:
         """Validate one request: its state rows (one user, finite) and its search parameters."""
         check_state(state, self.state_shapes)
-        return parse_search(k, ef, rounds, self.limits)
+        return parse_search(k, ef, rounds, self.limits, frontier)
 
     def retrieve(self, params: Sequence[SearchParams], score_fn: ScoreFn):
         """([(raw ids int64, scores float32)] per request, the engine's SearchResult with its counters)."""

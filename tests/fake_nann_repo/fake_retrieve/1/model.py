@@ -3,7 +3,8 @@
 Catalogue: raw item ids 1..1000. For a valid request:
   item_ids = distinct history ids in descending order, then the highest catalogue ids not in the history
              (1000, 999, ...), truncated to k;
-  scores[i] = (k - i) + 0.01 * sum(ef) + 0.001 * sum(rounds)   (ef/rounds default to [10, 20] / [1, 2]).
+  scores[i] = (k - i) + 0.01 * sum(ef) + 0.001 * sum(rounds) + 0.0001 * frontier
+  (ef/rounds/frontier default to [10, 20] / [1, 2] / 0).
 Special: a history starting with 9999 makes the model sleep history[1] milliseconds, then answer as for
 history[2:] (used to test client deadlines).
 Bad input → per-request pb_utils.TritonError(..., INVALID_ARG); the other requests of the batch succeed.
@@ -14,14 +15,15 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 NUM_ITEMS = 1000
-DEFAULT_K, DEFAULT_EF, DEFAULT_ROUNDS = 10, [10, 20], [1, 2]
-MAX_K, MAX_HISTORY, MAX_EF, MAX_ROUNDS = 100, 200, 500, 5
+DEFAULT_K, DEFAULT_EF, DEFAULT_ROUNDS, DEFAULT_FRONTIER = 10, [10, 20], [1, 2], 0
+MAX_K, MAX_HISTORY, MAX_EF, MAX_ROUNDS, MAX_FRONTIER = 100, 200, 500, 5, 64
 SLEEP_ID = 9999
 
 
-def expected(history, k=None, ef=None, rounds=None):
+def expected(history, k=None, ef=None, rounds=None, frontier=None):
     """The function this model computes (also copied in tests/test_client.py)."""
     k = DEFAULT_K if k is None else int(k)
+    frontier = DEFAULT_FRONTIER if frontier is None else int(frontier)
     ef = DEFAULT_EF if ef is None else list(ef)
     rounds = DEFAULT_ROUNDS if rounds is None else list(rounds)
     seen = sorted(set(int(x) for x in history), reverse=True)
@@ -32,7 +34,7 @@ def expected(history, k=None, ef=None, rounds=None):
         if cand not in present:
             ids.append(cand)
         cand -= 1
-    bonus = 0.01 * sum(ef) + 0.001 * sum(rounds)
+    bonus = 0.01 * sum(ef) + 0.001 * sum(rounds) + 0.0001 * frontier
     scores = [float(k - i) + bonus for i in range(k)]
     return np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32)
 
@@ -47,6 +49,7 @@ def _one(request):
     k = _optional(request, "k")
     ef = _optional(request, "ef")
     rounds = _optional(request, "rounds")
+    frontier = _optional(request, "frontier")
     if history.size >= 2 and history[0] == SLEEP_ID:
         time.sleep(float(history[1]) / 1000.0)
         history = history[2:]
@@ -61,10 +64,14 @@ def _one(request):
         raise ValueError(f"ef={ef.tolist()} is outside [1, {MAX_EF}]")
     if rounds is not None and (rounds.size == 0 or rounds.min() < 1 or rounds.max() > MAX_ROUNDS):
         raise ValueError(f"rounds={rounds.tolist()} is outside [1, {MAX_ROUNDS}]")
+    frontier = DEFAULT_FRONTIER if frontier is None else int(frontier[0])
+    if not 0 <= frontier <= MAX_FRONTIER:
+        raise ValueError(f"frontier={frontier} is outside [0, {MAX_FRONTIER}] (0 = unlimited)")
     unknown = [int(x) for x in dict.fromkeys(history.tolist()) if not 1 <= x <= NUM_ITEMS]
     if unknown:
         raise ValueError("unknown item ids: " + ", ".join(str(x) for x in unknown[:10]))
-    ids, scores = expected(history, k, None if ef is None else ef.tolist(), None if rounds is None else rounds.tolist())
+    ids, scores = expected(history, k, None if ef is None else ef.tolist(), None if rounds is None else rounds.tolist(),
+                           frontier)
     return pb_utils.InferenceResponse(output_tensors=[
         pb_utils.Tensor("item_ids", ids.reshape(1, -1)),
         pb_utils.Tensor("scores", scores.reshape(1, -1)),
