@@ -42,6 +42,18 @@ def table3(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def eps_table(rows: list[dict]) -> str:
+    """FGSM strength vs search quality of the attention model: one row per ε, one column group per method."""
+    names = list(rows[0]["methods"])
+    lines = ["| ε | recall-all | " + " | ".join(f"{n}: coverage / recall-Δ / % of V" for n in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for r in rows:
+        cells = [f"{m['coverage'] * 100:.1f}% / {m['recall_delta'] * 100:.1f}% / {m['scored_fraction'] * 100:.2f}%"
+                 for m in r["methods"].values()]
+        lines.append(f"| {r['eps']:g} | {r['recall_all'] * 100:.2f}% | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="prepared data directory")
@@ -50,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fgsm-eps", type=float, default=3e-4)
     p.add_argument("--train-args", default="--epochs 1 --negatives 20 --max-samples 200000 --batch-size 256 "
                                            "--eval-users 100", help="extra `nann train` arguments")
+    p.add_argument("--eps-sweep", default="", help="comma-separated extra FGSM ε for the attention model: "
+                                                   "writes eps.md (ε = 0 and --fgsm-eps are always included)")
     p.add_argument("--skip-table", action="store_true")
     p.add_argument("--skip-figure", action="store_true")
     args = p.parse_args(argv)
@@ -96,6 +110,19 @@ def main(argv: list[str] | None = None) -> int:
             for pt in points:
                 print(f"  scored {pt['scored_fraction'] * 100:6.2f}%  recall {pt['recall_retrieval'] * 100:5.2f}%  "
                       f"coverage {pt['coverage'] * 100:6.2f}%")
+    if args.eps_sweep:
+        methods = {"beam (served)": served, f"beam frontier {FRONTIER}": MethodSpec(
+            "beam", served.ef, FRONTIER_ROUNDS, 200, FRONTIER), "hnsw ef0 400": MethodSpec("hnsw", (400,), (1,), 200)}
+        rows = []
+        for eps in [0.0, args.fgsm_eps, *(float(x) for x in args.eps_sweep.split(","))]:
+            run = runs[("attention", eps > 0)] if eps in (0.0, args.fgsm_eps) else work / f"attention-fgsm-{eps:g}"
+            ev = evaluator(ensure_run(data, run, "attention", eps, train_args))
+            res = {name: ev.evaluate(spec) for name, spec in methods.items()}
+            rows.append({"eps": eps, "recall_all": next(iter(res.values()))["recall_all"], "methods": res})
+            print(eps_table(rows[-1:]).splitlines()[-1], file=sys.stderr)
+        (work / "eps.json").write_text(json.dumps(rows, indent=1))
+        (work / "eps.md").write_text(eps_table(rows) + "\n")
+        print(eps_table(rows))
     return 0
 
 
