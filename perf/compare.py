@@ -9,7 +9,8 @@ builds the HNSW graphs of (a) and (b) (`nann graph`) and measures on the same te
 
   brute force      the NANN model's scorer over all items (the engine's `brute_force`, batched in the grid)
   NANN beam        beam retrieval, FGSM model, at the served defaults ({ef} = {100,200,400}, {T} = {1,3,10};
-                   the ratios use this row) and at the paper's {T} = {1,1,3}
+                   the ratios use this row), at the paper's {T} = {1,1,3}, and with frontier 32 (at most 32
+                   entries expanded per round) and {T} = {1,3,40}
   NANN-HNSW        HNSW retrieval (ef0 = 400) with the FGSM model
   SL2G             HNSW retrieval (ef0 = 400) with the no-FGSM model
   two-tower brute  exact inner-product top-200 of the two-tower model
@@ -38,6 +39,8 @@ TOP_M = 200
 PAPER_ROUNDS = (1, 1, 3)
 BEAM_SERVED = "NANN beam (served defaults)"
 BEAM_PAPER = "NANN beam (paper's T = {1,1,3})"
+FRONTIER, FRONTIER_ROUNDS = 32, (1, 3, 40)
+BEAM_FRONTIER = "NANN beam (frontier 32, T = {1,3,40})"
 HNSW_EF0 = 400
 TT_EF = 400
 TT_M, TT_EFC = 32, 200
@@ -240,9 +243,10 @@ def compare(work: Path, sc: Scale) -> dict:
     r["batched_seconds_per_query"] = brute_batched_s
     # quality: the engine batched (its results do not depend on batching); latency: one user at a time
     served = ServingLimits()
-    for name, rounds in ((BEAM_SERVED, served.default_rounds), (BEAM_PAPER, PAPER_ROUNDS)):
-        beam = MethodSpec("beam", served.default_ef, rounds, TOP_M)
-        params = SearchParams(beam.ef, beam.rounds, TOP_M)
+    for name, rounds, frontier in ((BEAM_SERVED, served.default_rounds, served.default_frontier),
+                                   (BEAM_PAPER, PAPER_ROUNDS, 0), (BEAM_FRONTIER, FRONTIER_ROUNDS, FRONTIER)):
+        beam = MethodSpec("beam", served.default_ef, rounds, TOP_M, frontier)
+        params = SearchParams(beam.ef, beam.rounds, TOP_M, frontier)
         found, scored, _ = ev.search(beam)
         add(name, "nann", found, exact, scored,
             lat(lambda f: beam_search(ev.graph, 1, f, params, ev.grid), ev, sc.eval_users), ev)

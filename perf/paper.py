@@ -19,9 +19,9 @@ from pathlib import Path
 from nann.evaluate import Evaluator, MethodSpec, plot_curves, sweep_specs
 from nann.serving.requests import ServingLimits
 from nann.steps import run_step
+from perf.compare import FRONTIER, FRONTIER_ROUNDS   # the frontier curve: 4 … 128 (BEAM_SWEEP_SCALES)
 
 ARCHS = ("two-tower", "mlp", "attention")
-FRONTIER, FRONTIER_ROUNDS = 32, (1, 3, 40)   # the frontier curve: 4 … 128 (evaluate.BEAM_SWEEP_SCALES)
 ARCH_NAMES = {"two-tower": "two-sided", "mlp": "DNN w/o attention", "attention": "DNN w/ attention"}
 
 

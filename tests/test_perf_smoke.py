@@ -41,7 +41,7 @@ def test_comparison_numbers(perf_quick):
     assert summary["machine"]["nproc"] and summary["command"].startswith("nann perf --quick")
     (res,) = summary["results"]
     methods = {r["method"]: r for r in res["methods"]}
-    assert len(methods) == 8, list(methods)
+    assert len(methods) == 9, list(methods)
     for name, r in methods.items():
         for key in METHOD_NUMBERS:
             assert _finite(r[key]), (name, key, r[key])
