@@ -68,11 +68,12 @@ def scale_for(items: int, quick: bool) -> Scale:
                      train=["--epochs", "1", "--negatives", "10", "--max-samples", "6000", "--batch-size", "256",
                             "--eval-users", "20"],
                      graph=["--m", "16"], eval_users=60, brute_latency_users=8, hnsw_latency_users=8, served_users=20)
-    if items >= 500_000:   # 1M: sparse embedding updates make ~3k samples/s on 2 cores; lr 1e-3 for the longer run
+    if items >= 500_000:   # 1M: sparse embedding updates make ~3k samples/s on 2 cores; lr 1e-3 for the longer run;
+        # 100 users: brute force over 1M items, the reference for coverage, costs seconds per user and model
         return Scale(items=items, users=max(20_000, items // 8), categories=2000, test_users=300, val_users=300,
                      train=["--epochs", "1", "--negatives", "20", "--max-samples", "1000000", "--batch-size", "256",
                             "--lr", "1e-3", "--eval-users", "50"],
-                     eval_users=200, brute_latency_users=10, hnsw_latency_users=20, served_users=50)
+                     eval_users=100, brute_latency_users=10, hnsw_latency_users=20, served_users=50)
     return Scale(items=items, users=20_000, categories=500, test_users=1000, val_users=500,
                  train=["--epochs", "1", "--negatives", "20", "--max-samples", "200000", "--batch-size", "256",
                         "--eval-users", "100"],
