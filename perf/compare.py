@@ -37,10 +37,16 @@ from nann.steps import run_step
 
 TOP_M = 200
 PAPER_ROUNDS = (1, 1, 3)
-BEAM_SERVED = "NANN beam (served defaults)"
-BEAM_PAPER = "NANN beam (paper's T = {1,1,3})"
 FRONTIER, FRONTIER_ROUNDS = 32, (1, 3, 40)
-BEAM_FRONTIER = "NANN beam (frontier 32, T = {1,3,40})"
+
+
+def _rounds(rounds: tuple[int, ...]) -> str:
+    return "{" + ",".join(map(str, rounds)) + "}"
+
+
+BEAM_SERVED = "NANN beam (served defaults)"
+BEAM_PAPER = f"NANN beam (paper's T = {_rounds(PAPER_ROUNDS)})"
+BEAM_FRONTIER = f"NANN beam (frontier {FRONTIER}, T = {_rounds(FRONTIER_ROUNDS)})"
 HNSW_EF0 = 400
 TT_EF = 400
 TT_M, TT_EFC = 32, 200
