@@ -58,6 +58,11 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval-users", type=int, default=0,
                    help="users for the brute-force recall checks (0 = 200 val / 500 test on CPU, 1000 / 2000 on GPU)")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (default 0: OMP_NUM_THREADS when set, else the cores per rank)")
+    s.add_argument("--denormals", choices=["flush", "keep"], default="flush",
+                   help="flush (default): treat denormal floats as zero, which keeps CPU steps fast; "
+                        "keep: IEEE denormals (for comparisons)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(handler="trainer.train:main")
 

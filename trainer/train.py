@@ -240,6 +240,17 @@ def _broadcast_buffers(model):
 
 # ---- main ------------------------------------------------------------------------------------------------------
 
+def training_threads(requested: int, local_world: int) -> int:
+    """torch intra-op threads: --threads when given, else OMP_NUM_THREADS when set, else the cores shared among
+    this host's ranks. torch's threads spin, so taking every core while something else runs collapses both."""
+    if requested and requested > 0:
+        return int(requested)
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.strip().isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, (os.cpu_count() or 1) // max(1, local_world))
+
+
 def _resolve_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -273,7 +284,10 @@ def train_run(args) -> NANNModel:
     if args.fgsm_eps < 0 or args.lr <= 0:
         raise UserError("--fgsm-eps must be >= 0 and --lr > 0")
     device = _resolve_device(args.device, local_rank)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local_world)))
+    torch.set_num_threads(training_threads(getattr(args, "threads", 0), local_world))
+    # Tiny gradients (the FGSM term, rarely-seen embedding rows) become denormal floats, which CPUs process
+    # 10-100x slower: flushing them to zero kept steps/s flat where it otherwise fell by a third (perf.bench_train).
+    torch.set_flush_denormal(getattr(args, "denormals", "flush") == "flush")
     if world > 1:
         import torch.distributed as dist
 
