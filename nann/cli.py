@@ -7,6 +7,8 @@ import sys
 
 from nann.errors import UserError
 
+SERVED_DEFAULTS = "default: the served search, nann.engine.search.DEFAULT_SEARCH"
+
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -15,11 +17,24 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _add_search_flags(s: argparse.ArgumentParser, defaults: str, paper: bool) -> None:
+    """The per-request search flags (None = not given: `defaults` apply); --paper selects the paper's."""
+    s.add_argument("--ef", type=_int_list, default=None, help=f"beam width per layer, top layer first ({defaults})")
+    s.add_argument("--rounds", type=_int_list, default=None, help=f"search rounds per layer, top layer first ({defaults})")
+    s.add_argument("--frontier", type=int, default=None,
+                   help=f"beam: list entries expanded per round, best first; 0 = every new entry ({defaults})")
+    s.add_argument("--seeds", type=int, default=None,
+                   help=f"the history's most recent distinct items that join layer 0 as entry points; 0 = none ({defaults})")
+    if paper:
+        s.add_argument("--paper", action="store_true",
+                       help="the paper's search parameters (PAPER_SEARCH) instead of the defaults; not with the four above")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nann", description="NANN Serve: neural-metric retrieval on Triton.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = sub.add_parser("data", help="generate or prepare UserBehavior data")
+    data = sub.add_parser("data", help="generate or prepare interaction data")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     s = dsub.add_parser("synth", help="write a synthetic UserBehavior.csv")
     s.add_argument("--out", required=True, help="output directory (gets UserBehavior.csv)")
@@ -29,16 +44,48 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(handler="nann.data.synth:main")
 
-    s = dsub.add_parser("prepare", help="split a UserBehavior CSV into train/val/test arrays")
-    s.add_argument("--csv", required=True, help="UserBehavior-format CSV (no header)")
+    s = dsub.add_parser("prepare", help="split interaction logs (UserBehavior CSV, header CSV/TSV, Parquet) "
+                                        "into train/val/test arrays")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", metavar="FILE", help="interaction file: UserBehavior CSV, header CSV or TSV, "
+                                                     "or Parquet (see --format)")
+    src.add_argument("--csv", metavar="FILE", help="UserBehavior CSV (no header): the same as --input FILE "
+                                                   "--format userbehavior")
+    s.add_argument("--format", choices=["auto", "userbehavior", "csv", "tsv", "parquet"], default="auto",
+                   help="input format (default auto: .parquet/.pq or Parquet magic -> parquet, .tsv/.tab -> tsv, "
+                        "a first line that is a UserBehavior row and no --columns -> userbehavior, else csv)")
+    s.add_argument("--columns", metavar="ROLE=COL,...",
+                   help="header CSV/TSV and Parquet: which column holds what, e.g. "
+                        "user=userId,item=movieId,time=timestamp (required roles: user, item, time; optional: "
+                        "category, behavior, rating). Without category every item gets one shared category (0): "
+                        "the item input is concat(id embedding, category embedding) and cold items lean on the "
+                        "category, so a per-item category would only be a second id embedding with nothing to "
+                        "share, while a shared one is a harmless constant. Without behavior every row is pv. "
+                        "Time: unix seconds, or ISO-8601 text or a timestamp/date type (no zone = UTC). "
+                        "(default: none; needed for those formats)")
+    s.add_argument("--delimiter", help="field separator of CSV/TSV input, one character or 'tab' (default: tab "
+                                       "for tsv, else the most frequent of , tab ; | in the header line)")
+    s.add_argument("--hash-ids", metavar="ROLES",
+                   help="comma-separated id roles (user, item, category) whose values are strings (ASINs, UUIDs): "
+                        "each maps to a stable int64 (BLAKE2b, nann.data.string_ids.string_id) and "
+                        "ROLE_keys.npz in --out keeps the keys (default: none; ids must be integers)")
+    s.add_argument("--min-rating", type=float, default=None,
+                   help="drop rows whose rating (--columns rating=...) is below this; counted in stats.json as "
+                        "below_min_rating, not as malformed (default: keep every rating)")
+    s.add_argument("--time-window", metavar="START,END", default=None,
+                   help="treat timestamps outside [START, END) as malformed; unix seconds or ISO-8601 dates, e.g. "
+                        "2000-01-01,2100-01-01 (default: off, any timestamp >= 0 is valid)")
     s.add_argument("--out", required=True, help="output data directory")
-    s.add_argument("--max-seq", type=int, default=50)
-    s.add_argument("--min-behaviors", type=int, default=10)
-    s.add_argument("--test-users", type=int, default=10_000)
-    s.add_argument("--val-users", type=int, default=10_000)
+    s.add_argument("--max-seq", type=int, default=50, help="behaviours kept before a target (default 50)")
+    s.add_argument("--min-behaviors", type=int, default=10,
+                   help="drop users with fewer valid behaviours (default 10)")
+    s.add_argument("--test-users", type=int, default=10_000,
+                   help="test users (default 10000; at most a tenth of the users)")
+    s.add_argument("--val-users", type=int, default=10_000,
+                   help="validation users (default 10000; at most a tenth of the users)")
     s.add_argument("--max-malformed", type=float, default=0.01,
                    help="fail if more than this share of rows is malformed (default 0.01)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the val/test user draw (default 0)")
     s.set_defaults(handler="nann.data.prepare:main")
 
     s = sub.add_parser("train", help="train a model on prepared data and export its ONNX parts")
@@ -60,6 +107,9 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (default 0: OMP_NUM_THREADS when set, else the cores per rank)")
+    s.add_argument("--export-only", action="store_true",
+                   help="do not train: rewrite a finished run's ONNX parts and item embeddings from its "
+                        "model.safetensors (after an upgrade changed the export)")
     s.add_argument("--denormals", choices=["flush", "keep"], default="flush",
                    help="flush (default): treat denormal floats as zero, which keeps CPU steps fast; "
                         "keep: IEEE denormals (for comparisons)")
@@ -78,11 +128,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True)
     s.add_argument("--data", required=True)
     s.add_argument("--method", choices=["beam", "hnsw", "brute", "dr"], default="beam")
-    s.add_argument("--ef", type=_int_list, default=[100, 200, 400], help="per layer, top layer first")
-    s.add_argument("--rounds", type=_int_list, default=[1, 1, 3], help="per layer, top layer first")
-    s.add_argument("--frontier", type=int, default=0,
-                   help="beam: list entries expanded per round, best first (0 = every new entry, Algorithm 2)")
-    s.add_argument("--top-m", type=int, default=200)
+    _add_search_flags(s, SERVED_DEFAULTS, paper=True)
+    s.add_argument("--top-m", type=int, default=None, help="M of the metrics (default: the top_m of the search, DEFAULT_SEARCH or PAPER_SEARCH)")
     s.add_argument("--beam", type=int, default=None, help="--method dr: beam width (default: the run's)")
     s.add_argument("--users", type=int, default=0, help="evaluate at most this many test users (0 = all)")
     s.add_argument("--batch", type=int, default=32, help="requests advanced together")
@@ -93,8 +140,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("retrieve", help="top-k items for one history, offline (no server)")
     s.add_argument("--run", required=True)
-    s.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first")
+    s.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first ('' = a new user)")
     s.add_argument("--k", type=int, default=None)
+    _add_search_flags(s, SERVED_DEFAULTS, paper=True)
     s.add_argument("--json", action="store_true")
     s.set_defaults(handler="nann.evaluate:main_retrieve")
 
@@ -102,6 +150,12 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True)
     s.add_argument("--repo", required=True)
     s.add_argument("--scorer", choices=["auto", "tensorrt", "onnxruntime", "torch"], default="auto")
+    s.add_argument("--unknown-ids", choices=["skip", "refuse"], default="skip",
+                   help="history ids the index does not know: skip (default: dropped, counted in the response and "
+                        "the metrics) or refuse the request (INVALID_ARG naming them)")
+    s.add_argument("--env-path", default=None, metavar="DIR",
+                   help="Python environment the serving host's Python models run in (EXECUTION_ENV_PATH: a venv "
+                        "with this project installed; default: this Python's, sys.prefix)")
     s.set_defaults(handler="nann.serving.export:main")
 
     s = sub.add_parser("serve", help="run tritonserver on an exported repository")
@@ -114,12 +168,19 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="none (default): the model-control API is off; poll: load new versions as they are exported")
     s.add_argument("--triton-arg", action="append", dest="triton_args", default=[], metavar="ARG",
                    help="extra tritonserver option, repeatable (e.g. --triton-arg=--grpc-use-ssl=true)")
+    s.add_argument("--tritonserver", default=None, metavar="PATH",
+                   help="another Triton build's tritonserver (e.g. NGC's /opt/tritonserver/bin/tritonserver, needed "
+                        "for a TensorRT scorer); default: $NANN_TRITONSERVER, else the one bundled in nvidia-pytriton")
+    s.add_argument("--backend-directory", default=None, metavar="DIR",
+                   help="Triton backend directory (default: the bundled Python backend, or PATH/../../backends "
+                        "with --tritonserver PATH)")
     s.set_defaults(handler="nann.serving.server:main")
 
     s = sub.add_parser("query", help="ask a running server for one user's top-k")
     s.add_argument("--url", required=True, help="HOST:PORT of Triton's gRPC endpoint")
-    s.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first")
+    s.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first ('' = a new user)")
     s.add_argument("--k", type=int, default=None)
+    _add_search_flags(s, "default: the server's", paper=False)
     s.add_argument("--timeout", type=float, default=10.0, help="seconds")
     s.add_argument("--json", action="store_true")
     s.set_defaults(handler="nann.query:main")

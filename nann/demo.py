@@ -36,7 +36,7 @@ def _serve_and_query(repo: Path, data: Path, run: Path) -> None:
     test = prepared.test
     histories = [prepared.vocab.dense_to_raw(test.history(i)) for i in range(min(len(test), LATENCY_QUERIES))]
     offline = OfflineRetriever(run)
-    params = parse_search(np.array([10]), None, None, offline.limits)
+    params = parse_search(offline.limits, k=10)
     offline_seconds = []
     for h in histories:
         t0 = time.perf_counter()
@@ -67,7 +67,7 @@ def main(args) -> int:
           data / "stats.json")
     run_step("train", ["train", "--data", str(data), "--run", str(run), *TRAIN], run / "scorer.onnx")
     run_step("graph", ["graph", "--run", str(run)], run / "graph" / "meta.json")
-    run_step("evaluate", ["evaluate", "--run", str(run), "--data", str(data), "--users", EVAL_USERS, "--rounds", "1,3,10",
+    run_step("evaluate", ["evaluate", "--run", str(run), "--data", str(data), "--users", EVAL_USERS,
                        "--json", str(work / "evaluate.json")])
     if not (repo / "nann" / "config.pbtxt").exists():
         run_step("export", ["export", "--run", str(run), "--repo", str(repo)])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,25 +18,31 @@ from tqdm import tqdm
 
 from nann.engine.graph import HnswGraph
 from nann.engine.grid import CandidateGrid
-from nann.engine.search import SearchParams, beam_search, brute_force, hnsw_search
+from nann.engine.search import DEFAULT_SEARCH, PAPER_SEARCH, SearchParams, beam_search, brute_force, hnsw_search
 from nann.errors import UserError
 
 BEAM_SWEEP_SCALES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)   # of every ef, or of the frontier when one is set
 HNSW_SWEEP_EF = (200, 300, 400, 800, 1600, 3200)  # the list holds max(ef0, top_m) items
+SEARCH_FLAGS = ("ef", "rounds", "frontier", "seeds")  # the search flags (SearchParams fields) `--paper` excludes
 
 
 @dataclass
 class MethodSpec:
+    """A retrieval method and its search parameters (beam: SearchParams' fields; hnsw: ef0 = ef[-1])."""
     method: str                       # beam | hnsw | brute
-    ef: tuple[int, ...] = (100, 200, 400)
-    rounds: tuple[int, ...] = (1, 1, 3)
-    top_m: int = 200
-    frontier: int = 0                 # beam: entries expanded per round, 0 = all (SearchParams.frontier)
+    ef: tuple[int, ...] = DEFAULT_SEARCH.ef
+    rounds: tuple[int, ...] = DEFAULT_SEARCH.rounds
+    top_m: int = DEFAULT_SEARCH.top_m
+    frontier: int = DEFAULT_SEARCH.frontier  # beam: entries expanded per round, 0 = all (SearchParams.frontier)
+    seeds: int = DEFAULT_SEARCH.seeds        # beam: history items joining layer 0 (SearchParams.seeds)
+
+    def params(self) -> SearchParams:
+        return SearchParams(self.ef, self.rounds, self.top_m, self.frontier, self.seeds)
 
     def label(self) -> str:
         if self.method == "beam":
             return f"beam ef={list(self.ef)} rounds={list(self.rounds)}" + \
-                (f" frontier={self.frontier}" if self.frontier else "")
+                (f" frontier={self.frontier}" if self.frontier else "") + (f" seeds={self.seeds}" if self.seeds else "")
         if self.method == "hnsw":
             return f"hnsw ef0={self.ef[-1]}"
         return "brute"
@@ -68,18 +74,18 @@ class Evaluator:
         n = len(self.test)
         for start in tqdm(range(0, n, self.batch), desc=desc, unit="batch", file=sys.stderr, leave=False):
             idx = np.arange(start, min(n, start + self.batch))
-            state = self.runtime.encode([self.test.history(int(i)) for i in idx])
-            yield idx, (lambda owner, ids, state=state: self.runtime.score(state, owner, ids))
+            histories = [self.test.history(int(i)) for i in idx]
+            state = self.runtime.encode(histories)
+            yield idx, histories, (lambda owner, ids, state=state: self.runtime.score(state, owner, ids))
 
     def search(self, spec: MethodSpec) -> tuple[np.ndarray, np.ndarray, float]:
         """(top-M ids [U, M], items scored per user [U], seconds per query)."""
         ids = np.full((len(self.test), spec.top_m), -1, dtype=np.int64)
         scored = np.zeros(len(self.test), dtype=np.int64)
         t0 = time.perf_counter()
-        for idx, score_fn in self._batches(spec.label()):
+        for idx, histories, score_fn in self._batches(spec.label()):
             if spec.method == "beam":
-                res = beam_search(self.graph, len(idx), score_fn,
-                                  SearchParams(spec.ef, spec.rounds, spec.top_m, spec.frontier), self.grid)
+                res = beam_search(self.graph, len(idx), score_fn, spec.params(), self.grid, histories=histories)
             elif spec.method == "hnsw":
                 res = hnsw_search(self.graph, len(idx), score_fn, spec.ef[-1], spec.top_m, self.grid)
             else:
@@ -99,15 +105,18 @@ class Evaluator:
             if spec.method == "brute" else self.search(spec)
         return {**metrics(found, exact, self.test.targets, scored, self.runtime.num_items),
                 "method": spec.method, "ef": list(spec.ef), "rounds": list(spec.rounds), "top_m": spec.top_m,
-                "frontier": spec.frontier,
+                "frontier": spec.frontier, "seeds": spec.seeds,
                 "seconds_per_query": seconds, "num_items": self.runtime.num_items}
 
 
 def metrics(found: np.ndarray, exact: np.ndarray, targets: np.ndarray, scored: np.ndarray, num_items: int) -> dict:
-    """The paper's metrics for searched top-M `found` vs brute-force top-M `exact` ([U, M], -1 = empty)."""
+    """The paper's metrics for searched top-M `found` vs brute-force top-M `exact` ([U, M], -1 = empty).
+
+    Coverage divides by the real items of `exact` (M unless the catalogue is smaller); recall-Δ is reported as 0
+    when recall-all is 0 (undefined). Zero users give 0 everywhere."""
     targets = np.asarray(targets).reshape(-1, 1)
-    hit_all = (exact == targets).any(axis=1)
-    hit_retrieval = (found == targets).any(axis=1)
+    hit_all = ((exact == targets) & (exact >= 0)).any(axis=1)  # a -1 target must not match the -1 padding
+    hit_retrieval = ((found == targets) & (found >= 0)).any(axis=1)
     coverage = np.array([np.intersect1d(f[f >= 0], e[e >= 0]).size / max(1, (e >= 0).sum())
                          for f, e in zip(found, exact)])
     recall_all = float(hit_all.mean()) if len(targets) else 0.0
@@ -123,15 +132,27 @@ def metrics(found: np.ndarray, exact: np.ndarray, targets: np.ndarray, scored: n
     }
 
 
-def sweep_specs(method: str, ef: tuple[int, ...], rounds: tuple[int, ...], top_m: int,
-                frontier: int = 0) -> list[MethodSpec]:
-    """Search budgets from small to large around the given parameters: HNSW's ef0; beam's ef per layer, or its
-    frontier (ef and rounds fixed) when one is set."""
-    if method == "hnsw":
-        return [MethodSpec("hnsw", (max(e, 1),), (1,), top_m) for e in HNSW_SWEEP_EF]
-    if frontier:
-        return [MethodSpec("beam", ef, rounds, top_m, max(1, round(frontier * s))) for s in BEAM_SWEEP_SCALES]
-    return [MethodSpec("beam", tuple(max(1, round(e * s)) for e in ef), rounds, top_m) for s in BEAM_SWEEP_SCALES]
+def sweep_specs(base: MethodSpec) -> list[MethodSpec]:
+    """Search budgets from small to large around `base` (its other parameters, seeds included, kept): HNSW's ef0;
+    beam's ef per layer, or its frontier (ef and rounds fixed) when one is set."""
+    if base.method == "hnsw":
+        return [replace(base, ef=(max(e, 1),), rounds=(1,)) for e in HNSW_SWEEP_EF]
+    if base.frontier:
+        return [replace(base, frontier=max(1, round(base.frontier * s))) for s in BEAM_SWEEP_SCALES]
+    return [replace(base, ef=tuple(max(1, round(e * s)) for e in base.ef)) for s in BEAM_SWEEP_SCALES]
+
+
+def search_flags(args, top_m: int | None) -> dict:
+    """The SearchParams fields the command line sets (the rest keep DEFAULT_SEARCH's): the given --ef/--rounds/
+    --frontier/--seeds, or with --paper all of PAPER_SEARCH's, which excludes them; and top_m when not None."""
+    given = {name: getattr(args, name) for name in SEARCH_FLAGS if getattr(args, name) is not None}
+    if args.paper:
+        if given:
+            raise UserError("--paper sets the paper's search parameters: drop " + ", ".join(f"--{n}" for n in given))
+        given = asdict(PAPER_SEARCH)
+    if top_m is not None:
+        given["top_m"] = top_m
+    return {name: tuple(v) if isinstance(v, list) else v for name, v in given.items()}
 
 
 def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
@@ -164,22 +185,75 @@ def print_metrics(m: dict) -> None:
           f"{m['seconds_per_query'] * 1000:.1f} ms/query")
 
 
-def main_evaluate(args) -> int:
-    if args.method == "dr":
-        from trainer.deep_retrieval import evaluate_dr
+def evaluate_dr(run_dir, data_dir, users: int = 0, top_m: int = 200, beam=None, batch: int = 64,
+                threads: int = 0, quiet: bool = False) -> dict:
+    """Deep Retrieval on the test users (keys as ``Evaluator.evaluate``, plus DR parameters): beam search (``beam``,
+    default the run's) -> distinct items on the final paths -> reranker scores -> top-M. ``recall_all`` /
+    ``coverage`` use the reranker's exact top-M over all items (DR's own brute force)."""
+    import torch
 
-        m = evaluate_dr(args.run, args.data, users=args.users, top_m=args.top_m, beam=args.beam)
+    from nann.data.prepared import PreparedData
+    from nann.dr_model import PathIndex, beam_search, load_dr, path_codes
+    from nann.runtime import pad_histories
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, cfg, codes = load_dr(run_dir)
+    beam = int(beam or cfg["beam"])
+    data = PreparedData.load(str(data_dir))
+    test = data.test
+    if len(test) == 0:
+        raise UserError(f"{data_dir} has no test users")
+    if data.num_items != cfg["num_items"]:
+        raise UserError(f"{data_dir} has a different item count than the run {run_dir}")
+    test = test.subset(users) if users and users < len(test) else test
+    index = PathIndex(codes)
+    U = len(test)
+    found = np.full((U, top_m), -1, dtype=np.int64)
+    exact = np.full((U, top_m), -1, dtype=np.int64)
+    scored = np.zeros(U, dtype=np.int64)
+    elapsed = 0.0
+    with torch.no_grad():
+        for start in tqdm(range(0, U, batch), desc=f"dr beam={beam}", unit="batch", file=sys.stderr, leave=False,
+                          disable=quiet):
+            idx = range(start, min(U, start + batch))
+            t0 = time.perf_counter()
+            hist, mask = pad_histories([test.history(i) for i in idx], cfg["max_seq"])
+            h = model.encode(torch.from_numpy(hist), torch.from_numpy(mask))
+            q = model.rerank_query(h)
+            paths, _ = beam_search(model.step_fn(h), len(idx), cfg["nodes"], cfg["layers"], beam)
+            pcodes = path_codes(paths.numpy(), cfg["nodes"])
+            for r, u in enumerate(idx):
+                cand = index.collect(pcodes[r])
+                scored[u] = cand.shape[0]
+                if cand.shape[0] == 0:
+                    continue
+                s = model.rerank_scores(q, torch.full((cand.shape[0],), r, dtype=torch.long),
+                                        torch.from_numpy(cand))
+                k = min(top_m, cand.shape[0])
+                found[u, :k] = cand[s.topk(k).indices.numpy()]
+            elapsed += time.perf_counter() - t0
+            k = min(top_m, cfg["num_items"])
+            exact[start:start + len(idx), :k] = model.rerank_all(q).topk(k, dim=1).indices.numpy()
+    return {**metrics(found, exact, test.targets, scored, cfg["num_items"]), "method": "dr", "beam": beam,
+            "top_m": top_m, "seconds_per_query": elapsed / U, "num_items": cfg["num_items"],
+            "layers": cfg["layers"], "nodes": cfg["nodes"], "paths": cfg["paths"], "alpha": cfg["alpha"]}
+
+
+def main_evaluate(args) -> int:
+    try:
+        params = replace(DEFAULT_SEARCH, **search_flags(args, args.top_m))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.method == "dr":
+        m = evaluate_dr(args.run, args.data, users=args.users, top_m=params.top_m, beam=args.beam)
         print_metrics(m)
         if args.json:
             Path(args.json).write_text(json.dumps(m, indent=1))
         return 0
-    if len(args.ef) != len(args.rounds):
-        raise UserError(f"--ef {args.ef} and --rounds {args.rounds} need one value per layer each")
     ev = Evaluator(args.run, args.data, users=args.users, batch=args.batch, backend=args.backend)
-    if args.frontier < 0:
-        raise UserError(f"--frontier must be >= 0 (0 = expand every new entry), got {args.frontier}")
-    base = MethodSpec(args.method, tuple(args.ef), tuple(args.rounds), args.top_m, args.frontier)
-    specs = sweep_specs(args.method, base.ef, base.rounds, args.top_m, base.frontier) if args.sweep else [base]
+    base = MethodSpec(args.method, **asdict(params))
+    specs = sweep_specs(base) if args.sweep else [base]
     results = []
     for spec in specs:
         m = ev.evaluate(spec)
@@ -194,23 +268,18 @@ def main_evaluate(args) -> int:
 
 
 def main_retrieve(args) -> int:
-    from nann.serving.requests import RequestError, parse_search
+    """`nann retrieve`: the served pipeline offline; the flags go through the server's own request parsing."""
+    from nann.query import parse_history, print_answer
+    from nann.serving.requests import SEARCH_INPUTS, RequestError, parse_search
     from nann.serving.retrieval import OfflineRetriever
 
-    try:
-        history = np.array([int(x) for x in args.history.split(",") if x.strip()], dtype=np.int64)
-    except ValueError:
-        raise UserError(f"--history must be comma-separated integer item ids, got {args.history!r}") from None
+    history = np.array(parse_history(args.history), dtype=np.int64)
+    flags = search_flags(args, args.k)
     retriever = OfflineRetriever(args.run)
     try:
-        params = parse_search(None if args.k is None else np.array([args.k]), None, None, retriever.limits)
-        (ids, scores), = retriever.retrieve([history], [params])
+        params = parse_search(retriever.limits, **{s.name: flags[s.field] for s in SEARCH_INPUTS if s.field in flags})
+        answer, = retriever.retrieve([history], [params])
     except RequestError as e:
         raise UserError(str(e)) from None
-    if args.json:
-        print(json.dumps({"item_ids": ids.tolist(), "scores": scores.tolist()}))
-    else:
-        print(f"{'rank':>4}  {'item_id':>12}  score")
-        for rank, (i, s) in enumerate(zip(ids, scores), 1):
-            print(f"{rank:>4}  {i:>12}  {s:.6f}")
+    print_answer(*answer, as_json=args.json)
     return 0

@@ -8,11 +8,9 @@ from nann.errors import UserError
 
 
 def parse_history(text: str) -> list[int]:
-    """'1,2, 3' → [1, 2, 3]; anything else → UserError with a one-line message."""
+    """'1,2, 3' → [1, 2, 3] ('' → [], a new user); anything else → UserError with a one-line message."""
     parts = [p.strip() for p in str(text).split(",")]
     parts = [p for p in parts if p]
-    if not parts:
-        raise UserError("--history is empty: give comma-separated raw item ids, e.g. --history 101,202,303")
     ids = []
     for p in parts:
         try:
@@ -23,11 +21,25 @@ def parse_history(text: str) -> list[int]:
 
 
 def format_table(item_ids, scores) -> str:
-    """The same table `nann retrieve` prints: rank, item id, score (best first)."""
+    """Rank, item id, score (best first)."""
     rows = [f"{'rank':>4}  {'item_id':>12}  score"]
     for rank, (item, score) in enumerate(zip(item_ids, scores), start=1):
         rows.append(f"{rank:>4}  {int(item):>12}  {float(score):.6f}")
     return "\n".join(rows)
+
+
+def print_answer(item_ids, scores, dropped: int, as_json: bool) -> None:
+    """What `nann query` and `nann retrieve` print: one JSON object, or the table (and a note on stderr when
+    history ids the index does not know were dropped)."""
+    if as_json:
+        print(json.dumps({"item_ids": [int(x) for x in item_ids], "scores": [float(x) for x in scores],
+                          "dropped": int(dropped)}))
+    else:
+        print(format_table(item_ids, scores))
+        if dropped:
+            print(f"note: {dropped} unknown item id{'s' if dropped != 1 else ''} dropped from the history",
+                  file=sys.stderr)
+    sys.stdout.flush()
 
 
 def main(args) -> int:
@@ -46,7 +58,8 @@ def main(args) -> int:
 
     try:
         with NannClient(args.url, timeout=timeout) as client:
-            result = client.retrieve(history, k=args.k)
+            result = client.retrieve(history, k=args.k, ef=args.ef, rounds=args.rounds, frontier=args.frontier,
+                                     seeds=args.seeds)
     except InvalidRequestError as e:
         raise UserError(f"invalid request: {one_line(e)}") from None
     except UnavailableError as e:
@@ -56,9 +69,5 @@ def main(args) -> int:
     except NannError as e:
         raise UserError(f"server at {args.url}: {one_line(e)}") from None
 
-    if args.json:
-        print(json.dumps(result.to_dict()))
-    else:
-        print(format_table(result.item_ids, result.scores))
-    sys.stdout.flush()
+    print_answer(result.item_ids, result.scores, result.dropped, as_json=args.json)
     return 0

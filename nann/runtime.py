@@ -1,6 +1,6 @@
 """Runs a trained run's serving split: ``encode(histories)`` -> user state, ``score(state, owner, ids)`` -> scores.
 
-Backends: ``onnxruntime`` (user_encoder.onnx + scorer.onnx; does not import ``trainer``/torch) and ``torch``
+Backends: ``onnxruntime`` (user_encoder.onnx + scorer.onnx; does not import torch) and ``torch``
 (rebuilds the same split from ``config.json`` + ``model.safetensors``; no ONNX). Both compute the model's raw logit
 ``s_u(e_v)``, the number the trainer trains and brute force ranks by.
 
@@ -18,6 +18,18 @@ import numpy as np
 from nann.errors import UserError
 
 BACKENDS = ("onnxruntime", "torch")
+
+
+def pad_histories(histories: Sequence[np.ndarray], max_seq: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense ids oldest first -> (ids int64 [B,L], mask float32 [B,L]); keeps the last max_seq; L >= 1."""
+    hs = [np.asarray(h, dtype=np.int64).reshape(-1)[-max_seq:] for h in histories]
+    L = max([len(h) for h in hs] + [1])
+    ids = np.zeros((len(hs), L), dtype=np.int64)
+    mask = np.zeros((len(hs), L), dtype=np.float32)
+    for i, h in enumerate(hs):
+        ids[i, :len(h)] = h
+        mask[i, :len(h)] = 1.0
+    return ids, mask
 
 
 class ModelRuntime:
@@ -55,15 +67,12 @@ class ModelRuntime:
         elif backend == "torch":
             import torch
 
-            from trainer.train import load_model
+            from nann.model import build_split, load_model
 
             if threads:
                 torch.set_num_threads(int(threads))
             self._torch = torch
-            model = load_model(run_dir, map_location="cpu")
-            from trainer.model import build_split
-
-            self._tenc, self._tsc = build_split(model)
+            self._tenc, self._tsc = build_split(load_model(run_dir, map_location="cpu"))
         else:
             raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
 
@@ -73,16 +82,11 @@ class ModelRuntime:
 
     # ---- user side ----------------------------------------------------------------------------------------
     def pad_histories(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Dense ids oldest first -> (ids int64 [B,L], mask float32 [B,L]); keeps the last max_seq; L >= 1."""
-        hs = [np.asarray(h, dtype=np.int64).reshape(-1)[-self.max_seq:] for h in histories]
-        L = max([len(h) for h in hs] + [1])
-        ids = np.zeros((len(hs), L), dtype=np.int64)
-        mask = np.zeros((len(hs), L), dtype=np.float32)
-        for i, h in enumerate(hs):
-            if len(h) and (h.min() < 0 or h.max() >= self.num_items):
-                raise UserError(f"history {i} has item ids outside 0..{self.num_items - 1}")
-            ids[i, :len(h)] = h
-            mask[i, :len(h)] = 1.0
+        """``pad_histories`` at this run's max_seq; refuses item ids outside the run's items."""
+        ids, mask = pad_histories(histories, self.max_seq)
+        bad = np.flatnonzero((((ids < 0) | (ids >= self.num_items)) & (mask > 0)).any(axis=1))
+        if len(bad):
+            raise UserError(f"history {bad[0]} has item ids outside 0..{self.num_items - 1}")
         return ids, mask
 
     def encode(self, histories: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -113,6 +117,11 @@ class ModelRuntime:
         cand_emb = np.ascontiguousarray(cand_emb, dtype=np.float32)
         if len(owner) == 0:
             return np.zeros(0, dtype=np.float32)
+        if (np.diff(owner) < 0).any():  # the scorer takes each owner's candidates as one run: sort, score, restore
+            order = np.argsort(owner, kind="stable")
+            scores = np.empty(owner.shape[0], dtype=np.float32)
+            scores[order] = self.score_emb(state, owner[order], cand_emb[order])
+            return scores
         st = [np.ascontiguousarray(state[n], dtype=np.float32) for n in self.state_names]
         if self.backend == "onnxruntime":
             feed = dict(zip(self.state_names, st))

@@ -124,14 +124,16 @@ def _lat(seconds: list[float]) -> dict:
 
 
 def per_query(ev, search, n_users: int, top_m: int = TOP_M):
-    """Run `search(score_fn) -> SearchResult` for one user at a time (encode + search timed together)."""
+    """Run `search(score_fn, history) -> SearchResult` for one user at a time (encode + search timed together;
+    the history is the user's dense ids, the source of beam seeds)."""
     ids = np.full((n_users, top_m), -1, dtype=np.int64)
     scored = np.zeros(n_users, dtype=np.int64)
     seconds = []
     for i in range(n_users):
         t0 = time.perf_counter()
-        state = ev.runtime.encode([ev.test.history(i)])
-        res = search(lambda owner, cand, state=state: ev.runtime.score(state, owner, cand))
+        history = ev.test.history(i)
+        state = ev.runtime.encode([history])
+        res = search(lambda owner, cand, state=state: ev.runtime.score(state, owner, cand), history)
         seconds.append(time.perf_counter() - t0)
         k = min(top_m, res.ids.shape[1])
         ids[i, :k] = res.ids[0, :k]
@@ -218,7 +220,7 @@ def two_tower(run: Path, data: Path, n_users: int, nann_exact: np.ndarray, targe
 
 def compare(work: Path, sc: Scale) -> dict:
     """Prepare (or reuse) everything for |V| = sc.items and measure all methods; returns rows + ratios."""
-    from nann.engine.search import SearchParams, beam_search, brute_force, hnsw_search
+    from nann.engine.search import beam_search, brute_force, hnsw_search
     from nann.evaluate import Evaluator, MethodSpec, metrics
     from nann.serving.requests import ServingLimits
 
@@ -246,24 +248,25 @@ def compare(work: Path, sc: Scale) -> dict:
         return per_query(ev_, search, min(n, n_users))[2]
 
     r = add("brute force (NANN model)", "nann", exact, exact, np.full(n_users, n_items),
-            lat(lambda f: brute_force(n_items, 1, f, TOP_M, grid=ev.grid), ev, sc.brute_latency_users), ev)
+            lat(lambda f, h: brute_force(n_items, 1, f, TOP_M, grid=ev.grid), ev, sc.brute_latency_users), ev)
     r["batched_seconds_per_query"] = brute_batched_s
     # quality: the engine batched (its results do not depend on batching); latency: one user at a time
     served = ServingLimits()
-    for name, rounds, frontier in ((BEAM_SERVED, served.default_rounds, served.default_frontier),
-                                   (BEAM_PAPER, PAPER_ROUNDS, 0), (BEAM_FRONTIER, FRONTIER_ROUNDS, FRONTIER)):
-        beam = MethodSpec("beam", served.default_ef, rounds, TOP_M, frontier)
-        params = SearchParams(beam.ef, beam.rounds, TOP_M, frontier)
+    for name, rounds, frontier, seeds in ((BEAM_SERVED, served.default_rounds, served.default_frontier,
+                                           served.default_seeds),
+                                          (BEAM_PAPER, PAPER_ROUNDS, 0, 0), (BEAM_FRONTIER, FRONTIER_ROUNDS, FRONTIER, 0)):
+        beam = MethodSpec("beam", served.default_ef, rounds, TOP_M, frontier, seeds)
+        params = beam.params()
         found, scored, _ = ev.search(beam)
         add(name, "nann", found, exact, scored,
-            lat(lambda f: beam_search(ev.graph, 1, f, params, ev.grid), ev, sc.eval_users), ev)
+            lat(lambda f, h: beam_search(ev.graph, 1, f, params, ev.grid, histories=[h]), ev, sc.eval_users), ev)
     hnsw = MethodSpec("hnsw", (HNSW_EF0,), (1,), TOP_M)
     found, scored, _ = ev.search(hnsw)
     add(f"NANN-HNSW (ef0 {HNSW_EF0})", "nann", found, exact, scored,
-        lat(lambda f: hnsw_search(ev.graph, 1, f, HNSW_EF0, TOP_M, ev.grid), ev, sc.hnsw_latency_users), ev)
+        lat(lambda f, h: hnsw_search(ev.graph, 1, f, HNSW_EF0, TOP_M, ev.grid), ev, sc.hnsw_latency_users), ev)
     found, scored, _ = ev_sl2g.search(hnsw)
     add(f"SL2G: HNSW (ef0 {HNSW_EF0}), no-FGSM model", "sl2g", found, exact_sl2g, scored,
-        lat(lambda f: hnsw_search(ev_sl2g.graph, 1, f, HNSW_EF0, TOP_M, ev_sl2g.grid), ev_sl2g,
+        lat(lambda f, h: hnsw_search(ev_sl2g.graph, 1, f, HNSW_EF0, TOP_M, ev_sl2g.grid), ev_sl2g,
             sc.hnsw_latency_users), ev_sl2g)
     rows.extend(two_tower(paths["two_tower"], data, n_users, exact, targets))
 
@@ -304,7 +307,7 @@ def served_vs_offline(run: Path, data: Path, server_url: str, n_users: int, k: i
     test = prepared.test
     histories = [prepared.vocab.dense_to_raw(test.history(i)) for i in range(min(n_users, len(test)))]
     offline = OfflineRetriever(run)
-    params = parse_search(np.array([k]), None, None, offline.limits)
+    params = parse_search(offline.limits, k=k)
     served_s, offline_s, same = [], [], []
     with NannClient(server_url, timeout=60) as client:
         for h in histories[:3]:  # warm-up (Numba, ORT sessions, gRPC channel)
@@ -315,7 +318,7 @@ def served_vs_offline(run: Path, data: Path, server_url: str, n_users: int, k: i
             res = client.retrieve(h, k=k)
             served_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            (ids, _), = offline.retrieve([h], [params])
+            ids = offline.retrieve([h], [params])[0].item_ids
             offline_s.append(time.perf_counter() - t0)
             same.append(len(np.intersect1d(ids, res.item_ids)) / max(1, len(ids)))
     s, o = _lat(served_s), _lat(offline_s)

@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         return evaluators[run]
 
     lim = ServingLimits()
-    served = MethodSpec("beam", lim.default_ef, lim.default_rounds, 200, lim.default_frontier)
+    served = MethodSpec("beam", lim.default_ef, lim.default_rounds, 200, lim.default_frontier, lim.default_seeds)
+    frontier = MethodSpec("beam", served.ef, FRONTIER_ROUNDS, 200, FRONTIER)
+    hnsw = MethodSpec("hnsw", (400,), (1,), 200)
     if not args.skip_table:
         results = []
         for (arch, fgsm), run in runs.items():
@@ -96,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         nann_eval, sl2g_eval = evaluator(fgsm_run), evaluator(plain_run)
         curves = {
             f"NANN (beam, FGSM), rounds {list(served.rounds)}, ef swept": [
-                nann_eval.evaluate(s) for s in sweep_specs("beam", served.ef, served.rounds, 200, served.frontier)],
+                nann_eval.evaluate(s) for s in sweep_specs(served)],
             f"NANN (beam, FGSM), rounds {list(FRONTIER_ROUNDS)}, frontier swept": [
-                nann_eval.evaluate(s) for s in sweep_specs("beam", served.ef, FRONTIER_ROUNDS, 200, FRONTIER)],
-            "NANN-HNSW (hnsw, FGSM)": [nann_eval.evaluate(s) for s in sweep_specs("hnsw", (400,), (1,), 200)],
-            "SL2G (hnsw, no FGSM)": [sl2g_eval.evaluate(s) for s in sweep_specs("hnsw", (400,), (1,), 200)],
+                nann_eval.evaluate(s) for s in sweep_specs(frontier)],
+            "NANN-HNSW (hnsw, FGSM)": [nann_eval.evaluate(s) for s in sweep_specs(hnsw)],
+            "SL2G (hnsw, no FGSM)": [sl2g_eval.evaluate(s) for s in sweep_specs(hnsw)],
         }
         (work / "figure3.json").write_text(json.dumps({"created": datetime.now(timezone.utc).isoformat(),
                                                        "curves": curves}, indent=1))
@@ -111,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  scored {pt['scored_fraction'] * 100:6.2f}%  recall {pt['recall_retrieval'] * 100:5.2f}%  "
                       f"coverage {pt['coverage'] * 100:6.2f}%")
     if args.eps_sweep:
-        methods = {"beam (served)": served, f"beam frontier {FRONTIER}": MethodSpec(
-            "beam", served.ef, FRONTIER_ROUNDS, 200, FRONTIER), "hnsw ef0 400": MethodSpec("hnsw", (400,), (1,), 200)}
+        methods = {"beam (served)": served, f"beam frontier {FRONTIER}": frontier, "hnsw ef0 400": hnsw}
         rows = []
         for eps in [0.0, args.fgsm_eps, *(float(x) for x in args.eps_sweep.split(","))]:
             run = runs[("attention", eps > 0)] if eps in (0.0, args.fgsm_eps) else work / f"attention-fgsm-{eps:g}"

@@ -46,3 +46,35 @@ def test_histories(tiny_run) -> list:
 
     data = PreparedData.load(str(tiny_run.data))
     return [data.vocab.dense_to_raw(data.test.history(i)) for i in range(len(data.test))]
+
+
+def send_together(url: str, calls: list, model: str) -> tuple[list, int]:
+    """Run every `call(client)` in its own thread, all released at once so that the server batches them. Returns
+    their results (the InferenceServerException where one failed) and how many execute() calls `model` made."""
+    import threading
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    def executions() -> int:
+        with grpcclient.InferenceServerClient(url) as c:
+            stats = c.get_inference_statistics(model, as_json=True)["model_stats"][0]
+            return int(stats.get("execution_count", 0))  # a count of 0 is left out of the JSON
+
+    barrier, results = threading.Barrier(len(calls)), [None] * len(calls)
+
+    def worker(i):
+        with grpcclient.InferenceServerClient(url) as c:
+            barrier.wait()
+            try:
+                results[i] = calls[i](c)
+            except InferenceServerException as e:
+                results[i] = e
+
+    before = executions()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, executions() - before

@@ -23,25 +23,28 @@ ROOT = Path(__file__).resolve().parents[1]
 FAKE_REPO = Path(__file__).resolve().parent / "fake_nann_repo"
 
 # must match tests/fake_nann_repo/fake_retrieve/1/model.py
-NUM_ITEMS, DEFAULT_K, DEFAULT_EF, DEFAULT_ROUNDS, DEFAULT_FRONTIER, MAX_K, MAX_FRONTIER = (
-    1000, 10, [10, 20], [1, 2], 0, 100, 64)
+NUM_ITEMS, DEFAULT_K, DEFAULT_EF, DEFAULT_ROUNDS, DEFAULT_FRONTIER, MAX_K, MAX_FRONTIER, MAX_SEEDS = (
+    1000, 10, [10, 20], [1, 2], 0, 100, 64, 50)
 SLEEP_ID = 9999
 
 
-def expected(history, k=None, ef=None, rounds=None, frontier=None) -> RetrievalResult:
+def expected(history, k=None, ef=None, rounds=None, frontier=None, seeds=None) -> RetrievalResult:
     k = DEFAULT_K if k is None else int(k)
     frontier = DEFAULT_FRONTIER if frontier is None else int(frontier)
+    seeds = 0 if seeds is None else int(seeds)
     ef = DEFAULT_EF if ef is None else list(ef)
     rounds = DEFAULT_ROUNDS if rounds is None else list(rounds)
-    seen = sorted(set(int(x) for x in history), reverse=True)
+    known = [int(x) for x in history if 1 <= x <= NUM_ITEMS]  # unknown ids are dropped and counted
+    seen = sorted(set(known), reverse=True)
     ids, present, cand = seen[:k], set(seen), NUM_ITEMS
     while len(ids) < k:
         if cand not in present:
             ids.append(cand)
         cand -= 1
-    bonus = 0.01 * sum(ef) + 0.001 * sum(rounds) + 0.0001 * frontier
+    bonus = 0.01 * sum(ef) + 0.001 * sum(rounds) + 0.0001 * frontier + 0.00001 * seeds
     return RetrievalResult(np.asarray(ids, dtype=np.int64),
-                           np.asarray([float(k - i) + bonus for i in range(k)], dtype=np.float32))
+                           np.asarray([float(k - i) + bonus for i in range(k)], dtype=np.float32),
+                           len(history) - len(known))
 
 
 def make_repo(dst: Path) -> Path:
@@ -92,18 +95,17 @@ def rng_histories(n: int, seed: int = 0) -> list[list[int]]:
 
 def test_result_type():
     r = RetrievalResult(np.array([3, 1], dtype=np.int64), np.array([0.5, 0.25], dtype=np.float32))
-    assert len(r) == 2
-    assert r.to_dict() == {"item_ids": [3, 1], "scores": [0.5, 0.25]}
+    assert len(r) == 2 and r.dropped == 0
+    assert r.to_dict() == {"item_ids": [3, 1], "scores": [0.5, 0.25], "dropped": 0}
     assert isinstance(r.to_dict()["item_ids"][0], int) and isinstance(r.to_dict()["scores"][0], float)
     assert list(r) == [(3, 0.5), (1, 0.25)]
     assert r == RetrievalResult(np.array([3, 1]), np.array([0.5, 0.25], dtype=np.float32))
+    assert r != RetrievalResult(r.item_ids, r.scores, dropped=1)
     with pytest.raises(AttributeError):
         r.item_ids = np.array([1])  # frozen
 
 
 @pytest.mark.parametrize("history, k, fragment", [
-    ([], None, "history is empty"),
-    (np.zeros((0,), dtype=np.int64), None, "history is empty"),
     ([[1, 2], [3, 4]], None, "1-D"),
     ([1.5, 2.0], None, "integer"),
     ("1,2,3", None, "1-D"),
@@ -127,37 +129,53 @@ def test_client_side_validation_of_ef_rounds_and_many():
             c.retrieve([1], ef=[0, 3])
         with pytest.raises(InvalidRequestError, match="rounds"):
             c.retrieve([1], rounds=[])
-        with pytest.raises(InvalidRequestError, match=r"histories\[1\]: history is empty"):
-            c.retrieve_many([[1], []])
+        with pytest.raises(InvalidRequestError, match=r"histories\[1\]: history must hold integer item ids"):
+            c.retrieve_many([[1], [1.5]])
         assert c.retrieve_many([]) == []
+        with pytest.raises(TypeError, match="unexpected search option sedes"):
+            c.retrieve([1], sedes=3)
 
 
-@pytest.mark.parametrize("frontier, fragment", [
-    (-1, "frontier=-1 must be >= 0 (0 = unlimited)"),
-    (2.0, "frontier must be a non-negative integer"),
-    (True, "frontier must be a non-negative integer"),
-    ([4], "frontier must be a non-negative integer"),
-    (2**31, "is too large"),
+@pytest.mark.parametrize("name, value, fragment", [
+    ("frontier", -1, "frontier=-1 must be >= 0 (0 = unlimited)"),
+    ("frontier", 2.0, "frontier must be a non-negative integer"),
+    ("frontier", True, "frontier must be a non-negative integer"),
+    ("frontier", [4], "frontier must be a non-negative integer"),
+    ("frontier", 2**31, "is too large"),
+    ("seeds", -2, "seeds=-2 must be >= 0 (0 = none)"),
+    ("seeds", 1.0, "seeds must be a non-negative integer (0 = none)"),
 ])
-def test_client_side_validation_of_frontier(frontier, fragment):
+def test_client_side_validation_of_single_value_options(name, value, fragment):
     with NannClient(dead_url(), retries=0, timeout=2) as c:
         with pytest.raises(InvalidRequestError) as ei:
-            c.retrieve([1], frontier=frontier)
+            c.retrieve([1], **{name: value})
         assert fragment in str(ei.value)
-        with pytest.raises(InvalidRequestError, match=r"histories\[0\]: frontier"):
-            c.retrieve_many([[1]], frontier=frontier)
+        with pytest.raises(InvalidRequestError, match=rf"histories\[0\]: {name}"):
+            c.retrieve_many([[1]], **{name: value})
 
 
-def test_frontier_input_sent_only_when_given():
+def test_options_sent_only_when_given():
     from nann_client import _common
 
     def names(**kw):
-        return [i.name() for i in _common.build_request([1, 2], **kw)[0]]
+        return [i.name() for i in _common.build_request([1, 2], **kw)]
 
-    assert "frontier" not in names() and "frontier" not in names(k=5, ef=[1], rounds=[1])
-    inputs = _common.build_request([1, 2], frontier=0)[0]  # 0 (unlimited) is a value, sent as such
-    (frontier,) = [i for i in inputs if i.name() == "frontier"]
-    assert frontier.datatype() == "INT32" and frontier.shape() == [1, 1]
+    assert names() == ["history"] and names(k=5, ef=[1], rounds=[1]) == ["history", "k", "ef", "rounds"]
+    for name in ("frontier", "seeds"):  # 0 (unlimited / none) is a value, sent as such
+        (tensor,) = [i for i in _common.build_request([1, 2], **{name: 0}) if i.name() == name]
+        assert tensor.datatype() == "INT32" and tensor.shape() == [1, 1]
+    empty = _common.build_request([])[0]  # a new user: sent, the server answers cold-start
+    assert empty.datatype() == "INT64" and empty.shape() == [1, 0]
+
+
+def test_dropped_is_zero_from_a_server_without_the_output():
+    from nann_client import _common
+
+    class OldServerResult:
+        def as_numpy(self, name):
+            return {"item_ids": np.array([[7, 3]]), "scores": np.array([[0.5, 0.25]], np.float32)}.get(name)
+
+    assert _common.parse_result(OldServerResult()) == RetrievalResult(np.array([7, 3]), np.array([0.5, 0.25], np.float32))
 
 
 def test_error_translation():
@@ -221,6 +239,27 @@ def test_retrieve_with_frontier(client, url):
     assert many == [expected(h, frontier=1) for h in hs]
 
 
+def test_seeds_dropped_ids_and_new_users(client, url):
+    """seeds reaches the server; unknown ids are dropped and counted; an empty history is served (cold start)."""
+    assert client.retrieve([5, 3], 4, seeds=7) == expected([5, 3], 4, seeds=7)
+    mixed = [1, 2000, 3, 3000, 2000]
+    got = client.retrieve(mixed)
+    assert got == expected(mixed) and got.dropped == 3 and got == RetrievalResult(
+        expected([1, 3]).item_ids, expected([1, 3]).scores, 3)
+    assert client.retrieve([]) == expected([]) and client.retrieve([]).dropped == 0
+    assert client.retrieve([4242, 5000]) == expected([4242, 5000]) == RetrievalResult(
+        expected([]).item_ids, expected([]).scores, 2)
+    hs = [[], [5, 3], [1, 4242]]
+    assert client.retrieve_many(hs, seeds=2) == [expected(h, seeds=2) for h in hs]
+
+    async def go():
+        async with AsyncNannClient(url) as c:
+            return await c.retrieve(mixed, seeds=1), await c.retrieve_many(hs, k=3, seeds=4)
+
+    one, many = asyncio.run(go())
+    assert one == expected(mixed, seeds=1) and many == [expected(h, 3, seeds=4) for h in hs]
+
+
 def test_async_retrieve(url):
     async def go():
         async with AsyncNannClient(url) as c:
@@ -258,9 +297,9 @@ def test_retrieve_many_async_in_order(url, client):
 
 @pytest.mark.parametrize("history, k, kwargs, message", [
     ([1, 2], MAX_K + 1, {}, f"k={MAX_K + 1} is outside [1, {MAX_K}]"),
-    ([1, 2000, 3, 3000, 2000], None, {}, "unknown item ids: 2000, 3000"),
-    ([SLEEP_ID, 0], None, {}, "history is empty"),  # emptied on the server side: its own message
+    (list(range(1, 202)), None, {}, "history has 201 items, more than max_history=200"),
     ([1], None, {"ef": [10_000]}, "ef=[10000] is outside [1, 500]"),
+    ([1], None, {"seeds": MAX_SEEDS + 1}, f"seeds={MAX_SEEDS + 1} is outside [0, {MAX_SEEDS}] (0 = none)"),
     ([1], None, {"frontier": MAX_FRONTIER + 1},
      f"frontier={MAX_FRONTIER + 1} is outside [0, {MAX_FRONTIER}] (0 = unlimited)"),
 ])
@@ -284,15 +323,15 @@ def test_server_side_invalid(client, url, history, k, kwargs, message):
 
 def test_retrieve_many_raises_first_failure_others_unaffected(client, url):
     hs = rng_histories(20, seed=3)
-    hs[7] = [1, 4242]
-    with pytest.raises(InvalidRequestError, match="unknown item ids: 4242"):
+    hs[7] = list(range(1, 202))
+    with pytest.raises(InvalidRequestError, match="history has 201 items"):
         client.retrieve_many(hs)
 
     async def go():
         async with AsyncNannClient(url) as c:
             return await c.retrieve_many(hs)
 
-    with pytest.raises(InvalidRequestError, match="unknown item ids: 4242"):
+    with pytest.raises(InvalidRequestError, match="history has 201 items"):
         asyncio.run(go())
     # a bad request batched with good ones does not spoil them
     assert client.retrieve_many(hs[:7] + hs[8:]) == [expected(h) for h in hs[:7] + hs[8:]]
@@ -327,8 +366,9 @@ def test_info_and_ready(client, url):
     assert isinstance(info, ServerInfo)
     assert info.model_name == "nann" and info.model_version == "1"
     assert info.num_items == NUM_ITEMS and info.emb_dim == 8 and info.scorer_backend == "fake"
-    assert info.defaults == {"k": 10, "ef": [10, 20], "rounds": [1, 2], "frontier": DEFAULT_FRONTIER}
-    assert info.limits["max_frontier"] == MAX_FRONTIER
+    assert info.defaults == {"k": 10, "ef": [10, 20], "rounds": [1, 2], "frontier": DEFAULT_FRONTIER, "seeds": 0}
+    assert info.limits["max_frontier"] == MAX_FRONTIER and info.limits["max_seeds"] == MAX_SEEDS
+    assert info.raw["unknown_ids"] == "skip"
     assert info.limits["max_k"] == MAX_K and info.max_k == MAX_K and info.default_k == 10
     assert info.max_history == 200 and info.max_batch_size == 64
 
@@ -429,15 +469,28 @@ def test_query_json(url, capsys):
     code, out, err = run_cli(["query", "--url", url, "--history", " 5, 3,5,7 ", "--json"], capsys)
     assert code == 0, err
     obj = json.loads(out)
-    assert list(obj) == ["item_ids", "scores"]
+    assert list(obj) == ["item_ids", "scores", "dropped"]
     assert obj == expected([5, 3, 5, 7]).to_dict()
     assert out.strip() == json.dumps(expected([5, 3, 5, 7]).to_dict())
+
+
+def test_query_search_flags_dropped_ids_and_new_users(url, capsys):
+    argv = ["query", "--url", url, "--k", "3", "--ef", "5,6", "--rounds", "2,3", "--frontier", "4", "--seeds", "9"]
+    code, out, err = run_cli(argv + ["--history", "5,3,4242", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out) == expected([5, 3, 4242], 3, [5, 6], [2, 3], 4, 9).to_dict()
+    assert json.loads(out)["dropped"] == 1
+    code, out, err = run_cli(argv + ["--history", "5,3,4242,4343"], capsys)
+    assert code == 0 and "note: 2 unknown item ids dropped from the history" in err
+    assert [line.split()[1] for line in out.strip().splitlines()[1:]] == ["5", "3", "1000"]
+    code, out, err = run_cli(["query", "--url", url, "--history", ",", "--json"], capsys)  # a new user
+    assert code == 0 and json.loads(out) == expected([]).to_dict()
 
 
 @pytest.mark.parametrize("argv, fragment", [
     (["--history", "1,2"], "unavailable"),
     (["--history", "1,x"], "'x' is not an integer"),
-    (["--history", ","], "empty"),
+    (["--history", "1", "--seeds", "-1"], "seeds=-1 must be >= 0"),
 ])
 def test_query_errors_exit_2_one_line(argv, fragment, capsys):
     t0 = time.monotonic()
@@ -450,8 +503,8 @@ def test_query_errors_exit_2_one_line(argv, fragment, capsys):
 
 
 def test_query_invalid_and_timeout(url, capsys):
-    code, out, err = run_cli(["query", "--url", url, "--history", "1,5000"], capsys)
-    assert code == 2 and "unknown item ids: 5000" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(["query", "--url", url, "--history", "1,5000", "--k", str(MAX_K + 1)], capsys)
+    assert code == 2 and f"k={MAX_K + 1} is outside" in err and len(err.strip().splitlines()) == 1
     code, out, err = run_cli(["query", "--url", url, "--history", f"{SLEEP_ID},1500,1", "--timeout", "0.3"],
                              capsys)
     assert code == 2 and "timeout" in err and len(err.strip().splitlines()) == 1

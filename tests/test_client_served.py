@@ -41,18 +41,34 @@ def test_sync_and_async_equal_nann_retrieve(served, histories, capsys):
         np.testing.assert_allclose(a.scores, want["scores"], rtol=1e-4, atol=1e-5)
 
 
-def test_frontier_equals_offline_retriever(served, histories):
+@pytest.mark.parametrize("options", [{"rounds": [1, 3, 10], "frontier": 4}, {"rounds": [1, 1, 2], "seeds": 10}])
+def test_search_options_equal_offline_retriever(served, histories, options):
     from nann.serving.requests import parse_search
     from nann.serving.retrieval import OfflineRetriever
 
     offline = OfflineRetriever(served.run)
-    params = parse_search(np.array([20]), None, np.array([1, 3, 10]), offline.limits, np.array([4]))
+    params = parse_search(offline.limits, k=20, **options)
     with NannClient(served.server.grpc_url) as client:
         for h in histories[:4]:
-            got = client.retrieve(h, k=20, rounds=[1, 3, 10], frontier=4)
-            want_ids, want_scores = offline.retrieve([h], [params])[0]
-            assert got.item_ids.tolist() == want_ids.tolist()
-            np.testing.assert_allclose(got.scores, want_scores, rtol=1e-4, atol=1e-5)
+            got = client.retrieve(h, k=20, **options)
+            want = offline.retrieve([h], [params])[0]
+            assert got.item_ids.tolist() == want.item_ids.tolist() and got.dropped == want.dropped == 0
+            np.testing.assert_allclose(got.scores, want.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_ids_and_new_users_through_the_sdk(served, histories, capsys):
+    known = list(histories[5])
+    with NannClient(served.server.grpc_url) as client:
+        got = client.retrieve(known + [987654321987], k=10)
+        alone = client.retrieve(known, k=10)
+        new = client.retrieve_many([[], [987654321987, -3]], k=10)
+    assert got.dropped == 1 and alone.dropped == 0
+    assert got.item_ids.tolist() == alone.item_ids.tolist() and np.array_equal(got.scores, alone.scores)
+    assert new[0].item_ids.tolist() == new[1].item_ids.tolist() and len(new[0]) == 10
+    assert (new[0].dropped, new[1].dropped) == (0, 2)
+    history = ",".join(map(str, known + [987654321987]))
+    assert cli_main(["query", "--url", served.server.grpc_url, "--history", history, "--k", "10", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == got.to_dict()
 
 
 def test_retrieve_many_keeps_order_and_equals_single_calls(served, histories):
@@ -66,7 +82,7 @@ def test_retrieve_many_keeps_order_and_equals_single_calls(served, histories):
 
 
 @pytest.mark.parametrize("history, k, message", [
-    ([987654321987], None, "unknown item ids (1): 987654321987"),
+    (list(range(1001)), None, "history has 1001 item ids, more than the maximum 1000"),
     (None, 5000, "k=5000 is outside [1, 1000]"),
 ])
 def test_server_messages_reach_the_caller(served, histories, history, k, message):
@@ -83,6 +99,8 @@ def test_info_comes_from_the_server(served):
     assert info.num_items == served.info["num_items"]
     assert info.scorer_backend == "onnxruntime"
     assert info.max_k == 1000
+    assert info.defaults["seeds"] == served.info["defaults"]["seeds"] and info.limits["max_seeds"] == 50
+    assert info.raw["unknown_ids"] == "skip"
 
 
 def test_nann_query_prints_what_nann_retrieve_prints(served, histories, capsys):
@@ -90,5 +108,5 @@ def test_nann_query_prints_what_nann_retrieve_prints(served, histories, capsys):
     assert cli_main(["query", "--url", served.server.grpc_url, "--history", history, "--k", "7", "--json"]) == 0
     served_json = json.loads(capsys.readouterr().out)
     offline = offline_json(served.run, histories[3], 7, capsys)
-    assert served_json["item_ids"] == offline["item_ids"]
+    assert served_json["item_ids"] == offline["item_ids"] and served_json["dropped"] == offline["dropped"] == 0
     np.testing.assert_allclose(served_json["scores"], offline["scores"], rtol=1e-4, atol=1e-5)

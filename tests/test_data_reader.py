@@ -19,16 +19,19 @@ LINES = [
     "",                              # 5 blank (ignored)
     f"-3,10,100,pv,{TS}",            # 6 negative_id
     f"3,10,100,click,{TS}",          # 7 behavior
-    "3,10,100,pv,12",                # 8 timestamp (1970)
+    "3,10,100,pv,12",                # 8 valid; timestamp (1970) with the 2000..2100 window
     f"5,11,101,fav,{TS + 1}",        # 9 ok
     f"6,12,102,cart,{TS + 2}\r",     # 10 ok (CRLF)
-    "7,13,103,buy,4102444800",       # 11 timestamp (2100-01-01)
+    "7,13,103,buy,4102444800",       # 11 valid; timestamp (2100-01-01) with the window
     f"000000000000000000008,14,104,buy,{TS + 3}",  # 12 ok (long field with leading zeros)
     f"9,99999999999999999999,104,pv,{TS}",  # 13 non_integer (overflows int64)
     f"10,15,105,PV,{TS}",            # 14 behavior (case-sensitive)
     "11,16,106,pv",                  # 15 columns
-    f"12,17,107,buy,{TS + 4}",       # 16 ok, no trailing newline
+    f"13,,107,pv,{TS}",              # 16 missing
+    f"14,18,108,pv,-5",              # 17 timestamp (negative)
+    f"12,17,107,buy,{TS + 4}",       # 18 ok, no trailing newline
 ]
+WINDOW = (946_684_800, 4_102_444_800)  # --time-window 2000-01-01,2100-01-01
 
 
 def write(tmp_path, lines, name="ub.csv", final_newline=False):
@@ -40,9 +43,10 @@ def write(tmp_path, lines, name="ub.csv", final_newline=False):
 @pytest.mark.parametrize("chunk", [7, 64, 1 << 20])
 def test_malformed_kinds_and_line_numbers(tmp_path, chunk):
     path = write(tmp_path, LINES)
-    r = read_user_behavior(path, max_malformed=None, chunk_bytes=chunk, progress=False)
-    assert r.rows == 15
-    assert r.malformed == {"columns": 2, "non_integer": 3, "negative_id": 1, "behavior": 2, "timestamp": 2}
+    r = read_user_behavior(path, max_malformed=None, time_window=WINDOW, chunk_bytes=chunk, progress=False)
+    assert r.rows == 17
+    assert r.malformed == {"columns": 2, "missing": 1, "non_integer": 3, "negative_id": 1, "behavior": 2,
+                           "rating": 0, "timestamp": 3}
     assert set(r.malformed) == set(MALFORMED_KINDS)
     assert r.examples == [(2, "columns", f"1,10,100,pv,{TS},7"), (3, "non_integer", f"x,10,100,pv,{TS}"),
                           (4, "non_integer", f"2,1.5,100,pv,{TS}"), (6, "negative_id", f"-3,10,100,pv,{TS}"),
@@ -54,6 +58,15 @@ def test_malformed_kinds_and_line_numbers(tmp_path, chunk):
     np.testing.assert_array_equal(r.timestamp, [TS, TS + 1, TS + 2, TS + 3, TS + 4])
     assert r.valid_rows + r.malformed_rows == r.rows
     assert "line 2 (columns)" in r.summary()
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_any_non_negative_timestamp_without_window(tmp_path, chunk):
+    """Without --time-window, 1970 (line 8) and 2100 (line 11) are valid; only the negative one is not."""
+    r = read_user_behavior(write(tmp_path, LINES), max_malformed=None, chunk_bytes=chunk, progress=False)
+    assert r.malformed["timestamp"] == 1
+    np.testing.assert_array_equal(r.user, [1, 3, 5, 6, 7, 8, 12])
+    np.testing.assert_array_equal(r.timestamp, [TS, 12, TS + 1, TS + 2, 4102444800, TS + 3, TS + 4])
 
 
 def test_all_valid_rows_kept_across_chunks(tmp_path):
@@ -91,7 +104,8 @@ def test_threshold_failure(tmp_path):
 
 def test_no_valid_rows(tmp_path):
     with pytest.raises(UserError, match="none of its 2 rows"):
-        read_user_behavior(write(tmp_path, ["a,b,c", "1,2,3,pv,5"]), max_malformed=1.0, progress=False)
+        read_user_behavior(write(tmp_path, ["a,b,c", "1,2,3,pv,5"]), max_malformed=1.0, time_window=WINDOW,
+                           progress=False)
     with pytest.raises(UserError, match="no rows"):
         read_user_behavior(write(tmp_path, [""], name="empty.csv"), progress=False)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.dr_model import PathIndex, beam_search, code_paths, path_codes
+from nann.dr_model import PathIndex, beam_search, code_paths, path_codes
 from trainer.dr_mstep import accumulate_topk, assign_paths, random_codes
 
 
@@ -122,7 +122,9 @@ def _write_tiny_data(d, n_items=300, n_users=200, n_test=30, n_val=20, seed=0):
 def test_tiny_end_to_end_deterministic(tmp_path):
     from safetensors.numpy import load_file
 
-    from trainer.deep_retrieval import evaluate_dr, load_dr, train_dr
+    from nann.dr_model import load_dr
+    from nann.evaluate import evaluate_dr
+    from trainer.deep_retrieval import train_dr
 
     data = tmp_path / "data"
     data.mkdir()
@@ -155,7 +157,7 @@ def test_tiny_end_to_end_deterministic(tmp_path):
 
 def test_load_dr_rejects_other_runs(tmp_path):
     from nann.errors import UserError
-    from trainer.deep_retrieval import load_dr
+    from nann.dr_model import load_dr
 
     with pytest.raises(UserError):
         load_dr(str(tmp_path))

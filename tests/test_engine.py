@@ -67,7 +67,7 @@ def test_grid():
     assert g.splits(30000) == [(0, 14800), (14800, 29600), (29600, 30000)]
     o, i, n = g.pad(np.array([3, 4], np.int32), np.array([7, 8], np.int32))
     assert n == 2 and o.shape == (200,) and o[:2].tolist() == [3, 4] and i[:2].tolist() == [7, 8]
-    assert not o[2:].any() and not i[2:].any()
+    assert (o[2:] == 4).all() and not i[2:].any()  # padding repeats the last owner: runs stay contiguous
     g2 = CandidateGrid([10, 20, 30], max_size=25)
     assert g2.sizes == (10, 20, 25) and g2.pad_size(21) == 25
     assert CandidateGrid.single(7).pad_size(5) == 5
@@ -323,3 +323,104 @@ def test_handmade_path_graph():
         SearchParams(frontier=-1)
     h = hnsw_search(g, 1, score, ef0=1, top_m=1)
     assert h.ids[0].tolist() == [9]
+
+
+# ----------------------------------------------------------------------------- history seeds
+def _recording(score, n):
+    """score_fn that records every (request, id) it is asked to score."""
+    got = [[] for _ in range(n)]
+
+    def rec(o, i):
+        for r in range(n):
+            got[r].extend(i[o == r].tolist())
+        return score(o, i)
+    return rec, got
+
+
+def test_seeds_on_a_path_graph_join_layer_0_and_are_scored_once():
+    """Path 0-1-...-9, {0, 5} at layer 1, best item 9: a seed next to it gets the walk there in two rounds."""
+    n = 10
+    levels = np.zeros(n, np.int8)
+    levels[[0, 5]] = 1
+    nb0 = [[1]] + [[i - 1, i + 1] for i in range(1, n - 1)] + [[n - 2]]
+    p1 = np.zeros(n + 1, np.int64)
+    p1[1:] = np.cumsum([1 if i in (0, 5) else 0 for i in range(n)])
+    g = HnswGraph.from_arrays(levels, [(np.cumsum([0] + [len(v) for v in nb0]), np.concatenate(nb0)),
+                                       (p1, np.array([5, 0]))], entry_point=0)
+    score = lambda o, i: -np.abs(i - 9).astype(np.float32)  # noqa: E731
+    p = SearchParams((1, 1), (1, 2), top_m=1, seeds=3)
+    assert beam_search(g, 1, score, SearchParams((1, 1), (1, 2), top_m=1)).ids[0].tolist() == [7]
+    # layer 1: {0, 5}; layer 0 round 1: seed 8 with 5's neighbours {4, 6} -> W={8}; round 2: {7, 9} -> W={9}
+    r = beam_search(g, 1, score, p, histories=[np.array([8])])
+    assert r.ids[0].tolist() == [9] and r.n_scored[0] == 7 and r.rounds[0] == 3
+    # 5 was scored on layer 1: as a seed it is not scored again; duplicates and ids outside [0, 10) are skipped
+    for history in ([5, 8], [8, 8, -1, 10, 2**40, 8], [0, 5, 8, 8]):
+        rec, got = _recording(score, 1)
+        r = beam_search(g, 1, rec, p, histories=[np.array(history)], grid=CandidateGrid.single())
+        assert r.ids[0].tolist() == [9] and r.n_scored[0] == 7 == len(got[0]) == len(set(got[0]))
+    # without histories (or with seeds 0) there are no seeds
+    assert beam_search(g, 1, score, p).ids[0].tolist() == [7]
+    assert beam_search(g, 1, score, SearchParams((1, 1), (1, 2), 1, seeds=0), histories=[[8]]).ids[0].tolist() == [7]
+
+
+def test_seeds_with_enough_budget_equal_brute_force(small):
+    x, g, _ = small
+    n_users = 4
+    score = dot_scorer(x, n_users, seed=13)
+    L = g.max_level + 1
+    ref = brute_force(g.num_items, n_users, score, 50)
+    histories = [np.random.default_rng(r).integers(0, g.num_items, size=30) for r in range(n_users)]
+    for seeds in (1, 10, 30):
+        p = SearchParams(ef=(10_000,) * L, rounds=(10_000,) * L, top_m=50, seeds=seeds)
+        rec, got = _recording(score, n_users)
+        res = beam_search(g, n_users, rec, p, histories=histories, grid=CandidateGrid.single())  # no padding rows
+        assert (res.ids == ref.ids).all() and (res.scores == ref.scores).all()
+        # every item scored exactly once per request: seeds are never double-scored
+        assert (res.n_scored == g.num_items).all()
+        assert all(sorted(got[r]) == list(range(g.num_items)) for r in range(n_users))
+
+
+def test_seeds_scored_in_the_first_layer_0_round_and_never_twice(medium):
+    x, _, g, _ = medium
+    n = 4
+    score = dot_scorer(x, n, seed=14)
+    rng = np.random.default_rng(3)
+    top = g.nodes_at_level(g.max_level)  # scored exhaustively before layer 0: as seeds, already visited
+    histories = [np.concatenate([top[:3], rng.integers(0, g.num_items, size=40)]) for _ in range(n)]
+    base = SearchParams((20, 80, 200), (1, 2, 3), 100)
+    for seeds in (5, 50):
+        p = SearchParams(base.ef, base.rounds, base.top_m, seeds=seeds)
+        rec, got = _recording(score, n)
+        res = beam_search(g, n, rec, p, histories=histories, grid=CandidateGrid.single())
+        for r in range(n):
+            assert len(got[r]) == len(set(got[r])) == res.n_scored[r]
+            recent = list(dict.fromkeys(histories[r][::-1].tolist()))[:seeds]
+            assert set(recent) <= set(got[r])  # every seed was scored (once)
+        unseeded = beam_search(g, n, score, base, grid=CandidateGrid.single())
+        assert (res.n_scored > unseeded.n_scored).any()
+
+
+def test_seeds_batched_equals_single_with_mixed_counts(medium):
+    x, _, g, _ = medium
+    n = 5
+    score = dot_scorer(x, n, seed=15)
+    rng = np.random.default_rng(4)
+    histories = [rng.integers(0, g.num_items, size=int(s)) for s in (0, 3, 50, 20, 50)]
+    ps = [SearchParams((30, 60, 120), (1, 2, 3), 50, seeds=s) for s in (0, 3, 50, 10, 7)]
+    batch = beam_search(g, n, score, ps, histories=histories)
+    for r in range(n):
+        one = beam_search(g, 1, lambda o, i, r=r: score(np.full_like(o, r), i), ps[r], histories=[histories[r]])
+        assert (one.ids[0] == batch.ids[r]).all() and (one.scores[0] == batch.scores[r]).all()
+        assert one.n_scored[0] == batch.n_scored[r] and one.rounds[0] == batch.rounds[r]
+    with pytest.raises(ValueError, match="2 histories for 5 requests"):
+        beam_search(g, n, score, ps, histories=histories[:2])
+
+
+def test_select_seeds_skips_duplicates_and_out_of_range_ids():
+    from nann.engine import kernels as K
+
+    flat = np.array([3, 7, 3, -1, 9, 12, 7, 0, 4, 4], dtype=np.int64)   # two histories: [0:6], [6:10]
+    ids, ptr = K.select_seeds(flat, np.array([0, 6, 10]), np.array([3, 5]), 10)
+    assert ptr.tolist() == [0, 3, 6] and ids.tolist() == [9, 3, 7, 4, 0, 7]  # newest first, distinct, in [0, 10)
+    ids, ptr = K.select_seeds(flat, np.array([0, 6, 10]), np.array([0, 1]), 10)
+    assert ptr.tolist() == [0, 0, 1] and ids.tolist() == [4]

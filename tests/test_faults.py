@@ -200,7 +200,7 @@ def test_new_version_is_picked_up_without_failed_requests(tiny_run, second_run, 
     repo = fresh_repo(tiny_run, tmp_path / "repo")
     before = OfflineRetriever(tiny_run.run)
     after = OfflineRetriever(second_run)
-    params = parse_search(np.array([20]), None, None, before.limits)
+    params = parse_search(before.limits, k=20)
     want_old = [before.retrieve([h], [params])[0][0].tolist() for h in histories]
     want_new = [after.retrieve([h], [params])[0][0].tolist() for h in histories]
     changed = [i for i in range(len(histories)) if want_old[i] != want_new[i]]

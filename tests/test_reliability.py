@@ -1,7 +1,7 @@
 """Reliability and security of the served system against a real tritonserver (the shared `served` fixture,
-plus one server of its own for the scorer batch bound): bad input of every kind is refused with INVALID_ARG
-naming the problem and never disturbs other requests or the server; limits; loopback binding; model control
-off; no unpickling; a short soak.
+plus one server of its own for the scorer batch bound and strict unknown-id mode): bad input of every kind is
+refused with INVALID_ARG naming the problem and never disturbs other requests or the server, while unknown item
+ids and new users are served; limits; loopback binding; model control off; no unpickling; a short soak.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from nann.data.prepared import PreparedData
 from nann.engine.grid import CandidateGrid
 from nann.serving.requests import ServingLimits, parse_search
 from nann.serving.retrieval import OfflineRetriever
+from pipeline_fixtures import send_together
 
 pytestmark = pytest.mark.serving
 
@@ -35,10 +36,11 @@ def tensor(name, arr, dtype):
     return t
 
 
-def request(history, k=None, ef=None, rounds=None, history_dtype=np.int64, history_type="INT64", batch=True):
+def request(history, k=None, ef=None, rounds=None, seeds=None, history_dtype=np.int64, history_type="INT64",
+            batch=True):
     h = np.asarray(history, dtype=history_dtype)
     inputs = [tensor("history", h.reshape(1, -1) if batch and h.ndim == 1 else h, history_type)]
-    for name, value in (("k", None if k is None else [k]), ("ef", ef), ("rounds", rounds)):
+    for name, value in (("k", k), ("ef", ef), ("rounds", rounds), ("seeds", seeds)):
         if value is not None:
             inputs.append(tensor(name, np.asarray(value, dtype=np.int32).reshape(1, -1), "INT32"))
     return inputs
@@ -47,6 +49,10 @@ def request(history, k=None, ef=None, rounds=None, history_dtype=np.int64, histo
 def infer(client, inputs, model="nann"):
     result = client.infer(model, inputs, client_timeout=60)
     return result.as_numpy("item_ids")[0], result.as_numpy("scores")[0]
+
+
+def dropped(client, inputs) -> int:
+    return int(client.infer("nann", inputs, client_timeout=60).as_numpy("dropped_ids")[0, 0])
 
 
 def assert_invalid(client, inputs, *patterns, model="nann"):
@@ -76,19 +82,26 @@ def offline(served):
 
 def check_good_request(client, users, offline):
     ids, scores = infer(client, request(users[3], k=7))
-    want = offline.retrieve([users[3]], [parse_search(np.array([7]), None, None, offline.limits)])[0]
-    assert ids.tolist() == want[0].tolist() and np.isfinite(scores).all()
+    want = offline.retrieve([users[3]], [parse_search(offline.limits, k=7)])[0]
+    assert ids.tolist() == want.item_ids.tolist() and np.isfinite(scores).all()
 
+
+# Not errors: what a production recommender gets all day (unknown ids are dropped and counted, a new user gets the
+# cold-start answer). name: (history given the users, ids dropped)
+ODD = {
+    "empty history": (lambda u: [], 0),
+    "unknown id": (lambda u: list(u[0][:3]) + [123456789012], 1),
+    "negative id": (lambda u: [-5, *u[0][:2]], 1),
+    "int64 max id": (lambda u: [2**63 - 1], 1),
+    "int64 min id": (lambda u: [-2**63, *u[1][:4]], 1),
+    "20 unknown ids": (lambda u: np.arange(10**12, 10**12 + 20), 20),
+    "1000 ids, 999 unknown": (lambda u: [*np.arange(10**12, 10**12 + 999), u[2][0]], 999),
+}
 
 BAD = {  # name: (request builder given the users, regexes the message must match)
-    "empty history": (lambda u: request([]), [r"history is empty"]),
     "1000+1 ids": (lambda u: request(np.resize(u[0], 1001)), [r"1001 item ids, more than the maximum 1000"]),
     "100000 ids": (lambda u: request(np.resize(u[0], 100_000)), [r"more than the maximum 1000"]),
-    "unknown id": (lambda u: request(list(u[0][:3]) + [123456789012]), [r"unknown item ids \(1\): 123456789012"]),
-    "negative id": (lambda u: request([-5, *u[0][:2]]), [r"unknown item ids \(1\): -5"]),
-    "int64 max id": (lambda u: request([2**63 - 1]), [r"unknown item ids \(1\): 9223372036854775807"]),
-    "int64 min id": (lambda u: request([-2**63]), [r"unknown item ids"]),
-    "20 unknown ids": (lambda u: request(np.arange(10**12, 10**12 + 20)), [r"unknown item ids \(20\)", r"\.\.\."]),
+    "1000+1 unknown ids": (lambda u: request(np.arange(10**12, 10**12 + 1001)), [r"more than the maximum 1000"]),
     "FP32 history": (lambda u: request(u[0], history_dtype=np.float32, history_type="FP32"),
                      [r"data-type is 'FP32', but model 'nann' expects 'INT64'"]),
     "NaN FP32 history": (lambda u: request([np.nan, np.inf], history_dtype=np.float32, history_type="FP32"),
@@ -113,6 +126,12 @@ BAD = {  # name: (request builder given the users, regexes the message must matc
     "rounds=0": (lambda u: request(u[0], rounds=[1, 0, 1]), [r"rounds=\[1, 0, 1\] is outside \[1, 64\]"]),
     "rounds=65": (lambda u: request(u[0], rounds=[1, 1, 65]), [r"is outside \[1, 64\]"]),
     "rounds wrong count": (lambda u: request(u[0], rounds=[1]), [r"rounds needs 3 values"]),
+    "seeds=-1": (lambda u: request(u[0], seeds=-1), [r"seeds=-1 is outside \[0, 50\] \(0 = none\)"]),
+    "seeds=51": (lambda u: request(u[0], seeds=51), [r"seeds=51 is outside \[0, 50\]"]),
+    "two seeds values": (lambda u: request(u[0])[:1] + [tensor("seeds", np.array([[5, 6]], np.int32), "INT32")],
+                         [r"unexpected shape for input 'seeds'"]),
+    "seeds as INT64": (lambda u: request(u[0])[:1] + [tensor("seeds", np.array([[5]], np.int64), "INT64")],
+                       [r"input 'seeds' data-type is 'INT64'"]),
     "unknown input": (lambda u: request(u[0]) + [tensor("bogus", np.array([[1]], np.int32), "INT32")],
                       [r"unexpected inference input 'bogus'"]),
     "internal tensor via the ensemble": (
@@ -129,53 +148,45 @@ def test_bad_input_refused_with_invalid_arg_and_server_keeps_serving(served, cli
     check_good_request(client, users, offline)
 
 
+@pytest.mark.parametrize("name", list(ODD))
+def test_unknown_ids_and_new_users_are_served_not_refused(served, client, users, offline, name):
+    history, n_dropped = ODD[name][0](users), ODD[name][1]
+    ids, scores = infer(client, request(history, k=9))
+    assert dropped(client, request(history, k=9)) == n_dropped
+    want = offline.retrieve([history], [parse_search(offline.limits, k=9)])[0]
+    assert len(ids) == 9 and ids.tolist() == want.item_ids.tolist() and want.dropped == n_dropped
+    assert np.isfinite(scores).all()
+    BAD_INPUTS_TRIED.append(f"served {name}")
+    check_good_request(client, users, offline)
+
+
 def test_history_between_max_seq_and_max_history_keeps_most_recent(client, users, offline):
     history = np.resize(np.concatenate(users[:6]), 1000)
     ids, _ = infer(client, request(history, k=10))
-    want = offline.retrieve([history[-offline.limits.max_seq:]],
-                            [parse_search(np.array([10]), None, None, offline.limits)])[0]
-    assert ids.tolist() == want[0].tolist()
+    want = offline.retrieve([history[-offline.limits.max_seq:]], [parse_search(offline.limits, k=10)])[0]
+    assert ids.tolist() == want.item_ids.tolist()
 
 
 def test_bad_requests_in_a_shared_batch_do_not_affect_the_good_ones(served, users, offline):
-    """Good and bad requests sent at once (they share execute() calls): each gets its own answer."""
-    url = served.server.grpc_url
-    bad_names = ["empty history", "unknown id", "k=0", "ef too few", "rounds=65", "2 rows in one request"]
-    jobs = [("good", i) for i in range(12)] + [("bad", n) for n in bad_names]
+    """Good, odd (unknown ids, new users) and bad requests sent at once (they share execute() calls): each gets
+    its own answer."""
+    bad_names = ["1000+1 ids", "seeds=51", "k=0", "ef too few", "rounds=65", "2 rows in one request"]
+    odd_names = ["empty history", "unknown id", "20 unknown ids"]
+    jobs = [("good", i) for i in range(12)] + [("bad", n) for n in bad_names] + [("odd", n) for n in odd_names]
     jobs = [jobs[i] for i in np.random.default_rng(0).permutation(len(jobs))]
-    barrier = threading.Barrier(len(jobs))
-    results = {}
-
-    def worker(job):
-        kind, what = job
-        inputs = request(users[what], k=20) if kind == "good" else BAD[what][0](users)
-        with grpcclient.InferenceServerClient(url) as c:
-            barrier.wait()
-            try:
-                results[job] = infer(c, inputs)
-            except InferenceServerException as e:
-                results[job] = e
-
-    with grpcclient.InferenceServerClient(url) as c:
-        before = c.get_inference_statistics("preprocess", as_json=True)["model_stats"][0]
-    threads = [threading.Thread(target=worker, args=(job,)) for job in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    with grpcclient.InferenceServerClient(url) as c:
-        after = c.get_inference_statistics("preprocess", as_json=True)["model_stats"][0]
-    params = parse_search(np.array([20]), None, None, offline.limits)
-    for kind, what in jobs:
-        got = results[(kind, what)]
-        if kind == "good":
+    histories = {("good", i): users[i] for i in range(12)} | {("odd", n): ODD[n][0](users) for n in odd_names}
+    inputs = [BAD[what][0](users) if kind == "bad" else request(histories[(kind, what)], k=20) for kind, what in jobs]
+    results, executions = send_together(served.server.grpc_url, [lambda c, x=x: infer(c, x) for x in inputs],
+                                        "preprocess")
+    params = parse_search(offline.limits, k=20)
+    for (kind, what), got in zip(jobs, results):
+        if kind != "bad":
             assert not isinstance(got, Exception), got
-            assert got[0].tolist() == offline.retrieve([users[what]], [params])[0][0].tolist()
+            assert got[0].tolist() == offline.retrieve([histories[(kind, what)]], [params])[0].item_ids.tolist()
         else:
             assert isinstance(got, InferenceServerException) and "INVALID_ARG" in str(got.status())
             assert re.search(BAD[what][1][0], got.message()), got.message()
             BAD_INPUTS_TRIED.append(f"batched {what}")
-    executions = int(after["execution_count"]) - int(before["execution_count"])
     assert executions < len(jobs), "the requests were never batched together"
 
 
@@ -213,18 +224,28 @@ def test_scorer_called_directly_refuses_nan_state_and_bad_ids(client):
 
 
 def test_retrieve_called_directly_refuses_nan_or_misshaped_state_per_request(served, client, users):
-    def retrieve_inputs(state, k=5):
-        rows = state["keys"].shape[0]  # k with as many rows, or Triton itself refuses the batch size mismatch
-        return [tensor(n, v, "FP32") for n, v in state.items()] + [tensor("k", np.full((rows, 1), k, np.int32), "INT32")]
+    def retrieve_inputs(state, k=5, hist_ids=-1):
+        rows, seq = state["keys"].shape[:2]  # k and hist_ids with as many rows, or Triton refuses the batch
+        return [tensor(n, v, "FP32") for n, v in state.items()] + [
+            tensor("k", np.full((rows, 1), k, np.int32), "INT32"),
+            tensor("hist_ids", np.resize(np.asarray(hist_ids, np.int64), (rows, 50)), "INT64"),
+            tensor("seeds", np.full((rows, 1), 50, np.int32), "INT32")]
 
     ids, _ = infer(client, retrieve_inputs(state_inputs()), model="retrieve")
     assert len(ids) == 5
+    # history ids outside the catalogue (a direct caller's garbage) are not seeds; repeated ones count once
+    garbage = infer(client, retrieve_inputs(state_inputs(), hist_ids=[-5, 2**62, 10**9, -1]), model="retrieve")[0]
+    assert garbage.tolist() == ids.tolist()
+    assert len(infer(client, retrieve_inputs(state_inputs(), hist_ids=[3, 3, 7]), model="retrieve")[0]) == 5
+    assert_invalid(client, retrieve_inputs(state_inputs())[:-2] + [tensor("hist_ids", np.zeros((1, 7), np.int64), "INT64")],
+                   r"unexpected shape for input 'hist_ids'", model="retrieve")
     assert_invalid(client, retrieve_inputs(state_inputs(nan_in="values")), r"state input values holds NaN or inf",
                    model="retrieve")
     assert_invalid(client, retrieve_inputs(state_inputs(rows=2)), r"must have shape \[1, 50, 64\], got \[2, 50, 64\]",
                    model="retrieve")
     assert_invalid(client, retrieve_inputs(state_inputs(seq=7)), r"got \[1, 7, 64\]", model="retrieve")
-    BAD_INPUTS_TRIED.extend(["retrieve NaN state", "retrieve 2-row state", "retrieve short state"])
+    BAD_INPUTS_TRIED.extend(["retrieve NaN state", "retrieve 2-row state", "retrieve short state",
+                             "retrieve garbage hist_ids", "retrieve short hist_ids"])
 
     # sent together, the bad ones must not shift or fail the good ones sharing their execute()
     jobs = [("good", state_inputs()), ("nan", state_inputs(nan_in="keys")), ("rows", state_inputs(rows=3)),
@@ -286,33 +307,56 @@ def test_user_encoder_called_directly_with_several_rows_answers_each_request_its
 def test_limits_are_published_in_nann_info(client):
     config = client.get_model_config("nann", as_json=True)["config"]
     info = json.loads(config["parameters"]["nann_info"]["string_value"])
-    limits = ServingLimits()
-    assert info["limits"] == {"max_k": limits.max_k, "max_history": limits.max_history, "max_ef": limits.max_ef,
-                              "max_rounds": limits.max_rounds, "max_frontier": limits.max_frontier}
-    assert info["defaults"]["frontier"] == limits.default_frontier
+    published = ServingLimits().published()
+    assert info["limits"] == published["limits"] and info["defaults"] == published["defaults"]
+    assert set(info["defaults"]) == {"k", "ef", "rounds", "frontier", "seeds"} and info["limits"]["max_seeds"] == 50
+    assert info["unknown_ids"] == "skip"
     assert info["max_seq"] == 50 and info["grid"]["max_size"] == CandidateGrid().max_size
     assert int(config["max_batch_size"]) == 64
 
 
-def test_rounds_larger_than_the_grid_maximum_are_split_not_refused(tiny_run, tmp_path):
-    """A tiny grid (max 64 candidates per scorer call): big rounds become several scorer calls, same answers."""
+TINY_GRID = CandidateGrid([1, 16, 32, 64], 64)
+
+
+@pytest.fixture(scope="module")
+def strict_tiny_grid(tiny_run, tmp_path_factory):
+    """A second export, served: a tiny grid (max 64 candidates per scorer call) and `--unknown-ids refuse`."""
     from nann.serving.export import export_repository
     from nann.serving.server import TritonServer
 
-    grid = CandidateGrid([1, 16, 32, 64], 64)
-    export_repository(tiny_run.run, tmp_path / "repo", scorer="onnxruntime", grid=grid)
+    repo = tmp_path_factory.mktemp("strict") / "repo"
+    export_repository(tiny_run.run, repo, scorer="onnxruntime", grid=TINY_GRID, unknown_ids="refuse")
+    with TritonServer(repo) as server, grpcclient.InferenceServerClient(server.grpc_url) as c:
+        yield c
+
+
+def test_rounds_larger_than_the_grid_maximum_are_split_not_refused(tiny_run, strict_tiny_grid):
+    """Big rounds become several scorer calls of at most 64 candidates, with the same answers."""
+    c = strict_tiny_grid
     data = PreparedData.load(str(tiny_run.data))
     histories = [data.vocab.dense_to_raw(data.test.history(i)) for i in range(4)]
-    offline = OfflineRetriever(tiny_run.run, grid=grid)
-    params = parse_search(np.array([50]), np.array([20, 100, 300]), np.array([1, 2, 3]), offline.limits)
-    with TritonServer(tmp_path / "repo") as server, grpcclient.InferenceServerClient(server.grpc_url) as c:
-        for h in histories:
-            ids, _ = infer(c, request(h, k=50, ef=[20, 100, 300], rounds=[1, 2, 3]))
-            assert ids.tolist() == offline.retrieve([h], [params])[0][0].tolist()
-        stats = {m: c.get_inference_statistics(m, as_json=True)["model_stats"][0] for m in ("retrieve", "scorer")}
-    scorer_calls, executions = int(stats["scorer"]["execution_count"]), int(stats["retrieve"]["execution_count"])
+    offline = OfflineRetriever(tiny_run.run, grid=TINY_GRID)
+    params = parse_search(offline.limits, k=50, ef=[20, 100, 300], rounds=[1, 2, 3])
+    before = {m: c.get_inference_statistics(m, as_json=True)["model_stats"][0] for m in ("retrieve", "scorer")}
+    for h in histories:
+        ids, _ = infer(c, request(h, k=50, ef=[20, 100, 300], rounds=[1, 2, 3]))
+        assert ids.tolist() == offline.retrieve([h], [params])[0].item_ids.tolist()
+    after = {m: c.get_inference_statistics(m, as_json=True)["model_stats"][0] for m in ("retrieve", "scorer")}
+    scorer_calls, executions = (int(after[m].get("execution_count", 0)) - int(before[m].get("execution_count", 0))
+                                for m in ("scorer", "retrieve"))  # a count of 0 is left out of the JSON
     # at most 1 + 1 + 2 + 3 rounds per execute(): more scorer calls than that means rounds were split at 64
     assert scorer_calls > executions * 7
+
+
+def test_strict_mode_refuses_unknown_ids_but_serves_new_users(strict_tiny_grid, users):
+    c = strict_tiny_grid
+    info = json.loads(c.get_model_config("nann", as_json=True)["config"]["parameters"]["nann_info"]["string_value"])
+    assert info["unknown_ids"] == "refuse"
+    assert_invalid(c, request(list(users[0][:3]) + [123456789012]), r"unknown item ids \(1\): 123456789012")
+    assert_invalid(c, request(np.arange(10**12, 10**12 + 20)), r"unknown item ids \(20\)", r"\.\.\.")
+    ids, scores = infer(c, request([], k=6))  # a new user is not an error
+    assert len(ids) == 6 and np.isfinite(scores).all() and dropped(c, request([])) == 0
+    BAD_INPUTS_TRIED.extend(["strict unknown id", "strict 20 unknown ids"])
 
 
 # ---------------------------------------------------------------- security

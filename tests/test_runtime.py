@@ -10,7 +10,7 @@ import torch
 
 from nann.errors import UserError
 from nann.runtime import ModelRuntime
-from trainer.model import ARCHS
+from nann.model import ARCHS
 
 try:
     from tests.test_trainer_export import make_run, rel_err

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from nann.engine.grid import CandidateGrid
-from nann.serving.export import pbtxt_string, tensor_entries
+from nann.serving.export import pbtxt_string, search_input_entries, step_map, tensor_entries
 from nann.serving.repository import ArtifactError, verify_manifest, write_manifest
-from nann.serving.requests import RequestError, ServingLimits, parse_history, parse_search
+from nann.serving.requests import SEARCH_INPUT_NAMES, RequestError, ServingLimits, parse_history, parse_search
 from nann.serving.services import check_state
 from nann.serving.tensorrt_build import profile_shapes
 
@@ -21,78 +21,115 @@ def raw_to_dense(raw):
 
 
 LIMITS = ServingLimits(max_seq=3, max_history=6, default_k=2, max_k=4, default_ef=(4, 5), default_rounds=(1, 2),
-                       max_ef=10, max_rounds=3, default_frontier=3, max_frontier=8)
+                       max_ef=10, max_rounds=3, default_frontier=3, max_frontier=8, default_seeds=1)
+STRICT = ServingLimits(max_seq=3, max_history=6, unknown_ids="refuse")
 
 
 def test_history_maps_and_keeps_most_recent():
-    assert parse_history(np.array([[11, 25, 37, 40]]), raw_to_dense, LIMITS).tolist() == [1, 2, 3]
-    assert parse_history(np.array([58]), raw_to_dense, LIMITS).tolist() == [4]
+    dense, dropped = parse_history(np.array([[11, 25, 37, 40]]), raw_to_dense, LIMITS)
+    assert dense.tolist() == [1, 2, 3] and dropped == 0
+    assert parse_history(np.array([58]), raw_to_dense, LIMITS)[0].tolist() == [4]
+
+
+def test_unknown_ids_are_dropped_and_counted_or_refused():
+    # skip (the default): as if the unknown ids had not been sent, also for which behaviours are the most recent
+    dense, dropped = parse_history(np.array([11, 25, 12, 37, 2**62, 40]), raw_to_dense, LIMITS)
+    assert dense.tolist() == parse_history(np.array([11, 25, 37, 40]), raw_to_dense, LIMITS)[0].tolist() == [1, 2, 3]
+    assert dropped == 2
+    assert ServingLimits().unknown_ids == "skip"
+    with pytest.raises(RequestError, match=r"unknown item ids \(2\): 12, -5"):
+        parse_history(np.array([11, 12, -5]), raw_to_dense, STRICT)
+    with pytest.raises(ValueError, match="unknown_ids='drop' is not one of skip, refuse"):
+        ServingLimits(unknown_ids="drop")
+
+
+@pytest.mark.parametrize("limits", [LIMITS, STRICT])
+def test_a_new_user_is_served_in_both_policies(limits):
+    for empty in (np.array([], dtype=np.int64), np.zeros((1, 0), dtype=np.int64)):
+        dense, dropped = parse_history(empty, raw_to_dense, limits)
+        assert dense.size == 0 and dropped == 0
+    if limits.unknown_ids == "skip":  # nothing known: the same cold-start request
+        dense, dropped = parse_history(np.array([12, 13]), raw_to_dense, limits)
+        assert dense.size == 0 and dropped == 2
 
 
 @pytest.mark.parametrize("history, message", [
-    (np.array([], dtype=np.int64), "history is empty"),
     (np.array([11] * 7), "more than the maximum 6"),
-    (np.array([11, 12, -5]), "unknown item ids (2): 12, -5"),
-    (np.array([2**62]), "unknown item ids"),
+    (np.array([99] * 7), "more than the maximum 6"),  # counted as sent, before unknown ids are dropped
     (np.array([1.5, 2.0]), "integer"),
     (np.zeros((2, 2), dtype=np.int64), "shape"),
 ])
 def test_bad_histories_are_refused_with_a_message(history, message):
-    with pytest.raises(RequestError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(RequestError, match=message):
         parse_history(history, raw_to_dense, LIMITS)
 
 
 def test_search_defaults_and_overrides():
-    p = parse_search(None, None, None, LIMITS)
-    assert (p.ef, p.rounds, p.top_m) == ((4, 5), (1, 2), 2)
-    p = parse_search(np.array([[3]], dtype=np.int32), np.array([[2, 9]]), np.array([[3, 3]]), LIMITS)
+    p = parse_search(LIMITS)
+    assert (p.ef, p.rounds, p.top_m, p.frontier, p.seeds) == ((4, 5), (1, 2), 2, 3, 1)
+    p = parse_search(LIMITS, k=np.array([[3]], dtype=np.int32), ef=np.array([[2, 9]]), rounds=np.array([[3, 3]]))
     assert (p.ef, p.rounds, p.top_m) == ((2, 9), (3, 3), 3)
     # the last layer's ef grows to k so the result list can hold k items
-    assert parse_search(np.array([4]), np.array([2, 2]), None, LIMITS).ef == (2, 4)
+    assert parse_search(LIMITS, k=np.array([4]), ef=np.array([2, 2])).ef == (2, 4)
+    # offline callers may pass plain ints and sequences
+    assert parse_search(LIMITS, k=3, rounds=(2, 2)) == parse_search(LIMITS, k=np.array([3]), rounds=np.array([2, 2]))
+    with pytest.raises(TypeError, match=r"unexpected search inputs \['sedes'\]"):
+        parse_search(LIMITS, sedes=np.array([1]))
 
 
-def test_search_frontier():
-    assert parse_search(None, None, None, LIMITS).frontier == LIMITS.default_frontier
-    assert parse_search(None, None, None, LIMITS, np.array([], dtype=np.int32)).frontier == LIMITS.default_frontier
-    served = ServingLimits()
-    assert parse_search(None, None, None, served).frontier == served.default_frontier
-    p = parse_search(np.array([3]), np.array([2, 9]), np.array([3, 3]), LIMITS, np.array([[5]], dtype=np.int32))
-    assert (p.ef, p.rounds, p.top_m, p.frontier) == ((2, 9), (3, 3), 3, 5)
-    assert parse_search(None, None, None, LIMITS, np.array([0])).frontier == 0  # unlimited
-    assert parse_search(None, None, None, LIMITS, np.array([8])).frontier == 8
-    with pytest.raises(ValueError, match=r"default_frontier=9 is outside \[0, 8\]"):
+def test_search_frontier_and_seeds():
+    for name in ("frontier", "seeds"):
+        default = getattr(LIMITS, f"default_{name}")
+        assert getattr(parse_search(LIMITS), name) == default
+        assert getattr(parse_search(LIMITS, **{name: np.array([], dtype=np.int32)}), name) == default
+        assert getattr(parse_search(ServingLimits()), name) == getattr(ServingLimits(), f"default_{name}")
+        assert getattr(parse_search(LIMITS, **{name: np.array([0])}), name) == 0  # unlimited / none
+    p = parse_search(LIMITS, k=np.array([3]), frontier=np.array([[5]], dtype=np.int32), seeds=np.array([[2]]))
+    assert (p.top_m, p.frontier, p.seeds) == (3, 5, 2)
+    assert parse_search(LIMITS, frontier=np.array([8])).frontier == 8
+    assert LIMITS.max_seeds == LIMITS.max_seq == 3 and parse_search(LIMITS, seeds=np.array([3])).seeds == 3
+    with pytest.raises(ValueError, match=r"default_frontier: frontier=9 is outside \[0, 8\]"):
         ServingLimits(default_frontier=9, max_frontier=8)
+    with pytest.raises(ValueError, match=r"default_seeds: seeds=4 is outside \[0, 3\]"):
+        ServingLimits(max_seq=3, default_seeds=4)
 
 
-@pytest.mark.parametrize("frontier, message", [
-    (np.array([-1]), r"frontier=-1 is outside \[0, 8\] \(0 = unlimited\)"),
-    (np.array([9]), r"frontier=9 is outside \[0, 8\]"),
-    (np.array([1, 2]), "frontier must be a single value, got 2"),
-    (np.array([1.5]), "frontier must be an integer tensor"),
+@pytest.mark.parametrize("inputs, message", [
+    ({"frontier": np.array([-1])}, r"frontier=-1 is outside \[0, 8\] \(0 = unlimited\)"),
+    ({"frontier": np.array([9])}, r"frontier=9 is outside \[0, 8\]"),
+    ({"frontier": np.array([1, 2])}, "frontier must be a single value, got 2"),
+    ({"frontier": np.array([1.5])}, "frontier must be an integer tensor"),
+    ({"seeds": np.array([-1])}, r"seeds=-1 is outside \[0, 3\] \(0 = none\)"),
+    ({"seeds": np.array([4])}, r"seeds=4 is outside \[0, 3\]"),
+    ({"seeds": np.array([1, 1])}, "seeds must be a single value, got 2"),
+    ({"seeds": np.array([True])}, "seeds must be an integer tensor"),
+    ({"k": np.array([0])}, r"k=0 is outside \[1, 4\]"),
+    ({"k": np.array([5])}, r"k=5 is outside"),
+    ({"k": np.array([1, 2])}, "single value"),
+    ({"ef": np.array([1])}, "ef needs 2 values"),
+    ({"ef": np.array([0, 3])}, r"ef=\[0, 3\] is outside \[1, 10\]"),
+    ({"rounds": np.array([1, 4])}, r"rounds=\[1, 4\] is outside \[1, 3\]"),
+    ({"rounds": np.zeros((2, 2), np.int32)}, r"rounds must have shape \[n\] or \[1, n\]"),
 ])
-def test_bad_frontier_is_refused(frontier, message):
+def test_bad_search_parameters_are_refused(inputs, message):
     with pytest.raises(RequestError, match=message):
-        parse_search(None, None, None, LIMITS, frontier)
+        parse_search(LIMITS, **inputs)
 
 
-@pytest.mark.parametrize("k, ef, rounds, message", [
-    (np.array([0]), None, None, r"k=0 is outside \[1, 4\]"),
-    (np.array([5]), None, None, r"k=5 is outside"),
-    (np.array([1, 2]), None, None, "single value"),
-    (None, np.array([1]), None, "ef needs 2 values"),
-    (None, np.array([0, 3]), None, r"ef=\[0, 3\] is outside \[1, 10\]"),
-    (None, None, np.array([1, 4]), r"rounds=\[1, 4\] is outside \[1, 3\]"),
-])
-def test_bad_search_parameters_are_refused(k, ef, rounds, message):
-    with pytest.raises(RequestError, match=message):
-        parse_search(k, ef, rounds, LIMITS)
-
-
-def test_limits_json_round_trip():
+def test_limits_json_round_trip_and_published_info():
     assert ServingLimits.from_json(json.loads(json.dumps(LIMITS.to_json()))) == LIMITS
-    # a repository exported before frontier existed: its limits lack the keys and get the defaults
-    old = {key: value for key, value in LIMITS.to_json().items() if "frontier" not in key}
+    assert ServingLimits.from_json(json.loads(json.dumps(STRICT.to_json()))).unknown_ids == "refuse"
+    # a repository exported before frontier / seeds / unknown_ids existed: its limits lack the keys
+    old = {key: value for key, value in LIMITS.to_json().items()
+           if not any(new in key for new in ("frontier", "seeds", "unknown_ids"))}
     assert ServingLimits.from_json(old).default_frontier == ServingLimits().default_frontier
+    assert ServingLimits.from_json(old).default_seeds == ServingLimits().default_seeds
+    assert ServingLimits.from_json(old).unknown_ids == "skip"
+    published = LIMITS.published()
+    assert published["defaults"] == {"k": 2, "ef": [4, 5], "rounds": [1, 2], "frontier": 3, "seeds": 1}
+    assert published["limits"] == {"max_history": 6, "max_k": 4, "max_ef": 10, "max_rounds": 3, "max_frontier": 8,
+                                   "max_seeds": 3}
+    assert published["unknown_ids"] == "skip" and STRICT.published()["unknown_ids"] == "refuse"
 
 
 def test_manifest_catches_missing_truncated_and_altered_files(tmp_path):
@@ -132,6 +169,15 @@ def test_config_rendering_helpers():
     assert tensor_entries(specs, batched=True) == '  { name: "keys" data_type: TYPE_FP32 dims: [ 50, 64 ] }'
     assert "dims: [ -1, 50, 64 ]" in tensor_entries(specs, batched=False)
     assert pbtxt_string('{"a": "b\\c"}') == '{\\"a\\": \\"b\\\\c\\"}'
+    # the optional search inputs come from one table: the ensemble's, retrieve's (ragged) and the step's map
+    entries = search_input_entries(ragged=False).splitlines()
+    assert [line.split('"')[1] for line in entries] == list(SEARCH_INPUT_NAMES)
+    assert entries[-1] == '  { name: "seeds" data_type: TYPE_INT32 dims: [ 1 ] optional: true }'
+    assert all(line.endswith("allow_ragged_batch: true },") or line.endswith("allow_ragged_batch: true }")
+               for line in search_input_entries(ragged=True).splitlines())
+    assert '{ name: "ef" data_type: TYPE_INT32 dims: [ -1 ] optional: true }' in entries[1]
+    assert step_map("input_map", ["k", "seeds"]).splitlines() == [
+        '      input_map { key: "k" value: "k" }', '      input_map { key: "seeds" value: "seeds" }']
 
 
 def test_state_checks_refuse_wrong_shapes_and_non_finite_values():

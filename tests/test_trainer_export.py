@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trainer.export import write_run_artifacts
-from trainer.model import ARCHS, STATE_NAMES, ModelConfig, NANNModel
+from nann.model import ARCHS, STATE_NAMES, ModelConfig, NANNModel
 
 try:
     from tests.test_trainer_model import randomize_bn
@@ -65,7 +65,7 @@ def test_ort_equals_full_torch_model(run, R, L, C):
     hist = rng.integers(0, len(E), (R, L))
     mask = (rng.random((R, L)) > 0.3).astype(np.float32)
     mask[:, 0] = 1
-    owner = rng.integers(0, R, C).astype(np.int64)
+    owner = np.sort(rng.integers(0, R, C)).astype(np.int64)  # non-decreasing, as the engine sends them
     cand = rng.integers(0, len(E), C).astype(np.int64)
     state = enc.run(names, {"hist_emb": E[hist] * mask[..., None], "hist_mask": mask})
     for s in state:

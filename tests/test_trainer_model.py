@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.model import ARCHS, ModelConfig, NANNModel, build_split, per_candidate_macs
+from nann.model import ARCHS, ModelConfig, NANNModel, build_split, per_candidate_macs
 from trainer.train import bernoulli_kl_logits, compute_loss, fgsm_delta, make_optimizers
 
 
@@ -112,7 +112,7 @@ def test_split_equals_full_model(arch):
         hist = torch.randint(0, 120, (R, L))
         mask = (torch.rand(R, L) > 0.3).float()
         mask[:, 0] = 1
-        owner = torch.randint(0, R, (C,))
+        owner = torch.sort(torch.randint(0, R, (C,))).values  # the scorer's contract: each user's run contiguous
         cand = torch.randint(0, 120, (C,))
         full = model(hist[owner], mask[owner], cand[:, None]).squeeze(1)
         split = sc(*enc(E[hist] * mask[..., None], mask), E[cand], owner)

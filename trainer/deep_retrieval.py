@@ -1,6 +1,7 @@
-"""Deep Retrieval (DR, arXiv 2007.07203) as a comparison baseline: EM training and beam-search evaluation.
+"""Deep Retrieval (DR, arXiv 2007.07203) as a comparison baseline: EM training.
 
-Model and beam search: ``trainer/dr_model.py``; M-step: ``trainer/dr_mstep.py``.
+Model, beam search and the run directory's format: ``nann/dr_model.py``; M-step: ``trainer/dr_mstep.py``;
+evaluation: ``nann.evaluate.evaluate_dr``.
 
 Training (``train_dr``): initial random item->path mapping (J distinct paths of D layers × K nodes per item), then
 ``em_iterations`` rounds of [E-step, M-step] and a final E-step:
@@ -10,12 +11,6 @@ Training (``train_dr``): initial random item->path mapping (J distinct paths of 
 - M-step: a beam search (``mstep_beam``) for ``mstep_samples`` training pairs gives each pair's top paths and
   p(c | x); they are streamed into each target item's top-S list; paths are then re-assigned greedily with the
   path-size penalty α·f(|c|), f(n) = n⁴/4 (see dr_mstep.py).
-
-Run directory: ``config.json`` ("arch": "deep-retrieval"), ``model.safetensors``, ``item_paths.npy`` int32
-[N, J, D] (node of each layer of each item's paths), ``train_log.jsonl``.
-
-Evaluation (``evaluate_dr``): beam search (``beam``) -> distinct items on the final B paths -> reranker scores ->
-top-M. ``recall_all`` / ``coverage`` use the reranker's exact top-M over all items (DR's own brute force).
 """
 from __future__ import annotations
 
@@ -29,12 +24,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from nann.dr_model import ARCH, DRModel, PathIndex, beam_search, code_paths, path_codes
 from nann.errors import UserError
-from trainer.dr_model import DRModel, PathIndex, beam_search, code_paths, path_codes
 from trainer.dr_mstep import accumulate_topk, assign_paths, random_codes
-from trainer.sampling import NoiseSampler, epoch_order, make_batch, pad_histories
-
-ARCH = "deep-retrieval"
+from trainer.sampling import NoiseSampler, epoch_order, make_batch
 
 
 def _path_stats(codes: np.ndarray) -> dict:
@@ -165,77 +158,6 @@ def _save(run_dir, model, cfg, codes):
     np.save(os.path.join(run_dir, "item_paths.npy"), code_paths(codes, cfg["nodes"], cfg["layers"]).astype(np.int32))
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
-
-
-def load_dr(run_dir):
-    """(model, config, item path codes int64 [N, J]) of a DR run directory."""
-    from safetensors.torch import load_file
-
-    cfg_path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(cfg_path):
-        raise UserError(f"{run_dir} has no config.json: train it with `nann train --arch deep-retrieval`")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    if cfg.get("arch") != ARCH:
-        raise UserError(f"{run_dir} is a {cfg.get('arch')!r} run, not deep-retrieval")
-    for name in ("model.safetensors", "item_paths.npy"):
-        if not os.path.exists(os.path.join(run_dir, name)):
-            raise UserError(f"{run_dir} lacks {name}: re-run `nann train --arch deep-retrieval`")
-    model = DRModel(cfg["num_items"], cfg["num_categories"], layers=cfg["layers"], nodes=cfg["nodes"],
-                    emb_dim=cfg["emb_dim"], hidden=cfg["hidden"], node_dim=cfg["node_dim"])
-    model.load_state_dict(load_file(os.path.join(run_dir, "model.safetensors")))
-    model.eval()
-    paths = np.load(os.path.join(run_dir, "item_paths.npy"), allow_pickle=False)
-    return model, cfg, path_codes(paths, cfg["nodes"])
-
-
-@torch.no_grad()
-def evaluate_dr(run_dir, data_dir, users: int = 0, top_m: int = 200, beam=None, batch: int = 64,
-                threads: int = 0, quiet: bool = False) -> dict:
-    """DR retrieval metrics on the test users (keys as nann.evaluate.Evaluator.evaluate, plus DR parameters)."""
-    if threads:
-        torch.set_num_threads(threads)
-    from nann.data.prepared import PreparedData
-    from nann.evaluate import metrics
-
-    model, cfg, codes = load_dr(run_dir)
-    beam = int(beam or cfg["beam"])
-    data = PreparedData.load(str(data_dir))
-    test = data.test
-    if len(test) == 0:
-        raise UserError(f"{data_dir} has no test users")
-    if data.num_items != cfg["num_items"]:
-        raise UserError(f"{data_dir} has a different item count than the run {run_dir}")
-    test = test.subset(users) if users and users < len(test) else test
-    index = PathIndex(codes)
-    U = len(test)
-    found = np.full((U, top_m), -1, dtype=np.int64)
-    exact = np.full((U, top_m), -1, dtype=np.int64)
-    scored = np.zeros(U, dtype=np.int64)
-    elapsed = 0.0
-    for start in tqdm(range(0, U, batch), desc=f"dr beam={beam}", unit="batch", file=sys.stderr, leave=False,
-                      disable=quiet):
-        idx = range(start, min(U, start + batch))
-        t0 = time.perf_counter()
-        hist, mask = pad_histories([test.history(i) for i in idx], cfg["max_seq"])
-        h = model.encode(torch.from_numpy(hist), torch.from_numpy(mask))
-        q = model.rerank_query(h)
-        paths, _ = beam_search(model.step_fn(h), len(idx), cfg["nodes"], cfg["layers"], beam)
-        pcodes = path_codes(paths.numpy(), cfg["nodes"])
-        for r, u in enumerate(idx):
-            cand = index.collect(pcodes[r])
-            scored[u] = cand.shape[0]
-            if cand.shape[0] == 0:
-                continue
-            s = model.rerank_scores(q, torch.full((cand.shape[0],), r, dtype=torch.long), torch.from_numpy(cand))
-            k = min(top_m, cand.shape[0])
-            found[u, :k] = cand[s.topk(k).indices.numpy()]
-        elapsed += time.perf_counter() - t0
-        k = min(top_m, cfg["num_items"])
-        exact[start:start + len(idx), :k] = model.rerank_all(q).topk(k, dim=1).indices.numpy()
-    return {**metrics(found, exact, test.targets, scored, cfg["num_items"]), "method": "dr", "beam": beam,
-            "top_m": top_m, "seconds_per_query": elapsed / U, "num_items": cfg["num_items"],
-            "layers": cfg["layers"], "nodes": cfg["nodes"], "paths": cfg["paths"], "alpha": cfg["alpha"]}
 
 
 def main_train(args) -> int:

@@ -1,7 +1,8 @@
 """ONNX export of the serving split: user_encoder.onnx, scorer.onnx, scorer_ids.onnx and onnx_io.json.
 
 * ``user_encoder.onnx``: ``hist_emb`` float32 [B,L,D], ``hist_mask`` float32 [B,L] -> state tensors (leading axis B).
-* ``scorer.onnx``: state tensors (leading axis R), ``cand_emb`` float32 [C,D], ``owner`` int64 [C] -> ``scores`` [C].
+* ``scorer.onnx``: state tensors (leading axis R), ``cand_emb`` float32 [C,D], ``owner`` int64 [C] -> ``scores`` [C];
+  ``owner`` must be non-decreasing (each user's candidates one contiguous run: ``nann.model.Scorer``).
 * ``scorer_ids.onnx``: like scorer.onnx but ``cand_ids`` int64 [C] instead of ``cand_emb``; the item table
   (``item_embeddings.npy``) is an initializer and a Gather picks the rows (for hosts that keep the table on the GPU).
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainer.model import NANNModel, build_split, state_names, state_shapes
+from nann.model import NANNModel, build_split, state_names, state_shapes
 
 OPSET = 17
 
@@ -69,7 +70,7 @@ def export_onnx(model: NANNModel, run_dir: str, item_embeddings: np.ndarray) -> 
     for n in names:
         sc_dyn[n] = {i: ("R" if s == "B" else s) for i, s in enumerate(shapes[n]) if isinstance(s, str)}
     cand = torch.randn(C, D)
-    owner = torch.tensor([0, 1, 1, 0, 1], dtype=torch.int64)
+    owner = torch.tensor([0, 0, 1, 1, 1], dtype=torch.int64)  # non-decreasing: the scorer's contract
     _export(sc, (*state, cand, owner), os.path.join(run_dir, "scorer.onnx"), names + ["cand_emb", "owner"],
             ["scores"], {**sc_dyn, "cand_emb": {0: "C"}, "owner": {0: "C"}, "scores": {0: "C"}})
 
@@ -82,7 +83,9 @@ def export_onnx(model: NANNModel, run_dir: str, item_embeddings: np.ndarray) -> 
     state_io = [_io(n, "float32", shapes[n]) for n in names]
     scorer_state = [_io(n, "float32", ["R" if s == "B" else s for s in shapes[n]]) for n in names]
     io = {
-        "format_version": 1,
+        # 2: the scorer takes each user's candidates as one contiguous run (owner non-decreasing; gather-free)
+        "format_version": 2,
+        "owner_order": "non-decreasing",
         "arch": cfg.arch,
         "emb_dim": D,
         "max_seq": cfg.max_seq,

@@ -136,17 +136,6 @@ def make_batch(items: np.ndarray, offsets: np.ndarray, g: np.ndarray, max_seq: i
     return hist, mask.astype(np.float32), items[g].astype(np.int64)
 
 
-def pad_histories(hists, max_seq: int):
-    hs = [np.asarray(h, dtype=np.int64)[-max_seq:] for h in hists]
-    L = max([len(h) for h in hs] + [1])
-    ids = np.zeros((len(hs), L), np.int64)
-    mask = np.zeros((len(hs), L), np.float32)
-    for i, h in enumerate(hs):
-        ids[i, :len(h)] = h
-        mask[i, :len(h)] = 1
-    return ids, mask
-
-
 class NoiseSampler:
     """Unigram noise q(v) proportional to the training counts (clipped at 1 so every item has q > 0)."""
 

@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from nann.errors import UserError
-from trainer.model import ARCHS, ModelConfig, NANNModel, build_split
-from trainer.sampling import NoiseSampler, epoch_order, load_data, make_batch, pad_histories, sample_positions
+from nann.model import ARCHS, ModelConfig, NANNModel, build_split, load_model
+from nann.runtime import pad_histories
+from trainer.sampling import NoiseSampler, epoch_order, load_data, make_batch, sample_positions
 
 TOP_M = 200
 
@@ -213,21 +214,6 @@ def load_checkpoint(run_dir, model, opts: dict, device):
     return st
 
 
-def load_model(run_dir: str, map_location="cpu") -> NANNModel:
-    """The trained model of a run (config.json + model.safetensors), in eval mode."""
-    from safetensors.torch import load_file
-
-    cfg_path, w_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "model.safetensors")
-    for p in (cfg_path, w_path):
-        if not os.path.exists(p):
-            raise UserError(f"{p} not found: is {run_dir} a finished training run?")
-    with open(cfg_path) as f:
-        cfg = ModelConfig.from_dict(json.load(f))
-    model = NANNModel(cfg)
-    model.load_state_dict(load_file(w_path, device=str(map_location)))
-    return model.eval()
-
-
 # ---- data parallel ---------------------------------------------------------------------------------------------
 
 def _broadcast_buffers(model):
@@ -269,8 +255,20 @@ def main(args) -> int:
         from trainer.deep_retrieval import main_train
 
         return main_train(args)
+    if getattr(args, "export_only", False):
+        reexport_run(args.run)
+        return 0
     train_run(args)
     return 0
+
+
+def reexport_run(run_dir: str) -> None:
+    """Rewrite a finished run's serving artifacts (item embeddings, ONNX parts) from its model.safetensors, e.g.
+    after an upgrade changed the ONNX export; the weights and the training log stay as they are."""
+    from trainer.export import write_run_artifacts
+
+    write_run_artifacts(load_model(run_dir), run_dir)
+    print(f"re-exported the serving artifacts of {run_dir}")
 
 
 def train_run(args) -> NANNModel:

@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 import numbers
 import re
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, List, Optional
 
 import numpy as np
-from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
 from nann_client.errors import (InvalidRequestError, NannError, RequestTimeoutError, ServerError,
                                 UnavailableError)
 from nann_client.types import RetrievalResult, ServerInfo
 
-HISTORY, K, EF, ROUNDS, FRONTIER = "history", "k", "ef", "rounds", "frontier"
-ITEM_IDS, SCORES = "item_ids", "scores"
+HISTORY = "history"
+ITEM_IDS, SCORES, DROPPED = "item_ids", "scores", "dropped_ids"
 INFO_PARAMETER = "nann_info"
 TRANSIENT_STATUSES = frozenset({"UNAVAILABLE"})
 
@@ -27,7 +28,8 @@ _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
 # ---------------------------------------------------------------- validation
 
 def validate_history(history: Any) -> np.ndarray:
-    """A 1-D, non-empty integer sequence → int64 array of shape [1, L] (the wire shape)."""
+    """A 1-D integer sequence → int64 array of shape [1, L] (the wire shape). Empty is a new user: the server
+    answers with the model's cold-start items."""
     if isinstance(history, (str, bytes)):
         raise InvalidRequestError(f"history must be a 1-D sequence of integer item ids, got {type(history).__name__}")
     try:
@@ -37,7 +39,7 @@ def validate_history(history: Any) -> np.ndarray:
     if arr.ndim != 1:
         raise InvalidRequestError(f"history must be a 1-D sequence of integer item ids, got shape {arr.shape}")
     if arr.size == 0:
-        raise InvalidRequestError("history is empty")
+        return np.zeros((1, 0), dtype=np.int64)
     if arr.dtype.kind not in "iu":
         raise InvalidRequestError(f"history must hold integer item ids, got dtype {arr.dtype}")
     if arr.dtype.kind == "u" and int(arr.max()) > _INT64_MAX:
@@ -49,35 +51,24 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
 
 
-def validate_k(k: Any) -> Optional[int]:
-    if k is None:
-        return None
-    if not _is_int(k):
-        raise InvalidRequestError(f"k must be a positive integer, got {k!r}")
-    if k <= 0:
-        raise InvalidRequestError(f"k={int(k)} must be >= 1")
-    if k > np.iinfo(np.int32).max:
-        raise InvalidRequestError(f"k={int(k)} is too large")
-    return int(k)
+def _single(low: int, note: str = "") -> Callable[[str, Any], np.ndarray]:
+    """Check of a one-int option (at least `low`; `note` says what the low end means) → int32 [1, 1]."""
+    note = f" ({note})" if note else ""
+
+    def check(name: str, value: Any) -> np.ndarray:
+        if not _is_int(value):
+            kind = "positive" if low > 0 else "non-negative"
+            raise InvalidRequestError(f"{name} must be a {kind} integer{note}, got {value!r}")
+        if value < low:
+            raise InvalidRequestError(f"{name}={int(value)} must be >= {low}{note}")
+        if value > np.iinfo(np.int32).max:
+            raise InvalidRequestError(f"{name}={int(value)} is too large")
+        return np.array([[value]], dtype=np.int32)
+    return check
 
 
-def validate_frontier(frontier: Any) -> Optional[int]:
-    """Beam-list entries expanded per round: None (server default), 0 (unlimited) or a positive int."""
-    if frontier is None:
-        return None
-    if not _is_int(frontier):
-        raise InvalidRequestError(f"frontier must be a non-negative integer (0 = unlimited), got {frontier!r}")
-    if frontier < 0:
-        raise InvalidRequestError(f"frontier={int(frontier)} must be >= 0 (0 = unlimited)")
-    if frontier > np.iinfo(np.int32).max:
-        raise InvalidRequestError(f"frontier={int(frontier)} is too large")
-    return int(frontier)
-
-
-def validate_int_list(name: str, values: Any) -> Optional[np.ndarray]:
-    """Per-layer `ef` / `rounds`: None, or a non-empty 1-D sequence of positive ints → int32 [1, n]."""
-    if values is None:
-        return None
+def _per_layer(name: str, values: Any) -> np.ndarray:
+    """Check of a per-layer option (`ef`, `rounds`): a non-empty 1-D sequence of positive ints → int32 [1, n]."""
     if _is_int(values):
         values = [values]
     if isinstance(values, (str, bytes)):
@@ -93,36 +84,62 @@ def validate_int_list(name: str, values: Any) -> Optional[np.ndarray]:
     return arr.astype(np.int32).reshape(1, -1)
 
 
+@dataclass(frozen=True)
+class Option:
+    """An optional per-request input of the `nann` model; None = not sent (the server's default applies)."""
+
+    name: str
+    check: Callable[[str, Any], np.ndarray]  # (name, value) → the wire array [1, n]; InvalidRequestError if bad
+    datatype: str = "INT32"
+
+
+OPTIONS = (
+    Option("k", _single(1)),
+    Option("ef", _per_layer),
+    Option("rounds", _per_layer),
+    Option("frontier", _single(0, "0 = unlimited")),
+    Option("seeds", _single(0, "0 = none")),
+)
+OPTION_NAMES = tuple(o.name for o in OPTIONS)
+
+
 # ---------------------------------------------------------------- request / response
 
-def build_request(history: Any, k: Any = None, ef: Any = None, rounds: Any = None, frontier: Any = None
-                  ) -> Tuple[List[InferInput], List[InferRequestedOutput]]:
-    """Validate and build the Triton inputs/outputs for one retrieval request (None = input not sent)."""
-    hist = validate_history(history)
-    k_ = validate_k(k)
-    ef_ = validate_int_list(EF, ef)
-    rounds_ = validate_int_list(ROUNDS, rounds)
-    frontier_ = validate_frontier(frontier)
-    inputs = []
-    inp = InferInput(HISTORY, list(hist.shape), "INT64")
-    inp.set_data_from_numpy(hist)
-    inputs.append(inp)
-    for name, value in ((K, k_), (FRONTIER, frontier_)):
+def _tensor(name: str, arr: np.ndarray, datatype: str) -> InferInput:
+    tensor = InferInput(name, list(arr.shape), datatype)
+    tensor.set_data_from_numpy(arr)
+    return tensor
+
+
+def build_request(history: Any, **options: Any) -> List[InferInput]:
+    """Validate and build the Triton inputs of one retrieval request (`OPTIONS` by name; None = not sent).
+
+    No outputs are named, so the server sends all of its outputs (`dropped_ids` only where it has it)."""
+    unexpected = sorted(set(options) - set(OPTION_NAMES))
+    if unexpected:
+        raise TypeError(f"unexpected search option {', '.join(unexpected)} (known: {', '.join(OPTION_NAMES)})")
+    inputs = [_tensor(HISTORY, validate_history(history), "INT64")]
+    for option in OPTIONS:
+        value = options.get(option.name)
         if value is not None:
-            inp = InferInput(name, [1, 1], "INT32")
-            inp.set_data_from_numpy(np.array([[value]], dtype=np.int32))
-            inputs.append(inp)
-    for name, arr in ((EF, ef_), (ROUNDS, rounds_)):
-        if arr is not None:
-            inp = InferInput(name, list(arr.shape), "INT32")
-            inp.set_data_from_numpy(arr)
-            inputs.append(inp)
-    outputs = [InferRequestedOutput(ITEM_IDS), InferRequestedOutput(SCORES)]
-    return inputs, outputs
+            inputs.append(_tensor(option.name, option.check(option.name, value), option.datatype))
+    return inputs
+
+
+def build_requests(histories: Any, **options: Any) -> List[List[InferInput]]:
+    """`build_request` for every history (all validated before anything is sent; an invalid one named by index)."""
+    requests = []
+    for i, history in enumerate(histories):
+        try:
+            requests.append(build_request(history, **options))
+        except InvalidRequestError as e:
+            raise InvalidRequestError(f"histories[{i}]: {e.message}") from e
+    return requests
 
 
 def parse_result(result: Any) -> RetrievalResult:
-    """tritonclient InferResult → RetrievalResult (arrays copied, flattened from the wire shape [1, k])."""
+    """tritonclient InferResult → RetrievalResult (arrays copied, flattened from the wire shape [1, k]; `dropped`
+    0 from a server without the `dropped_ids` output)."""
     ids = result.as_numpy(ITEM_IDS)
     scores = result.as_numpy(SCORES)
     if ids is None or scores is None:
@@ -131,7 +148,8 @@ def parse_result(result: Any) -> RetrievalResult:
     scores = np.array(scores, dtype=np.float32).reshape(-1)
     if ids.shape != scores.shape:
         raise ServerError(f"the server returned {ids.size} item ids but {scores.size} scores")
-    return RetrievalResult(item_ids=ids, scores=scores)
+    dropped = result.as_numpy(DROPPED)
+    return RetrievalResult(item_ids=ids, scores=scores, dropped=0 if dropped is None else int(dropped.reshape(-1)[0]))
 
 
 def parse_info(model_name: str, config: dict, metadata: dict, url: str) -> ServerInfo:
@@ -241,9 +259,3 @@ def check_options(timeout: float, retries: int, backoff: float, max_concurrency:
         raise ValueError(f"backoff must be >= 0, got {backoff!r}")
     if max_concurrency is not None and max_concurrency < 1:
         raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency!r}")
-
-
-def as_histories(histories: Any) -> Sequence[Any]:
-    if isinstance(histories, np.ndarray) and histories.ndim == 2:
-        return list(histories)
-    return list(histories)

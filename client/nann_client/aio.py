@@ -8,7 +8,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Typ
 import tritonclient.grpc.aio as aioclient
 
 from nann_client import _common as c
-from nann_client.errors import InvalidRequestError, NannError
+from nann_client.errors import NannError
 from nann_client.types import RetrievalResult, ServerInfo
 
 T = TypeVar("T")
@@ -94,35 +94,27 @@ class AsyncNannClient:
                         continue
                 raise c.translate(e, url=self.url, attempts=attempt, timeout=budget) from e
 
-    async def _infer(self, request, timeout: Optional[float]) -> RetrievalResult:
-        inputs, outputs = request
+    async def _infer(self, inputs, timeout: Optional[float]) -> RetrievalResult:
         client = self._grpc()
-        result = await self._call(lambda t: client.infer(self.model_name, inputs, outputs=outputs,
-                                                         client_timeout=t, headers=self._headers), timeout)
+        result = await self._call(lambda t: client.infer(self.model_name, inputs, client_timeout=t,
+                                                         headers=self._headers), timeout)
         return c.parse_result(result)
 
-    async def retrieve(self, history: Sequence[int], k: Optional[int] = None, *,
-                       ef: Optional[Sequence[int]] = None, rounds: Optional[Sequence[int]] = None,
-                       frontier: Optional[int] = None, timeout: Optional[float] = None) -> RetrievalResult:
-        """Top-k items for one user; see `NannClient.retrieve`."""
-        return await self._infer(c.build_request(history, k, ef, rounds, frontier), timeout)
+    async def retrieve(self, history: Sequence[int], k: Optional[int] = None, *, timeout: Optional[float] = None,
+                       **search: Any) -> RetrievalResult:
+        """Top-k items for one user; see `NannClient.retrieve` (the same search options)."""
+        return await self._infer(c.build_request(history, k=k, **search), timeout)
 
     async def retrieve_many(self, histories: Sequence[Sequence[int]], k: Optional[int] = None, *,
-                            ef: Optional[Sequence[int]] = None, rounds: Optional[Sequence[int]] = None,
-                            frontier: Optional[int] = None, timeout: Optional[float] = None,
-                            max_concurrency: int = 32) -> List[RetrievalResult]:
+                            timeout: Optional[float] = None, max_concurrency: int = 32,
+                            **search: Any) -> List[RetrievalResult]:
         """Top-k items for many users, at most `max_concurrency` requests in flight; results in input order.
 
         Every history is validated before anything is sent. On the first failed request the others still
         running or waiting are cancelled (and awaited), then that failure is raised.
         """
         c.check_options(self.timeout, self.retries, self.backoff, max_concurrency)
-        requests = []
-        for i, h in enumerate(c.as_histories(histories)):
-            try:
-                requests.append(c.build_request(h, k, ef, rounds, frontier))
-            except InvalidRequestError as e:
-                raise InvalidRequestError(f"histories[{i}]: {e.message}") from e
+        requests = c.build_requests(histories, k=k, **search)
         if not requests:
             return []
         sem = asyncio.Semaphore(max_concurrency)

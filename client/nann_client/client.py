@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 import tritonclient.grpc as grpcclient
 
 from nann_client import _common as c
-from nann_client.errors import InvalidRequestError, NannError
+from nann_client.errors import NannError
 from nann_client.types import RetrievalResult, ServerInfo
 
 T = TypeVar("T")
@@ -100,40 +100,46 @@ class NannClient:
                 raise c.translate(e, url=self.url, attempts=attempt, timeout=budget) from e
 
     # ------------------------------------------------------------------ API
-    def retrieve(self, history: Sequence[int], k: Optional[int] = None, *, ef: Optional[Sequence[int]] = None,
-                 rounds: Optional[Sequence[int]] = None, frontier: Optional[int] = None,
-                 timeout: Optional[float] = None) -> RetrievalResult:
+    def retrieve(self, history: Sequence[int], k: Optional[int] = None, *, timeout: Optional[float] = None,
+                 **search: Any) -> RetrievalResult:
         """Top-k items for one user.
 
         Args:
-            history: the user's raw item ids, oldest first (list, tuple or 1-D integer array; not empty).
+            history: the user's raw item ids, oldest first (list, tuple or 1-D integer array). Empty (a new user)
+                gets the model's cold-start items; ids the server does not know are dropped and counted
+                (`RetrievalResult.dropped`) unless it was exported with `--unknown-ids refuse`.
             k: how many items to return (server default if None; the server enforces its `max_k`).
-            ef: per-layer beam widths, top layer first (server default if None).
-            rounds: per-layer search rounds, top layer first (server default if None).
-            frontier: at most this many beam-list entries expanded per round, best first; 0 = all of them
-                (server default if None; the server enforces its `max_frontier`).
             timeout: budget of this call in seconds (the client's default if None).
+            **search: per-request search options, each None = the server's default (`info().defaults`),
+                bounded by `info().limits`:
+                ef: per-layer beam widths, top layer first.
+                rounds: per-layer search rounds, top layer first.
+                frontier: at most this many beam-list entries expanded per round, best first; 0 = all of them.
+                seeds: the history's most recent distinct items that join the bottom layer as entry points;
+                    0 = none.
 
         Returns:
-            RetrievalResult with `item_ids` (int64) and `scores` (float32), best first.
+            RetrievalResult with `item_ids` (int64) and `scores` (float32), best first, and `dropped`.
 
         Raises:
             InvalidRequestError: bad input (checked locally first, else the server's message verbatim).
             UnavailableError: the server could not be reached after the retries.
             RequestTimeoutError: no answer within `timeout`.
             ServerError: any other server-side failure.
+            TypeError: an unknown search option.
         """
-        inputs, outputs = c.build_request(history, k, ef, rounds, frontier)
+        return self._infer(c.build_request(history, k=k, **search), timeout)
+
+    def _infer(self, inputs, timeout: Optional[float]) -> RetrievalResult:
         client = self._grpc()
-        result = self._call(lambda t: client.infer(self.model_name, inputs, outputs=outputs, client_timeout=t,
-                                                   headers=self._headers), timeout)
+        result = self._call(lambda t: client.infer(self.model_name, inputs, client_timeout=t, headers=self._headers),
+                            timeout)
         return c.parse_result(result)
 
     def retrieve_many(self, histories: Sequence[Sequence[int]], k: Optional[int] = None, *,
-                      ef: Optional[Sequence[int]] = None, rounds: Optional[Sequence[int]] = None,
-                      frontier: Optional[int] = None, timeout: Optional[float] = None,
-                      max_concurrency: int = 32) -> List[RetrievalResult]:
-        """Top-k items for many users, sent concurrently so the server's dynamic batcher can group them.
+                      timeout: Optional[float] = None, max_concurrency: int = 32, **search: Any) -> List[RetrievalResult]:
+        """Top-k items for many users, sent concurrently so the server's dynamic batcher can group them; the
+        search options are `retrieve`'s, the same for every user.
 
         Every history is validated before anything is sent (an invalid one raises InvalidRequestError naming
         its index). At most `max_concurrency` requests are in flight; each has its own `timeout` budget and
@@ -143,29 +149,15 @@ class NannClient:
         (each bounded by `timeout`), then that failure is raised (same exception classes as `retrieve`).
         """
         c.check_options(self.timeout, self.retries, self.backoff, max_concurrency)
-        hs = c.as_histories(histories)
-        requests = []
-        for i, h in enumerate(hs):
-            try:
-                requests.append(c.build_request(h, k, ef, rounds, frontier))
-            except InvalidRequestError as e:
-                raise InvalidRequestError(f"histories[{i}]: {e.message}") from e
+        requests = c.build_requests(histories, k=k, **search)
         if not requests:
             return []
-        client = self._grpc()
-
-        def one(req) -> RetrievalResult:
-            inputs, outputs = req
-            res = self._call(lambda t: client.infer(self.model_name, inputs, outputs=outputs, client_timeout=t,
-                                                    headers=self._headers), timeout)
-            return c.parse_result(res)
-
         workers = min(max_concurrency, len(requests))
         if workers == 1:
-            return [one(r) for r in requests]
+            return [self._infer(r, timeout) for r in requests]
         pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nann-client")
         try:
-            futures = [pool.submit(one, r) for r in requests]
+            futures = [pool.submit(self._infer, r, timeout) for r in requests]
             done, pending = cf.wait(futures, return_when=cf.FIRST_EXCEPTION)
             failed = [f for f in futures if f in done and f.exception() is not None]
             if failed:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
@@ -16,10 +16,13 @@ class RetrievalResult:
     Attributes:
         item_ids: int64 array [k] of raw item ids, in descending score order.
         scores: float32 array [k], the model's scores of `item_ids` (descending).
+        dropped: how many of the history's item ids the server did not know and left out (0 from a server
+            that does not report it).
     """
 
     item_ids: np.ndarray
     scores: np.ndarray
+    dropped: int = 0
 
     def __len__(self) -> int:
         return int(self.item_ids.shape[0])
@@ -31,13 +34,14 @@ class RetrievalResult:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RetrievalResult):
             return NotImplemented
-        return bool(np.array_equal(self.item_ids, other.item_ids) and np.array_equal(self.scores, other.scores))
+        return bool(np.array_equal(self.item_ids, other.item_ids) and np.array_equal(self.scores, other.scores)
+                    and self.dropped == other.dropped)
 
     __hash__ = None  # type: ignore[assignment]  # arrays are mutable
 
-    def to_dict(self) -> Dict[str, List[Any]]:
-        """``{"item_ids": [int, ...], "scores": [float, ...]}`` (JSON-serializable)."""
-        return {"item_ids": self.item_ids.tolist(), "scores": self.scores.tolist()}
+    def to_dict(self) -> Dict[str, Any]:
+        """``{"item_ids": [int, ...], "scores": [float, ...], "dropped": int}`` (JSON-serializable)."""
+        return {"item_ids": self.item_ids.tolist(), "scores": self.scores.tolist(), "dropped": int(self.dropped)}
 
 
 @dataclass(frozen=True)
@@ -50,11 +54,12 @@ class ServerInfo:
         num_items: number of items in the catalogue.
         emb_dim: item embedding size.
         scorer_backend: the scorer runtime, e.g. ``"onnxruntime"``, ``"torch"``, ``"tensorrt"``.
-        defaults: default request parameters, ``{"k": int, "ef": [int...], "rounds": [int...], "frontier": int}``
-            (servers exported before `frontier` existed lack that key).
-        limits: request limits, ``{"max_k", "max_history", "max_ef", "max_rounds", "max_frontier"}``.
+        defaults: default request parameters, ``{"k": int, "ef": [int...], "rounds": [int...], "frontier": int,
+            "seeds": int}`` (servers exported before `frontier` or `seeds` existed lack those keys).
+        limits: request limits, ``{"max_history", "max_k", "max_ef", "max_rounds", "max_frontier", "max_seeds"}``.
         max_batch_size: the model's max_batch_size from its config.
-        raw: the whole decoded `nann_info` object (may hold more keys than the above).
+        raw: the whole decoded `nann_info` object (may hold more keys than the above, e.g. ``"unknown_ids"``:
+            ``"skip"`` — unknown history ids are dropped and counted — or ``"refuse"``).
     """
 
     model_name: str

@@ -5,8 +5,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from nann.engine.grid import CandidateGrid
-from nann.serving.requests import RequestError, ServingLimits
-from nann.serving.retrieval import SEARCH_INPUTS, RetrieveService
+from nann.serving.requests import SEARCH_INPUT_NAMES, RequestError, ServingLimits
+from nann.serving.retrieval import HIST_IDS, RetrieveService, state_dims
 from nann.serving.services import model_context
 
 
@@ -14,7 +14,8 @@ class ScorerFailed(RuntimeError):
     pass
 
 
-def _optional(request, name):
+def _input(request, name):
+    """The input as a numpy array; None when the request does not send it (an optional input)."""
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()
 
@@ -23,19 +24,21 @@ class TritonPythonModel:
     def initialize(self, args):
         version_dir, params = model_context(args)
         grid = json.loads(params["grid"])
-        state_dims = {o["name"]: o["dims"] for o in json.loads(args["model_config"])["input"]
-                      if o["name"] not in SEARCH_INPUTS}
+        dims = state_dims(json.loads(args["model_config"]))
         self.service = RetrieveService(version_dir, ServingLimits.from_json(json.loads(params["limits"])),
-                                       CandidateGrid(grid["sizes"], grid["max_size"]), state_dims)
-        self.state_names = list(state_dims)
+                                       CandidateGrid(grid["sizes"], grid["max_size"]), dims)
+        self.state_names = list(dims)
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        good, params, states = [], [], []
+        good, params, states, histories = [], [], [], []
         for i, request in enumerate(requests):
             try:
-                state = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.state_names}
-                params.append(self.service.parse(state, *(_optional(request, name) for name in SEARCH_INPUTS)))
+                state = {name: _input(request, name) for name in self.state_names}
+                p, history = self.service.parse(state, _input(request, HIST_IDS),
+                                                {name: _input(request, name) for name in SEARCH_INPUT_NAMES})
+                params.append(p)
+                histories.append(history)
                 good.append(i)
                 states.append(state)
             except RequestError as e:
@@ -54,7 +57,7 @@ class TritonPythonModel:
                 return pb_utils.get_output_tensor_by_name(reply, "scores").as_numpy()
 
             try:
-                answers, _ = self.service.retrieve(params, score)
+                answers, _ = self.service.retrieve(params, score, histories)
             except ScorerFailed as e:
                 error = pb_utils.TritonError(f"scorer failed: {e}", pb_utils.TritonError.UNAVAILABLE)
                 for i in good:

@@ -1,4 +1,5 @@
-"""`nann data prepare`: turn a UserBehavior CSV into the prepared arrays of docs/DESIGN.md.
+"""`nann data prepare`: turn an interaction file (UserBehavior CSV, header CSV/TSV or Parquet: `inputs.py`) into
+the prepared arrays of docs/DESIGN.md.
 
 Rules (the paper's, Section 5.1):
 - each user's behaviours are sorted by timestamp (stable: ties keep file order);
@@ -21,7 +22,8 @@ import time
 
 import numpy as np
 
-from nann.data.reader import TS_MIN, read_user_behavior
+from nann.data.columns import parse_time_window
+from nann.data.inputs import read_input
 from nann.errors import UserError
 
 FORMAT_VERSION = 1
@@ -40,6 +42,19 @@ def _gather_segments(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray
     idx = np.arange(total, dtype=np.int64)
     idx += np.repeat(starts.astype(np.int64) - offsets[:-1], lengths)
     return values[idx], offsets
+
+
+def _user_time_order(user_rank: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Row order by (user, timestamp), stable: equal timestamps of a user keep file order. One stable argsort of
+    a packed (user, time) key when both fit in 63 bits (the usual case), else two stable argsorts."""
+    if ts.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    t0 = int(ts.min())
+    ts_bits = max(int(ts.max()) - t0, 1).bit_length()
+    if int(user_rank.max()).bit_length() + ts_bits <= 63:
+        return np.argsort((user_rank << ts_bits) | (ts - t0), kind="stable")
+    by_time = np.argsort(ts, kind="stable")
+    return by_time[np.argsort(user_rank[by_time], kind="stable")]
 
 
 def split_counts(num_users: int, val_users: int, test_users: int) -> tuple[int, int]:
@@ -71,9 +86,8 @@ def prepare_arrays(user, item, category, timestamp, *, max_seq: int, min_behavio
     item_category = np.searchsorted(categories, cats_k[first_idx]).astype(np.int32)
     del items_k, cats_k, first_idx
 
-    key = (ku << 32) | (ts_k - TS_MIN)  # ts in [TS_MIN, TS_MIN + 2^32): reader's plausible range
-    order = np.argsort(key, kind="stable")
-    del key, ku, ts_k
+    order = _user_time_order(ku, ts_k)
+    del ku, ts_k
     seq = item_dense[order].astype(np.int32)
     del order, item_dense
     lengths = u_cnt[keep_user].astype(np.int64)
@@ -116,20 +130,35 @@ def _check_args(args) -> None:
         raise UserError("--test-users and --val-users must be non-negative")
     if not (0.0 <= args.max_malformed <= 1.0):
         raise UserError(f"--max-malformed is a share in [0, 1], got {args.max_malformed}")
+    if args.csv and args.format not in ("auto", "userbehavior"):
+        raise UserError(f"--csv reads the UserBehavior format; use --input FILE --format {args.format} instead")
+
+
+def _save_id_keys(d: str, id_keys: dict, out: dict) -> None:
+    """ROLE_keys.npz for each --hash-ids role, over the ids the prepared data holds."""
+    kept = {"item": out["items"], "category": out["categories"],
+            "user": np.unique(np.concatenate([out[s]["user_ids"] for s in ("train", "val", "test")]))}
+    for role, registry in id_keys.items():
+        registry.save(os.path.join(d, f"{role}_keys.npz"), kept[role])
 
 
 def main(args) -> int:
     _check_args(args)
+    time_window = parse_time_window(args.time_window) if args.time_window else None
     t0 = time.perf_counter()
-    res = read_user_behavior(args.csv, max_malformed=args.max_malformed)
+    fmt, res = read_input(args.csv or args.input, "userbehavior" if args.csv else args.format,
+                          columns=args.columns, delimiter=args.delimiter, hash_ids=args.hash_ids,
+                          min_rating=args.min_rating, time_window=time_window, max_malformed=args.max_malformed)
     if res.malformed_rows:
         print(res.summary(), file=sys.stderr)
     t1 = time.perf_counter()
-    _log(f"read {res.valid_rows:,} valid rows of {res.rows:,} in {t1 - t0:.1f}s")
+    dropped = f", {res.below_min_rating:,} below --min-rating dropped" if res.below_min_rating else ""
+    _log(f"read {res.valid_rows:,} valid rows of {res.rows:,} ({fmt}{dropped}) in {t1 - t0:.1f}s")
     out = prepare_arrays(res.user, res.item, res.category, res.timestamp, max_seq=args.max_seq,
                          min_behaviors=args.min_behaviors, val_users=args.val_users,
                          test_users=args.test_users, seed=args.seed)
     rows, valid_rows, malformed = res.rows, res.valid_rows, dict(res.malformed)
+    below_min_rating, id_keys = res.below_min_rating, res.id_keys
     del res
     d = args.out
     try:
@@ -142,11 +171,13 @@ def main(args) -> int:
     np.save(os.path.join(d, "item_counts.npy"), out["item_counts"])
     for name in ("train", "val", "test"):
         np.savez(os.path.join(d, f"{name}.npz"), **out[name])
+    _save_id_keys(d, id_keys, out)
     c = out["counts"]
     stats = {"users": c["users"], "items": c["items"], "categories": c["categories"], "rows": rows,
              "valid_rows": valid_rows, "malformed": malformed, "train_users": c["train_users"],
              "val_users": c["val_users"], "test_users": c["test_users"], "samples": c["samples"],
-             "behaviors": c["behaviors"], "dropped_users": c["dropped_users"]}
+             "behaviors": c["behaviors"], "dropped_users": c["dropped_users"], "input_format": fmt,
+             "below_min_rating": below_min_rating, "hashed_ids": sorted(id_keys)}
     meta = {"format_version": FORMAT_VERSION, "max_seq": args.max_seq, "min_behaviors": args.min_behaviors,
             "seed": args.seed}
     with open(os.path.join(d, "stats.json"), "w") as f:

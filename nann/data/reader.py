@@ -1,77 +1,40 @@
-"""Streaming reader for the Taobao UserBehavior CSV.
+"""Streaming reader for the Taobao UserBehavior CSV (the fast path of `nann data prepare`).
 
 Format: no header, one behaviour per line, ``user_id,item_id,category_id,behavior_type,timestamp`` with
 behavior_type in {pv, buy, cart, fav}. The file is read in byte blocks (default 16 MiB); each block is parsed
 with vectorised numpy (comma positions, per-field digit parsing), so memory stays bounded by the block size plus
 the compact arrays of valid rows (8+8+8+8+1 = 33 bytes per row: the full 100M-row file needs about 3.3 GB).
 
-A line is malformed, and skipped, when (first matching kind wins):
-- ``columns``      it does not have exactly 5 comma-separated fields;
-- ``non_integer``  an id or the timestamp is not a plain decimal integer that fits int64 (no spaces, no sign
-                   other than a leading '-', no decimals);
-- ``negative_id``  user, item or category id is negative;
-- ``behavior``     behaviour type is not one of pv, buy, cart, fav (case-sensitive);
-- ``timestamp``    timestamp outside [2000-01-01, 2100-01-01) UTC, i.e. [946684800, 4102444800).
+Malformed lines are counted and skipped by the kinds of `nann.data.interactions` (``columns``: not exactly 5
+comma-separated fields; ``missing``: an empty field; ``non_integer``: an id or the timestamp is not a plain
+decimal integer that fits int64 (no spaces, no sign other than a leading '-', no decimals); ``negative_id``;
+``behavior``; ``timestamp``: negative, or outside the time window when one is given).
 Blank lines are ignored (not counted as rows). A trailing '\\r' (CRLF files) is accepted. Line numbers are 1-based.
 """
 from __future__ import annotations
 
 import os
-import sys
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from nann.errors import UserError
+from nann.data.interactions import (BEHAVIORS, MALFORMED_KINDS, ReadResult, RowAccounting, check_input_file,
+                                    progress_bar, timestamp_ok)
 
-BEHAVIORS = ("pv", "buy", "cart", "fav")
-"""Behaviour codes: index in this tuple (int8)."""
-TS_MIN = 946_684_800  # 2000-01-01 00:00:00 UTC
-TS_MAX = 4_102_444_800  # 2100-01-01 00:00:00 UTC (exclusive)
-MALFORMED_KINDS = ("columns", "non_integer", "negative_id", "behavior", "timestamp")
-MAX_EXAMPLES = 5
+__all__ = ["BEHAVIORS", "MALFORMED_KINDS", "ReadResult", "classify_line", "read_user_behavior"]
+
+EXPECTED_ROW = "UserBehavior row 'user_id,item_id,category_id,behavior_type,timestamp'"
 _MAX_DIGITS = 18  # longest field the fast path parses (always fits int64)
 _INT64_MAX = (1 << 63) - 1
 _BEH_CODE = {b.encode(): i for i, b in enumerate(BEHAVIORS)}
 
 
-@dataclass
-class ReadResult:
-    """Valid rows in file order, plus counts of what was skipped."""
-
-    user: np.ndarray  # int64
-    item: np.ndarray  # int64
-    category: np.ndarray  # int64
-    behavior: np.ndarray  # int8, index into BEHAVIORS
-    timestamp: np.ndarray  # int64, unix seconds
-    rows: int  # non-blank lines seen
-    malformed: dict[str, int] = field(default_factory=dict)  # kind -> count (every kind present, 0 if none)
-    examples: list[tuple[int, str, str]] = field(default_factory=list)  # (line number, kind, line text)
-
-    @property
-    def valid_rows(self) -> int:
-        return int(self.user.shape[0])
-
-    @property
-    def malformed_rows(self) -> int:
-        return int(sum(self.malformed.values()))
-
-    def summary(self) -> str:
-        """Multi-line human report of the malformed rows ('' when there are none)."""
-        if not self.malformed_rows:
-            return ""
-        kinds = ", ".join(f"{k}: {v}" for k, v in self.malformed.items() if v)
-        lines = [f"skipped {self.malformed_rows} malformed of {self.rows} rows ({kinds})"]
-        for ln, kind, text in self.examples:
-            lines.append(f"  line {ln} ({kind}): {text!r}")
-        return "\n".join(lines)
-
-
-def classify_line(line: bytes) -> tuple[str | None, tuple | None]:
+def classify_line(line: bytes, time_window: tuple[int, int] | None = None) -> tuple[str | None, tuple | None]:
     """Parse one line (no newline). Returns (None, (user, item, cat, beh, ts)) or (kind, None)."""
     parts = line.split(b",")
     if len(parts) != 5:
         return "columns", None
+    if not all(parts):
+        return "missing", None
     vals = []
     for tok in (parts[0], parts[1], parts[2], parts[4]):
         neg = tok[:1] == b"-"
@@ -88,7 +51,7 @@ def classify_line(line: bytes) -> tuple[str | None, tuple | None]:
     beh = _BEH_CODE.get(parts[3])
     if beh is None:
         return "behavior", None
-    if not (TS_MIN <= ts < TS_MAX):
+    if not timestamp_ok(ts, time_window):
         return "timestamp", None
     return None, (u, i, c, beh, ts)
 
@@ -111,7 +74,7 @@ def _parse_field(buf: np.ndarray, start: np.ndarray, length: np.ndarray):
     return val, ok
 
 
-def _parse_block(buf: np.ndarray):
+def _parse_block(buf: np.ndarray, time_window: tuple[int, int] | None):
     """Parse a block of complete lines (buf ends with b'\\n').
 
     Returns (line_start, line_end, valid_fast, cols) where cols = (user, item, cat, beh, ts) arrays over all
@@ -143,7 +106,7 @@ def _parse_block(buf: np.ndarray):
         ok &= fok
         parsed.append(v)
     user, item, cat, ts = parsed
-    ok &= (ts >= TS_MIN) & (ts < TS_MAX)
+    ok &= timestamp_ok(ts, time_window)
     # behaviour field: bytes c2+1 .. c3-1 (indices clipped inside the buffer)
     blen = c3 - c2 - 1
     last = buf.shape[0] - 1
@@ -167,58 +130,43 @@ def _parse_block(buf: np.ndarray):
 
 
 def read_user_behavior(path: str | os.PathLike, *, max_malformed: float | None = 0.01,
-                       chunk_bytes: int = 16 << 20, progress: bool = True) -> ReadResult:
-    """Read a UserBehavior CSV, skipping malformed lines (see module docstring).
+                       time_window: tuple[int, int] | None = None, chunk_bytes: int = 16 << 20,
+                       progress: bool = True) -> ReadResult:
+    """Read a UserBehavior CSV, skipping malformed lines (see module docstring). `time_window` (start
+    inclusive, end exclusive, unix seconds) makes timestamps outside it malformed; None accepts any >= 0.
 
     Raises UserError if the file is missing, holds no valid row, or (when max_malformed is not None) the
     share of malformed rows exceeds max_malformed."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise UserError(f"CSV file not found: {path} (pass the UserBehavior CSV with --csv)")
-    if os.path.isdir(path):
-        raise UserError(f"{path} is a directory; pass the UserBehavior CSV file itself with --csv")
-    total = os.path.getsize(path)
-    malformed = {k: 0 for k in MALFORMED_KINDS}
-    examples: list[tuple[int, str, str]] = []
-    parts: list[list[np.ndarray]] = [[], [], [], [], []]
-    rows = 0
+    check_input_file(path)
+    acct = RowAccounting("line")
     line_base = 0  # lines (including blank) before the current block
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"reading {os.path.basename(path)}",
-                   file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
-
     def handle(block: bytes) -> None:
-        nonlocal rows, line_base
+        nonlocal line_base
         buf = np.frombuffer(block, dtype=np.uint8)
-        start, end, valid, cols = _parse_block(buf)
+        start, end, valid, cols = _parse_block(buf, time_window)
         n = start.shape[0]
         blank = end == start
-        rows += int(n - blank.sum())
+        acct.rows += int(n - blank.sum())
         bad = np.flatnonzero(~valid & ~blank)
         for li in bad.tolist():  # authoritative per-line check, only for lines the fast path rejected
             line = block[start[li]:end[li]]
-            kind, vals = classify_line(line)
+            kind, vals = classify_line(line, time_window)
             if kind is None:
                 valid[li] = True
                 for col, v in zip(cols, vals):
                     col[li] = v
                 continue
-            malformed[kind] += 1
-            if len(examples) < MAX_EXAMPLES:
-                examples.append((line_base + li + 1, kind, line[:200].decode("utf-8", "replace")))
-        for dst, col in zip(parts, cols):
-            dst.append(col[valid])
+            acct.add_malformed(kind, line_base + li + 1, line[:200].decode("utf-8", "replace"))
+        acct.keep(*(col[valid] for col in cols))
         line_base += n
 
-    with open(path, "rb") as f:
+    with open(path, "rb") as f, progress_bar(path, os.path.getsize(path), "B", progress) as bar:
         rest = b""
         while True:
             data = f.read(chunk_bytes)
-            if bar is not None:
-                bar.update(len(data))
+            bar.update(len(data))
             if not data:
                 break
             data = rest + data
@@ -230,25 +178,4 @@ def read_user_behavior(path: str | os.PathLike, *, max_malformed: float | None =
             handle(data[:cut + 1])
         if rest:
             handle(rest + b"\n")
-    if bar is not None:
-        bar.close()
-
-    dts = (np.int64, np.int64, np.int64, np.int8, np.int64)
-    cols = [np.concatenate(p) if p else np.zeros(0, dtype=dt) for p, dt in zip(parts, dts)]
-    parts.clear()
-    res = ReadResult(*cols, rows=rows, malformed=malformed, examples=examples)
-    if res.valid_rows == 0:
-        if rows == 0:
-            raise UserError(f"{path} holds no rows; expected UserBehavior CSV lines "
-                            f"'user_id,item_id,category_id,behavior_type,timestamp'")
-        first = examples[0] if examples else None
-        hint = f"; line {first[0]} ({first[1]}): {first[2]!r}" if first else ""
-        raise UserError(f"{path}: none of its {rows} rows is a valid UserBehavior row "
-                        f"'user_id,item_id,category_id,behavior_type,timestamp'{hint}")
-    if max_malformed is not None and res.malformed_rows > max_malformed * rows:
-        kinds = ", ".join(f"{k}: {v}" for k, v in malformed.items() if v)
-        first = examples[0]
-        raise UserError(f"{path}: {res.malformed_rows} of {rows} rows ({res.malformed_rows / rows:.2%}) are malformed "
-                        f"({kinds}), above --max-malformed {max_malformed:g}; first at line {first[0]} "
-                        f"({first[1]}): {first[2]!r}. Fix the file or raise --max-malformed")
-    return res
+    return acct.result(path, expected=EXPECTED_ROW, max_malformed=max_malformed)

@@ -54,12 +54,13 @@ class CandidateGrid:
         return [(s, min(n, s + self.max_size)) for s in range(0, n, self.max_size)]
 
     def pad(self, owner: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-        """Pad one chunk (len <= max_size) to its grid size; padding rows are owner 0, id 0."""
+        """Pad one chunk (len <= max_size) to its grid size; padding rows repeat the last row's owner (so a
+        non-decreasing owner stays non-decreasing: the scorer runs each owner's candidates as one block) with id 0."""
         n = int(ids.shape[0])
         size = self.pad_size(n)
         if size == n:
             return (np.ascontiguousarray(owner, dtype=np.int32), np.ascontiguousarray(ids, dtype=np.int32), n)
-        po = np.zeros(size, dtype=np.int32)
+        po = np.full(size, owner[n - 1] if n else 0, dtype=np.int32)
         pi = np.zeros(size, dtype=np.int32)
         po[:n] = owner
         pi[:n] = ids

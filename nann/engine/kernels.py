@@ -47,11 +47,14 @@ def decode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(cache=True)
-def expand(indptr, indices, w_keys, w_flag, w_len, active, max_expand, bitmap, touched, touched_n):
+def expand(indptr, indices, w_keys, w_flag, w_len, active, max_expand, bitmap, touched, touched_n,
+           extra_ids, extra_ptr):
     """Neighbour expansion + visited test-and-set for all requests in one pass.
 
-    For each active request r, the flagged entries of its list W (at most ``max_expand[r]`` of them, best first;
-    the others stay flagged for a later round) are expanded: their flags are cleared and every neighbour not yet in r's bitmap is marked and emitted.
+    For each active request r, its extra ids ``extra_ids[extra_ptr[r]:extra_ptr[r+1]]`` (entry points joining this
+    round, e.g. history seeds) not yet in r's bitmap are marked and emitted first; then the flagged entries of its
+    list W (at most ``max_expand[r]`` of them, best first; the others stay flagged for a later round) are expanded:
+    their flags are cleared and every neighbour not yet in r's bitmap is marked and emitted.
     Returns (owner int32 [C], ids int32 [C], ptr int64 [B+1]): request r's candidates are ptr[r]:ptr[r+1],
     distinct within the request (the bitmap dedups).
     """
@@ -60,44 +63,81 @@ def expand(indptr, indices, w_keys, w_flag, w_len, active, max_expand, bitmap, t
     for r in range(nb):
         if not active[r]:
             continue
+        total += extra_ptr[r + 1] - extra_ptr[r]
         k = 0
         for j in range(w_len[r]):
+            if k >= max_expand[r]:
+                break
             if w_flag[r, j]:
                 node = np.int64(w_keys[r, j] & np.uint64(0xFFFFFFFF))
                 total += indptr[node + 1] - indptr[node]
                 k += 1
-                if k >= max_expand[r]:
-                    break
     owner = np.empty(total, dtype=np.int32)
     ids = np.empty(total, dtype=np.int32)
     ptr = np.zeros(nb + 1, dtype=np.int64)
     c = 0
-    one = np.uint64(1)
     for r in range(nb):
         if active[r]:
+            for e in range(extra_ptr[r], extra_ptr[r + 1]):
+                c = _emit_new(r, extra_ids[e], bitmap, touched, touched_n, owner, ids, c)
             k = 0
             for j in range(w_len[r]):
+                if k >= max_expand[r]:
+                    break
                 if w_flag[r, j]:
                     w_flag[r, j] = 0
                     node = np.int64(w_keys[r, j] & np.uint64(0xFFFFFFFF))
                     for e in range(indptr[node], indptr[node + 1]):
-                        v = indices[e]
-                        wi = v >> 6
-                        bit = one << np.uint64(v & 63)
-                        word = bitmap[r, wi]
-                        if (word & bit) == 0:
-                            if word == 0:
-                                touched[r, touched_n[r]] = wi
-                                touched_n[r] += 1
-                            bitmap[r, wi] = word | bit
-                            owner[c] = r
-                            ids[c] = v
-                            c += 1
+                        c = _emit_new(r, indices[e], bitmap, touched, touched_n, owner, ids, c)
                     k += 1
-                    if k >= max_expand[r]:
-                        break
         ptr[r + 1] = c
     return owner[:c], ids[:c], ptr
+
+
+@njit(cache=True, inline="always")
+def _emit_new(r, v, bitmap, touched, touched_n, owner, ids, c):
+    """Test-and-set item v in request r's bitmap; append (r, v) at position c when it was new. Returns the new c."""
+    wi = v >> 6
+    bit = np.uint64(1) << np.uint64(v & 63)
+    word = bitmap[r, wi]
+    if (word & bit) == 0:
+        if word == 0:
+            touched[r, touched_n[r]] = wi
+            touched_n[r] += 1
+        bitmap[r, wi] = word | bit
+        owner[c] = r
+        ids[c] = v
+        c += 1
+    return c
+
+
+@njit(cache=True)
+def select_seeds(hist_ids, hist_ptr, counts, num_items):
+    """The ``counts[r]`` most recent distinct valid ids of each history (oldest first in
+    ``hist_ids[hist_ptr[r]:hist_ptr[r+1]]``), newest first. Ids outside [0, num_items) are skipped.
+    Returns (seed_ids int32, seed_ptr int64 [B+1])."""
+    nb = counts.shape[0]
+    out = np.empty(hist_ptr[nb], dtype=np.int32)
+    ptr = np.zeros(nb + 1, dtype=np.int64)
+    c = 0
+    for r in range(nb):
+        start = c
+        for j in range(hist_ptr[r + 1] - 1, hist_ptr[r] - 1, -1):
+            if c - start >= counts[r]:
+                break
+            v = hist_ids[j]
+            if v < 0 or v >= num_items:
+                continue
+            dup = False
+            for q in range(start, c):
+                if out[q] == v:
+                    dup = True
+                    break
+            if not dup:
+                out[c] = v
+                c += 1
+        ptr[r + 1] = c
+    return out[:c], ptr
 
 
 @njit(cache=True)

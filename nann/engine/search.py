@@ -31,6 +31,7 @@ from nann.engine.grid import CandidateGrid
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 UNLIMITED = 1 << 62
+_EMPTY_IDS = np.zeros(0, dtype=np.int32)
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,16 @@ class SearchParams:
     frontier: at most this many of a request's unexpanded list entries are expanded per round, best first (the
     rest wait for a later round); 0 expands all of them, Algorithm 2 as written. The paper's reference code
     likewise expands only the top new items on layer 0; a narrow frontier with more rounds walks further for the
-    same number of items scored (perf/RESULTS.md, Figure 3)."""
+    same number of items scored (perf/RESULTS.md, Figure 3).
+
+    seeds: the request's most recent distinct behaviours (at most this many; 0 = none) join layer 0 as extra entry
+    points beside the descent's result: they are scored in the first layer-0 round and expanded like any other
+    list entry. A user's own items sit in the regions of the graph where that user's top items live."""
     ef: tuple[int, ...] = (100, 200, 400)
     rounds: tuple[int, ...] = (1, 1, 3)
     top_m: int = 200
     frontier: int = 0
+    seeds: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "ef", tuple(int(x) for x in self.ef))
@@ -59,6 +65,15 @@ class SearchParams:
             raise ValueError(f"top_m must be >= 1, got {self.top_m}")
         if int(self.frontier) < 0:
             raise ValueError(f"frontier must be >= 0 (0 = unlimited), got {self.frontier}")
+        if int(self.seeds) < 0:
+            raise ValueError(f"seeds must be >= 0 (0 = none), got {self.seeds}")
+
+
+# The paper's Beam-retrieval parameters (Section 5.1.3): one flag away (`--paper`) wherever search runs.
+PAPER_SEARCH = SearchParams(ef=(100, 200, 400), rounds=(1, 1, 3), top_m=200, frontier=0, seeds=0)
+# THE defaults of every search: `nann evaluate`, `nann retrieve`, the exported server and the SDK's docs all take
+# these (perf/RESULTS.md, "Search defaults", shows how they were chosen).
+DEFAULT_SEARCH = SearchParams(ef=(100, 200, 400), rounds=(1, 3, 10), top_m=200, frontier=0, seeds=0)
 
 
 @dataclass
@@ -171,19 +186,24 @@ class _Run:
         keys = K.make_keys(scores.view(np.uint32), ids)
         K.merge(self.w_keys, self.w_flag, self.w_len, keys, ptr, ef, self.buf_keys, self.buf_flag)
 
-    def run_layer(self, indptr, indices, ef, max_rounds, max_expand: np.ndarray) -> None:
-        """Rounds of expand → score → merge until every request is done (per-request round limits)."""
+    def run_layer(self, indptr, indices, ef, max_rounds, max_expand: np.ndarray,
+                  entry: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Rounds of expand → score → merge until every request is done (per-request round limits).
+
+        entry = (ids, ptr): extra entry points per request, scored in the first round with its expansions."""
         has = np.zeros(self.n, dtype=np.uint8)
+        no_entry = (_EMPTY_IDS, np.zeros(self.n + 1, dtype=np.int64))
         t = 0
         limit = int(max_rounds.max()) if self.n else 0
         while t < limit:
             K.any_flag(self.w_flag, self.w_len, has)
-            active = (has != 0) & (t < max_rounds)
+            extra = entry if (t == 0 and entry is not None) else no_entry
+            active = ((has != 0) | (np.diff(extra[1]) > 0)) & (t < max_rounds)
             if not active.any():
                 break
             owner, ids, ptr = K.expand(indptr, indices, self.w_keys, self.w_flag, self.w_len,
                                        active.astype(np.uint8), max_expand, self.bitmap, self.touched,
-                                       self.touched_n)
+                                       self.touched_n, *extra)
             cnt = np.diff(ptr)
             self.n_scored += cnt
             self.rounds += (cnt > 0).astype(np.int32)
@@ -229,9 +249,27 @@ def effective_layers(graph, n_layers: int) -> tuple[int, int]:
     return start, (n_layers - 1) - start
 
 
+def history_seeds(histories: Sequence[np.ndarray] | None, counts: np.ndarray, num_items: int):
+    """(ids, ptr): each request's ``counts[r]`` most recent distinct behaviours (dense ids, oldest first in
+    ``histories[r]``; ids outside the catalogue are skipped)."""
+    n = counts.shape[0]
+    if histories is None or not counts.any():
+        return _EMPTY_IDS, np.zeros(n + 1, dtype=np.int64)
+    if len(histories) != n:
+        raise ValueError(f"{len(histories)} histories for {n} requests")
+    rows = [np.asarray(h, dtype=np.int64).reshape(-1) for h in histories]
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum([r.shape[0] for r in rows], out=ptr[1:])
+    flat = np.concatenate(rows) if n else np.zeros(0, dtype=np.int64)
+    return K.select_seeds(flat, ptr, counts.astype(np.int64), int(num_items))
+
+
 def beam_search(graph, n_requests: int, score_fn: ScoreFn, params: SearchParams | Sequence[SearchParams],
-                grid: CandidateGrid | None = None, workspace: Workspace | None = None) -> SearchResult:
-    """Beam retrieval (Algorithm 1 with Algorithm 2 per layer) for a batch of requests."""
+                grid: CandidateGrid | None = None, workspace: Workspace | None = None,
+                histories: Sequence[np.ndarray] | None = None) -> SearchResult:
+    """Beam retrieval (Algorithm 1 with Algorithm 2 per layer) for a batch of requests.
+
+    histories: each request's behaviours (dense ids, oldest first), the source of ``SearchParams.seeds``."""
     t0 = time.perf_counter()
     n = int(n_requests)
     plist = _per_request(params, n)
@@ -243,6 +281,7 @@ def beam_search(graph, n_requests: int, score_fn: ScoreFn, params: SearchParams 
     rounds = np.array([p.rounds[drop:] for p in plist], dtype=np.int64)
     top_m = np.array([p.top_m for p in plist], dtype=np.int64)
     max_expand = np.array([p.frontier if p.frontier > 0 else UNLIMITED for p in plist], dtype=np.int64)
+    seeds = history_seeds(histories, np.array([p.seeds for p in plist], dtype=np.int64), graph.num_items)
     w_cap = int(max(ef.max(), top_m.max()))
     run = _Run(graph.num_items, n, score_fn, grid, workspace or get_workspace(graph), w_cap)
     try:
@@ -260,7 +299,8 @@ def beam_search(graph, n_requests: int, score_fn: ScoreFn, params: SearchParams 
             if c > 0:
                 run.w_flag[:] = 1
             indptr, indices = _layer_arrays(graph, level)
-            run.run_layer(indptr, indices, ef[:, c].copy(), rounds[:, c].copy(), max_expand)
+            run.run_layer(indptr, indices, ef[:, c].copy(), rounds[:, c].copy(), max_expand,
+                          seeds if level == 0 else None)
         res = run.result(top_m, 0.0)
     finally:
         run.close()

@@ -26,7 +26,7 @@ import numpy as np
 from nann.engine.grid import CandidateGrid
 from nann.errors import UserError
 from nann.serving.repository import model_versions, write_manifest
-from nann.serving.requests import ServingLimits
+from nann.serving.requests import SEARCH_INPUT_NAMES, SEARCH_INPUTS, ServingLimits
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
 PYTHON_MODELS = ("preprocess", "user_encoder", "retrieve", "scorer")
@@ -71,6 +71,19 @@ def tensor_entries(specs: list[dict], batched: bool, indent: str = "  ") -> str:
         lines.append(f'{indent}{{ name: "{s["name"]}" data_type: {TRITON_TYPES[s["dtype"]]} '
                      f'dims: [ {", ".join(str(d) for d in dims)} ] }}')
     return ",\n".join(lines)
+
+
+def search_input_entries(ragged: bool) -> str:
+    """The optional per-request inputs (`SEARCH_INPUTS`) as config.pbtxt input entries; ragged for `retrieve`,
+    which batches requests whose lists differ in length."""
+    extra = " allow_ragged_batch: true" if ragged else ""
+    return ",\n".join(f'  {{ name: "{s.name}" data_type: TYPE_{s.dtype} dims: [ {s.dims} ] optional: true{extra} }}'
+                       for s in SEARCH_INPUTS)
+
+
+def step_map(kind: str, names) -> str:
+    """Ensemble-step `input_map` / `output_map` lines passing each tensor on under its own name."""
+    return "\n".join(f'      {kind} {{ key: "{name}" value: "{name}" }}' for name in names)
 
 
 def pbtxt_string(value: str) -> str:
@@ -129,13 +142,22 @@ def render(template: str, **values) -> str:
     return Template((TEMPLATES / template).read_text()).substitute(**values)
 
 
+def tensorrt_scorer_config(specs: list[dict], profiles: int) -> str:
+    """config.pbtxt of the TensorRT `scorer` for state `specs` (fixed inner dims) and a plan with `profiles`
+    optimization profiles (one per candidate-grid size); renders without TensorRT or a plan."""
+    return render("scorer_tensorrt/config.pbtxt.template", state_inputs_unbatched=tensor_entries(specs, batched=False),
+                  profiles=", ".join(f'"{p}"' for p in range(profiles)))
+
+
 def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: ServingLimits | None = None,
-                      grid: CandidateGrid | None = None, env_path: str | None = None) -> dict:
-    """Write a new version of every model into `repo`; returns the export summary (also in nann_info)."""
+                      grid: CandidateGrid | None = None, env_path: str | None = None, unknown_ids: str = "skip") -> dict:
+    """Write a new version of every model into `repo`; returns the export summary (also in nann_info).
+
+    limits default to ServingLimits with the run's max_seq and the `unknown_ids` policy."""
     run_dir, repo = Path(run_dir).resolve(), Path(repo).resolve()
     check_run(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
-    limits = limits or ServingLimits(max_seq=int(config["max_seq"]))
+    limits = limits or ServingLimits(max_seq=int(config["max_seq"]), unknown_ids=unknown_ids)
     grid = grid or CandidateGrid()
     backend, speeds = choose_scorer(scorer, run_dir)
     runtime_backend = backend if backend != "tensorrt" else "onnxruntime"
@@ -145,11 +167,7 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
     num_items = int(np.load(run_dir / "items.npy", mmap_mode="r").shape[0])
     info = {
         "model_version": version, "num_items": num_items, "emb_dim": emb_dim, "scorer_backend": backend,
-        "arch": config.get("arch"), "run": str(run_dir), "max_seq": limits.max_seq,
-        "defaults": {"k": limits.default_k, "ef": list(limits.default_ef), "rounds": list(limits.default_rounds),
-                     "frontier": limits.default_frontier},
-        "limits": {"max_k": limits.max_k, "max_history": limits.max_history, "max_ef": limits.max_ef,
-                   "max_rounds": limits.max_rounds, "max_frontier": limits.max_frontier},
+        "arch": config.get("arch"), "run": str(run_dir), "max_seq": limits.max_seq, **limits.published(),
         "grid": {"sizes": list(grid.sizes), "max_size": grid.max_size},
         "cpu_scorer_candidates_per_s": {k: round(v) for k, v in speeds.items()},
     }
@@ -161,8 +179,10 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
         state_outputs=tensor_entries(specs, batched=True),
         state_inputs=tensor_entries(specs, batched=True),
         state_inputs_unbatched=tensor_entries(specs, batched=False),
-        encoder_output_map="\n".join(f'      output_map {{ key: "{s["name"]}" value: "{s["name"]}" }}' for s in specs),
-        retrieve_state_input_map="\n".join(f'      input_map {{ key: "{s["name"]}" value: "{s["name"]}" }}' for s in specs),
+        encoder_output_map=step_map("output_map", (s["name"] for s in specs)),
+        retrieve_state_input_map=step_map("input_map", (s["name"] for s in specs)),
+        search_inputs=search_input_entries(ragged=False), search_inputs_ragged=search_input_entries(ragged=True),
+        search_input_map=step_map("input_map", SEARCH_INPUT_NAMES),
     )
     repo.mkdir(parents=True, exist_ok=True)
     for model in PYTHON_MODELS:
@@ -179,22 +199,23 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
         write_manifest(version_dir, {"run": str(run_dir), "model": model})
         (repo / model / "config.pbtxt").write_text(render(f"{model}/config.pbtxt.template", **values))
     if backend == "tensorrt":
-        from nann.serving.tensorrt_build import build_scorer_plan
+        from nann.serving.tensorrt_build import build_scorer_plan, fixed_sequence_axis
 
         version_dir = repo / "scorer" / str(version)
         version_dir.mkdir(parents=True)
-        profiles = build_scorer_plan(run_dir / "scorer_ids.onnx", version_dir / "model.plan", specs, grid, MAX_BATCH)
+        trt_specs = fixed_sequence_axis(specs, limits.max_seq)
+        profiles = build_scorer_plan(run_dir / "scorer_ids.onnx", version_dir / "model.plan", trt_specs, grid,
+                                     MAX_BATCH)
         write_manifest(version_dir, {"run": str(run_dir), "model": "scorer"})
-        (repo / "scorer" / "config.pbtxt").write_text(render(
-            "scorer_tensorrt/config.pbtxt.template", **values,
-            profiles=", ".join(f'"{p}"' for p in range(profiles))))
+        (repo / "scorer" / "config.pbtxt").write_text(tensorrt_scorer_config(trt_specs, profiles))
     (repo / "nann" / str(version)).mkdir(parents=True)
     (repo / "nann" / "config.pbtxt").write_text(render("nann/config.pbtxt.template", **values))
     return info
 
 
 def main(args) -> int:
-    info = export_repository(Path(args.run), Path(args.repo), args.scorer)
+    info = export_repository(Path(args.run), Path(args.repo), args.scorer, env_path=args.env_path,
+                             unknown_ids=args.unknown_ids)
     speeds = info["cpu_scorer_candidates_per_s"]
     if speeds:
         print("CPU scorer: " + ", ".join(f"{k} {v:,.0f} candidates/s" for k, v in speeds.items())

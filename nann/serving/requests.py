@@ -2,16 +2,21 @@
 
 Every check raises `RequestError` with a message that names the problem; the Triton models turn it into
 an INVALID_ARG error for that one request while the rest of the batch goes on.
+
+The optional per-request inputs of the `nann` ensemble are one table, `SEARCH_INPUTS`: the model configs, the
+parsing here and `nann_info`'s defaults and limits are all generated from it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
 
 import numpy as np
 
-from nann.engine.search import SearchParams
+from nann.engine.search import DEFAULT_SEARCH, SearchParams
 
 INT_KINDS = "iu"
+UNKNOWN_ID_POLICIES = ("skip", "refuse")
 
 
 class RequestError(ValueError):
@@ -20,36 +25,44 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class ServingLimits:
-    """Defaults and configured maxima of the served search (from the `retrieve` model's config)."""
+    """Defaults and configured maxima of the served search (from the `retrieve` model's config).
+
+    Every optional input X of `SEARCH_INPUTS` has its `default_X` and `max_X` here."""
 
     max_seq: int = 50
     max_history: int = 1000
-    default_k: int = 200
+    default_k: int = DEFAULT_SEARCH.top_m
     max_k: int = 1000
-    default_ef: tuple[int, ...] = (100, 200, 400)
-    # The paper's {1,1,3} stops the layer-0 walk after 3 hops: on our synthetic data (100k items, attention
-    # model) coverage@200 0.65 at 5.8% of items scored, while {1,3,10} (rounds end early once no new item
-    # enters the beam) reaches 0.93 at 4.9% (perf/RESULTS.md).
-    default_rounds: tuple[int, ...] = (1, 3, 10)
+    default_ef: tuple[int, ...] = DEFAULT_SEARCH.ef
+    default_rounds: tuple[int, ...] = DEFAULT_SEARCH.rounds
     max_ef: int = 2000
     max_rounds: int = 64   # a narrow frontier needs more layer-0 rounds (e.g. frontier 32, rounds {1,3,40})
     # List entries expanded per round, best first (SearchParams.frontier); 0 = all new entries (Algorithm 2).
-    default_frontier: int = 0
+    default_frontier: int = DEFAULT_SEARCH.frontier
     # A beam list never holds more than max(ef, k) <= max_ef entries, so any frontier at or above max_ef
     # expands the whole list, the same as 0; the maximum only keeps requests to sane values.
     max_frontier: int = 2000
+    # The most recent distinct behaviours that join layer 0 as entry points (SearchParams.seeds); 0 = none.
+    default_seeds: int = DEFAULT_SEARCH.seeds
+    # History ids the index does not know: "skip" drops (and counts) them, "refuse" refuses the request.
+    unknown_ids: str = "skip"
+
+    @property
+    def max_seeds(self) -> int:
+        """Seeds come from the behaviours the model sees, the most recent max_seq."""
+        return self.max_seq
 
     def __post_init__(self):
-        if not 0 <= self.default_frontier <= self.max_frontier:
-            raise ValueError(f"default_frontier={self.default_frontier} is outside [0, {self.max_frontier}]")
+        for spec in SEARCH_INPUTS:
+            try:
+                spec.read(spec.name, None, self)
+            except RequestError as e:
+                raise ValueError(f"default_{spec.name}: {e}") from None
+        if self.unknown_ids not in UNKNOWN_ID_POLICIES:
+            raise ValueError(f"unknown_ids={self.unknown_ids!r} is not one of {', '.join(UNKNOWN_ID_POLICIES)}")
 
     def to_json(self) -> dict:
-        return {
-            "max_seq": self.max_seq, "max_history": self.max_history, "default_k": self.default_k,
-            "max_k": self.max_k, "default_ef": list(self.default_ef), "default_rounds": list(self.default_rounds),
-            "max_ef": self.max_ef, "max_rounds": self.max_rounds,
-            "default_frontier": self.default_frontier, "max_frontier": self.max_frontier,
-        }
+        return {key: _plain(value) for key, value in asdict(self).items()}
 
     @classmethod
     def from_json(cls, d: dict) -> "ServingLimits":
@@ -59,77 +72,121 @@ class ServingLimits:
                 d[key] = tuple(int(x) for x in d[key])
         return cls(**d)
 
+    def published(self) -> dict:
+        """The defaults, limits and unknown-id policy as `nann_info` publishes them."""
+        return {
+            "defaults": {s.name: _plain(getattr(self, f"default_{s.name}")) for s in SEARCH_INPUTS},
+            "limits": {"max_history": self.max_history, **{f"max_{s.name}": getattr(self, f"max_{s.name}")
+                                                           for s in SEARCH_INPUTS}},
+            "unknown_ids": self.unknown_ids,
+        }
+
+
+def _plain(value):
+    """JSON's form of a limit: tuples (per-layer values) as lists."""
+    return list(value) if isinstance(value, tuple) else value
+
 
 def _one_row(name: str, arr: np.ndarray) -> np.ndarray:
-    """Inputs arrive as [1, n] (batched models) or [n]; return the flat row or refuse other shapes."""
+    """Inputs arrive as [1, n] (batched models) or [n] (a scalar counts as [1]); return the flat row or refuse
+    other shapes."""
     if arr.ndim == 2 and arr.shape[0] == 1:
         return arr[0]
-    if arr.ndim == 1:
-        return arr
+    if arr.ndim <= 1:
+        return arr.reshape(-1)
     raise RequestError(f"{name} must have shape [n] or [1, n], got {list(arr.shape)}")
 
 
-def _int_row(name: str, arr: np.ndarray) -> np.ndarray:
+def int_row(name: str, arr) -> np.ndarray:
+    """One request's integer input as a flat int64 row (refusing other shapes and non-integer dtypes)."""
     row = _one_row(name, np.asarray(arr))
     if row.dtype.kind not in INT_KINDS:
         raise RequestError(f"{name} must be an integer tensor, got {row.dtype}")
     return row.astype(np.int64, copy=False)
 
 
-def parse_history(raw_history: np.ndarray, raw_to_dense, limits: ServingLimits) -> np.ndarray:
-    """Raw item ids (oldest first) → dense ids of the most recent `max_seq` behaviours.
+def parse_history(raw_history: np.ndarray, raw_to_dense, limits: ServingLimits) -> tuple[np.ndarray, int]:
+    """Raw item ids (oldest first) → (dense ids of the most recent `max_seq` known behaviours, ids dropped).
 
-    Refuses an empty history, one longer than `max_history` ids, and any id the index does not know
-    (naming up to ten of them). Histories longer than `max_seq` keep their most recent behaviours.
+    Refuses a history longer than `max_history` ids. Ids the index does not know are dropped and counted
+    (`unknown_ids="skip"`, as if they had not been sent) or refuse the request, naming up to ten of them
+    (`"refuse"`). An empty result is a new user: the model's cold-start (all-masked) state serves it.
     """
-    history = _int_row("history", raw_history)
-    if history.size == 0:
-        raise RequestError("history is empty: send at least one item id")
+    history = int_row("history", raw_history)
     if history.size > limits.max_history:
         raise RequestError(f"history has {history.size} item ids, more than the maximum {limits.max_history}")
     dense = raw_to_dense(history)
     unknown = history[dense < 0]
-    if unknown.size:
+    if unknown.size and limits.unknown_ids == "refuse":
         shown = ", ".join(str(x) for x in unknown[:10]) + (" ..." if unknown.size > 10 else "")
         raise RequestError(f"unknown item ids ({unknown.size}): {shown}")
-    return dense[-limits.max_seq:].astype(np.int64)
+    return dense[dense >= 0][-limits.max_seq:].astype(np.int64), int(unknown.size)
 
 
-def parse_search(k: np.ndarray | None, ef: np.ndarray | None, rounds: np.ndarray | None,
-                 limits: ServingLimits, frontier: np.ndarray | None = None) -> SearchParams:
-    """Per-request search parameters from the optional `k`, `ef`, `rounds`, `frontier` inputs, bounded by the limits.
+Reader = Callable[[str, Any, ServingLimits], Any]
 
-    ef and rounds are per layer, top layer first, with as many entries as the defaults. The last layer's
-    ef is raised to k when k is larger, so the result list can hold k items. frontier is one value: at most
-    that many unexpanded list entries are expanded per round, best first (0 = all of them).
+
+def _bounded(low: int, note: str = "") -> Reader:
+    """One integer in [low, limits.max_NAME]; limits.default_NAME when not sent."""
+    def read(name: str, value, limits: ServingLimits) -> int:
+        high = getattr(limits, f"max_{name}")
+        if value is None or np.asarray(value).size == 0:
+            value = getattr(limits, f"default_{name}")
+        row = int_row(name, value)
+        if row.size != 1:
+            raise RequestError(f"{name} must be a single value, got {row.size}")
+        if not low <= row[0] <= high:
+            raise RequestError(f"{name}={row[0]} is outside [{low}, {high}]" + (f" ({note})" if note else ""))
+        return int(row[0])
+    return read
+
+
+def _per_layer(low: int) -> Reader:
+    """One integer per layer (top first, as many as limits.default_NAME), each in [low, limits.max_NAME]."""
+    def read(name: str, value, limits: ServingLimits) -> tuple[int, ...]:
+        default, high = getattr(limits, f"default_{name}"), getattr(limits, f"max_{name}")
+        row = int_row(name, default if value is None or np.asarray(value).size == 0 else value)
+        if row.size != len(default):
+            raise RequestError(f"{name} needs {len(default)} values (one per layer, top first), got {row.size}")
+        if row.min() < low or row.max() > high:
+            raise RequestError(f"{name}={row.tolist()} is outside [{low}, {high}] per layer")
+        return tuple(int(x) for x in row)
+    return read
+
+
+@dataclass(frozen=True)
+class SearchInput:
+    """An optional per-request input of the `nann` ensemble, passed through to `retrieve`.
+
+    read(name, value or None when not sent, limits) → the value of SearchParams' `field`, refusing bad input
+    with RequestError; dims are Triton's (1: one value, -1: a list)."""
+
+    name: str
+    field: str
+    read: Reader
+    dims: int = 1
+    dtype: str = "INT32"
+
+
+SEARCH_INPUTS = (
+    SearchInput("k", "top_m", _bounded(1)),
+    SearchInput("ef", "ef", _per_layer(1), dims=-1),
+    SearchInput("rounds", "rounds", _per_layer(1), dims=-1),
+    SearchInput("frontier", "frontier", _bounded(0, "0 = unlimited")),
+    SearchInput("seeds", "seeds", _bounded(0, "0 = none")),
+)
+SEARCH_INPUT_NAMES = tuple(s.name for s in SEARCH_INPUTS)
+
+
+def parse_search(limits: ServingLimits, **inputs) -> SearchParams:
+    """Per-request search parameters from the optional inputs (`SEARCH_INPUTS` by name; None, empty or missing =
+    the limits' default), bounded by the limits.
+
+    The last layer's ef is raised to k when k is larger, so the result list can hold k items.
     """
-    k_value = _single_value("k", k, limits.default_k)
-    if not 1 <= k_value <= limits.max_k:
-        raise RequestError(f"k={k_value} is outside [1, {limits.max_k}]")
-    frontier_value = _single_value("frontier", frontier, limits.default_frontier)
-    if not 0 <= frontier_value <= limits.max_frontier:
-        raise RequestError(f"frontier={frontier_value} is outside [0, {limits.max_frontier}] (0 = unlimited)")
-    ef_values = _layer_values("ef", ef, limits.default_ef, limits.max_ef)
-    round_values = _layer_values("rounds", rounds, limits.default_rounds, limits.max_rounds)
-    ef_values = ef_values[:-1] + (max(ef_values[-1], k_value),)
-    return SearchParams(ef=ef_values, rounds=round_values, top_m=k_value, frontier=frontier_value)
-
-
-def _single_value(name: str, value: np.ndarray | None, default: int) -> int:
-    if value is None or np.asarray(value).size == 0:
-        return default
-    row = _int_row(name, value)
-    if row.size != 1:
-        raise RequestError(f"{name} must be a single value, got {row.size}")
-    return int(row[0])
-
-
-def _layer_values(name: str, values: np.ndarray | None, default: tuple[int, ...], maximum: int) -> tuple[int, ...]:
-    if values is None or np.asarray(values).size == 0:
-        return default
-    row = _int_row(name, values)
-    if row.size != len(default):
-        raise RequestError(f"{name} needs {len(default)} values (one per layer, top first), got {row.size}")
-    if row.min() < 1 or row.max() > maximum:
-        raise RequestError(f"{name}={row.tolist()} is outside [1, {maximum}] per layer")
-    return tuple(int(x) for x in row)
+    unexpected = sorted(set(inputs) - set(SEARCH_INPUT_NAMES))
+    if unexpected:
+        raise TypeError(f"unexpected search inputs {unexpected} (known: {', '.join(SEARCH_INPUT_NAMES)})")
+    fields = {s.field: s.read(s.name, inputs.get(s.name), limits) for s in SEARCH_INPUTS}
+    fields["ef"] = fields["ef"][:-1] + (max(fields["ef"][-1], fields["top_m"]),)
+    return SearchParams(**fields)

@@ -1,13 +1,18 @@
-"""Run the tritonserver binary bundled in the `nvidia-pytriton` wheel on a model repository.
+"""Run tritonserver on a model repository: the binary bundled in the `nvidia-pytriton` wheel by default, or
+another Triton build (`nann serve --tritonserver PATH` / $NANN_TRITONSERVER, e.g. NGC's container's
+/opt/tritonserver/bin/tritonserver, which has the TensorRT backend the wheel lacks).
 
 `TritonServer` is used by `nann serve`, the demo, the perf scripts and the integration tests alike:
-it lays out a backend directory (symlinks to the wheel's Python backend and the stub for this
-interpreter), starts the server on the given ports (loopback by default), waits until the server and
-every model in the repository are ready, and stops it cleanly.
+it lays out a backend directory (for the bundled binary: symlinks to the wheel's Python backend and the stub
+for this interpreter; for another build: its own `backends/` folder, or `--backend-directory`), refuses a
+repository whose models need a backend the server lacks (a TensorRT `scorer`) before starting anything,
+starts the server on the given ports (loopback by default), waits until the server and every model in the
+repository are ready, and stops it cleanly.
 """
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +27,8 @@ from pathlib import Path
 from nann.errors import UserError
 
 PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
+TRITONSERVER_ENV = "NANN_TRITONSERVER"
+TENSORRT_MODEL = re.compile(r'^\s*(platform:\s*"tensorrt_plan"|backend:\s*"tensorrt")', re.MULTILINE)
 
 
 def pytriton_server_root() -> Path:
@@ -52,6 +59,23 @@ def make_backend_dir(target: Path) -> Path:
     return target
 
 
+def external_tritonserver(path: str | Path | None = None) -> Path | None:
+    """The tritonserver binary to run instead of the bundled one: `path`, else $NANN_TRITONSERVER, else None."""
+    value = path or os.environ.get(TRITONSERVER_ENV)
+    if not value:
+        return None
+    binary = Path(value).expanduser().absolute()  # not resolved: a symlinked binary keeps its own backends/
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        raise UserError(f"tritonserver {value} is not an executable file (--tritonserver / ${TRITONSERVER_ENV})")
+    return binary
+
+
+def tensorrt_models(repo: Path) -> list[str]:
+    """Models of a repository whose config.pbtxt asks for the TensorRT backend (read from the configs only)."""
+    return sorted(cfg.parent.name for cfg in Path(repo).glob("*/config.pbtxt")
+                  if TENSORRT_MODEL.search(cfg.read_text()))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,6 +95,8 @@ class TritonServer:
     log_path: Path | None = None
     extra_args: list[str] = field(default_factory=list)
     shm_default_mb: int = 16
+    tritonserver: Path | None = None        # another Triton build's binary; None: $NANN_TRITONSERVER, else bundled
+    backend_directory: Path | None = None   # None: the bundled Python backend, or the other build's backends/
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _workdir: tempfile.TemporaryDirectory | None = field(default=None, init=False, repr=False)
     expected_stubs: set = field(default_factory=set, init=False, repr=False)
@@ -80,6 +106,11 @@ class TritonServer:
         self.grpc_port = self.grpc_port or free_port()
         self.http_port = self.http_port or free_port()
         self.metrics_port = self.metrics_port or free_port()
+        self.tritonserver = external_tritonserver(self.tritonserver)
+        if self.backend_directory is None and self.tritonserver is not None:
+            self.backend_directory = self.tritonserver.parent.parent / "backends"  # <prefix>/bin/tritonserver
+        if self.backend_directory is not None:
+            self.backend_directory = Path(self.backend_directory).expanduser().absolute()
 
     @property
     def grpc_url(self) -> str:
@@ -91,10 +122,23 @@ class TritonServer:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.http_port}"
 
+    def check_backends(self) -> None:
+        """Refuse, before starting anything, a repository with a TensorRT model this server cannot load."""
+        trt = tensorrt_models(self.repo)
+        if not trt:
+            return
+        if self.backend_directory is None:
+            raise UserError(f"{self.repo}'s {trt[0]} is a TensorRT plan; the bundled tritonserver has only the Python "
+                            "backend: run with --tritonserver PATH (a Triton build with the TensorRT backend, "
+                            "e.g. NGC's container)")
+        if not (self.backend_directory / "tensorrt").is_dir():
+            raise UserError(f"{self.repo}'s {trt[0]} is a TensorRT plan; backend directory {self.backend_directory} "
+                            "has no tensorrt/ backend: pass --backend-directory (a Triton build's backends/ folder)")
+
     def command(self, backend_dir: Path) -> list[str]:
         prefix = f"nann{os.getpid()}_{self.grpc_port}_"
         return [
-            str(pytriton_server_root() / "bin" / "tritonserver"),
+            str(self.tritonserver or pytriton_server_root() / "bin" / "tritonserver"),
             f"--model-repository={self.repo}",
             f"--backend-directory={backend_dir}",
             f"--model-control-mode={self.model_control_mode}",
@@ -113,8 +157,11 @@ class TritonServer:
     def start(self, timeout: float = 120.0) -> "TritonServer":
         if not self.repo.is_dir():
             raise UserError(f"model repository {self.repo} does not exist: run `nann export` first")
+        self.check_backends()
+        if self.backend_directory is not None and not self.backend_directory.is_dir():
+            raise UserError(f"backend directory {self.backend_directory} does not exist: pass --backend-directory")
         self._workdir = tempfile.TemporaryDirectory(prefix="nann-triton-")
-        backend_dir = make_backend_dir(Path(self._workdir.name) / "backends")
+        backend_dir = self.backend_directory or make_backend_dir(Path(self._workdir.name) / "backends")
         if self.log_path is None:
             self.log_path = Path(self._workdir.name) / "tritonserver.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,7 +312,9 @@ def main(args) -> int:
     log_path = Path(args.repo).resolve().parent / "tritonserver.log"
     server = TritonServer(Path(args.repo), args.grpc_port, args.http_port, args.metrics_port, host=args.host,
                           model_control_mode=args.model_control_mode, log_path=log_path,
-                          extra_args=list(args.triton_args))
+                          extra_args=list(args.triton_args), tritonserver=args.tritonserver,
+                          backend_directory=args.backend_directory)
+    server.check_backends()
     stop_requested = False
 
     def _on_signal(signum, frame):

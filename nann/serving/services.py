@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
+
 import numpy as np
 
 from nann.serving.repository import verify_manifest
@@ -40,8 +42,21 @@ def check_state(state: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]
             raise RequestError(f"state input {name} holds NaN or inf")
 
 
+class Prepared(NamedTuple):
+    """One preprocessed request: the `preprocess` model's outputs without their batch axis."""
+
+    hist_emb: np.ndarray     # float32 [max_seq, D]: the kept behaviours' e_v, oldest first, zero padding
+    hist_mask: np.ndarray    # float32 [max_seq]: 1 = real behaviour (all 0 for a new user: cold start)
+    hist_ids: np.ndarray     # int64 [max_seq]: their dense ids, -1 padding (the source of search seeds)
+    dropped_ids: np.ndarray  # int32 [1]: history ids the index does not know, dropped
+
+    @property
+    def dropped(self) -> int:
+        return int(self.dropped_ids[0])
+
+
 class Preprocessor:
-    """history (raw ids) → the behaviours' e_v padded to max_seq, and the mask."""
+    """history (raw ids) → the kept behaviours' e_v, mask and dense ids padded to max_seq, and the count dropped."""
 
     def __init__(self, version_dir: Path, limits: ServingLimits):
         from nann.data.prepared import Vocabulary
@@ -50,13 +65,15 @@ class Preprocessor:
         self.table = np.load(version_dir / "item_embeddings.npy", mmap_mode="r", allow_pickle=False)
         self.limits = limits
 
-    def prepare(self, raw_history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        dense = parse_history(raw_history, self.vocab.raw_to_dense, self.limits)
+    def prepare(self, raw_history: np.ndarray) -> Prepared:
+        dense, dropped = parse_history(raw_history, self.vocab.raw_to_dense, self.limits)
         emb = np.zeros((self.limits.max_seq, self.table.shape[1]), dtype=np.float32)
         mask = np.zeros(self.limits.max_seq, dtype=np.float32)
+        ids = np.full(self.limits.max_seq, -1, dtype=np.int64)
         emb[: dense.size] = self.table[dense]
         mask[: dense.size] = 1.0
-        return emb, mask
+        ids[: dense.size] = dense
+        return Prepared(emb, mask, ids, np.array([dropped], dtype=np.int32))
 
 
 class EncoderService:

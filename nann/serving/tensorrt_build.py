@@ -5,8 +5,9 @@ per candidate-grid size: profile i fixes the candidate axis to exactly grid size
 the user-state axis R ranges over 1..max_batch. `retrieve` pads every round to a grid size, so exactly one
 profile matches each call, the way XLA compiled one program per padded size.
 
-TensorRT cannot be installed on the CPU machines this project is developed on: this module is only
-imported when `tensorrt` imports and a CUDA device is present; `profile_shapes` is unit-tested everywhere.
+TensorRT cannot be installed on the CPU machines this project is developed on: `build_scorer_plan` runs only
+where `tensorrt` (10 or newer: the scorer has INT64 inputs) imports and a CUDA device is present; the profiles
+and the scorer's config.pbtxt are generated and unit-tested everywhere (tests/test_tensorrt.py).
 """
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ from nann.engine.grid import CandidateGrid
 from nann.errors import UserError
 
 CANDIDATE_INPUTS = ("cand_ids", "owner")
+
+
+def fixed_sequence_axis(state_specs: list[dict], max_seq: int) -> list[dict]:
+    """The state specs with the sequence axis (-1 in `state_specs`) fixed to max_seq: `preprocess` pads every
+    served history to max_seq, and TensorRT profiles (and the plan's config) need fixed inner dimensions."""
+    return [{**spec, "dims": [max_seq if d < 0 else d for d in spec["dims"]]} for spec in state_specs]
 
 
 def profile_shapes(state_specs: list[dict], grid: CandidateGrid, max_batch: int) -> list[dict[str, tuple]]:
@@ -41,6 +48,9 @@ def build_scorer_plan(onnx_path: Path, plan_path: Path, state_specs: list[dict],
     """Compile onnx_path into plan_path; returns the number of optimization profiles."""
     import tensorrt as trt
 
+    if int(trt.__version__.split(".")[0]) < 10:
+        raise UserError(f"TensorRT {trt.__version__} cannot take the scorer's INT64 inputs: TensorRT 10 or newer is "
+                        "needed (pip install 'nann-serve[gpu]', or an NGC container from 24.05 on)")
     if not Path(onnx_path).is_file():
         raise UserError(f"{onnx_path} is missing: re-run `nann train` (it exports scorer_ids.onnx)")
     logger = trt.Logger(trt.Logger.WARNING)

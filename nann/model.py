@@ -1,4 +1,5 @@
-"""The NANN model (UserBehavior variant of the paper's appendix) and its serving split.
+"""The NANN model (UserBehavior variant of the paper's appendix), its serving split and ``load_model`` (a run's
+trained model): shared by the trainer and the serving library.
 
 Three architectures share one item network and one serving contract:
 
@@ -40,12 +41,16 @@ the mask, so an all-masked (empty) history gives attention output 0 and user vec
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from nann.errors import UserError
 
 ARCHS = ("attention", "mlp", "two-tower")
 MASK_NEG = -1.0e4  # additive attention mask; finite so fp16 engines and all-masked rows stay NaN-free
@@ -295,11 +300,16 @@ class UserEncoder(nn.Module):
 
 
 class Scorer(nn.Module):
-    """(*state [R,...], cand_emb [C,D], owner [C]) -> scores [C].
+    """(*state [R,...], cand_emb [C,D], owner [C]) -> scores [C]. ``owner`` must be non-decreasing: each user's
+    candidates form one contiguous run, as the engine sends them (``nann.engine.grid`` pads with the last owner).
 
-    Score layer 1 is split by input block: W_u u + b (user-only, in the state as ``user_bias``), W_e e_v (item-only,
-    one GEMM together with the query's first FC) and, per candidate, one GEMM over the blocks that mix user and
-    item: [attn, attn*e_v, u*e_v] (attention) or [u*e_v] (mlp), with ``u = user_vec[owner]`` gathered (64 floats)."""
+    Gather-free. The target attention, the only part that needs a user's [L, ·] keys and values, runs as batched
+    GEMMs over a [R, Cmax] layout of the runs (``segment_layout``; Cmax = the longest run, the shorter runs padded
+    with rows whose results are dropped), so no candidate copies its user's 2·L·64 floats of keys and values.
+    Everything else is row-wise over all C candidates as plain GEMMs. Score layer 1 is split by input block: W_u u + b
+    (user-only, in the state as ``user_bias``), W_e e_v (item-only, one GEMM together with the query's first FC) and
+    one GEMM over the blocks that mix user and item: [attn, attn*e_v, u*e_v] (attention) or [u*e_v] (mlp), with
+    ``u = user_vec[owner]`` (64 floats per candidate) and ``user_bias[owner]`` the only per-candidate user rows."""
 
     def __init__(self, model: NANNModel):
         super().__init__()
@@ -342,30 +352,29 @@ class Scorer(nn.Module):
             self.register_buffer("bo", model.score_out.bias.detach().clone())
 
     def _head(self, z):
-        x = _prelu(z, self.act1)
+        x = F.prelu(z, self.act1)
         for i in range(self.n_rest):
-            x = _prelu(F.linear(x, getattr(self, f"rw{i}"), getattr(self, f"rb{i}")), getattr(self, f"ra{i}"))
+            x = F.prelu(F.linear(x, getattr(self, f"rw{i}"), getattr(self, f"rb{i}")), getattr(self, f"ra{i}"))
         return torch.matmul(x, self.wo) + self.bo
 
-    def _first(self, state, y, e, sel):
-        """Score layer 1 pre-activation. y = cand_pre linear part [C,*], e = e_v [C,D]; sel(t) picks each
-        candidate's user row of a state tensor (a gather by owner, or row 0 broadcast for one user)."""
+    def _first(self, state, y, e, owner):
+        """Score layer 1 pre-activation. y = the linear part of cand_pre [C,*], e = e_v [C,D]."""
         if self.arch == "mlp":
-            z = y + sel(state[0])
+            z = y + state[0][owner]
             if self.has_mixed:
-                z = z + F.linear(sel(state[1]) * e, self.wx)
+                z = z + F.linear(state[1][owner] * e, self.wx)
             return z
         keys, attn_bias, values, user_bias = state[:4]
-        q1 = _prelu(y[:, :self.A], self.qa)                                          # [C,A]
-        att = sel.attend(q1, keys, attn_bias, values)                                 # [C,D]
-        mixed = torch.cat([att, att * e, sel(state[4]) * e], dim=-1) if self.interactions else att
-        return y[:, self.A:] + F.linear(mixed, self.wx) + sel(user_bias)
+        q1 = F.prelu(y[:, :self.A], self.qa)                                          # [C,A]
+        att = segment_attention(q1, keys, attn_bias, values, owner)                   # [C,D]
+        mixed = torch.cat([att, att * e, state[4][owner] * e], dim=-1) if self.interactions else att
+        return y[:, self.A:] + F.linear(mixed, self.wx) + user_bias[owner]
 
     def forward(self, *args):
         state, cand_emb, owner = args[:self.n_state], args[self.n_state], args[self.n_state + 1]
         if self.arch == "two-tower":
             return (state[0][owner] * cand_emb).sum(-1)
-        return self._head(self._first(state, self._lin(cand_emb), cand_emb, _Gather(owner)))
+        return self._head(self._first(state, self._lin(cand_emb), cand_emb, owner))
 
     def _lin(self, cand_emb):
         return F.linear(cand_emb, self.wc, self.bc if self.arch == "attention" else None)
@@ -378,41 +387,39 @@ class Scorer(nn.Module):
         y = self._lin(cand_emb)
         return torch.cat([y, cand_emb], dim=-1) if self.interactions else y
 
-    def score_one(self, state, cand_emb):
-        """Fast path for a single user (R == 1) - plain GEMMs, no per-candidate gathers. Same function."""
-        return self.score_one_pre(state, self.cand_pre(cand_emb))
-
     def score_one_pre(self, state, y):
+        """Scores of one user (state rows [1,...]) for candidates given by their ``cand_pre`` rows y: the trainer's
+        validation scores every item with ``cand_pre`` computed once. Same function as forward."""
         if self.arch == "two-tower":
             return y @ state[0][0]
         n = self.wc.shape[0]
-        return self._head(self._first(state, y[:, :n], y[:, n:], _One()))
+        return self._head(self._first(state, y[:, :n], y[:, n:], torch.zeros(y.shape[0], dtype=torch.int64,
+                                                                              device=y.device)))
 
 
-class _Gather:
-    """Per-candidate user rows by owner (multi-user scorer)."""
+def segment_layout(owner: torch.Tensor, n_users: torch.Tensor):
+    """The [R, Cmax] layout of candidate runs for a non-decreasing ``owner`` [C] (R = n_users.shape[0]).
 
-    def __init__(self, owner):
-        self.owner = owner
+    Returns (rows [R, Cmax]: the candidate row that fills each slot, row 0 for the padding slots;
+    slot [C]: each candidate's position in the flattened [R*Cmax] layout). Written with tensor ops only, so the
+    ONNX export keeps R, C and Cmax dynamic (ScatterElements, CumSum, ReduceMax, Range)."""
+    counts = torch.zeros_like(n_users, dtype=torch.int64).scatter_add(0, owner, torch.ones_like(owner))
+    starts = torch.cumsum(counts, 0) - counts
+    cmax = counts.max()
+    j = torch.arange(cmax, device=owner.device)[None, :]                            # [1,Cmax]
+    rows = torch.where(j < counts[:, None], starts[:, None] + j, torch.zeros_like(j))
+    index = torch.cumsum(torch.ones_like(owner), 0) - 1                             # 0..C-1
+    slot = owner * cmax + (index - starts[owner])
+    return rows, slot
 
-    def __call__(self, t):
-        return t[self.owner]
 
-    def attend(self, q1, keys, attn_bias, values):
-        o = self.owner
-        logits = torch.matmul(keys[o], q1[:, :, None]).squeeze(-1) + attn_bias[o]      # [C,L]
-        w = torch.softmax(logits, dim=-1)
-        return torch.matmul(w[:, None, :], values[o]).squeeze(1)                       # [C,D]
-
-
-class _One:
-    """Row 0 broadcast over the candidates (single-user fast path: plain GEMMs)."""
-
-    def __call__(self, t):
-        return t[0]
-
-    def attend(self, q1, keys, attn_bias, values):
-        return torch.softmax(q1 @ keys[0].t() + attn_bias[0], dim=-1) @ values[0]
+def segment_attention(q1, keys, attn_bias, values, owner):
+    """Target attention of candidate queries q1 [C,A] over their owners' keys [R,L,A] / values [R,L,D] (with
+    attn_bias [R,L] holding the query bias term and the mask) as batched GEMMs; returns [C,D]."""
+    rows, slot = segment_layout(owner, attn_bias[:, 0])
+    logits = torch.matmul(q1[rows], keys.transpose(1, 2)) + attn_bias[:, None, :]  # [R,Cmax,L]
+    out = torch.matmul(torch.softmax(logits, dim=-1), values)                      # [R,Cmax,D]
+    return out.reshape(-1, out.shape[-1])[slot]
 
 
 class NaiveScorer(nn.Module):
@@ -432,6 +439,21 @@ class NaiveScorer(nn.Module):
 def build_split(model: NANNModel) -> tuple[UserEncoder, Scorer]:
     model.eval()
     return UserEncoder(model).eval(), Scorer(model).eval()
+
+
+def load_model(run_dir: str, map_location="cpu") -> NANNModel:
+    """The trained model of a run (config.json + model.safetensors), in eval mode."""
+    from safetensors.torch import load_file
+
+    cfg_path, w_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "model.safetensors")
+    for p in (cfg_path, w_path):
+        if not os.path.exists(p):
+            raise UserError(f"{p} not found: is {run_dir} a finished training run?")
+    with open(cfg_path) as f:
+        cfg = ModelConfig.from_dict(json.load(f))
+    model = NANNModel(cfg)
+    model.load_state_dict(load_file(w_path, device=str(map_location)))
+    return model.eval()
 
 
 def per_candidate_macs(cfg: ModelConfig, L: int | None = None) -> dict[str, int]:

@@ -1,4 +1,6 @@
-"""Deep Retrieval network (arXiv 2007.07203): user encoder, D-layer structure model, item reranker, beam search.
+"""Deep Retrieval network (arXiv 2007.07203): user encoder, D-layer structure model, item reranker, beam search,
+and the loader of a DR run directory (``load_dr``). Training: ``trainer/deep_retrieval.py``; evaluation:
+``nann.evaluate.evaluate_dr``.
 
 User encoder (our choice, CPU-friendly instead of the paper's GRU): item + category embeddings of the last
 ``max_seq`` behaviours; the masked mean and the most recent behaviour's embedding are concatenated and passed
@@ -8,13 +10,23 @@ Structure layer d (0-based) is an MLP over ``[h ; node_emb_0(c_0) ; ... ; node_e
 softmax, so ``log p(c | x) = Σ_d log p(c_d | x, c_<d)``.
 
 Reranker: ``score(x, v) = <W h, e'_v> + b_v`` trained with a sampled softmax (unigram negatives, logQ correction).
+
+Run directory: ``config.json`` ("arch": "deep-retrieval"), ``model.safetensors``, ``item_paths.npy`` int32
+[N, J, D] (node of each layer of each item's paths), ``train_log.jsonl``.
 """
 from __future__ import annotations
+
+import json
+import os
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from nann.errors import UserError
+
+ARCH = "deep-retrieval"
 
 
 class DRModel(nn.Module):
@@ -148,3 +160,25 @@ class PathIndex:
         if hit.size == 0:
             return np.zeros(0, dtype=np.int64)
         return np.unique(np.concatenate([self.items[self.indptr[p]:self.indptr[p + 1]] for p in hit]))
+
+
+def load_dr(run_dir):
+    """(model, config, item path codes int64 [N, J]) of a DR run directory."""
+    from safetensors.torch import load_file
+
+    cfg_path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(cfg_path):
+        raise UserError(f"{run_dir} has no config.json: train it with `nann train --arch deep-retrieval`")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    if cfg.get("arch") != ARCH:
+        raise UserError(f"{run_dir} is a {cfg.get('arch')!r} run, not deep-retrieval")
+    for name in ("model.safetensors", "item_paths.npy"):
+        if not os.path.exists(os.path.join(run_dir, name)):
+            raise UserError(f"{run_dir} lacks {name}: re-run `nann train --arch deep-retrieval`")
+    model = DRModel(cfg["num_items"], cfg["num_categories"], layers=cfg["layers"], nodes=cfg["nodes"],
+                    emb_dim=cfg["emb_dim"], hidden=cfg["hidden"], node_dim=cfg["node_dim"])
+    model.load_state_dict(load_file(os.path.join(run_dir, "model.safetensors")))
+    model.eval()
+    paths = np.load(os.path.join(run_dir, "item_paths.npy"), allow_pickle=False)
+    return model, cfg, path_codes(paths, cfg["nodes"])

@@ -1,0 +1,106 @@
+"""Peak memory of `nann data prepare` on Parquet beside the UserBehavior CSV of the same rows (a measurement,
+not a test).
+
+    python -m perf.bench_prepare [--rows 10000000] [--work DIR]
+
+Writes the same random interactions (rows / 100 users, 1M items, 5000 categories, timestamps over 9 days) as a
+Parquet file (row groups of 1M rows) and as a headerless UserBehavior CSV, then runs `nann data prepare` on each in
+a fresh process and prints, per format, the file size, the process's peak RSS (VmHWM) after imports and at the
+end, and the wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+CHUNK_ROWS = 1_000_000
+START = 1_511_568_000  # 2017-11-25 UTC
+# peak RSS from /proc (VmHWM): getrusage's ru_maxrss would carry over the parent's peak across exec
+CHILD = """
+import sys
+def peak_kib():
+    return next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
+import numpy, pyarrow, pyarrow.parquet, pyarrow.csv
+from nann.cli import main
+base = peak_kib()
+rc = main(sys.argv[1:])
+print("RSS_KB", base, peak_kib(), rc)
+"""
+
+
+def write_inputs(rows: int, parquet_path: str, csv_path: str, seed: int = 0) -> None:
+    """The same rows as Parquet (named columns) and as a UserBehavior CSV, written chunk by chunk."""
+    rng = np.random.default_rng(seed)
+    users, items = max(rows // 100, 3), 1_000_000
+    item_category = rng.integers(0, 5000, items)
+    behaviors = np.array(["pv", "buy", "cart", "fav"])
+    schema = pa.schema([("user_id", pa.int64()), ("item_id", pa.int64()), ("category_id", pa.int64()),
+                        ("behavior_type", pa.string()), ("timestamp", pa.int64())])
+    csv_options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
+    with pq.ParquetWriter(parquet_path, schema) as pw, pa_csv.CSVWriter(csv_path, schema, write_options=csv_options) as cw:
+        for lo in range(0, rows, CHUNK_ROWS):
+            n = min(CHUNK_ROWS, rows - lo)
+            item = rng.integers(0, items, n)
+            table = pa.table([rng.integers(0, users, n) * 7 + 1, item * 13 + 5, item_category[item],
+                              behaviors[rng.choice(4, n, p=[0.89, 0.025, 0.055, 0.03])],
+                              START + rng.integers(0, 9 * 86_400, n)], schema=schema)
+            pw.write_table(table, row_group_size=CHUNK_ROWS)
+            cw.write_table(table)
+
+
+def measure(input_args: list[str], out: str) -> dict:
+    """Run `nann data prepare` in a fresh process; its peak RSS (MiB) after imports and at the end, wall time."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CHILD, "data", "prepare", *input_args, "--out", out],
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RSS_KB")]
+    if proc.returncode or not line or line[0].split()[3] != "0":
+        sys.exit(f"prepare failed ({input_args}):\n{proc.stderr[-3000:]}")
+    _, base, peak, _ = line[0].split()
+    return {"rss_after_imports_mib": int(base) / 1024, "peak_rss_mib": int(peak) / 1024, "wall_s": wall}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=10_000_000, help="interactions to write (default 10,000,000)")
+    ap.add_argument("--work", default=None, help="directory for the files (default: a temporary one, removed)")
+    args = ap.parse_args(argv)
+    work = args.work or tempfile.mkdtemp(prefix="bench_prepare_")
+    os.makedirs(work, exist_ok=True)
+    try:
+        parquet_path, csv_path = os.path.join(work, "interactions.parquet"), os.path.join(work, "UserBehavior.csv")
+        t0 = time.perf_counter()
+        write_inputs(args.rows, parquet_path, csv_path)
+        print(f"wrote {args.rows:,} rows twice in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        runs = {"parquet": (parquet_path, ["--input", parquet_path, "--columns",
+                                           "user=user_id,item=item_id,category=category_id,behavior=behavior_type,"
+                                           "time=timestamp"]),
+                "userbehavior_csv": (csv_path, ["--csv", csv_path])}
+        results = {}
+        for name, (path, input_args) in runs.items():
+            r = measure(input_args, os.path.join(work, f"data_{name}"))
+            r["file_mib"] = os.path.getsize(path) / 2**20
+            results[name] = r
+            print(f"{name:18s} file {r['file_mib']:7.1f} MiB  peak RSS {r['peak_rss_mib']:7.1f} MiB "
+                  f"(after imports {r['rss_after_imports_mib']:.0f})  {r['wall_s']:.1f}s")
+        print(json.dumps({"rows": args.rows, **results}, indent=2))
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
