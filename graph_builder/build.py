@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M
+
 FORMAT_VERSION = 1
 
 
@@ -47,8 +49,9 @@ def _layer_csr(labels_k: np.ndarray, counts_k: np.ndarray, links_k: np.ndarray,
     return indptr, indices
 
 
-def export_index(index, out_dir) -> dict:
-    """Export a built hnswlib index (labels = dense ids 0..N-1) to ``out_dir``; returns the meta dict."""
+def export_index(index, out_dir, extra_meta: dict | None = None) -> dict:
+    """Export a built hnswlib index (labels = dense ids 0..N-1) to ``out_dir``; returns the meta dict (with
+    ``extra_meta`` added)."""
     state = index.__getstate__()
     params = state[0] if isinstance(state, tuple) else state
     n = int(params["cur_element_count"])
@@ -105,14 +108,14 @@ def export_index(index, out_dir) -> dict:
     np.save(out / "levels.npy", levels)
     meta = {"num_items": n, "max_level": max_level, "entry_point": entry_point,
             "m": int(params["M"]), "ef_construction": int(params["ef_construction"]),
-            "format_version": FORMAT_VERSION}
+            "format_version": FORMAT_VERSION, **(extra_meta or {})}
     with open(out / "meta.json", "w") as f:  # written last: its presence marks a complete export
         json.dump(meta, f, indent=1)
     return meta
 
 
-def build_index(embeddings: np.ndarray, m: int = 32, ef_construction: int = 40, threads: int = 0,
-                seed: int = 100, chunk: int = 50_000, progress: bool = True):
+def build_index(embeddings: np.ndarray, m: int = GRAPH_M, ef_construction: int = GRAPH_EF_CONSTRUCTION,
+                threads: int = 0, seed: int = 100, chunk: int = 50_000, progress: bool = True):
     """The hnswlib index (space l2) over all rows of ``embeddings``, labels = row numbers."""
     import hnswlib
     from tqdm import tqdm
@@ -132,13 +135,20 @@ def build_index(embeddings: np.ndarray, m: int = 32, ef_construction: int = 40, 
     return index
 
 
-def build_graph(embeddings: np.ndarray, out_dir, m: int = 32, ef_construction: int = 40, threads: int = 0,
-                seed: int = 100) -> None:
-    """Build hnswlib's HNSW (L2) over ``embeddings`` (dense ids = row numbers) and export it to ``out_dir``."""
+def build_graph(embeddings: np.ndarray, out_dir, m: int = GRAPH_M, ef_construction: int = GRAPH_EF_CONSTRUCTION,
+                threads: int = 0, seed: int = 100, transform: np.ndarray | None = None) -> None:
+    """Build hnswlib's HNSW (L2) over ``embeddings`` (dense ids = row numbers) and export it to ``out_dir``.
+
+    transform: a [D, D'] matrix; the graph is built over ``embeddings @ transform`` (graph_builder.metric) and the
+    matrix is kept as ``metric.npy`` beside the graph (items added later go through it too)."""
     t0 = time.perf_counter()
-    index = build_index(embeddings, m=m, ef_construction=ef_construction, threads=threads, seed=seed)
+    space = embeddings if transform is None else np.asarray(embeddings, dtype=np.float32) @ transform
+    index = build_index(space, m=m, ef_construction=ef_construction, threads=threads, seed=seed)
     t1 = time.perf_counter()
-    meta = export_index(index, out_dir)
+    meta = export_index(index, out_dir, {"metric": "l2" if transform is None else "score",
+                                         "build_seconds": round(t1 - t0, 1)})
+    if transform is not None:
+        np.save(Path(out_dir) / "metric.npy", transform.astype(np.float32))
     t2 = time.perf_counter()
     levels = np.load(Path(out_dir) / "levels.npy")
     counts = [int((levels >= lev).sum()) for lev in range(meta["max_level"] + 1)]
@@ -162,6 +172,39 @@ def main(args) -> int:
         raise UserError(f"{emb_path} is not a readable .npy array ({e})") from None
     if emb.ndim != 2 or emb.shape[0] == 0:
         raise UserError(f"{emb_path} must be a non-empty [N, D] array, got shape {emb.shape}")
-    build_graph(np.asarray(emb, dtype=np.float32), run / "graph", m=args.m,
-                ef_construction=args.ef_construction, threads=args.threads, seed=args.seed)
+    emb = np.asarray(emb, dtype=np.float32)
+    transform = score_metric(run, emb, args.data, args.seed, args.threads) if args.metric == "score" else None
+    build_graph(emb, run / "graph", m=args.m, ef_construction=args.ef_construction, threads=args.threads,
+                seed=args.seed, transform=transform)
     return 0
+
+
+def score_metric(run: Path, emb: np.ndarray, data_dir: str | None, seed: int, threads: int = 0) -> np.ndarray:
+    """graph_builder.metric's transform for a run, from its model and the training histories of its data."""
+    import torch
+
+    from graph_builder.metric import USERS, score_sensitivity, training_histories
+    from nann.data.prepared import PreparedData
+    from nann.errors import UserError
+    from nann.model import load_model
+
+    if data_dir is None:
+        try:
+            data_dir = json.loads((run / "config.json").read_text())["data_dir"]
+        except (OSError, KeyError, ValueError):
+            data_dir = None
+    if not data_dir or not Path(data_dir).is_dir():
+        raise UserError(f"--metric score needs the run's training data to find what users rank high: pass "
+                        f"--data DATA_DIR (the prepared data the run was trained on), or --metric l2")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    model = load_model(str(run))
+    if model.cfg.num_items != emb.shape[0]:
+        raise UserError(f"{run}/model.safetensors has {model.cfg.num_items} items but item_embeddings.npy "
+                        f"{emb.shape[0]}: re-export the run (`nann train --run {run} --export-only`)")
+    prepared = PreparedData.load(str(data_dir))
+    histories = training_histories(prepared.train, model.cfg.max_seq, USERS, seed)
+    transform = score_sensitivity(model, emb, histories, seed)
+    print(f"score-sensitivity metric from {len(histories)} training users in {time.perf_counter() - t0:.1f} s")
+    return transform

@@ -5,6 +5,7 @@ import argparse
 import importlib
 import sys
 
+from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M
 from nann.errors import UserError
 
 SERVED_DEFAULTS = "default: the served search, nann.engine.search.DEFAULT_SEARCH"
@@ -117,11 +118,19 @@ def _build_parser() -> argparse.ArgumentParser:
     s.set_defaults(handler="trainer.train:main")
 
     s = sub.add_parser("graph", help="build the HNSW graph over the run's item embeddings")
-    s.add_argument("--run", required=True)
-    s.add_argument("--m", type=int, default=32)
-    s.add_argument("--ef-construction", type=int, default=40)
-    s.add_argument("--threads", type=int, default=0, help="0 = all cores")
-    s.add_argument("--seed", type=int, default=100)
+    s.add_argument("--run", required=True, help="a trained run directory (the graph goes to RUN/graph)")
+    s.add_argument("--m", type=int, default=GRAPH_M,
+                   help=f"HNSW links per node (default {GRAPH_M}; layer 0 allows 2M)")
+    s.add_argument("--ef-construction", type=int, default=GRAPH_EF_CONSTRUCTION,
+                   help=f"HNSW build beam width (default {GRAPH_EF_CONSTRUCTION}; the paper used 40)")
+    s.add_argument("--metric", choices=["score", "l2"], default="score",
+                   help="score (default): link items the model scores alike (L2 after the score-sensitivity "
+                        "transform, graph_builder/metric.py); l2: plain L2 between item embeddings (the paper)")
+    s.add_argument("--data", default=None,
+                   help="prepared data of the run's training (default: the data_dir in RUN/config.json); "
+                        "--metric score samples training histories from it")
+    s.add_argument("--threads", type=int, default=0, help="build threads (default 0: all cores)")
+    s.add_argument("--seed", type=int, default=100, help="random seed of the build (default 100)")
     s.set_defaults(handler="graph_builder.build:main")
 
     s = sub.add_parser("evaluate", help="offline retrieval quality on the test users")

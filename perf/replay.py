@@ -30,6 +30,7 @@ class UserQuality:
     hit: np.ndarray           # target in the found top-M
     hit_all: np.ndarray       # target in the exact top-M
     scored: np.ndarray        # items scored
+    rounds: np.ndarray        # scoring rounds (scorer calls a served request takes part in)
 
     def summary(self, num_items: int) -> dict:
         recall_all = float(self.hit_all.mean())
@@ -41,6 +42,7 @@ class UserQuality:
             "recall_all": recall_all, "recall_retrieval": recall,
             "recall_delta": (recall_all - recall) / recall_all if recall_all > 0 else 0.0,
             "items_scored": float(self.scored.mean()),
+            "rounds": float(self.rounds.mean()),
             "scored_fraction": float(self.scored.mean() / num_items),
             "users": int(self.coverage.shape[0]),
         }
@@ -99,6 +101,7 @@ class ScoreCache:
         users = np.arange(self.num_users) if users is None else np.sort(np.asarray(users))
         found = np.full((users.shape[0], self.top_m), -1, dtype=np.int64)
         scored = np.zeros(users.shape[0], dtype=np.int64)
+        rounds = np.zeros(users.shape[0], dtype=np.int64)
         for s in range(0, users.shape[0], batch):
             idx = users[s:s + batch]
             block = np.asarray(self.scores[idx])  # one read per batch; rows in request order
@@ -113,11 +116,12 @@ class ScoreCache:
                 res = hnsw_search(graph, len(idx), score_fn, ef0, self.top_m, UNPADDED)
             found[s:s + len(idx), :res.ids.shape[1]] = res.ids[:, :self.top_m]
             scored[s:s + len(idx)] = res.n_scored
-        return self.quality(found, scored, users)
+            rounds[s:s + len(idx)] = res.rounds
+        return self.quality(found, scored, rounds, users)
 
-    def quality(self, found: np.ndarray, scored: np.ndarray, users: np.ndarray) -> UserQuality:
+    def quality(self, found: np.ndarray, scored: np.ndarray, rounds: np.ndarray, users: np.ndarray) -> UserQuality:
         exact, targets = self.exact[users], self.targets[users, None]
         coverage = np.array([np.intersect1d(f[f >= 0], e).size / e.shape[0] for f, e in zip(found, exact)])
         hit = (found == targets).any(axis=1)
         hit_all = (exact == targets).any(axis=1)
-        return UserQuality(coverage, hit, hit_all, scored)
+        return UserQuality(coverage, hit, hit_all, scored, rounds)

@@ -10,6 +10,9 @@ from nann.serving.retrieval import HIST_IDS, RetrieveService, state_dims
 from nann.serving.services import model_context
 
 
+CPU_MEMORY = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
+
+
 class ScorerFailed(RuntimeError):
     pass
 
@@ -51,7 +54,8 @@ class TritonPythonModel:
                 reply = pb_utils.InferenceRequest(
                     model_name="scorer", requested_output_names=["scores"],
                     inputs=state + [pb_utils.Tensor("cand_ids", ids.astype(np.int64)),
-                                    pb_utils.Tensor("owner", owner.astype(np.int64))]).exec()
+                                    pb_utils.Tensor("owner", owner.astype(np.int64))],
+                    preferred_memory=CPU_MEMORY).exec()  # a GPU (TensorRT) scorer's output lands in host memory
                 if reply.has_error():
                     raise ScorerFailed(reply.error().message())
                 return pb_utils.get_output_tensor_by_name(reply, "scores").as_numpy()

@@ -1,9 +1,10 @@
 """Numba kernels of the retrieval engine (nann.engine.search drives them).
 
 Result lists are kept as sorted uint64 *keys*: the high 32 bits are the float32 score mapped to an unsigned
-integer whose ascending order is the score's DESCENDING order, the low 32 bits the item id. Sorting keys
+integer whose ascending order is the score's DESCENDING order, the low 31 bits the item id. Sorting keys
 ascending = best score first, ties broken by the smaller id, so every selection is deterministic and does
-not depend on how requests were batched or in which order candidates arrived.
+not depend on how requests were batched or in which order candidates arrived. Bit 31 marks an item a request may
+not return (eligibility filters): it is still walked through, never part of the result.
 
 Visited sets are bitmaps over item ids, one row of uint64 words per concurrent request. Each row keeps a
 list of the words it turned from zero to non-zero ("touched"), so clearing costs O(work), not O(|V|).
@@ -13,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-_LOW32 = np.uint64(0xFFFFFFFF)
-_SIGN = np.uint64(0x80000000)
+_ID_MASK = np.uint64(0x7FFFFFFF)
+INELIGIBLE = np.uint64(0x80000000)
 _SHIFT = np.uint64(32)
 
 
@@ -39,7 +40,7 @@ def make_keys(score_bits, ids):
 def decode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ids int32, scores float32) of uint64 keys (numpy, vectorised)."""
     keys = np.asarray(keys, dtype=np.uint64)
-    ids = (keys & _LOW32).astype(np.uint32).view(np.int32)
+    ids = (keys & _ID_MASK).astype(np.int32)
     s = (~(keys >> _SHIFT)).astype(np.uint32)
     pos = (s & np.uint32(0x80000000)) != 0
     bits = np.where(pos, s & np.uint32(0x7FFFFFFF), ~s).astype(np.uint32)
@@ -69,7 +70,7 @@ def expand(indptr, indices, w_keys, w_flag, w_len, active, max_expand, bitmap, t
             if k >= max_expand[r]:
                 break
             if w_flag[r, j]:
-                node = np.int64(w_keys[r, j] & np.uint64(0xFFFFFFFF))
+                node = np.int64(w_keys[r, j] & np.uint64(0x7FFFFFFF))
                 total += indptr[node + 1] - indptr[node]
                 k += 1
     owner = np.empty(total, dtype=np.int32)
@@ -86,7 +87,7 @@ def expand(indptr, indices, w_keys, w_flag, w_len, active, max_expand, bitmap, t
                     break
                 if w_flag[r, j]:
                     w_flag[r, j] = 0
-                    node = np.int64(w_keys[r, j] & np.uint64(0xFFFFFFFF))
+                    node = np.int64(w_keys[r, j] & np.uint64(0x7FFFFFFF))
                     for e in range(indptr[node], indptr[node + 1]):
                         c = _emit_new(r, indices[e], bitmap, touched, touched_n, owner, ids, c)
                     k += 1
@@ -161,7 +162,7 @@ def mark_lists(bitmap, touched, touched_n, w_keys, w_len):
     one = np.uint64(1)
     for r in range(w_len.shape[0]):
         for j in range(w_len[r]):
-            v = np.int64(w_keys[r, j] & np.uint64(0xFFFFFFFF))
+            v = np.int64(w_keys[r, j] & np.uint64(0x7FFFFFFF))
             wi = v >> 6
             word = bitmap[r, wi]
             if word == 0:
@@ -180,23 +181,23 @@ def reset_bitmaps(bitmap, touched, touched_n):
 
 
 @njit(cache=True)
-def merge(w_keys, w_flag, w_len, cand_keys, ptr, ef, buf_keys, buf_flag):
-    """W <- top-ef of (W ∪ N) for every request, in place.
+def merge(w_keys, w_flag, w_len, cand_keys, ptr, ef, cap, buf_keys, buf_flag):
+    """W <- the best of (W ∪ N) for every request, in place: entries in key order until ``ef[r]`` of them are eligible
+    (or ``cap[r]`` entries in all). Without filters every entry is eligible and this is top-ef.
 
     W rows are sorted keys (w_len[r] valid); N of request r is cand_keys[ptr[r]:ptr[r+1]] (unsorted, disjoint
-    from W). New entries get flag 1, kept entries keep their flag. Selection: partition to the best ef
+    from W). New entries get flag 1, kept entries keep their flag. Selection: partition to the best cap
     candidates, sort them, then a linear merge with W.
     """
     for r in range(w_len.shape[0]):
-        e = ef[r]
+        c = cap[r]
         n = ptr[r + 1] - ptr[r]
         if n == 0:
-            if w_len[r] > e:
-                w_len[r] = e
+            w_len[r] = _kept(w_keys[r], w_len[r], ef[r], c)
             continue
         seg = cand_keys[ptr[r]:ptr[r + 1]]
-        if n > e:
-            cs = np.sort(np.partition(seg, e - 1)[:e])
+        if n > c:
+            cs = np.sort(np.partition(seg, c - 1)[:c])
         else:
             cs = np.sort(seg)
         nc = cs.shape[0]
@@ -204,7 +205,8 @@ def merge(w_keys, w_flag, w_len, cand_keys, ptr, ef, buf_keys, buf_flag):
         i = 0
         j = 0
         o = 0
-        while o < e and (i < wl or j < nc):
+        good = 0
+        while o < c and good < ef[r] and (i < wl or j < nc):
             if j >= nc or (i < wl and w_keys[r, i] < cs[j]):
                 buf_keys[o] = w_keys[r, i]
                 buf_flag[o] = w_flag[r, i]
@@ -213,11 +215,78 @@ def merge(w_keys, w_flag, w_len, cand_keys, ptr, ef, buf_keys, buf_flag):
                 buf_keys[o] = cs[j]
                 buf_flag[o] = 1
                 j += 1
+            if (buf_keys[o] & INELIGIBLE) == 0:
+                good += 1
             o += 1
         for k in range(o):
             w_keys[r, k] = buf_keys[k]
             w_flag[r, k] = buf_flag[k]
         w_len[r] = o
+
+
+@njit(cache=True)
+def _kept(keys, length, ef, cap):
+    """How many leading entries of a sorted list the ef / cap rule keeps."""
+    good = 0
+    o = 0
+    while o < length and o < cap and good < ef:
+        if (keys[o] & INELIGIBLE) == 0:
+            good += 1
+        o += 1
+    return o
+
+
+@njit(cache=True)
+def truncate(w_keys, w_len, ef, cap):
+    """Cut every list to what the ef / cap rule keeps (a layer with a smaller ef than the one before)."""
+    for r in range(w_len.shape[0]):
+        w_len[r] = _kept(w_keys[r], w_len[r], ef[r], cap[r])
+
+
+@njit(cache=True)
+def mark_ineligible(keys, owner, blocked, exclude_ids, exclude_ptr, allow_cats, allow_ptr, item_category):
+    """Set the INELIGIBLE bit of every key its request may not return: the item is in the ``blocked`` bitmap
+    (uint64 words over item ids; may be empty = none blocked), in the request's sorted ``exclude_ids`` segment, or
+    its category is not in the request's sorted ``allow_cats`` segment (an empty segment allows every category)."""
+    for i in range(keys.shape[0]):
+        v = np.int64(keys[i] & np.uint64(0x7FFFFFFF))
+        r = owner[i]
+        bad = blocked.shape[0] > 0 and (blocked[v >> 6] >> np.uint64(v & 63)) & np.uint64(1) != 0
+        if not bad:
+            bad = _in_sorted(exclude_ids, exclude_ptr[r], exclude_ptr[r + 1], v)
+        if not bad and allow_ptr[r + 1] > allow_ptr[r]:
+            bad = not _in_sorted(allow_cats, allow_ptr[r], allow_ptr[r + 1], item_category[v])
+        if bad:
+            keys[i] |= INELIGIBLE
+
+
+@njit(cache=True, inline="always")
+def _in_sorted(values, lo, hi, x):
+    """Whether x is in the sorted values[lo:hi] (binary search)."""
+    end = hi
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if values[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < end and values[lo] == x
+
+
+@njit(cache=True)
+def eligible_top(w_keys, w_len, top_m, out):
+    """The first top_m[r] eligible keys of each list into out [B, M] (0 where fewer); returns their counts."""
+    counts = np.zeros(w_len.shape[0], dtype=np.int64)
+    for r in range(w_len.shape[0]):
+        k = 0
+        for j in range(w_len[r]):
+            if k >= top_m[r]:
+                break
+            if (w_keys[r, j] & INELIGIBLE) == 0:
+                out[r, k] = w_keys[r, j]
+                k += 1
+        counts[r] = k
+    return counts
 
 
 @njit(cache=True)

@@ -88,6 +88,71 @@ class SearchResult:
     extra: dict = field(default_factory=dict)
 
 
+# A filtered request keeps up to this many times ef entries in its list, so that ef of them can be eligible when
+# ineligible items crowd the top of the ranking (7 of 8 ineligible at most; beyond that it may return fewer than k).
+FILTER_SLACK = 8
+_NO_WORDS = np.zeros(0, dtype=np.uint64)
+
+
+@dataclass
+class Filters:
+    """Which items each request may return; the walk still passes through the others (their neighbours stay
+    reachable), so a request gets k eligible items whenever the walk meets k.
+
+    blocked: uint64 words over item ids, bit set = nobody may get the item (``blocked_bitmap``); empty = none.
+    exclude_ids / exclude_ptr: per request, sorted dense ids it may not get (e.g. already bought, its history).
+    allow_cats / allow_ptr: per request, sorted dense categories it may get (an empty segment: all of them);
+    item_category int32 [N] maps items to categories."""
+    exclude_ids: np.ndarray
+    exclude_ptr: np.ndarray
+    allow_cats: np.ndarray
+    allow_ptr: np.ndarray
+    blocked: np.ndarray = field(default_factory=lambda: _NO_WORDS)
+    item_category: np.ndarray = field(default_factory=lambda: _EMPTY_IDS)
+
+    @classmethod
+    def build(cls, n_requests: int, blocked: np.ndarray | None = None,
+              exclude: Sequence[np.ndarray] | None = None, categories: Sequence[np.ndarray] | None = None,
+              item_category: np.ndarray | None = None) -> "Filters":
+        """From per-request arrays (dense ids / dense categories, any order, duplicates allowed; None = none)."""
+        ex_ids, ex_ptr = _ragged_sorted(exclude, n_requests)
+        cat_ids, cat_ptr = _ragged_sorted(categories, n_requests)
+        if cat_ids.size and item_category is None:
+            raise ValueError("category allow-lists need item_category")
+        return cls(ex_ids, ex_ptr, cat_ids, cat_ptr, _NO_WORDS if blocked is None else blocked,
+                   _EMPTY_IDS if item_category is None else np.ascontiguousarray(item_category, dtype=np.int32))
+
+    def restricted(self) -> np.ndarray:
+        """bool [B]: which requests have anything they may not return."""
+        n = self.exclude_ptr.shape[0] - 1
+        own = (np.diff(self.exclude_ptr) > 0) | (np.diff(self.allow_ptr) > 0)
+        return own | np.full(n, bool(self.blocked.shape[0] and self.blocked.any()))
+
+    def mark(self, keys: np.ndarray, owner: np.ndarray) -> None:
+        K.mark_ineligible(keys, owner, self.blocked, self.exclude_ids, self.exclude_ptr, self.allow_cats,
+                          self.allow_ptr, self.item_category)
+
+
+def blocked_bitmap(ids: np.ndarray, num_items: int) -> np.ndarray:
+    """uint64 words over item ids with the bits of ``ids`` set (out-of-range ids are ignored)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    ids = ids[(ids >= 0) & (ids < num_items)]
+    words = np.zeros(max(1, (int(num_items) + 63) // 64), dtype=np.uint64)
+    np.bitwise_or.at(words, ids >> 6, np.left_shift(np.uint64(1), (ids & 63).astype(np.uint64)))
+    return words
+
+
+def _ragged_sorted(rows: Sequence[np.ndarray] | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    if rows is None:
+        return _EMPTY_IDS, ptr
+    if len(rows) != n:
+        raise ValueError(f"{len(rows)} filter rows for {n} requests")
+    uniq = [np.unique(np.asarray(r if r is not None else [], dtype=np.int64)) for r in rows]
+    np.cumsum([u.shape[0] for u in uniq], out=ptr[1:])
+    return (np.concatenate(uniq).astype(np.int32) if ptr[-1] else _EMPTY_IDS), ptr
+
+
 class Workspace:
     """Reusable visited bitmaps for up to ``capacity`` concurrent requests over ``num_items`` items."""
 
@@ -133,8 +198,14 @@ class _Run:
     """State of one search call: scoring with the grid, counters, W lists, the workspace rows."""
 
     def __init__(self, num_items: int, n_requests: int, score_fn: ScoreFn, grid: CandidateGrid | None,
-                 workspace: Workspace | None, w_cap: int):
+                 workspace: Workspace | None, w_cap: int, filters: Filters | None = None, walk: bool = True):
+        """walk: the lists guide a graph walk (ineligible items stay in them); False for brute force."""
         self.n = int(n_requests)
+        self.filters = filters
+        self.walk = walk
+        restricted = (filters.restricted() if filters is not None and walk else np.zeros(self.n, dtype=bool))
+        self.slack = np.where(restricted, FILTER_SLACK, 1).astype(np.int64)  # list capacity in units of ef
+        w_cap *= int(self.slack.max()) if self.n else 1
         self.score_fn = score_fn
         self.grid = grid if grid is not None else CandidateGrid()
         self.calls = 0
@@ -184,7 +255,13 @@ class _Run:
     def score_merge(self, owner, ids, ptr, ef) -> None:
         scores = self.score(owner, ids)
         keys = K.make_keys(scores.view(np.uint32), ids)
-        K.merge(self.w_keys, self.w_flag, self.w_len, keys, ptr, ef, self.buf_keys, self.buf_flag)
+        if self.filters is not None:
+            self.filters.mark(keys, owner)
+            if not self.walk:  # nothing walks through an ineligible item: drop it
+                keep = (keys & K.INELIGIBLE) == 0
+                keys = keys[keep]
+                ptr = np.concatenate([[0], np.cumsum(np.bincount(owner[keep], minlength=self.n))])
+        K.merge(self.w_keys, self.w_flag, self.w_len, keys, ptr, ef, ef * self.slack, self.buf_keys, self.buf_flag)
 
     def run_layer(self, indptr, indices, ef, max_rounds, max_expand: np.ndarray,
                   entry: tuple[np.ndarray, np.ndarray] | None = None) -> None:
@@ -210,18 +287,17 @@ class _Run:
             if ids.shape[0]:
                 self.score_merge(owner, ids, ptr, ef)
             t += 1
-        np.minimum(self.w_len, ef, out=self.w_len)
+        K.truncate(self.w_keys, self.w_len, ef, ef * self.slack)
 
     def result(self, top_m: np.ndarray, t_total: float, extra: dict | None = None) -> SearchResult:
+        """The best top_m eligible entries of every list (-1 / -inf padding)."""
         m = int(top_m.max()) if self.n else 0
-        take = min(m, self.w_keys.shape[1])
-        ids = np.full((self.n, m), -1, dtype=np.int32)
-        scores = np.full((self.n, m), -np.inf, dtype=np.float32)
-        if take:
-            i, s = K.decode_keys(self.w_keys[:, :take])
-            valid = np.arange(take)[None, :] < np.minimum(self.w_len, top_m)[:, None]
-            ids[:, :take] = np.where(valid, i, -1)
-            scores[:, :take] = np.where(valid, s, -np.inf)
+        keys = np.zeros((self.n, m), dtype=np.uint64)
+        counts = K.eligible_top(self.w_keys, self.w_len, top_m, keys)
+        i, s = K.decode_keys(keys)
+        valid = np.arange(m)[None, :] < counts[:, None]
+        ids = np.where(valid, i, -1).astype(np.int32)
+        scores = np.where(valid, s, -np.inf).astype(np.float32)
         return SearchResult(ids=ids, scores=scores, n_scored=self.n_scored, rounds=self.rounds,
                             score_calls=self.calls, t_traverse=max(0.0, t_total - self.t_score),
                             t_score=self.t_score, extra=extra or {})
@@ -266,10 +342,12 @@ def history_seeds(histories: Sequence[np.ndarray] | None, counts: np.ndarray, nu
 
 def beam_search(graph, n_requests: int, score_fn: ScoreFn, params: SearchParams | Sequence[SearchParams],
                 grid: CandidateGrid | None = None, workspace: Workspace | None = None,
-                histories: Sequence[np.ndarray] | None = None) -> SearchResult:
+                histories: Sequence[np.ndarray] | None = None, filters: Filters | None = None) -> SearchResult:
     """Beam retrieval (Algorithm 1 with Algorithm 2 per layer) for a batch of requests.
 
-    histories: each request's behaviours (dense ids, oldest first), the source of ``SearchParams.seeds``."""
+    histories: each request's behaviours (dense ids, oldest first), the source of ``SearchParams.seeds``.
+    filters: items requests may not return (``Filters``); a restricted request's list holds up to FILTER_SLACK × ef
+    entries so that ef of them can be eligible, and its result is its best top_m eligible items."""
     t0 = time.perf_counter()
     n = int(n_requests)
     plist = _per_request(params, n)
@@ -283,7 +361,7 @@ def beam_search(graph, n_requests: int, score_fn: ScoreFn, params: SearchParams 
     max_expand = np.array([p.frontier if p.frontier > 0 else UNLIMITED for p in plist], dtype=np.int64)
     seeds = history_seeds(histories, np.array([p.seeds for p in plist], dtype=np.int64), graph.num_items)
     w_cap = int(max(ef.max(), top_m.max()))
-    run = _Run(graph.num_items, n, score_fn, grid, workspace or get_workspace(graph), w_cap)
+    run = _Run(graph.num_items, n, score_fn, grid, workspace or get_workspace(graph), w_cap, filters)
     try:
         # Algorithm 1, step 1: score every node of the start layer, keep the best ef[start] as entry points
         nodes = graph.nodes_at_level(start)
@@ -352,15 +430,16 @@ def hnsw_search(graph, n_requests: int, score_fn: ScoreFn, ef0: int, top_m: int,
 
 
 def brute_force(num_items: int, n_requests: int, score_fn: ScoreFn, top_m: int, chunk: int | None = None,
-                grid: CandidateGrid | None = None) -> SearchResult:
-    """Exact top-M by scoring every item (``chunk`` items per request per step)."""
+                grid: CandidateGrid | None = None, filters: Filters | None = None) -> SearchResult:
+    """Exact top-M by scoring every item (``chunk`` items per request per step); with ``filters``, of the items
+    each request may get."""
     t0 = time.perf_counter()
     n = int(n_requests)
     grid = grid if grid is not None else CandidateGrid()
     if chunk is None:
         chunk = max(1, grid.max_size // max(1, n))
     tm = np.full(n, int(top_m), dtype=np.int64)
-    run = _Run(num_items, n, score_fn, grid, None, int(top_m))
+    run = _Run(num_items, n, score_fn, grid, None, int(top_m), filters, walk=False)
     ef = tm.copy()
     for s in range(0, int(num_items), int(chunk)):
         e = min(int(num_items), s + int(chunk))
