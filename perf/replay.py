@@ -95,6 +95,10 @@ class ScoreCache:
         path.with_suffix(".partial.npy").replace(path)
         return cls(np.load(path, mmap_mode="r", allow_pickle=False), histories, targets, top_m)
 
+    def recall_all(self) -> float:
+        """recall-all@M: the share of users whose target is in their exact top-M."""
+        return float((self.exact == self.targets[:, None]).any(axis=1).mean())
+
     def replay(self, graph, params: SearchParams | None = None, method: str = "beam", ef0: int = 400,
                users: np.ndarray | None = None, batch: int = 64) -> UserQuality:
         """Run the engine for ``users`` (default: all) against the cached scores; their per-user quality."""

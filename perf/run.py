@@ -25,7 +25,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from perf.sections import update_section
+
 ROOT = Path(__file__).resolve().parents[1]
+PERF_SECTION = "nann perf"   # this command's section of perf/RESULTS.md (perf.sections)
 QUICK_ITEMS = [5000]
 FULL_ITEMS = [100_000]
 
@@ -192,21 +195,6 @@ def markdown(results: list[dict], info: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-SECTION_BEGIN, SECTION_END = "<!-- nann perf: begin -->", "<!-- nann perf: end -->"
-
-
-def update_section(path: Path, md: str) -> None:
-    """Replace this command's section of the shared results file (other sections: other benchmarks)."""
-    block = f"{SECTION_BEGIN}\n{md.strip()}\n{SECTION_END}"
-    text = path.read_text() if path.exists() else ""
-    if SECTION_BEGIN in text and SECTION_END in text:
-        head, rest = text.split(SECTION_BEGIN, 1)
-        text = head + block + rest.split(SECTION_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main(args) -> int:
     quick = bool(getattr(args, "quick", False))
     out = Path(getattr(args, "out", None) or "perf/results").resolve()
@@ -228,7 +216,7 @@ def main(args) -> int:
     md = markdown(results, info, command)
     (out / "RESULTS.md").write_text(md)
     if not quick and out == (ROOT / "perf" / "results").resolve():
-        update_section(ROOT / "perf" / "RESULTS.md", md)
+        update_section(ROOT / "perf" / "RESULTS.md", PERF_SECTION, md)
         print(f"[perf] updated the `nann perf` section of {ROOT / 'perf' / 'RESULTS.md'}", file=sys.stderr)
     print(md)
     return 0
