@@ -36,6 +36,9 @@ Not done, on measurement: folding the attention output's block of score layer 1 
 (L x 128 instead of L x 64 floats); on CPU (torch and ONNX Runtime) the scorer is bound by that gather and ran 1.5-3x
 slower with the fold, so ``values`` stays the masked behaviour embeddings and W_a is one [C,64]x[64,128] GEMM.
 
+Items added after training (``nann items add``) have no trained id row: their e_v is ``item_embed_new``, the item
+network on concat(zero id embedding, category embedding) - the category-only path (see its docstring).
+
 Masking: padded behaviours get an additive ``-1e4`` on their attention logits *and* their values are multiplied by
 the mask, so an all-masked (empty) history gives attention output 0 and user vector 0 - finite, never NaN.
 """
@@ -46,6 +49,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,6 +57,7 @@ from torch import nn
 from nann.errors import UserError
 
 ARCHS = ("attention", "mlp", "two-tower")
+MIXED_WEIGHTS = {"attn": "w_a", "attn*item": "w_ae", "user*item": "w_ue"}  # Scorer's score-layer-1 blocks
 MASK_NEG = -1.0e4  # additive attention mask; finite so fp16 engines and all-masked rows stay NaN-free
 
 
@@ -165,20 +170,41 @@ class NANNModel(nn.Module):
 
     # ---- item network -------------------------------------------------------------------------------------
     def item_embed(self, ids: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([self.id_emb(ids), self.cat_emb(self.item_category[ids])], dim=-1)
+        return self._item_network(self.id_emb(ids), self.item_category[ids])
+
+    def item_embed_new(self, category_ids: torch.Tensor) -> torch.Tensor:
+        """e_v of items the model was not trained on (``nann items add``), from their dense categories alone: the
+        item network on concat(0, category embedding). Id rows start at N(0, 0.05) and a rarely-seen item's row
+        stays near that start, so the zero row (its mean) is what the model learned for an item it knows only
+        by its category."""
+        return self._item_network(self.id_emb.weight.new_zeros(category_ids.shape[0], self.cfg.id_dim),
+                                  category_ids)
+
+    def _item_network(self, id_e: torch.Tensor, category_ids: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([id_e, self.cat_emb(category_ids)], dim=-1)
         for blk in self.item_blocks:
             x = blk(x)
         return self.item_out(x)
 
-    @torch.no_grad()
     def all_item_embeddings(self, chunk: int = 65536) -> torch.Tensor:
+        """e_v (eval mode, no grad) of the trained items 0..num_items-1."""
+        dev = self.id_emb.weight.device
+        return self._eval_chunks(lambda s, e: self.item_embed(torch.arange(s, e, device=dev)), self.cfg.num_items,
+                                 chunk)
+
+    def new_item_embeddings(self, category_ids, chunk: int = 65536) -> torch.Tensor:
+        """e_v (eval mode, no grad) of new items of these dense categories (``item_embed_new``)."""
+        cats = torch.as_tensor(np.asarray(category_ids), dtype=torch.int64, device=self.id_emb.weight.device)
+        return self._eval_chunks(lambda s, e: self.item_embed_new(cats[s:e]), int(cats.shape[0]), chunk)
+
+    @torch.no_grad()
+    def _eval_chunks(self, embed, n: int, chunk: int) -> torch.Tensor:
+        """torch.cat of embed(start, end) over [0, n) in chunks, in eval mode; [0, emb_dim] when n is 0."""
         was = self.training
         self.eval()
-        dev = self.id_emb.weight.device
-        out = [self.item_embed(torch.arange(s, min(s + chunk, self.cfg.num_items), device=dev))
-               for s in range(0, self.cfg.num_items, chunk)]
+        out = [embed(s, min(s + chunk, n)) for s in range(0, n, chunk)]
         self.train(was)
-        return torch.cat(out)
+        return torch.cat(out) if out else self.item_out.weight.new_zeros(0, self.cfg.emb_dim)
 
     # ---- the model's function (reference, unfolded) --------------------------------------------------------
     def user_side(self, hist_e: torch.Tensor, mask: torch.Tensor):
@@ -307,9 +333,9 @@ class Scorer(nn.Module):
     GEMMs over a [R, Cmax] layout of the runs (``segment_layout``; Cmax = the longest run, the shorter runs padded
     with rows whose results are dropped), so no candidate copies its user's 2·L·64 floats of keys and values.
     Everything else is row-wise over all C candidates as plain GEMMs. Score layer 1 is split by input block: W_u u + b
-    (user-only, in the state as ``user_bias``), W_e e_v (item-only, one GEMM together with the query's first FC) and
-    one GEMM over the blocks that mix user and item: [attn, attn*e_v, u*e_v] (attention) or [u*e_v] (mlp), with
-    ``u = user_vec[owner]`` (64 floats per candidate) and ``user_bias[owner]`` the only per-candidate user rows."""
+    (user-only, in the state as ``user_bias``), W_e e_v (item-only) and one GEMM per block that mixes user and item:
+    attn, attn*e_v, u*e_v (attention) or u*e_v (mlp), with ``u = user_vec[owner]`` (64 floats per candidate) and
+    ``user_bias[owner]`` the only per-candidate user rows. PReLUs whose slopes are all <= 1 run as max(x, a*x)."""
 
     def __init__(self, model: NANNModel):
         super().__init__()
@@ -328,73 +354,82 @@ class Scorer(nn.Module):
                 i = blocks.index(name) * D
                 return w1[:, i:i + D]
 
-            we = blk("item")
+            self.register_buffer("we", blk("item").clone())
             if self.arch == "attention":
                 qp = model.q_proj
                 self.A = cfg.attn_dim
-                # one matmul for both candidate-only linear maps: [Wq1; We]
-                self.register_buffer("wc", torch.cat([qp.l1.weight.detach(), we]).clone())
-                self.register_buffer("bc", torch.cat([qp.l1.bias.detach(), torch.zeros(we.shape[0])]).clone())
+                self.register_buffer("wq", qp.l1.weight.detach().clone())
+                self.register_buffer("bq", qp.l1.bias.detach().clone())
                 self.register_buffer("qa", qp.act.weight.detach().clone())
-            else:
-                self.register_buffer("wc", we.clone())
             self.register_buffer("act1", a1)
-            # the blocks of score layer 1 whose input mixes user and candidate, as one [H, k*D] matrix
-            mixed = [n for n in blocks if n not in ("user", "item")]
-            self.has_mixed = bool(mixed)
-            if mixed:
-                self.register_buffer("wx", torch.cat([blk(n) for n in mixed], dim=1).clone())
+            # the blocks of score layer 1 whose input mixes user and candidate, one [H, D] matrix each: separate
+            # GEMMs summed ran 1.2x faster than one GEMM over their concatenation (no copy into a [C, 3D] input)
+            self.mixed = [n for n in blocks if n not in ("user", "item")]
+            for n in self.mixed:
+                self.register_buffer(MIXED_WEIGHTS[n], blk(n).clone())
             rest = [blk.folded() for blk in model.score_blocks[1:]]
             self.n_rest = len(rest)
             for i, (w, b, a) in enumerate(rest):
                 self.register_buffer(f"rw{i}", w); self.register_buffer(f"rb{i}", b); self.register_buffer(f"ra{i}", a)
             self.register_buffer("wo", model.score_out.weight.detach()[0].clone())
             self.register_buffer("bo", model.score_out.bias.detach().clone())
+            slopes = [b for n, b in self.named_buffers() if n in ("qa", "act1") or n.startswith("ra")]
+            # PReLU with per-feature slopes a <= 1 equals max(x, a*x): two vectorised element-wise ops, where the
+            # runtimes' broadcasting PRelu kernels took a quarter of the scorer's time (ONNX Runtime profile)
+            self.slopes_at_most_one = all(float(b.max()) <= 1.0 for b in slopes)
+
+    def _act(self, x, a):
+        return torch.maximum(x, x * a) if self.slopes_at_most_one else F.prelu(x, a)
 
     def _head(self, z):
-        x = F.prelu(z, self.act1)
+        x = self._act(z, self.act1)
         for i in range(self.n_rest):
-            x = F.prelu(F.linear(x, getattr(self, f"rw{i}"), getattr(self, f"rb{i}")), getattr(self, f"ra{i}"))
+            x = self._act(F.linear(x, getattr(self, f"rw{i}"), getattr(self, f"rb{i}")), getattr(self, f"ra{i}"))
         return torch.matmul(x, self.wo) + self.bo
 
-    def _first(self, state, y, e, owner):
-        """Score layer 1 pre-activation. y = the linear part of cand_pre [C,*], e = e_v [C,D]."""
+    def _first(self, state, yq, ye, e, owner):
+        """Score layer 1 pre-activation from the candidate-only linear maps yq = W_q1 e_v + b (attention's query, or
+        None) and ye = W_e e_v, and e = e_v [C,D]."""
         if self.arch == "mlp":
-            z = y + state[0][owner]
-            if self.has_mixed:
-                z = z + F.linear(state[1][owner] * e, self.wx)
+            z = ye + state[0][owner]
+            if self.mixed:
+                z = z + F.linear(state[1][owner] * e, self.w_ue)
             return z
         keys, attn_bias, values, user_bias = state[:4]
-        q1 = F.prelu(y[:, :self.A], self.qa)                                          # [C,A]
-        att = segment_attention(q1, keys, attn_bias, values, owner)                   # [C,D]
-        mixed = torch.cat([att, att * e, state[4][owner] * e], dim=-1) if self.interactions else att
-        return y[:, self.A:] + F.linear(mixed, self.wx) + user_bias[owner]
+        att = segment_attention(self._act(yq, self.qa), keys, attn_bias, values, owner)   # [C,D]
+        z = ye + user_bias[owner] + F.linear(att, self.w_a)
+        if self.interactions:
+            z = z + F.linear(att * e, self.w_ae) + F.linear(state[4][owner] * e, self.w_ue)
+        return z
 
     def forward(self, *args):
         state, cand_emb, owner = args[:self.n_state], args[self.n_state], args[self.n_state + 1]
         if self.arch == "two-tower":
             return (state[0][owner] * cand_emb).sum(-1)
-        return self._head(self._first(state, self._lin(cand_emb), cand_emb, owner))
+        return self._head(self._first(state, *self._lin(cand_emb), cand_emb, owner))
 
     def _lin(self, cand_emb):
-        return F.linear(cand_emb, self.wc, self.bc if self.arch == "attention" else None)
+        """(yq, ye): the candidate-only linear maps (yq None without attention)."""
+        yq = F.linear(cand_emb, self.wq, self.bq) if self.arch == "attention" else None
+        return yq, F.linear(cand_emb, self.we)
 
     def cand_pre(self, cand_emb):
         """The candidate-only part (item-only; can be computed once for all items): the linear maps, followed by
         e_v itself when the score network has interaction inputs."""
         if self.arch == "two-tower":
             return cand_emb
-        y = self._lin(cand_emb)
-        return torch.cat([y, cand_emb], dim=-1) if self.interactions else y
+        parts = [t for t in self._lin(cand_emb) if t is not None]
+        return torch.cat(parts + ([cand_emb] if self.interactions else []), dim=-1)
 
     def score_one_pre(self, state, y):
         """Scores of one user (state rows [1,...]) for candidates given by their ``cand_pre`` rows y: the trainer's
         validation scores every item with ``cand_pre`` computed once. Same function as forward."""
         if self.arch == "two-tower":
             return y @ state[0][0]
-        n = self.wc.shape[0]
-        return self._head(self._first(state, y[:, :n], y[:, n:], torch.zeros(y.shape[0], dtype=torch.int64,
-                                                                              device=y.device)))
+        a = self.A if self.arch == "attention" else 0
+        h = self.we.shape[0]
+        owner = torch.zeros(y.shape[0], dtype=torch.int64, device=y.device)
+        return self._head(self._first(state, y[:, :a] if a else None, y[:, a:a + h], y[:, a + h:], owner))
 
 
 def segment_layout(owner: torch.Tensor, n_users: torch.Tensor):

@@ -73,7 +73,7 @@ class SearchParams:
 PAPER_SEARCH = SearchParams(ef=(100, 200, 400), rounds=(1, 1, 3), top_m=200, frontier=0, seeds=0)
 # THE defaults of every search: `nann evaluate`, `nann retrieve`, the exported server and the SDK's docs all take
 # these (perf/RESULTS.md, "Search defaults", shows how they were chosen).
-DEFAULT_SEARCH = SearchParams(ef=(100, 200, 400), rounds=(1, 3, 10), top_m=200, frontier=0, seeds=0)
+DEFAULT_SEARCH = SearchParams(ef=(100, 200, 300), rounds=(1, 3, 64), top_m=200, frontier=16, seeds=50)
 
 
 @dataclass
