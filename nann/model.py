@@ -387,39 +387,37 @@ class Scorer(nn.Module):
             x = self._act(F.linear(x, getattr(self, f"rw{i}"), getattr(self, f"rb{i}")), getattr(self, f"ra{i}"))
         return torch.matmul(x, self.wo) + self.bo
 
-    def _first(self, state, yq, ye, e, owner):
-        """Score layer 1 pre-activation from the candidate-only linear maps yq = W_q1 e_v + b (attention's query, or
-        None) and ye = W_e e_v, and e = e_v [C,D]."""
-        if self.arch == "mlp":
-            z = ye + state[0][owner]
-            if self.mixed:
-                z = z + F.linear(state[1][owner] * e, self.w_ue)
-            return z
-        keys, attn_bias, values, user_bias = state[:4]
-        att = segment_attention(self._act(yq, self.qa), keys, attn_bias, values, owner)   # [C,D]
-        z = ye + user_bias[owner] + F.linear(att, self.w_a)
-        if self.interactions:
-            z = z + F.linear(att * e, self.w_ae) + F.linear(state[4][owner] * e, self.w_ue)
+    def _first(self, state, yq, e, owner, ye=None):
+        """Score layer 1 pre-activation: yq = W_q1 e_v + b (attention's query input; None for mlp), e = e_v [C,D],
+        ye = W_e e_v when precomputed (``cand_pre``). Every block accumulates into z with addmm (z + x Wᵀ in one
+        BLAS call, in place; ONNX Gemm with a C input) instead of a GEMM and an add."""
+        attention = self.arch == "attention"
+        user_bias = state[3] if attention else state[0]
+        z = user_bias[owner] + ye if ye is not None else torch.addmm(user_bias[owner], e, self.we.t())
+        if attention:
+            att = segment_attention(self._act(yq, self.qa), state[0], state[1], state[2], owner)   # [C,D]
+            z = z.addmm_(att, self.w_a.t())
+            if self.interactions:
+                z = z.addmm_(att * e, self.w_ae.t())
+        if "user*item" in self.mixed:
+            z = z.addmm_(state[4 if attention else 1][owner] * e, self.w_ue.t())
         return z
 
     def forward(self, *args):
         state, cand_emb, owner = args[:self.n_state], args[self.n_state], args[self.n_state + 1]
         if self.arch == "two-tower":
             return (state[0][owner] * cand_emb).sum(-1)
-        return self._head(self._first(state, *self._lin(cand_emb), cand_emb, owner))
-
-    def _lin(self, cand_emb):
-        """(yq, ye): the candidate-only linear maps (yq None without attention)."""
         yq = F.linear(cand_emb, self.wq, self.bq) if self.arch == "attention" else None
-        return yq, F.linear(cand_emb, self.we)
+        return self._head(self._first(state, yq, cand_emb, owner))
 
     def cand_pre(self, cand_emb):
         """The candidate-only part (item-only; can be computed once for all items): the linear maps, followed by
         e_v itself when the score network has interaction inputs."""
         if self.arch == "two-tower":
             return cand_emb
-        parts = [t for t in self._lin(cand_emb) if t is not None]
-        return torch.cat(parts + ([cand_emb] if self.interactions else []), dim=-1)
+        parts = ([F.linear(cand_emb, self.wq, self.bq)] if self.arch == "attention" else []) + \
+            [F.linear(cand_emb, self.we)] + ([cand_emb] if self.interactions else [])
+        return torch.cat(parts, dim=-1)
 
     def score_one_pre(self, state, y):
         """Scores of one user (state rows [1,...]) for candidates given by their ``cand_pre`` rows y: the trainer's
@@ -429,7 +427,7 @@ class Scorer(nn.Module):
         a = self.A if self.arch == "attention" else 0
         h = self.we.shape[0]
         owner = torch.zeros(y.shape[0], dtype=torch.int64, device=y.device)
-        return self._head(self._first(state, y[:, :a] if a else None, y[:, a:a + h], y[:, a + h:], owner))
+        return self._head(self._first(state, y[:, :a] if a else None, y[:, a + h:], owner, ye=y[:, a:a + h]))
 
 
 def segment_layout(owner: torch.Tensor, n_users: torch.Tensor):
