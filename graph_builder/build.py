@@ -15,17 +15,23 @@ The export reads hnswlib's raw structures through ``Index.__getstate__()`` (hnsw
 
 Internal ids are not the labels (items are added by several threads), so every id goes through the label
 of its internal id; we add items with labels = dense ids.
+
+The hnswlib index itself is saved beside the arrays (``hnsw_index.bin``, hnswlib's own binary format) so that
+``nann items add`` can insert new items into it (``extend_graph``) and export the grown graph again.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M
+from nann.engine.graph import HNSW_INDEX
+from nann.errors import UserError
 
 FORMAT_VERSION = 1
 
@@ -118,7 +124,6 @@ def build_index(embeddings: np.ndarray, m: int = GRAPH_M, ef_construction: int =
                 threads: int = 0, seed: int = 100, chunk: int = 50_000, progress: bool = True):
     """The hnswlib index (space l2) over all rows of ``embeddings``, labels = row numbers."""
     import hnswlib
-    from tqdm import tqdm
 
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] == 0:
@@ -126,13 +131,57 @@ def build_index(embeddings: np.ndarray, m: int = GRAPH_M, ef_construction: int =
     n, d = emb.shape
     index = hnswlib.Index(space="l2", dim=d)
     index.init_index(max_elements=n, M=m, ef_construction=ef_construction, random_seed=seed)
+    _add_items(index, emb, 0, threads, chunk, "hnsw build", progress)
+    return index
+
+
+def _add_items(index, vectors: np.ndarray, first_label: int, threads: int, chunk: int, desc: str,
+               progress: bool) -> None:
+    """index.add_items of every row of ``vectors`` (labels first_label, first_label + 1, ...) in chunks, with a
+    progress bar; threads 0 = all cores."""
+    from tqdm import tqdm
+
     index.set_num_threads(threads if threads > 0 else (os.cpu_count() or 1))
-    with tqdm(total=n, desc="hnsw build", unit="item", disable=not progress) as bar:
+    n = vectors.shape[0]
+    with tqdm(total=n, desc=desc, unit="item", disable=not progress) as bar:
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
-            index.add_items(emb[s:e], np.arange(s, e, dtype=np.int64))
+            index.add_items(vectors[s:e], np.arange(first_label + s, first_label + e, dtype=np.int64))
             bar.update(e - s)
-    return index
+
+
+def extend_graph(graph_dir, embeddings: np.ndarray, out_dir, threads: int = 0, chunk: int = 10_000,
+                 progress: bool = True) -> dict:
+    """Insert new items into the hnswlib index kept in ``graph_dir`` and export the grown graph (arrays, index,
+    metric) to ``out_dir``; ``graph_dir`` is left as it was. The new items get the labels N, N+1, ... in the
+    order of ``embeddings`` (their e_v), taken into the graph's space (``e_v @ metric.npy`` for a graph built
+    with --metric score). hnswlib also relinks old nodes to them. Returns the new meta, plus "insert_seconds"."""
+    import hnswlib
+
+    graph_dir, out = Path(graph_dir), Path(out_dir)
+    meta = json.loads((graph_dir / "meta.json").read_text())
+    if not (graph_dir / HNSW_INDEX).is_file():
+        raise UserError(f"{graph_dir} has no {HNSW_INDEX} (graphs built before `nann items add` existed): "
+                        f"rebuild it with `nann graph`")
+    transform = np.load(graph_dir / "metric.npy", allow_pickle=False) if meta.get("metric") == "score" else None
+    space = np.ascontiguousarray(embeddings if transform is None else embeddings @ transform, dtype=np.float32)
+    index = hnswlib.Index(space="l2", dim=space.shape[1])
+    index.load_index(str(graph_dir / HNSW_INDEX))
+    n = index.get_current_count()
+    if n != meta["num_items"]:
+        raise UserError(f"{graph_dir / HNSW_INDEX} holds {n} items, the graph {meta['num_items']}: rebuild it "
+                        f"with `nann graph`")
+    index.resize_index(n + space.shape[0])
+    t0 = time.perf_counter()
+    _add_items(index, space, n, threads, chunk, "hnsw insert", progress)
+    seconds = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    index.save_index(str(out / HNSW_INDEX))
+    if transform is not None:
+        shutil.copy2(graph_dir / "metric.npy", out / "metric.npy")
+    kept = {k: meta[k] for k in ("metric", "build_seconds") if k in meta}
+    new_meta = export_index(index, out, {**kept, "added_items": meta.get("added_items", 0) + space.shape[0]})
+    return {**new_meta, "insert_seconds": seconds}
 
 
 def build_graph(embeddings: np.ndarray, out_dir, m: int = GRAPH_M, ef_construction: int = GRAPH_EF_CONSTRUCTION,
@@ -145,10 +194,12 @@ def build_graph(embeddings: np.ndarray, out_dir, m: int = GRAPH_M, ef_constructi
     space = embeddings if transform is None else np.asarray(embeddings, dtype=np.float32) @ transform
     index = build_index(space, m=m, ef_construction=ef_construction, threads=threads, seed=seed)
     t1 = time.perf_counter()
-    meta = export_index(index, out_dir, {"metric": "l2" if transform is None else "score",
-                                         "build_seconds": round(t1 - t0, 1)})
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     if transform is not None:
         np.save(Path(out_dir) / "metric.npy", transform.astype(np.float32))
+    index.save_index(str(Path(out_dir) / HNSW_INDEX))
+    meta = export_index(index, out_dir, {"metric": "l2" if transform is None else "score",
+                                         "build_seconds": round(t1 - t0, 1)})
     t2 = time.perf_counter()
     levels = np.load(Path(out_dir) / "levels.npy")
     counts = [int((levels >= lev).sum()) for lev in range(meta["max_level"] + 1)]
@@ -156,12 +207,10 @@ def build_graph(embeddings: np.ndarray, out_dir, m: int = GRAPH_M, ef_constructi
           f"built in {t1 - t0:.1f} s, exported in {t2 - t1:.1f} s")
     for lev, c in enumerate(counts):
         print(f"  level {lev}: {c} nodes")
-    print(f"  entry point {meta['entry_point']} -> {out_dir}")
+    print(f"  entry point {meta['entry_point']}")
 
 
 def main(args) -> int:
-    from nann.errors import UserError
-
     run = Path(args.run)
     emb_path = run / "item_embeddings.npy"
     if not emb_path.is_file():
@@ -174,9 +223,24 @@ def main(args) -> int:
         raise UserError(f"{emb_path} must be a non-empty [N, D] array, got shape {emb.shape}")
     emb = np.asarray(emb, dtype=np.float32)
     transform = score_metric(run, emb, args.data, args.seed, args.threads) if args.metric == "score" else None
-    build_graph(emb, run / "graph", m=args.m, ef_construction=args.ef_construction, threads=args.threads,
+    staged = run / "graph.new"
+    shutil.rmtree(staged, ignore_errors=True)
+    build_graph(emb, staged, m=args.m, ef_construction=args.ef_construction, threads=args.threads,
                 seed=args.seed, transform=transform)
+    replace_graph(staged, run / "graph")
+    print(f"  -> {run / 'graph'}")
     return 0
+
+
+def replace_graph(staged: Path, graph_dir: Path) -> None:
+    """Put the complete graph directory ``staged`` in the place of ``graph_dir`` (two renames). The old files are
+    unlinked, never rewritten: an exported model version hard-links them and keeps serving them unchanged."""
+    old = graph_dir.with_name(graph_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if graph_dir.exists():
+        graph_dir.rename(old)
+    staged.rename(graph_dir)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def score_metric(run: Path, emb: np.ndarray, data_dir: str | None, seed: int, threads: int = 0) -> np.ndarray:
@@ -185,7 +249,6 @@ def score_metric(run: Path, emb: np.ndarray, data_dir: str | None, seed: int, th
 
     from graph_builder.metric import USERS, score_sensitivity, training_histories
     from nann.data.prepared import PreparedData
-    from nann.errors import UserError
     from nann.model import load_model
 
     if data_dir is None:
@@ -200,8 +263,8 @@ def score_metric(run: Path, emb: np.ndarray, data_dir: str | None, seed: int, th
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     model = load_model(str(run))
-    if model.cfg.num_items != emb.shape[0]:
-        raise UserError(f"{run}/model.safetensors has {model.cfg.num_items} items but item_embeddings.npy "
+    if emb.shape[0] < model.cfg.num_items:  # more is a run extended by `nann items add`: valid
+        raise UserError(f"{run}/model.safetensors has {model.cfg.num_items} items but item_embeddings.npy only "
                         f"{emb.shape[0]}: re-export the run (`nann train --run {run} --export-only`)")
     prepared = PreparedData.load(str(data_dir))
     histories = training_histories(prepared.train, model.cfg.max_seq, USERS, seed)

@@ -6,9 +6,9 @@ import importlib
 import sys
 
 from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M
+from nann.engine.params import DEFAULT_SEARCH, PAPER_SEARCH
 from nann.errors import UserError
 
-SERVED_DEFAULTS = "default: the served search, nann.engine.search.DEFAULT_SEARCH"
 
 
 def _int_list(text: str) -> list[int]:
@@ -18,17 +18,47 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _add_search_flags(s: argparse.ArgumentParser, defaults: str, paper: bool) -> None:
-    """The per-request search flags (None = not given: `defaults` apply); --paper selects the paper's."""
-    s.add_argument("--ef", type=_int_list, default=None, help=f"beam width per layer, top layer first ({defaults})")
-    s.add_argument("--rounds", type=_int_list, default=None, help=f"search rounds per layer, top layer first ({defaults})")
+def _add_search_flags(s: argparse.ArgumentParser, served: bool, paper: bool) -> None:
+    """The per-request search flags (None = not given: the defaults apply); --paper selects the paper's.
+    served: the defaults are the server's (nann query) rather than DEFAULT_SEARCH."""
+    def default(field: str) -> str:
+        value = getattr(DEFAULT_SEARCH, field)
+        value = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        return "default: the server's" if served else f"default {value}"
+
+    s.add_argument("--ef", type=_int_list, default=None,
+                   help=f"beam list size per layer, top layer first ({default('ef')})")
+    s.add_argument("--rounds", type=_int_list, default=None,
+                   help=f"most search rounds per layer, top layer first; a layer also ends when nothing is left to "
+                        f"expand ({default('rounds')})")
     s.add_argument("--frontier", type=int, default=None,
-                   help=f"beam: list entries expanded per round, best first; 0 = every new entry ({defaults})")
+                   help=f"beam: list entries expanded per round, best first; 0 = every new entry "
+                        f"({default('frontier')})")
     s.add_argument("--seeds", type=int, default=None,
-                   help=f"the history's most recent distinct items that join layer 0 as entry points; 0 = none ({defaults})")
+                   help=f"the history's most recent distinct items that join layer 0 as entry points; 0 = none "
+                        f"({default('seeds')})")
     if paper:
+        p = PAPER_SEARCH
         s.add_argument("--paper", action="store_true",
-                       help="the paper's search parameters (PAPER_SEARCH) instead of the defaults; not with the four above")
+                       help=f"the paper's search parameters (ef {','.join(map(str, p.ef))}, rounds "
+                            f"{','.join(map(str, p.rounds))}, frontier 0, no seeds) instead of the defaults; not with "
+                            "the four above")
+
+
+def _add_filter_flags(s: argparse.ArgumentParser, blocked: bool) -> None:
+    """The eligibility filters (the served inputs exclude, exclude_history, categories); --blocked: the server's
+    blocked set, offline."""
+    s.add_argument("--exclude", type=_int_list, default=None, metavar="IDS",
+                   help="comma-separated raw item ids not to return, e.g. already bought; unknown ids are ignored "
+                        "(default: none)")
+    s.add_argument("--exclude-history", action="store_true",
+                   help="do not return items of the history (default: off)")
+    s.add_argument("--categories", type=_int_list, default=None, metavar="IDS",
+                   help="comma-separated raw category ids: return only items of these (default: every category)")
+    if blocked:
+        s.add_argument("--blocked", default=None, metavar="FILE",
+                       help="raw item ids nobody gets, as the server's blocked set (`nann items block`): one id per "
+                            "line, or a .npy int64 array (default: none)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -39,10 +69,11 @@ def _build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     s = dsub.add_parser("synth", help="write a synthetic UserBehavior.csv")
     s.add_argument("--out", required=True, help="output directory (gets UserBehavior.csv)")
-    s.add_argument("--users", type=int, default=20_000)
-    s.add_argument("--items", type=int, default=100_000)
-    s.add_argument("--categories", type=int, default=500)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--users", type=int, default=20_000, help="synthetic users (default 20,000)")
+    s.add_argument("--items", type=int, default=100_000,
+                   help="catalogue size before prepare drops unseen items (default 100,000)")
+    s.add_argument("--categories", type=int, default=500, help="item categories (default 500)")
+    s.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same file (default 0)")
     s.set_defaults(handler="nann.data.synth:main")
 
     s = dsub.add_parser("prepare", help="split interaction logs (UserBehavior CSV, header CSV/TSV, Parquet) "
@@ -90,22 +121,31 @@ def _build_parser() -> argparse.ArgumentParser:
     s.set_defaults(handler="nann.data.prepare:main")
 
     s = sub.add_parser("train", help="train a model on prepared data and export its ONNX parts")
-    s.add_argument("--data", required=True)
-    s.add_argument("--run", required=True)
-    s.add_argument("--arch", choices=["attention", "mlp", "two-tower", "deep-retrieval"],
-                   default="attention")
-    s.add_argument("--fgsm-eps", type=float, default=3e-4)
+    s.add_argument("--data", required=True, help="prepared data directory (`nann data prepare --out`)")
+    s.add_argument("--run", required=True,
+                   help="run directory: model, checkpoint, log and ONNX parts go here; an existing run with a "
+                        "checkpoint resumes")
+    s.add_argument("--arch", choices=["attention", "mlp", "two-tower", "deep-retrieval"], default="attention",
+                   help="attention (default: target attention, the paper's model), mlp (DNN w/o attention), "
+                        "two-tower (inner product), deep-retrieval (the DR baseline)")
+    s.add_argument("--fgsm-eps", type=float, default=3e-4,
+                   help="FGSM step ε of the adversarial auxiliary task on e_v (default 3e-4, the paper's; 0 turns it "
+                        "off)")
     s.add_argument("--no-interactions", dest="interactions", action="store_false",
-                   help="score network input without the element-wise products (ablation; attention / mlp)")
-    s.add_argument("--negatives", type=int, default=199)
-    s.add_argument("--epochs", type=int, default=1)
-    s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--lr", type=float, default=3e-3)
+                   help="score network input without the element-wise products (an ablation; default: with them)")
+    s.add_argument("--negatives", type=int, default=199,
+                   help="NCE noise items per positive, from the unigram distribution (default 199, the paper's)")
+    s.add_argument("--epochs", type=int, default=1,
+                   help="passes over the training samples (default 1); on resume, the run's total")
+    s.add_argument("--batch-size", type=int, default=256, help="positives per step (default 256)")
+    s.add_argument("--lr", type=float, default=3e-3,
+                   help="Adam and SparseAdam learning rate (default 3e-3, the paper's; 1e-3 is steadier beyond ~1,000 "
+                        "steps)")
     s.add_argument("--max-samples", type=int, default=0, help="cap on training samples per epoch (0 = all)")
     s.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0 = end of each epoch)")
     s.add_argument("--eval-users", type=int, default=0,
                    help="users for the brute-force recall checks (0 = 200 val / 500 test on CPU, 1000 / 2000 on GPU)")
-    s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu or cuda")
     s.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (default 0: OMP_NUM_THREADS when set, else the cores per rank)")
     s.add_argument("--export-only", action="store_true",
@@ -114,7 +154,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--denormals", choices=["flush", "keep"], default="flush",
                    help="flush (default): treat denormal floats as zero, which keeps CPU steps fast; "
                         "keep: IEEE denormals (for comparisons)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of initialisation, sample order and noise (default 0)")
     s.set_defaults(handler="trainer.train:main")
 
     s = sub.add_parser("graph", help="build the HNSW graph over the run's item embeddings")
@@ -133,32 +173,64 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=100, help="random seed of the build (default 100)")
     s.set_defaults(handler="graph_builder.build:main")
 
+    items = sub.add_parser("items", help="catalogue operations: add items to a run without retraining, block "
+                                         "items of a served repository")
+    isub = items.add_subparsers(dest="items_command", required=True, metavar="COMMAND")
+    s = isub.add_parser("block", help="replace the served repository's blocked set (items nobody gets: out of stock, "
+                                      "delisted); a running server picks it up within a second, no restart or reload")
+    s.add_argument("--repo", required=True, help="an exported repository (`nann export`); the set is kept in its root "
+                                                 "as raw ids, so it also applies to later exports into it")
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("--ids", metavar="FILE", help="the new blocked set: raw item ids, one per line (# comments "
+                                                    "allowed), or a .npy int64 array; it replaces the old set")
+    what.add_argument("--clear", action="store_true", help="unblock every item")
+    s.set_defaults(handler="nann.serving.filters:main_block")
+    s = isub.add_parser("add", help="add new items to a run: e_v from their category, inserted into the graph")
+    s.add_argument("--run", required=True, help="a trained run with a graph (its files are replaced, never rewritten)")
+    s.add_argument("--csv", required=True, metavar="FILE",
+                   help="item_id,category_id per line (raw int64 ids, optional header); ids already in the run are "
+                        "skipped and counted; a category the model was not trained on refuses the file")
+    s.add_argument("--threads", type=int, default=0, help="graph insertion threads (default 0: all cores)")
+    s.add_argument("--max-malformed", type=float, default=0.01,
+                   help="fail if more than this share of lines is malformed (default 0.01)")
+    s.set_defaults(handler="trainer.add_items:main")
+
     s = sub.add_parser("evaluate", help="offline retrieval quality on the test users")
-    s.add_argument("--run", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--method", choices=["beam", "hnsw", "brute", "dr"], default="beam")
-    _add_search_flags(s, SERVED_DEFAULTS, paper=True)
-    s.add_argument("--top-m", type=int, default=None, help="M of the metrics (default: the top_m of the search, DEFAULT_SEARCH or PAPER_SEARCH)")
+    s.add_argument("--run", required=True, help="trained run directory with a graph (`nann graph`)")
+    s.add_argument("--data", required=True, help="prepared data directory: its test users are evaluated")
+    s.add_argument("--method", choices=["beam", "hnsw", "brute", "dr"], default="beam",
+                   help="beam (default: NANN's beam walk), hnsw (HNSW retrieval with the neural score), brute "
+                        "(exact), dr (a Deep Retrieval run)")
+    _add_search_flags(s, served=False, paper=True)
+    _add_filter_flags(s, blocked=True)
+    s.add_argument("--top-m", type=int, default=None,
+                   help="M of the metrics (default: the top_m of the search, DEFAULT_SEARCH or PAPER_SEARCH)")
     s.add_argument("--beam", type=int, default=None, help="--method dr: beam width (default: the run's)")
     s.add_argument("--users", type=int, default=0, help="evaluate at most this many test users (0 = all)")
-    s.add_argument("--batch", type=int, default=32, help="requests advanced together")
-    s.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime")
+    s.add_argument("--batch", type=int, default=32,
+                   help="requests advanced together, one scorer call per round for all (default 32)")
+    s.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime",
+                   help="scorer runtime: onnxruntime (default; what the CPU server runs) or torch")
     s.add_argument("--sweep", action="store_true", help="vary the search budget and write curves")
-    s.add_argument("--json", help="write the metrics to this file")
+    s.add_argument("--json", help="also write the metrics as JSON to this file (default: print only)")
     s.set_defaults(handler="nann.evaluate:main_evaluate")
 
     s = sub.add_parser("retrieve", help="top-k items for one history, offline (no server)")
-    s.add_argument("--run", required=True)
+    s.add_argument("--run", required=True, help="trained run directory with a graph (`nann graph`)")
     s.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first ('' = a new user)")
-    s.add_argument("--k", type=int, default=None)
-    _add_search_flags(s, SERVED_DEFAULTS, paper=True)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--k", type=int, default=None, help=f"items to return (default {DEFAULT_SEARCH.top_m})")
+    _add_search_flags(s, served=False, paper=True)
+    _add_filter_flags(s, blocked=True)
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(handler="nann.evaluate:main_retrieve")
 
     s = sub.add_parser("export", help="assemble a Triton model repository from a run")
-    s.add_argument("--run", required=True)
-    s.add_argument("--repo", required=True)
-    s.add_argument("--scorer", choices=["auto", "tensorrt", "onnxruntime", "torch"], default="auto")
+    s.add_argument("--run", required=True, help="trained run directory with a graph")
+    s.add_argument("--repo", required=True,
+                   help="model repository to write; an existing one gets a new version of every model")
+    s.add_argument("--scorer", choices=["auto", "tensorrt", "onnxruntime", "torch"], default="auto",
+                   help="auto (default: tensorrt on a GPU host with TensorRT, else the faster CPU runtime measured on "
+                        "this run), tensorrt, onnxruntime or torch")
     s.add_argument("--unknown-ids", choices=["skip", "refuse"], default="skip",
                    help="history ids the index does not know: skip (default: dropped, counted in the response and "
                         "the metrics) or refuse the request (INVALID_ARG naming them)")
@@ -168,15 +240,15 @@ def _build_parser() -> argparse.ArgumentParser:
     s.set_defaults(handler="nann.serving.export:main")
 
     s = sub.add_parser("serve", help="run tritonserver on an exported repository")
-    s.add_argument("--repo", required=True)
-    s.add_argument("--grpc-port", type=int, default=8001)
-    s.add_argument("--http-port", type=int, default=8000)
-    s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--repo", required=True, help="an exported model repository (`nann export`)")
+    s.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001)")
+    s.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000)")
+    s.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (default 8002)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     s.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none",
                    help="none (default): the model-control API is off; poll: load new versions as they are exported")
     s.add_argument("--triton-arg", action="append", dest="triton_args", default=[], metavar="ARG",
-                   help="extra tritonserver option, repeatable (e.g. --triton-arg=--grpc-use-ssl=true)")
+                   help="extra tritonserver option, repeatable (default none; e.g. --triton-arg=--grpc-use-ssl=true)")
     s.add_argument("--tritonserver", default=None, metavar="PATH",
                    help="another Triton build's tritonserver (e.g. NGC's /opt/tritonserver/bin/tritonserver, needed "
                         "for a TensorRT scorer); default: $NANN_TRITONSERVER, else the one bundled in nvidia-pytriton")
@@ -187,22 +259,30 @@ def _build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("query", help="ask a running server for one user's top-k")
     s.add_argument("--url", required=True, help="HOST:PORT of Triton's gRPC endpoint")
-    s.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first ('' = a new user)")
-    s.add_argument("--k", type=int, default=None)
-    _add_search_flags(s, "default: the server's", paper=False)
-    s.add_argument("--timeout", type=float, default=10.0, help="seconds")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--history", default=None, help="comma-separated raw item ids, oldest first ('' = a new user); "
+                                                   "required unless --info")
+    s.add_argument("--k", type=int, default=None, help="items to return (default: the server's)")
+    _add_search_flags(s, served=True, paper=False)
+    _add_filter_flags(s, blocked=False)
+    s.add_argument("--info", action="store_true",
+                   help="print what the server says about itself (nann_info: sizes, defaults, limits) and the size "
+                        "and version of its blocked set (from its metrics) as JSON, instead of querying")
+    s.add_argument("--metrics-url", default=None, metavar="URL",
+                   help="Triton's metrics endpoint for --info (default: http://HOST:8002/metrics, HOST from --url)")
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer (default 10)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(handler="nann.query:main")
 
     s = sub.add_parser("perf", help="load tests and side-by-side retrieval benchmarks (writes perf/results/)")
     s.add_argument("--quick", action="store_true", help="small data and short intervals (a few minutes; CI smoke test)")
-    s.add_argument("--out", default="perf/results", help="directory for raw results and plots")
+    s.add_argument("--out", default="perf/results", help="directory for raw results and plots (default perf/results)")
     s.add_argument("--items", type=_int_list, default=None, help="item counts for the side-by-side benchmark")
     s.add_argument("--skip-load", action="store_true", help="skip the perf_analyzer load tests")
     s.set_defaults(handler="perf.run:main")
 
     s = sub.add_parser("demo", help="the whole pipeline on embedded synthetic data")
-    s.add_argument("--workdir", default="demo")
+    s.add_argument("--workdir", default="demo",
+                   help="work directory; steps whose output exists there are skipped (default demo)")
     s.set_defaults(handler="nann.demo:main")
     return p
 

@@ -3,7 +3,9 @@
 Metrics at M (Section 5.1.2 of the paper), averaged over test users, each with one held-out target:
 recall-all (target in the brute-force top-M), recall-retrieval (target in the searched top-M),
 recall-Δ = (recall-all − recall-retrieval) / recall-all, coverage = |searched ∩ brute-force top-M| / M,
-and the mean fraction of |V| scored per query.
+and the mean fraction of |V| scored per query. With eligibility filters (`--exclude`, `--exclude-history`,
+`--categories`, `--blocked`: the served ones, mapped by `nann.serving.filters`) the brute-force top-M is that of the
+eligible items.
 """
 from __future__ import annotations
 
@@ -20,8 +22,11 @@ from nann.engine.graph import HnswGraph
 from nann.engine.grid import CandidateGrid
 from nann.engine.search import DEFAULT_SEARCH, PAPER_SEARCH, SearchParams, beam_search, brute_force, hnsw_search
 from nann.errors import UserError
+from nann.serving.filters import NOTHING_BLOCKED, Eligibility, read_ids
+from nann.serving.requests import (FILTER_INPUT_NAMES, NO_FILTERS, FilterRequest, RequestError, ServingLimits,
+                                   parse_filters)
 
-BEAM_SWEEP_SCALES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)   # of every ef, or of the frontier when one is set
+BEAM_SWEEP_SCALES = (0.5, 0.67, 0.83, 1.0, 1.33, 2.0, 2.67)  # of the last layer's ef: the walk's budget dial
 HNSW_SWEEP_EF = (200, 300, 400, 800, 1600, 3200)  # the list holds max(ef0, top_m) items
 SEARCH_FLAGS = ("ef", "rounds", "frontier", "seeds")  # the search flags (SearchParams fields) `--paper` excludes
 
@@ -49,11 +54,15 @@ class MethodSpec:
 
 
 class Evaluator:
-    """Holds a run's runtime, graph and test users; runs methods in batches and caches brute force."""
+    """Holds a run's runtime, graph and test users; runs methods in batches and caches brute force.
+
+    filters: every test user's eligibility filters (its own history for exclude_history); blocked: raw item ids
+    nobody gets. Both apply to beam and brute force alike (not to hnsw)."""
 
     def __init__(self, run_dir: str | Path, data_dir: str | Path, users: int = 0, batch: int = 32,
-                 backend: str = "onnxruntime", grid: CandidateGrid | None = None):
-        from nann.data.prepared import PreparedData
+                 backend: str = "onnxruntime", grid: CandidateGrid | None = None,
+                 filters: FilterRequest = NO_FILTERS, blocked: np.ndarray | None = None):
+        from nann.data.prepared import PreparedData, Vocabulary
         from nann.runtime import ModelRuntime
 
         self.run_dir = Path(run_dir)
@@ -61,7 +70,9 @@ class Evaluator:
         if not (self.run_dir / "graph" / "meta.json").exists():
             raise UserError(f"{self.run_dir} has no graph: run `nann graph --run {self.run_dir}` first")
         self.graph = HnswGraph.load(self.run_dir / "graph")
-        test = PreparedData.load(str(data_dir)).test
+        prepared = PreparedData.load(str(data_dir))
+        test = prepared.test
+        self.item_counts = prepared.item_counts
         if self.graph.num_items != self.runtime.num_items:
             raise UserError(f"graph has {self.graph.num_items} items but the model {self.runtime.num_items}: "
                             f"rebuild it with `nann graph --run {self.run_dir}`")
@@ -69,6 +80,9 @@ class Evaluator:
         self.batch = batch
         self.grid = grid or CandidateGrid()
         self._brute: dict[int, np.ndarray] = {}
+        self.eligibility = Eligibility(Vocabulary.load(str(self.run_dir)))
+        self.filters = filters
+        self.blocked = NOTHING_BLOCKED if blocked is None else self.eligibility.blocked(blocked)
 
     def _batches(self, desc: str):
         n = len(self.test)
@@ -76,23 +90,33 @@ class Evaluator:
             idx = np.arange(start, min(n, start + self.batch))
             histories = [self.test.history(int(i)) for i in idx]
             state = self.runtime.encode(histories)
-            yield idx, histories, (lambda owner, ids, state=state: self.runtime.score(state, owner, ids))
+            try:
+                filters = self.eligibility.engine_filters([self.eligibility.dense(self.filters, h) for h in histories],
+                                                          self.blocked)
+            except RequestError as e:
+                raise UserError(str(e)) from None
+            yield idx, histories, filters, (lambda owner, ids, state=state: self.runtime.score(state, owner, ids))
 
     def search(self, spec: MethodSpec) -> tuple[np.ndarray, np.ndarray, float]:
         """(top-M ids [U, M], items scored per user [U], seconds per query)."""
         ids = np.full((len(self.test), spec.top_m), -1, dtype=np.int64)
         scored = np.zeros(len(self.test), dtype=np.int64)
         t0 = time.perf_counter()
-        for idx, histories, score_fn in self._batches(spec.label()):
+        for idx, histories, filters, score_fn in self._batches(spec.label()):
             if spec.method == "beam":
-                res = beam_search(self.graph, len(idx), score_fn, spec.params(), self.grid, histories=histories)
+                res = beam_search(self.graph, len(idx), score_fn, spec.params(), self.grid, histories=histories,
+                                  filters=filters)
             elif spec.method == "hnsw":
                 res = hnsw_search(self.graph, len(idx), score_fn, spec.ef[-1], spec.top_m, self.grid)
             else:
-                res = brute_force(self.runtime.num_items, len(idx), score_fn, spec.top_m, grid=self.grid)
+                res = brute_force(self.runtime.num_items, len(idx), score_fn, spec.top_m, grid=self.grid,
+                                  filters=filters)
             ids[idx, : res.ids.shape[1]] = res.ids[:, : spec.top_m]
             scored[idx] = res.n_scored
         return ids, scored, (time.perf_counter() - t0) / max(1, len(self.test))
+
+    def popularity_recall(self, top_m: int = DEFAULT_SEARCH.top_m) -> float:
+        return popularity_recall(self.item_counts, self.test.targets, top_m)
 
     def brute_top(self, top_m: int) -> np.ndarray:
         if top_m not in self._brute:
@@ -106,7 +130,17 @@ class Evaluator:
         return {**metrics(found, exact, self.test.targets, scored, self.runtime.num_items),
                 "method": spec.method, "ef": list(spec.ef), "rounds": list(spec.rounds), "top_m": spec.top_m,
                 "frontier": spec.frontier, "seeds": spec.seeds,
-                "seconds_per_query": seconds, "num_items": self.runtime.num_items}
+                "seconds_per_query": seconds, "num_items": self.runtime.num_items,
+                "popularity_recall": self.popularity_recall(spec.top_m),
+                "filters": {"exclude": int(self.filters.exclude.size), "exclude_history": self.filters.exclude_history,
+                            "categories": self.filters.categories.tolist(), "blocked_items": self.blocked.count}}
+
+
+def popularity_recall(item_counts: np.ndarray, targets: np.ndarray, top_m: int) -> float:
+    """recall@top_m of the top_m most frequent training items, the same list for every user: the baseline a model
+    has to beat before its coverage means anything."""
+    popular = np.argsort(-np.asarray(item_counts), kind="stable")[:top_m]
+    return float(np.isin(np.asarray(targets), popular).mean()) if len(targets) else 0.0
 
 
 def metrics(found: np.ndarray, exact: np.ndarray, targets: np.ndarray, scored: np.ndarray, num_items: int) -> dict:
@@ -134,12 +168,10 @@ def metrics(found: np.ndarray, exact: np.ndarray, targets: np.ndarray, scored: n
 
 def sweep_specs(base: MethodSpec) -> list[MethodSpec]:
     """Search budgets from small to large around `base` (its other parameters, seeds included, kept): HNSW's ef0;
-    beam's ef per layer, or its frontier (ef and rounds fixed) when one is set."""
+    beam's last-layer ef (the walk stops when its list is expanded, so that list's size sets the cost)."""
     if base.method == "hnsw":
         return [replace(base, ef=(max(e, 1),), rounds=(1,)) for e in HNSW_SWEEP_EF]
-    if base.frontier:
-        return [replace(base, frontier=max(1, round(base.frontier * s))) for s in BEAM_SWEEP_SCALES]
-    return [replace(base, ef=tuple(max(1, round(e * s)) for e in base.ef)) for s in BEAM_SWEEP_SCALES]
+    return [replace(base, ef=base.ef[:-1] + (max(1, round(base.ef[-1] * s)),)) for s in BEAM_SWEEP_SCALES]
 
 
 def search_flags(args, top_m: int | None) -> dict:
@@ -182,7 +214,8 @@ def print_metrics(m: dict) -> None:
     print(f"{m['method']:>6}  users {m['users']}  recall-all@{m['top_m']} {m['recall_all']:.4f}  "
           f"recall-retrieval {m['recall_retrieval']:.4f}  recall-Δ {m['recall_delta'] * 100:.2f}%  "
           f"coverage {m['coverage']:.4f}  scored {m['scored_fraction'] * 100:.2f}% of |V|  "
-          f"{m['seconds_per_query'] * 1000:.1f} ms/query")
+          f"{m['seconds_per_query'] * 1000:.1f} ms/query  (popularity baseline recall "
+          f"{m.get('popularity_recall', float('nan')):.4f})")
 
 
 def evaluate_dr(run_dir, data_dir, users: int = 0, top_m: int = 200, beam=None, batch: int = 64,
@@ -240,18 +273,30 @@ def evaluate_dr(run_dir, data_dir, users: int = 0, top_m: int = 200, beam=None, 
             "layers": cfg["layers"], "nodes": cfg["nodes"], "paths": cfg["paths"], "alpha": cfg["alpha"]}
 
 
+def filter_flags(args, limits: ServingLimits) -> FilterRequest:
+    """The filters the command line sets (--exclude, --exclude-history, --categories), read as the server reads them."""
+    try:
+        return parse_filters(limits, **{name: getattr(args, name) for name in FILTER_INPUT_NAMES})
+    except RequestError as e:
+        raise UserError(str(e)) from None
+
+
 def main_evaluate(args) -> int:
     try:
         params = replace(DEFAULT_SEARCH, **search_flags(args, args.top_m))
     except ValueError as e:
         raise UserError(str(e)) from None
+    filters = filter_flags(args, ServingLimits())
+    if args.method in ("hnsw", "dr") and (filters.restricts or args.blocked):
+        raise UserError(f"eligibility filters apply to --method beam and brute, not {args.method}")
     if args.method == "dr":
         m = evaluate_dr(args.run, args.data, users=args.users, top_m=params.top_m, beam=args.beam)
         print_metrics(m)
         if args.json:
             Path(args.json).write_text(json.dumps(m, indent=1))
         return 0
-    ev = Evaluator(args.run, args.data, users=args.users, batch=args.batch, backend=args.backend)
+    ev = Evaluator(args.run, args.data, users=args.users, batch=args.batch, backend=args.backend, filters=filters,
+                   blocked=read_ids(args.blocked) if args.blocked else None)
     base = MethodSpec(args.method, **asdict(params))
     specs = sweep_specs(base) if args.sweep else [base]
     results = []
@@ -270,15 +315,16 @@ def main_evaluate(args) -> int:
 def main_retrieve(args) -> int:
     """`nann retrieve`: the served pipeline offline; the flags go through the server's own request parsing."""
     from nann.query import parse_history, print_answer
-    from nann.serving.requests import SEARCH_INPUTS, RequestError, parse_search
+    from nann.serving.requests import SEARCH_INPUTS, parse_search
     from nann.serving.retrieval import OfflineRetriever
 
     history = np.array(parse_history(args.history), dtype=np.int64)
     flags = search_flags(args, args.k)
-    retriever = OfflineRetriever(args.run)
+    retriever = OfflineRetriever(args.run, blocked=read_ids(args.blocked) if args.blocked else None)
+    filters = filter_flags(args, retriever.limits)
     try:
         params = parse_search(retriever.limits, **{s.name: flags[s.field] for s in SEARCH_INPUTS if s.field in flags})
-        answer, = retriever.retrieve([history], [params])
+        answer, = retriever.retrieve([history], [params], [filters])
     except RequestError as e:
         raise UserError(str(e)) from None
     print_answer(*answer, as_json=args.json)

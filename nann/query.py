@@ -1,8 +1,11 @@
-"""`nann query`: ask a running NANN server for one user's top-k, through the client SDK."""
+"""`nann query`: ask a running NANN server for one user's top-k, through the client SDK; `--info`: what the server
+says about itself, and its blocked set from its metrics."""
 from __future__ import annotations
 
 import json
+import re
 import sys
+import urllib.request
 
 from nann.errors import UserError
 
@@ -42,11 +45,44 @@ def print_answer(item_ids, scores, dropped: int, as_json: bool) -> None:
     sys.stdout.flush()
 
 
+def metric_value(text: str, name: str) -> float | None:
+    """The value of Prometheus metric `name` in a /metrics page: its series with the highest `version` label (the
+    newest model version while two are loaded); None when absent."""
+    values = {}
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")):
+            labels, value = line.rsplit(" ", 1)
+            version = re.search(r'version="(\d+)"', labels)
+            values[int(version.group(1)) if version else 0] = float(value)
+    return values[max(values)] if values else None
+
+
+def blocked_info(metrics_url: str, timeout: float) -> dict | None:
+    """{"items", "version"} of the server's blocked set from its gauges (nann.serving.filters.BLOCKED_GAUGES); None
+    (and a note on stderr) when the metrics endpoint cannot be read or lacks them."""
+    from nann.serving.filters import BLOCKED_GAUGES
+
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=timeout) as r:
+            text = r.read().decode()
+    except OSError as e:
+        print(f"note: no blocked-set count: cannot read {metrics_url}: {e}", file=sys.stderr)
+        return None
+    found = {field: metric_value(text, name) for name, (_, field) in BLOCKED_GAUGES.items()}
+    if None in found.values():
+        print(f"note: {metrics_url} has no blocked-set gauges (a server exported before filters existed)",
+              file=sys.stderr)
+        return None
+    return {"items": int(found["count"]), "version": int(found["version"])}
+
+
 def main(args) -> int:
     from nann_client import (InvalidRequestError, NannClient, NannError, RequestTimeoutError,
                              UnavailableError)
 
-    history = parse_history(args.history)
+    if args.history is None and not args.info:
+        raise UserError("--history is required (or --info)")
+    history = None if args.info else parse_history(args.history)
     if args.k is not None and args.k <= 0:
         raise UserError(f"--k must be a positive integer, got {args.k}")
     if args.timeout is not None and args.timeout <= 0:
@@ -58,8 +94,15 @@ def main(args) -> int:
 
     try:
         with NannClient(args.url, timeout=timeout) as client:
+            if args.info:
+                info = client.info()
+                metrics_url = args.metrics_url or f"http://{args.url.rsplit(':', 1)[0]}:8002/metrics"
+                print(json.dumps({"model_version": info.model_version, **info.raw,
+                                  "blocked": blocked_info(metrics_url, timeout)}, indent=1))
+                return 0
             result = client.retrieve(history, k=args.k, ef=args.ef, rounds=args.rounds, frontier=args.frontier,
-                                     seeds=args.seeds)
+                                     seeds=args.seeds, exclude=args.exclude,
+                                     exclude_history=args.exclude_history or None, categories=args.categories)
     except InvalidRequestError as e:
         raise UserError(f"invalid request: {one_line(e)}") from None
     except UnavailableError as e:

@@ -1,33 +1,39 @@
 """The paper's Table 3 and Figure 3 on our data: `python -m perf.paper --data DATA --work DIR`.
 
-Table 3 shape: three architectures (two-tower, mlp = "DNN w/o attention", attention) × FGSM off/on, each
-evaluated with beam search at the served defaults (`ServingLimits`: ef, rounds, frontier; M=200):
-recall-retrieval, recall-all, recall-Δ, coverage, % of |V| scored.
-Figure 3: recall and coverage vs % of |V| scored while the search budget varies, for NANN (FGSM model) beam
-at the served defaults with ef swept, the same beam with a frontier (4 … 128, rounds {1,3,40}) swept, NANN-HNSW
-(hnsw, FGSM model) and SL2G (hnsw, attention model trained without FGSM).
-Runs are trained (through the CLI) only when missing, so the script can be resumed.
+Table 3 shape: three architectures (two-tower, mlp = "DNN w/o attention", attention) × FGSM off/on, plus the
+attention model without the interaction features (the paper's plain concatenation), each evaluated with the beam
+at the search defaults (`DEFAULT_SEARCH`; M=200): recall-retrieval, recall-all, recall-Δ, coverage, % of |V| scored,
+beside a popularity baseline's recall.
+Figure 3: coverage and recall vs % of |V| scored while the search budget varies: NANN (FGSM model) beam at the
+defaults — history seeds included — with the last layer's ef swept, the same beam without seeds, NANN-HNSW (HNSW
+retrieval, FGSM model) and SL2G (HNSW retrieval, attention model trained without FGSM), each against its own
+model's brute force; and the check that the beam is ahead of HNSW-retrieval at every budget both cover.
+Runs are trained (through the CLI) only when missing, so the script can be resumed. Each table goes to its own
+section of perf/RESULTS.md with the command, date, commit and machine load.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from datetime import datetime, timezone
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from nann.evaluate import Evaluator, MethodSpec, plot_curves, sweep_specs
-from nann.serving.requests import ServingLimits
 from nann.steps import run_step
-from perf.compare import FRONTIER, FRONTIER_ROUNDS   # the frontier curve: 4 … 128 (BEAM_SWEEP_SCALES)
+from perf.run import machine_info
+from perf.sections import update_section
 
 ARCHS = ("two-tower", "mlp", "attention")
 ARCH_NAMES = {"two-tower": "two-sided", "mlp": "DNN w/o attention", "attention": "DNN w/ attention"}
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-def ensure_run(data: Path, run: Path, arch: str, fgsm_eps: float, train_args: list[str]) -> Path:
+def ensure_run(data: Path, run: Path, arch: str, fgsm_eps: float, train_args: list[str], extra=()) -> Path:
     run_step(f"train {run.name}", ["train", "--data", data, "--run", run, "--arch", arch, "--fgsm-eps", fgsm_eps,
-                                    *train_args], run / "scorer.onnx")
+                                    *train_args, *extra], run / "scorer.onnx")
     run_step(f"graph {run.name}", ["graph", "--run", run], run / "graph" / "meta.json")
     return run
 
@@ -36,7 +42,7 @@ def table3(results: list[dict]) -> str:
     lines = ["| FGSM | model | recall-retrieval | recall-all | recall-Δ | coverage | % of V scored |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {'yes' if r['fgsm'] else 'no'} | {ARCH_NAMES[r['arch']]} | {r['recall_retrieval'] * 100:.2f}% | "
+        lines.append(f"| {'yes' if r['fgsm'] else 'no'} | {r['name']} | {r['recall_retrieval'] * 100:.2f}% | "
                      f"{r['recall_all'] * 100:.2f}% | {r['recall_delta'] * 100:.2f}% | {r['coverage'] * 100:.2f}% | "
                      f"{r['scored_fraction'] * 100:.2f}% |")
     return "\n".join(lines)
@@ -54,18 +60,57 @@ def eps_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ahead_at_every_budget(beam: list[dict], hnsw: list[dict]) -> list[dict]:
+    """For each HNSW point inside the beam curve's budget range: the beam's coverage at the same % of V scored
+    (linear in log % scored between the beam's neighbouring points)."""
+    bx = np.log([p["scored_fraction"] for p in beam])
+    by = np.array([p["coverage"] for p in beam])
+    order = np.argsort(bx)
+    rows = []
+    for h in hnsw:
+        x = np.log(h["scored_fraction"])
+        if bx[order[0]] <= x <= bx[order[-1]]:
+            rows.append({"scored_fraction": h["scored_fraction"], "hnsw": h["coverage"],
+                         "beam": float(np.interp(x, bx[order], by[order]))})
+    return rows
+
+
+def figure3_md(curves: dict[str, list[dict]], checks: dict[str, list[dict]]) -> str:
+    names = list(curves)
+    lines = ["coverage@200 at % of V scored (each against its own model's brute force):", "",
+             "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for i in range(max(len(c) for c in curves.values())):
+        lines.append("| " + " | ".join(f"{c[i]['scored_fraction'] * 100:.2f}% → {c[i]['coverage']:.3f}"
+                                        if i < len(c) else "" for c in curves.values()) + " |")
+    for name, rows in checks.items():
+        ahead = all(r["beam"] > r["hnsw"] for r in rows)
+        lines += ["", f"Seeded beam vs {name} at equal % of V scored (beam interpolated between its points; "
+                  f"{'ahead at every budget both cover' if ahead else 'NOT ahead everywhere'}):", "",
+                  "| % of V | beam coverage | " + name + " coverage |", "|---|---|---|",
+                  *[f"| {r['scored_fraction'] * 100:.2f}% | {r['beam']:.3f} | {r['hnsw']:.3f} |" for r in rows]]
+    return "\n".join(lines)
+
+
+def header(args, argv, data_note: str) -> str:
+    info = machine_info()
+    return (f"Command: `python -m perf.paper {' '.join(argv)}` — {info['date']}, commit {info['git_describe']}, load "
+            f"average at start {info['loadavg_at_start']}. {data_note}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="prepared data directory")
     p.add_argument("--work", required=True, help="directory for the runs and results")
-    p.add_argument("--users", type=int, default=300, help="test users evaluated")
-    p.add_argument("--fgsm-eps", type=float, default=3e-4)
+    p.add_argument("--users", type=int, default=300, help="test users evaluated (default 300)")
+    p.add_argument("--fgsm-eps", type=float, default=3e-4, help="FGSM ε of the 'yes' runs (default 3e-4, the paper's)")
     p.add_argument("--train-args", default="--epochs 1 --negatives 20 --max-samples 200000 --batch-size 256 "
                                            "--eval-users 100", help="extra `nann train` arguments")
     p.add_argument("--eps-sweep", default="", help="comma-separated extra FGSM ε for the attention model: "
-                                                   "writes eps.md (ε = 0 and --fgsm-eps are always included)")
-    p.add_argument("--skip-table", action="store_true")
-    p.add_argument("--skip-figure", action="store_true")
+                                                   "(ε = 0 and --fgsm-eps are always included)")
+    p.add_argument("--skip-table", action="store_true", help="do not measure Table 3")
+    p.add_argument("--skip-figure", action="store_true", help="do not measure Figure 3")
+    p.add_argument("--no-results-md", action="store_true", help="do not write the sections of perf/RESULTS.md")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     data, work = Path(args.data), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -78,52 +123,54 @@ def main(argv: list[str] | None = None) -> int:
             evaluators[run] = Evaluator(run, data, users=args.users)
         return evaluators[run]
 
-    lim = ServingLimits()
-    served = MethodSpec("beam", lim.default_ef, lim.default_rounds, 200, lim.default_frontier, lim.default_seeds)
-    frontier = MethodSpec("beam", served.ef, FRONTIER_ROUNDS, 200, FRONTIER)
-    hnsw = MethodSpec("hnsw", (400,), (1,), 200)
+    def publish(name: str, md: str) -> None:
+        print(md)
+        if not args.no_results_md:
+            update_section(RESULTS, name, md)
+
+    note = (f"Data {data}; every model `nann train {args.train_args}` (FGSM ε {args.fgsm_eps:g} where 'yes'), "
+            f"`nann graph` defaults; {args.users} test users, M = 200.")
+    served = MethodSpec("beam")   # the search defaults (DEFAULT_SEARCH)
+    hnsw = MethodSpec("hnsw", (400,), (1,))
     if not args.skip_table:
         results = []
         for (arch, fgsm), run in runs.items():
             ensure_run(data, run, arch, args.fgsm_eps if fgsm else 0.0, train_args)
-            m = evaluator(run).evaluate(served)
-            results.append({**m, "arch": arch, "fgsm": fgsm})
-            print(table3(results[-1:]).splitlines()[-1], file=sys.stderr)
+            results.append({**evaluator(run).evaluate(served), "name": ARCH_NAMES[arch], "fgsm": fgsm})
+        plain = ensure_run(data, work / "attention-fgsm-no-interactions", "attention", args.fgsm_eps, train_args,
+                           ["--no-interactions"])
+        results.append({**evaluator(plain).evaluate(served), "fgsm": True,
+                        "name": "DNN w/ attention, plain concatenation (`--no-interactions`)"})
+        popularity = evaluator(runs[("attention", True)]).popularity_recall()
         (work / "table3.json").write_text(json.dumps(results, indent=1))
-        (work / "table3.md").write_text(table3(results) + "\n")
-        print(table3(results))
+        publish("Table 3 (100k items)", "\n".join([
+            header(args, argv, note), "", f"Beam at the search defaults ({served.label()}).", "", table3(results), "",
+            f"Popularity baseline (the 200 most frequent training items for everyone): recall@200 "
+            f"{popularity * 100:.2f}%."]))
     if not args.skip_figure:
-        fgsm_run = ensure_run(data, runs[("attention", True)], "attention", args.fgsm_eps, train_args)
-        plain_run = ensure_run(data, runs[("attention", False)], "attention", 0.0, train_args)
-        nann_eval, sl2g_eval = evaluator(fgsm_run), evaluator(plain_run)
+        nann_eval = evaluator(ensure_run(data, runs[("attention", True)], "attention", args.fgsm_eps, train_args))
+        sl2g_eval = evaluator(ensure_run(data, runs[("attention", False)], "attention", 0.0, train_args))
         curves = {
-            f"NANN (beam, FGSM), rounds {list(served.rounds)}, ef swept": [
-                nann_eval.evaluate(s) for s in sweep_specs(served)],
-            f"NANN (beam, FGSM), rounds {list(FRONTIER_ROUNDS)}, frontier swept": [
-                nann_eval.evaluate(s) for s in sweep_specs(frontier)],
-            "NANN-HNSW (hnsw, FGSM)": [nann_eval.evaluate(s) for s in sweep_specs(hnsw)],
-            "SL2G (hnsw, no FGSM)": [sl2g_eval.evaluate(s) for s in sweep_specs(hnsw)],
+            "NANN beam, seeded (defaults; last-layer ef swept)": [nann_eval.evaluate(s) for s in sweep_specs(served)],
+            "NANN beam, no seeds": [nann_eval.evaluate(s) for s in sweep_specs(replace(served, seeds=0))],
+            "NANN-HNSW (FGSM)": [nann_eval.evaluate(s) for s in sweep_specs(hnsw)],
+            "SL2G (no FGSM)": [sl2g_eval.evaluate(s) for s in sweep_specs(hnsw)],
         }
-        (work / "figure3.json").write_text(json.dumps({"created": datetime.now(timezone.utc).isoformat(),
-                                                       "curves": curves}, indent=1))
+        beam = curves["NANN beam, seeded (defaults; last-layer ef swept)"]
+        checks = {name: ahead_at_every_budget(beam, curves[name]) for name in ("NANN-HNSW (FGSM)", "SL2G (no FGSM)")}
+        (work / "figure3.json").write_text(json.dumps({"curves": curves, "checks": checks}, indent=1))
         plot_curves(curves, work / "figure3.png")
-        for name, points in curves.items():
-            print(name)
-            for pt in points:
-                print(f"  scored {pt['scored_fraction'] * 100:6.2f}%  recall {pt['recall_retrieval'] * 100:5.2f}%  "
-                      f"coverage {pt['coverage'] * 100:6.2f}%")
+        publish("Figure 3 (100k items)", "\n".join([header(args, argv, note), "", figure3_md(curves, checks)]))
     if args.eps_sweep:
-        methods = {"beam (served)": served, f"beam frontier {FRONTIER}": frontier, "hnsw ef0 400": hnsw}
+        methods = {"beam (defaults)": served, "beam, no seeds": replace(served, seeds=0), "hnsw ef0 400": hnsw}
         rows = []
         for eps in [0.0, args.fgsm_eps, *(float(x) for x in args.eps_sweep.split(","))]:
             run = runs[("attention", eps > 0)] if eps in (0.0, args.fgsm_eps) else work / f"attention-fgsm-{eps:g}"
             ev = evaluator(ensure_run(data, run, "attention", eps, train_args))
             res = {name: ev.evaluate(spec) for name, spec in methods.items()}
             rows.append({"eps": eps, "recall_all": next(iter(res.values()))["recall_all"], "methods": res})
-            print(eps_table(rows[-1:]).splitlines()[-1], file=sys.stderr)
         (work / "eps.json").write_text(json.dumps(rows, indent=1))
-        (work / "eps.md").write_text(eps_table(rows) + "\n")
-        print(eps_table(rows))
+        publish("FGSM strength (100k items)", "\n".join([header(args, argv, note), "", eps_table(rows)]))
     return 0
 
 

@@ -4,7 +4,8 @@
 matrix float32 [U, N] as ``.npy`` (memory-mapped afterwards); the brute-force top-M comes from it in the engine's
 own order (score descending, ties by the smaller id). ``ScoreCache.replay`` runs the real engine (``beam_search`` /
 ``hnsw_search``) with ``score_fn`` = a lookup in that matrix, so every variant sees identical scores, its count of
-items scored is exact, and graphs or parameters can be compared paired per user.
+items scored is exact, and graphs or parameters can be compared paired per user. ``ScoreCache.blocking`` gives the
+same cache with items blocked: the beam walks with that blocked set, the brute-force top-M is the eligible items'.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tqdm import tqdm
 
 from nann.engine import kernels as K
 from nann.engine.grid import CandidateGrid
-from nann.engine.search import SearchParams, beam_search, hnsw_search
+from nann.engine.search import Filters, SearchParams, beam_search, blocked_bitmap, hnsw_search
 
 SCORE_CHUNK = 16_384
 UNPADDED = CandidateGrid.single(1 << 30)  # replays need no padding: one lookup per round
@@ -60,13 +61,23 @@ def top_m_keys(scores: np.ndarray, m: int) -> np.ndarray:
 class ScoreCache:
     """The score matrix of one run for the users of one split, with their histories and targets."""
 
-    def __init__(self, scores: np.ndarray, histories: list[np.ndarray], targets: np.ndarray, top_m: int = 200):
+    def __init__(self, scores: np.ndarray, histories: list[np.ndarray], targets: np.ndarray, top_m: int = 200,
+                 blocked: np.ndarray | None = None):
+        """blocked: dense ids nobody may get (the served blocked set)."""
         self.scores = scores
         self.histories = histories
         self.targets = np.asarray(targets, dtype=np.int64)
         self.num_users, self.num_items = scores.shape
         self.top_m = top_m
-        self.exact = np.stack([top_m_keys(scores[u], top_m) for u in range(self.num_users)])
+        self.blocked = None if blocked is None else blocked_bitmap(blocked, self.num_items)
+        eligible = np.ones(self.num_items, dtype=bool)
+        eligible[np.asarray([] if blocked is None else blocked, dtype=np.int64)] = False
+        self.exact = np.stack([top_m_keys(np.where(eligible, scores[u], -np.inf), top_m)
+                               for u in range(self.num_users)])
+
+    def blocking(self, blocked: np.ndarray) -> "ScoreCache":
+        """This cache (the same score matrix) with the dense ids `blocked` blocked."""
+        return ScoreCache(self.scores, self.histories, self.targets, self.top_m, blocked)
 
     @classmethod
     def build(cls, run_dir, split, n_users: int, path: Path, top_m: int = 200) -> "ScoreCache":
@@ -115,7 +126,10 @@ class ScoreCache:
 
             if method == "beam":
                 res = beam_search(graph, len(idx), score_fn, params, UNPADDED,
-                                  histories=[self.histories[i] for i in idx])
+                                  histories=[self.histories[i] for i in idx],
+                                  filters=None if self.blocked is None else Filters.build(len(idx), self.blocked))
+            elif self.blocked is not None:
+                raise ValueError("hnsw_search has no eligibility filters")
             else:
                 res = hnsw_search(graph, len(idx), score_fn, ef0, self.top_m, UNPADDED)
             found[s:s + len(idx), :res.ids.shape[1]] = res.ids[:, :self.top_m]

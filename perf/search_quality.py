@@ -59,14 +59,9 @@ def build_graphs(run: Path, data: Path, spec: tuple[str, int, int], seeds: list[
             meta = json.loads((d / "meta.json").read_text())
             meta["total_seconds"] = round(time.perf_counter() - t0, 1)  # metric + hnswlib build + export
             (d / "meta.json").write_text(json.dumps(meta, indent=1))
-        out.append({"dir": d, "seconds": json.loads((d / "meta.json").read_text()).get("total_seconds")})
+        meta = json.loads((d / "meta.json").read_text())
+        out.append({"dir": d, "seconds": meta.get("total_seconds", meta.get("build_seconds"))})
     return out
-
-
-def popularity_recall(data, split, top_m: int = 200) -> float:
-    """recall@top_m of the top_m most frequent training items (the same list for every user)."""
-    popular = np.argsort(-np.asarray(data.item_counts), kind="stable")[:top_m]
-    return float(np.isin(np.asarray(split.targets), popular).mean())
 
 
 def mean_over_graphs(cache: ScoreCache, graphs, params=None, method: str = "beam", ef0: int = 400) -> dict:
@@ -168,6 +163,7 @@ def plot(res: dict, path: Path) -> None:
 def main(argv=None) -> int:
     from nann.data.prepared import PreparedData
     from nann.engine.graph import HnswGraph
+    from nann.evaluate import popularity_recall
     from perf.run import machine_info
     from perf.sections import update_section
 
@@ -195,14 +191,15 @@ def main(argv=None) -> int:
     res = {"num_items": test.num_items, "date": info["date"], "commit": info["git_describe"],
            "loadavg": info["loadavg_at_start"], "val_users": val.num_users, "test_users": test.num_users,
            "recall_all": test.recall_all(),
-           "popularity_recall": popularity_recall(data, data.test.subset(test.num_users)), "graphs": []}
+           "popularity_recall": popularity_recall(data.item_counts, test.targets, test.top_m), "graphs": []}
     for text in args.graphs.split(","):
         metric, m, efc = text.split(":")
         spec = (metric, int(m), int(efc))
         built = build_graphs(run, data_dir, spec, seeds)
         graphs = [HnswGraph.load(b["dir"]) for b in built]
         print(f"[quality] graph {text}: measuring", file=sys.stderr)
-        res["graphs"].append({"spec": text, "build_seconds": float(np.median([b["seconds"] for b in built])),
+        times = [b["seconds"] for b in built if b["seconds"] is not None]
+        res["graphs"].append({"spec": text, "build_seconds": float(np.median(times)) if times else None,
                               "result": measure_graph(val, test, graphs)})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

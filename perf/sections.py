@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
 def markers(name: str) -> tuple[str, str]:
     return f"<!-- section: {name} -->", f"<!-- end: {name} -->"
 
@@ -23,3 +26,10 @@ def update_section(path: Path, name: str, markdown: str) -> None:
     else:
         text = text.rstrip() + f"\n\n## {name}\n\n{block}\n"
     path.write_text(text)
+
+
+def report(name: str, markdown: str, write: bool = True) -> None:
+    """Print a benchmark's markdown and, when ``write``, make it section ``name`` of perf/RESULTS.md."""
+    print(markdown)
+    if write:
+        update_section(RESULTS, name, markdown)

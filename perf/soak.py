@@ -6,7 +6,7 @@
 Loopback only. Every thread sends requests back to back (random histories of known item ids, seeded)
 until the time is up; nothing is retried (retries=0), so every failure is counted. Reports requests served,
 failures (with the first messages), the server's RSS (tritonserver + its Python stub processes, from /proc)
-after the warm-up and at the end, and latency percentiles of the first and the last window.
+after the warm-up and at the end, and latency percentiles over the whole measurement and of its first and last window.
 """
 from __future__ import annotations
 
@@ -127,6 +127,7 @@ def soak(url: str, histories: list[list[int]], seconds: float, concurrency: int 
         "elapsed_s": round(elapsed, 1), "requests_ok": len(done), "requests_failed": len(failed),
         "requests_ok_after_warmup": len(measured), "qps_after_warmup": round(len(measured) / seconds, 1),
         "first_failures": [f"t={t:.1f}s {m}" for t, m in failed[:5]],
+        "latency": percentiles([lat for _, lat in measured]),
         "latency_first_window": percentiles(first), "latency_last_window": percentiles(last),
         "window_s": round(window, 1), "threads_stuck": sum(th.is_alive() for th in threads),
     }

@@ -28,6 +28,24 @@ def tiny_run(tmp_path_factory) -> SimpleNamespace:
 
 
 @pytest.fixture(scope="session")
+def items_added(tiny_run, tmp_path_factory) -> SimpleNamespace:
+    """A copy of the tiny run with one new item per category added by `nann items add` (one per category: new
+    items of one category share their e_v). ``num_old``: items before; ``new_raw``: the new raw ids, in order."""
+    import shutil
+
+    import numpy as np
+
+    work: Path = tmp_path_factory.mktemp("items_added")
+    run, csv = work / "run", work / "new_items.csv"
+    shutil.copytree(tiny_run.run, run, ignore=shutil.ignore_patterns("checkpoint"))
+    items, categories = np.load(run / "items.npy"), np.load(run / "categories.npy")
+    new_raw = int(items.max()) + 1 + np.arange(categories.shape[0])
+    csv.write_text("item_id,category_id\n" + "".join(f"{i},{c}\n" for i, c in zip(new_raw, categories)))
+    run_cli("items", "add", "--run", run, "--csv", csv)
+    return SimpleNamespace(run=run, csv=csv, num_old=int(items.shape[0]), new_raw=new_raw, data=tiny_run.data)
+
+
+@pytest.fixture(scope="session")
 def served(tiny_run, tmp_path_factory):
     """The tiny run exported (CPU ONNX Runtime scorer) and served by a real tritonserver on free ports."""
     from nann.serving.export import export_repository

@@ -168,6 +168,23 @@ def test_options_sent_only_when_given():
     assert empty.datatype() == "INT64" and empty.shape() == [1, 0]
 
 
+def test_filters_are_built_as_the_server_expects_and_checked_locally():
+    from nann_client import _common
+
+    inputs = {i.name(): i for i in _common.build_request([1, 2], exclude=np.array([5, 6], np.uint32),
+                                                         exclude_history=True, categories=[])}
+    assert (inputs["exclude"].datatype(), inputs["exclude"].shape()) == ("INT64", [1, 2])
+    assert (inputs["exclude_history"].datatype(), inputs["exclude_history"].shape()) == ("BOOL", [1, 1])
+    assert (inputs["categories"].datatype(), inputs["categories"].shape()) == ("INT64", [1, 0])
+    assert [i.name() for i in _common.build_request([1], exclude=None, exclude_history=None)] == ["history"]
+    for options, fragment in (({"exclude": "1,2"}, "exclude must be a 1-D sequence of integer item ids"),
+                              ({"exclude": [1.5]}, "exclude must hold integer item ids"),
+                              ({"categories": [[1]]}, "categories must be a 1-D sequence of integer category ids"),
+                              ({"exclude_history": 1}, "exclude_history must be True or False, got 1")):
+        with pytest.raises(InvalidRequestError, match=re.escape(fragment)):
+            _common.build_request([1], **options)
+
+
 def test_dropped_is_zero_from_a_server_without_the_output():
     from nann_client import _common
 

@@ -52,7 +52,8 @@ class Load:
                 h = self.histories[i % len(self.histories)]
                 start = time.monotonic()
                 try:
-                    self.log.append((start, time.monotonic(), None, i % len(self.histories), infer(client, h)))
+                    ids = infer(client, h)  # before the end time is taken
+                    self.log.append((start, time.monotonic(), None, i % len(self.histories), ids))
                 except Exception as e:  # noqa: BLE001 - counted by the test
                     self.log.append((start, time.monotonic(), str(e), i % len(self.histories), None))
                     time.sleep(0.05)
@@ -196,10 +197,33 @@ def second_run(tiny_run, tmp_path_factory):
     return run2
 
 
-def test_new_version_is_picked_up_without_failed_requests(tiny_run, second_run, histories, tmp_path):
+def publish(new_run, repo, tmp_path, client, scorer_last: bool) -> None:
+    """`nann export` of new_run into repo (version 2). scorer_last: the new `scorer` appears only once the new
+    `retrieve` serves, the order in which `retrieve` meets items its scorer does not know yet."""
+    if not scorer_last:
+        export_repository(new_run, repo, scorer="onnxruntime")
+        return
+    staging = tmp_path / "staging"
+    shutil.copytree(repo, staging)
+    export_repository(new_run, staging, scorer="onnxruntime")
+    for model in ("preprocess", "user_encoder", "retrieve", "nann", "scorer"):
+        if model == "scorer":
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not client.is_model_ready("retrieve", "2"):
+                time.sleep(0.2)
+            time.sleep(2.0)
+        shutil.copy2(staging / model / "config.pbtxt", repo / model / "config.pbtxt")
+        (staging / model / "2").rename(repo / model / "2")
+
+
+def answers_across_a_switch(tiny_run, new_run, histories, tmp_path, scorer_last=False) -> list[list[int]]:
+    """Serve tiny_run's export in poll mode with clients sending back to back, publish new_run into the same
+    repository, and check: 0 failed requests, every answer the old or the new version's, every answer after the
+    switch the new one's, and every history's answer afterwards the new one's. Returns the new version's answers
+    (k=20)."""
     repo = fresh_repo(tiny_run, tmp_path / "repo")
     before = OfflineRetriever(tiny_run.run)
-    after = OfflineRetriever(second_run)
+    after = OfflineRetriever(new_run)
     params = parse_search(before.limits, k=20)
     want_old = [before.retrieve([h], [params])[0][0].tolist() for h in histories]
     want_new = [after.retrieve([h], [params])[0][0].tolist() for h in histories]
@@ -211,7 +235,7 @@ def test_new_version_is_picked_up_without_failed_requests(tiny_run, second_run, 
         with Load(server.grpc_url, histories) as load:
             time.sleep(2.0)
             exported_at = time.monotonic()
-            export_repository(second_run, repo, scorer="onnxruntime")
+            publish(new_run, repo, tmp_path, client, scorer_last)
             deadline = time.monotonic() + 120
             models = ("preprocess", "user_encoder", "retrieve", "scorer", "nann")
             while time.monotonic() < deadline and not all(
@@ -228,5 +252,68 @@ def test_new_version_is_picked_up_without_failed_requests(tiny_run, second_run, 
         late = [e for e in load.log if e[0] > switched_at + 0.5]
         assert late and all(e[4].tolist() == want_new[e[3]] for e in late)
         assert all(e[4].tolist() in (want_old[e[3]], want_new[e[3]]) for e in load.log)
-        for i in changed[:5]:
-            assert infer(client, histories[i]).tolist() == want_new[i]
+        assert [infer(client, h).tolist() for h in histories] == want_new
+    return want_new
+
+
+def test_new_version_is_picked_up_without_failed_requests(tiny_run, second_run, histories, tmp_path):
+    answers_across_a_switch(tiny_run, second_run, histories, tmp_path)
+
+
+def test_items_added_version_is_picked_up_and_serves_them(tiny_run, items_added, test_histories, tmp_path):
+    """`nann items add` then `nann export` while serving: the poll-mode server switches with 0 failed requests
+    and then returns the new items, even when the new `retrieve` serves seconds before the new `scorer` (its
+    scorer calls wait for it). Histories: those whose new answer holds a new item first."""
+    after = OfflineRetriever(items_added.run)
+    params = parse_search(after.limits, k=20)
+    new = set(items_added.new_raw.tolist())
+    holds_new = [bool(new & set(after.retrieve([h], [params])[0][0].tolist())) for h in test_histories]
+    order = sorted(range(len(test_histories)), key=lambda i: not holds_new[i])
+    histories = [test_histories[i] for i in order[:40]]
+    want_new = answers_across_a_switch(tiny_run, items_added.run, histories, tmp_path, scorer_last=True)
+    served_new = [answer for answer in want_new if new & set(answer)]
+    print(f"{len(served_new)} of {len(histories)} users are now served new items")
+    assert len(served_new) >= 3
+
+
+# ---------------------------------------------------------------- the blocked set swapped under load
+
+def test_blocked_set_swaps_under_load_without_failed_requests_or_reloads(tiny_run, histories, tmp_path):
+    """`nann items block` several times while clients send back to back: 0 failed requests, every answer the one
+    of a blocked set that was written (a batch uses one set), every answer between a set being in use and the next
+    write that set's, and no model reloaded (poll mode, which reloads a model whose directory changes)."""
+    from nann.serving.filters import write_blocked
+    from perf.filters import wait_for_version
+
+    repo = fresh_repo(tiny_run, tmp_path / "repo")
+    plain = OfflineRetriever(tiny_run.run)
+    params = parse_search(plain.limits, k=20)
+    top = [plain.retrieve([h], [params])[0].item_ids for h in histories]
+    sets = [np.zeros(0, np.int64), np.unique(np.concatenate([t[:5] for t in top])),
+            np.unique(np.concatenate([t[5:12] for t in top]))]
+    want = [[OfflineRetriever(tiny_run.run, blocked=ids).retrieve([h], [params])[0].item_ids.tolist()
+             for h in histories] for ids in sets]
+    assert all(want[0][i] != want[1][i] != want[2][i] for i in range(len(histories)))
+    log = tmp_path / "triton.log"
+    server = TritonServer(repo, model_control_mode="poll", extra_args=["--repository-poll-secs=1"], log_path=log)
+    in_use = []  # (set, in use from, next write at)
+    with server, Load(server.grpc_url, histories) as load:
+        metrics = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        time.sleep(3.0)  # poll mode reloads the Python models once after the start (their __pycache__ appears)
+        loads = log.read_text().count("loading: retrieve:")
+        for s in (1, 2, 0, 2, 1, 0, 1):
+            written_at = time.monotonic()
+            if in_use:
+                in_use[-1][2] = written_at
+            wait_for_version(metrics, write_blocked(repo, sets[s])["version"])
+            in_use.append([s, time.monotonic(), None])
+            time.sleep(2.5)  # long enough for whole requests to run under this set
+        in_use[-1][2] = time.monotonic()
+    failures = load.failures()
+    print(f"\n{len(in_use)} blocked-set swaps under load: {len(load.log)} requests, {len(failures)} failed")
+    assert not failures, failures[:3]
+    assert all(any(e[4].tolist() == want[s][e[3]] for s in range(3)) for e in load.log)
+    for s, start, end in in_use:
+        inside = [e for e in load.log if start <= e[0] and e[1] <= end]
+        assert inside and all(e[4].tolist() == want[s][e[3]] for e in inside)
+    assert log.read_text().count("loading: retrieve:") == loads, "a blocked-set write reloaded a model"

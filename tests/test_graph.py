@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from graph_builder.build import build_graph, build_index, export_index
-from nann.engine.graph import HnswGraph
+from nann.engine.graph import HNSW_INDEX, HnswGraph
 from nann.errors import UserError
 
 
@@ -107,12 +107,17 @@ def test_build_graph_writes_files(tmp_path, capsys):
 
 def test_main_requires_embeddings(tmp_path):
     from graph_builder.build import main
-    args = SimpleNamespace(run=str(tmp_path), m=4, ef_construction=20, threads=1, seed=1)
+    args = SimpleNamespace(run=str(tmp_path), m=4, ef_construction=20, threads=1, seed=1, metric="l2", data=None)
     with pytest.raises(UserError, match="nann train"):
         main(args)
     np.save(tmp_path / "item_embeddings.npy", np.random.default_rng(0).standard_normal((300, 4)).astype("f4"))
     assert main(args) == 0
     assert HnswGraph.load(tmp_path / "graph").num_items == 300
+    first = (tmp_path / "graph" / "layer0_indices.npy").stat().st_ino
+    assert main(args) == 0  # a rebuild swaps in a new directory: files an export hard-links are never rewritten
+    assert (tmp_path / "graph" / "layer0_indices.npy").stat().st_ino != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["graph", "item_embeddings.npy"]
+    assert (tmp_path / "graph" / HNSW_INDEX).is_file()
 
 
 def _write_big_graph(d, n, deg=8):

@@ -132,6 +132,24 @@ BAD = {  # name: (request builder given the users, regexes the message must matc
                          [r"unexpected shape for input 'seeds'"]),
     "seeds as INT64": (lambda u: request(u[0])[:1] + [tensor("seeds", np.array([[5]], np.int64), "INT64")],
                        [r"input 'seeds' data-type is 'INT64'"]),
+    "exclude 10000+1 ids": (lambda u: request(u[0]) + [tensor("exclude", np.arange(10_001).reshape(1, -1), "INT64")],
+                            [r"exclude has 10001 item ids, more than the maximum 10000"]),
+    "exclude as INT32": (lambda u: request(u[0]) + [tensor("exclude", np.array([[5]], np.int32), "INT32")],
+                         [r"input 'exclude' data-type is 'INT32', but model 'nann' expects 'INT64'"]),
+    "exclude 2 rows": (lambda u: request(u[0]) + [tensor("exclude", np.ones((2, 3), np.int64), "INT64")],
+                       [r"batch size does not match other inputs for 'nann'"]),
+    "exclude_history as INT32": (
+        lambda u: request(u[0]) + [tensor("exclude_history", np.array([[1]], np.int32), "INT32")],
+        [r"input 'exclude_history' data-type is 'INT32', but model 'nann' expects 'BOOL'"]),
+    "two exclude_history values": (
+        lambda u: request(u[0]) + [tensor("exclude_history", np.array([[True, False]]), "BOOL")],
+        [r"unexpected shape for input 'exclude_history'"]),
+    "categories 1000+1 ids": (lambda u: request(u[0]) + [tensor("categories", np.arange(1001).reshape(1, -1), "INT64")],
+                              [r"categories has 1001 category ids, more than the maximum 1000"]),
+    "unknown category": (lambda u: request(u[0]) + [tensor("categories", np.array([[987654321, -1]]), "INT64")],
+                         [r"unknown category ids \(2\): 987654321, -1"]),
+    "categories as FP32": (lambda u: request(u[0]) + [tensor("categories", np.array([[1.0]], np.float32), "FP32")],
+                           [r"input 'categories' data-type is 'FP32', but model 'nann' expects 'INT64'"]),
     "unknown input": (lambda u: request(u[0]) + [tensor("bogus", np.array([[1]], np.int32), "INT32")],
                       [r"unexpected inference input 'bogus'"]),
     "internal tensor via the ensemble": (
@@ -170,7 +188,8 @@ def test_history_between_max_seq_and_max_history_keeps_most_recent(client, users
 def test_bad_requests_in_a_shared_batch_do_not_affect_the_good_ones(served, users, offline):
     """Good, odd (unknown ids, new users) and bad requests sent at once (they share execute() calls): each gets
     its own answer."""
-    bad_names = ["1000+1 ids", "seeds=51", "k=0", "ef too few", "rounds=65", "2 rows in one request"]
+    bad_names = ["1000+1 ids", "seeds=51", "k=0", "ef too few", "rounds=65", "2 rows in one request",
+                 "exclude 10000+1 ids", "unknown category"]
     odd_names = ["empty history", "unknown id", "20 unknown ids"]
     jobs = [("good", i) for i in range(12)] + [("bad", n) for n in bad_names] + [("odd", n) for n in odd_names]
     jobs = [jobs[i] for i in np.random.default_rng(0).permutation(len(jobs))]
@@ -310,6 +329,7 @@ def test_limits_are_published_in_nann_info(client):
     published = ServingLimits().published()
     assert info["limits"] == published["limits"] and info["defaults"] == published["defaults"]
     assert set(info["defaults"]) == {"k", "ef", "rounds", "frontier", "seeds"} and info["limits"]["max_seeds"] == 50
+    assert info["limits"]["max_exclude"] == 10_000 and info["limits"]["max_categories"] == 1_000
     assert info["unknown_ids"] == "skip"
     assert info["max_seq"] == 50 and info["grid"]["max_size"] == CandidateGrid().max_size
     assert int(config["max_batch_size"]) == 64

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from nann.engine.grid import CandidateGrid
+from nann.engine.params import DEFAULT_SEARCH
 from nann.serving.export import pbtxt_string, search_input_entries, step_map, tensor_entries
 from nann.serving.repository import ArtifactError, verify_manifest, write_manifest
-from nann.serving.requests import SEARCH_INPUT_NAMES, RequestError, ServingLimits, parse_history, parse_search
+from nann.serving.requests import REQUEST_INPUT_NAMES, RequestError, ServingLimits, parse_history, parse_search
 from nann.serving.services import check_state
 from nann.serving.tensorrt_build import profile_shapes
 
@@ -123,12 +124,14 @@ def test_limits_json_round_trip_and_published_info():
     old = {key: value for key, value in LIMITS.to_json().items()
            if not any(new in key for new in ("frontier", "seeds", "unknown_ids"))}
     assert ServingLimits.from_json(old).default_frontier == ServingLimits().default_frontier
-    assert ServingLimits.from_json(old).default_seeds == ServingLimits().default_seeds
+    assert ServingLimits.from_json(old).default_seeds == min(ServingLimits().default_seeds, LIMITS.max_seq)
+    # the search default seeds from at most the behaviours a model keeps
+    assert ServingLimits(max_seq=3).default_seeds == 3 and ServingLimits(max_seq=500).default_seeds == DEFAULT_SEARCH.seeds
     assert ServingLimits.from_json(old).unknown_ids == "skip"
     published = LIMITS.published()
     assert published["defaults"] == {"k": 2, "ef": [4, 5], "rounds": [1, 2], "frontier": 3, "seeds": 1}
     assert published["limits"] == {"max_history": 6, "max_k": 4, "max_ef": 10, "max_rounds": 3, "max_frontier": 8,
-                                   "max_seeds": 3}
+                                   "max_seeds": 3, "max_exclude": 10_000, "max_categories": 1_000}
     assert published["unknown_ids"] == "skip" and STRICT.published()["unknown_ids"] == "refuse"
 
 
@@ -169,10 +172,13 @@ def test_config_rendering_helpers():
     assert tensor_entries(specs, batched=True) == '  { name: "keys" data_type: TYPE_FP32 dims: [ 50, 64 ] }'
     assert "dims: [ -1, 50, 64 ]" in tensor_entries(specs, batched=False)
     assert pbtxt_string('{"a": "b\\c"}') == '{\\"a\\": \\"b\\\\c\\"}'
-    # the optional search inputs come from one table: the ensemble's, retrieve's (ragged) and the step's map
+    # the optional inputs come from two tables (search parameters, filters): the ensemble's, retrieve's (ragged) and
+    # the step's map
     entries = search_input_entries(ragged=False).splitlines()
-    assert [line.split('"')[1] for line in entries] == list(SEARCH_INPUT_NAMES)
-    assert entries[-1] == '  { name: "seeds" data_type: TYPE_INT32 dims: [ 1 ] optional: true }'
+    assert [line.split('"')[1] for line in entries] == list(REQUEST_INPUT_NAMES)
+    assert entries[4] == '  { name: "seeds" data_type: TYPE_INT32 dims: [ 1 ] optional: true },'
+    assert entries[6] == '  { name: "exclude_history" data_type: TYPE_BOOL dims: [ 1 ] optional: true },'
+    assert entries[-1] == '  { name: "categories" data_type: TYPE_INT64 dims: [ -1 ] optional: true }'
     assert all(line.endswith("allow_ragged_batch: true },") or line.endswith("allow_ragged_batch: true }")
                for line in search_input_entries(ragged=True).splitlines())
     assert '{ name: "ef" data_type: TYPE_INT32 dims: [ -1 ] optional: true }' in entries[1]

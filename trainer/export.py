@@ -21,6 +21,7 @@ from torch import nn
 from nann.model import NANNModel, build_split, state_names, state_shapes
 
 OPSET = 17
+ITEM_TABLE = "item_table"  # the initializer of scorer_ids.onnx holding the item table
 
 
 class _ScorerIds(nn.Module):
@@ -28,11 +29,11 @@ class _ScorerIds(nn.Module):
         super().__init__()
         self.scorer = scorer
         self.n_state = scorer.n_state
-        self.register_buffer("item_table", table)
+        self.register_buffer(ITEM_TABLE, table)
 
     def forward(self, *args):
         state, ids, owner = args[:self.n_state], args[self.n_state], args[self.n_state + 1]
-        return self.scorer(*state, self.item_table[ids], owner)
+        return self.scorer(*state, getattr(self, ITEM_TABLE)[ids], owner)
 
 
 def _export(module, args, path, input_names, output_names, dynamic_axes):
@@ -89,7 +90,7 @@ def export_onnx(model: NANNModel, run_dir: str, item_embeddings: np.ndarray) -> 
         "arch": cfg.arch,
         "emb_dim": D,
         "max_seq": cfg.max_seq,
-        "num_items": cfg.num_items,
+        "num_items": int(item_embeddings.shape[0]),  # rows of scorer_ids.onnx's table
         "opset": OPSET,
         "score": "raw logit s_u(e_v) (higher is better; no sigmoid, no NCE correction)",
         "state": state_io,
@@ -108,9 +109,26 @@ def export_onnx(model: NANNModel, run_dir: str, item_embeddings: np.ndarray) -> 
     return io
 
 
-def write_run_artifacts(model: NANNModel, run_dir: str, config: dict | None = None) -> torch.Tensor:
+def write_scorer_ids_table(src: str, dst: str, table: np.ndarray) -> None:
+    """Copy scorer_ids.onnx from src to dst with its item table replaced by ``table`` [N', D] (``nann items add``:
+    the same scorer over a grown catalogue)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(src)
+    inits = model.graph.initializer
+    (i,) = [k for k, init in enumerate(inits) if init.name == ITEM_TABLE]
+    if list(inits[i].dims[1:]) != [table.shape[1]]:
+        raise ValueError(f"{src}'s {ITEM_TABLE} has shape {list(inits[i].dims)}, the new table {list(table.shape)}")
+    inits[i].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(table, dtype=np.float32), ITEM_TABLE))
+    onnx.save(model, dst)
+
+
+def write_run_artifacts(model: NANNModel, run_dir: str, config: dict | None = None,
+                        added_categories: np.ndarray | None = None) -> torch.Tensor:
     """model.safetensors, item_embeddings.npy (+ _fp16), the ONNX files and onnx_io.json (and config.json when
-    given or absent). Returns the item embeddings (torch, on the model's device)."""
+    given or absent). ``added_categories``: the dense categories of the items added after training (``nann items
+    add``), whose e_v follow the trained items'. Returns the item embeddings (torch, on the model's device)."""
     from safetensors.torch import save_file
 
     os.makedirs(run_dir, exist_ok=True)
@@ -122,6 +140,8 @@ def write_run_artifacts(model: NANNModel, run_dir: str, config: dict | None = No
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
               os.path.join(run_dir, "model.safetensors"))
     E = model.all_item_embeddings()
+    if added_categories is not None and len(added_categories):
+        E = torch.cat([E, model.new_item_embeddings(added_categories)])
     emb = E.detach().cpu().numpy().astype(np.float32)
     np.save(os.path.join(run_dir, "item_embeddings.npy"), emb)
     np.save(os.path.join(run_dir, "item_embeddings_fp16.npy"), emb.astype(np.float16))

@@ -264,11 +264,16 @@ def main(args) -> int:
 
 def reexport_run(run_dir: str) -> None:
     """Rewrite a finished run's serving artifacts (item embeddings, ONNX parts) from its model.safetensors, e.g.
-    after an upgrade changed the ONNX export; the weights and the training log stay as they are."""
+    after an upgrade changed the ONNX export; the weights and the training log stay as they are. Items added with
+    `nann items add` are kept: their e_v is recomputed from their category, as that command computed it."""
+    from nann.data.prepared import Vocabulary
     from trainer.export import write_run_artifacts
 
-    write_run_artifacts(load_model(run_dir), run_dir)
-    print(f"re-exported the serving artifacts of {run_dir}")
+    model = load_model(run_dir)
+    added = Vocabulary.load(run_dir).item_category[model.cfg.num_items:]
+    write_run_artifacts(model, run_dir, added_categories=added)
+    extended = f" ({model.cfg.num_items} trained items + {len(added)} added with `nann items add`)"
+    print(f"re-exported the serving artifacts of {run_dir}" + (extended if len(added) else ""))
 
 
 def train_run(args) -> NANNModel:

@@ -27,23 +27,22 @@ _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
 
 # ---------------------------------------------------------------- validation
 
-def validate_history(history: Any) -> np.ndarray:
-    """A 1-D integer sequence → int64 array of shape [1, L] (the wire shape). Empty is a new user: the server
-    answers with the model's cold-start items."""
-    if isinstance(history, (str, bytes)):
-        raise InvalidRequestError(f"history must be a 1-D sequence of integer item ids, got {type(history).__name__}")
+def id_list(name: str, ids: Any, what: str = "item ids") -> np.ndarray:
+    """A 1-D integer sequence of raw ids → int64 array of shape [1, L] (the wire shape); empty is fine."""
+    if isinstance(ids, (str, bytes)):
+        raise InvalidRequestError(f"{name} must be a 1-D sequence of integer {what}, got {type(ids).__name__}")
     try:
-        arr = np.asarray(history)
+        arr = np.asarray(ids)
     except (ValueError, TypeError, OverflowError) as e:
-        raise InvalidRequestError(f"history must be a 1-D sequence of integer item ids: {e}") from e
+        raise InvalidRequestError(f"{name} must be a 1-D sequence of integer {what}: {e}") from e
     if arr.ndim != 1:
-        raise InvalidRequestError(f"history must be a 1-D sequence of integer item ids, got shape {arr.shape}")
+        raise InvalidRequestError(f"{name} must be a 1-D sequence of integer {what}, got shape {arr.shape}")
     if arr.size == 0:
         return np.zeros((1, 0), dtype=np.int64)
     if arr.dtype.kind not in "iu":
-        raise InvalidRequestError(f"history must hold integer item ids, got dtype {arr.dtype}")
+        raise InvalidRequestError(f"{name} must hold integer {what}, got dtype {arr.dtype}")
     if arr.dtype.kind == "u" and int(arr.max()) > _INT64_MAX:
-        raise InvalidRequestError("history holds item ids that do not fit in int64")
+        raise InvalidRequestError(f"{name} holds {what} that do not fit in int64")
     return arr.astype(np.int64, copy=False).reshape(1, -1)
 
 
@@ -84,6 +83,13 @@ def _per_layer(name: str, values: Any) -> np.ndarray:
     return arr.astype(np.int32).reshape(1, -1)
 
 
+def _flag(name: str, value: Any) -> np.ndarray:
+    """Check of a boolean option → bool [1, 1]."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidRequestError(f"{name} must be True or False, got {value!r}")
+    return np.array([[value]], dtype=bool)
+
+
 @dataclass(frozen=True)
 class Option:
     """An optional per-request input of the `nann` model; None = not sent (the server's default applies)."""
@@ -93,12 +99,15 @@ class Option:
     datatype: str = "INT32"
 
 
-OPTIONS = (
+OPTIONS = (  # the server's twin: nann.serving.requests.SEARCH_INPUTS + FILTER_INPUTS
     Option("k", _single(1)),
     Option("ef", _per_layer),
     Option("rounds", _per_layer),
     Option("frontier", _single(0, "0 = unlimited")),
     Option("seeds", _single(0, "0 = none")),
+    Option("exclude", id_list, "INT64"),
+    Option("exclude_history", _flag, "BOOL"),
+    Option("categories", lambda name, ids: id_list(name, ids, "category ids"), "INT64"),
 )
 OPTION_NAMES = tuple(o.name for o in OPTIONS)
 
@@ -118,7 +127,7 @@ def build_request(history: Any, **options: Any) -> List[InferInput]:
     unexpected = sorted(set(options) - set(OPTION_NAMES))
     if unexpected:
         raise TypeError(f"unexpected search option {', '.join(unexpected)} (known: {', '.join(OPTION_NAMES)})")
-    inputs = [_tensor(HISTORY, validate_history(history), "INT64")]
+    inputs = [_tensor(HISTORY, id_list(HISTORY, history), "INT64")]  # empty: a new user, answered cold-start
     for option in OPTIONS:
         value = options.get(option.name)
         if value is not None:

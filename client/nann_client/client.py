@@ -117,6 +117,14 @@ class NannClient:
                 frontier: at most this many beam-list entries expanded per round, best first; 0 = all of them.
                 seeds: the history's most recent distinct items that join the bottom layer as entry points;
                     0 = none.
+            **filters: eligibility filters, each None = not sent (no filter). The walk still passes through the
+                items a request may not get, so k eligible items come back whenever the walk meets k.
+                exclude: raw item ids the user may not get (e.g. already bought); ids the server does not know
+                    are ignored. At most `info().limits["max_exclude"]`.
+                exclude_history: True = also exclude every known item of `history`.
+                categories: raw category ids the items must belong to (an allow-list); an unknown one is refused.
+                    At most `info().limits["max_categories"]`.
+            The server's blocked set (`nann items block`) applies to every request.
 
         Returns:
             RetrievalResult with `item_ids` (int64) and `scores` (float32), best first, and `dropped`.
@@ -126,7 +134,7 @@ class NannClient:
             UnavailableError: the server could not be reached after the retries.
             RequestTimeoutError: no answer within `timeout`.
             ServerError: any other server-side failure.
-            TypeError: an unknown search option.
+            TypeError: an unknown search option or filter.
         """
         return self._infer(c.build_request(history, k=k, **search), timeout)
 

@@ -1,16 +1,19 @@
-"""Triton model `retrieve`: beam search for all requests of one execute(), one BLS scorer call per round."""
+"""Triton model `retrieve`: beam search for all requests of one execute(), one BLS scorer call per round; the
+repository's blocked set is watched (nann.serving.filters.BlockedWatcher), its size and version published as gauges."""
 import json
+import time
+from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from nann.engine.grid import CandidateGrid
-from nann.serving.requests import SEARCH_INPUT_NAMES, RequestError, ServingLimits
-from nann.serving.retrieval import HIST_IDS, RetrieveService, state_dims
-from nann.serving.services import model_context
+from nann.serving.filters import BLOCKED_GAUGES, BlockedWatcher
+from nann.serving.requests import REQUEST_INPUT_NAMES, RequestError, ServingLimits
+from nann.serving.retrieval import HIST_IDS, HISTORY, RetrieveService, state_dims
+from nann.serving.services import CANDIDATES_OUTSIDE, model_context
 
-
-CPU_MEMORY = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
+SWITCH_WAIT_S = 20.0  # how long a scorer call waits for the new `scorer` of a version switch (score below)
 
 
 class ScorerFailed(RuntimeError):
@@ -31,17 +34,26 @@ class TritonPythonModel:
         self.service = RetrieveService(version_dir, ServingLimits.from_json(json.loads(params["limits"])),
                                        CandidateGrid(grid["sizes"], grid["max_size"]), dims)
         self.state_names = list(dims)
+        # pb_utils gets PreferredMemory only once the model module is loaded: not at import time
+        self.cpu_memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
+        labels = {"model": args["model_name"], "version": args["model_version"]}
+        self.families = {name: pb_utils.MetricFamily(name=name, kind=pb_utils.MetricFamily.GAUGE, description=text)
+                         for name, (text, _) in BLOCKED_GAUGES.items()}  # kept alive as long as their metrics
+        gauges = [(self.families[name].Metric(labels=labels), field) for name, (_, field) in BLOCKED_GAUGES.items()]
+        self.blocked = BlockedWatcher(Path(args["model_repository"]).parent, self.service.eligibility,
+                                      lambda b: [gauge.set(getattr(b, field)) for gauge, field in gauges]).start()
+
+    def finalize(self):
+        self.blocked.stop()
 
     def execute(self, requests):
         responses = [None] * len(requests)
-        good, params, states, histories = [], [], [], []
+        good, parsed, states = [], [], []
         for i, request in enumerate(requests):
             try:
                 state = {name: _input(request, name) for name in self.state_names}
-                p, history = self.service.parse(state, _input(request, HIST_IDS),
-                                                {name: _input(request, name) for name in SEARCH_INPUT_NAMES})
-                params.append(p)
-                histories.append(history)
+                parsed.append(self.service.parse(state, _input(request, HIST_IDS), _input(request, HISTORY),
+                                                 {name: _input(request, name) for name in REQUEST_INPUT_NAMES}))
                 good.append(i)
                 states.append(state)
             except RequestError as e:
@@ -51,17 +63,23 @@ class TritonPythonModel:
             state = [pb_utils.Tensor(name, np.concatenate([s[name] for s in states])) for name in self.state_names]
 
             def score(owner, ids):
-                reply = pb_utils.InferenceRequest(
-                    model_name="scorer", requested_output_names=["scores"],
-                    inputs=state + [pb_utils.Tensor("cand_ids", ids.astype(np.int64)),
-                                    pb_utils.Tensor("owner", owner.astype(np.int64))],
-                    preferred_memory=CPU_MEMORY).exec()  # a GPU (TensorRT) scorer's output lands in host memory
-                if reply.has_error():
-                    raise ScorerFailed(reply.error().message())
-                return pb_utils.get_output_tensor_by_name(reply, "scores").as_numpy()
+                inputs = state + [pb_utils.Tensor("cand_ids", ids.astype(np.int64)),
+                                  pb_utils.Tensor("owner", owner.astype(np.int64))]
+                give_up = time.monotonic() + SWITCH_WAIT_S
+                while True:
+                    reply = pb_utils.InferenceRequest(
+                        model_name="scorer", requested_output_names=["scores"], inputs=inputs,
+                        preferred_memory=self.cpu_memory).exec()  # a GPU (TensorRT) scorer's output lands in host memory
+                    if not reply.has_error():
+                        return pb_utils.get_output_tensor_by_name(reply, "scores").as_numpy()
+                    # items the scorer does not know: after `nann items add` this version of `retrieve` can be ready
+                    # before the new `scorer` (Triton switches model by model); wait for it instead of failing
+                    if CANDIDATES_OUTSIDE not in reply.error().message() or time.monotonic() > give_up:
+                        raise ScorerFailed(reply.error().message())
+                    time.sleep(0.05)
 
             try:
-                answers, _ = self.service.retrieve(params, score, histories)
+                answers, _ = self.service.retrieve(parsed, score, self.blocked.current)
             except ScorerFailed as e:
                 error = pb_utils.TritonError(f"scorer failed: {e}", pb_utils.TritonError.UNAVAILABLE)
                 for i in good:

@@ -41,8 +41,30 @@ def _load_npy(path: str, mmap: bool = False) -> np.ndarray:
         raise UserError(f"cannot read {path}: {e}; re-run `nann data prepare`") from None
 
 
+def _sorted_lookup(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(keys ascending, the permutation that sorts them or None when they already are) for ``_dense_of``."""
+    if bool((keys[1:] > keys[:-1]).all()):
+        return keys, None
+    order = np.argsort(keys, kind="stable")
+    return keys[order], order
+
+
+def _dense_of(ascending: np.ndarray, order: np.ndarray | None, raw) -> np.ndarray:
+    """Positions (int64) of raw ids in the keys that ``_sorted_lookup`` gave (ascending, order); -1 if absent."""
+    raw = np.asarray(raw, dtype=np.int64)
+    if ascending.shape[0] == 0:
+        return np.full(raw.shape, -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(ascending, raw), ascending.shape[0] - 1)
+    found = ascending[pos] == raw
+    return np.where(found, pos if order is None else order[pos], -1).astype(np.int64)
+
+
 class Vocabulary:
-    """Raw item id <-> dense id (0..N-1, ascending raw id) and each item's dense category."""
+    """Raw item id <-> dense id and each item's dense category.
+
+    Dense ids are 0..N-1 in ascending raw-id order as prepared; items added to a run later (``nann items add``)
+    follow in the order they were added, so a run's items.npy may be unsorted: lookups then go through a sorted
+    copy and its permutation, made here (a sorted items.npy is used as it is)."""
 
     def __init__(self, items: np.ndarray, item_category: np.ndarray, categories: np.ndarray | None = None):
         self.items = np.asarray(items, dtype=np.int64)
@@ -50,6 +72,7 @@ class Vocabulary:
         self.categories = None if categories is None else np.asarray(categories, dtype=np.int64)
         if self.items.shape != self.item_category.shape:
             raise UserError("items.npy and item_category.npy differ in length; re-run `nann data prepare`")
+        self._items_lookup = _sorted_lookup(self.items)
 
     @classmethod
     def load(cls, directory: str) -> "Vocabulary":
@@ -72,12 +95,13 @@ class Vocabulary:
 
     def raw_to_dense(self, raw) -> np.ndarray:
         """Dense ids (int64) of raw item ids; -1 where the raw id is unknown."""
-        raw = np.asarray(raw, dtype=np.int64)
-        pos = np.searchsorted(self.items, raw)
-        pos_c = np.minimum(pos, max(self.num_items - 1, 0))
-        if self.num_items == 0:
-            return np.full(raw.shape, -1, dtype=np.int64)
-        return np.where(self.items[pos_c] == raw, pos_c, -1).astype(np.int64)
+        return _dense_of(*self._items_lookup, raw)
+
+    def category_to_dense(self, raw) -> np.ndarray:
+        """Dense categories (int64) of raw category ids; -1 where unknown (categories.npy is ascending)."""
+        if self.categories is None:
+            raise UserError("the vocabulary has no categories.npy; re-run `nann data prepare`")
+        return _dense_of(self.categories, None, raw)
 
     def dense_to_raw(self, dense) -> np.ndarray:
         """Raw item ids (int64) of dense ids (IndexError if out of range)."""

@@ -20,12 +20,22 @@ import numpy as np
 from nann.data.interactions import (BEHAVIORS, MALFORMED_KINDS, ReadResult, RowAccounting, check_input_file,
                                     progress_bar, timestamp_ok)
 
-__all__ = ["BEHAVIORS", "MALFORMED_KINDS", "ReadResult", "classify_line", "read_user_behavior"]
+__all__ = ["BEHAVIORS", "MALFORMED_KINDS", "ReadResult", "classify_line", "parse_int", "read_user_behavior"]
 
 EXPECTED_ROW = "UserBehavior row 'user_id,item_id,category_id,behavior_type,timestamp'"
 _MAX_DIGITS = 18  # longest field the fast path parses (always fits int64)
 _INT64_MAX = (1 << 63) - 1
 _BEH_CODE = {b.encode(): i for i, b in enumerate(BEHAVIORS)}
+
+
+def parse_int(tok: bytes) -> int | None:
+    """A plain decimal integer that fits int64 (ASCII digits, an optional leading '-'), else None."""
+    neg = tok[:1] == b"-"
+    digits = tok[1:] if neg else tok
+    if not digits.isdigit():  # bytes.isdigit: ASCII 0-9 only, False for b""
+        return None
+    v = int(digits)
+    return None if v > _INT64_MAX else (-v if neg else v)
 
 
 def classify_line(line: bytes, time_window: tuple[int, int] | None = None) -> tuple[str | None, tuple | None]:
@@ -35,16 +45,9 @@ def classify_line(line: bytes, time_window: tuple[int, int] | None = None) -> tu
         return "columns", None
     if not all(parts):
         return "missing", None
-    vals = []
-    for tok in (parts[0], parts[1], parts[2], parts[4]):
-        neg = tok[:1] == b"-"
-        digits = tok[1:] if neg else tok
-        if not digits.isdigit():  # bytes.isdigit: ASCII 0-9 only, False for b""
-            return "non_integer", None
-        v = int(digits)
-        if v > _INT64_MAX:
-            return "non_integer", None
-        vals.append(-v if neg else v)
+    vals = [parse_int(tok) for tok in (parts[0], parts[1], parts[2], parts[4])]
+    if None in vals:
+        return "non_integer", None
     u, i, c, ts = vals
     if u < 0 or i < 0 or c < 0:
         return "negative_id", None

@@ -14,6 +14,7 @@ from nann.errors import UserError
 
 FORMAT_VERSION = 1
 _META_KEYS = ("num_items", "max_level", "entry_point", "format_version")
+HNSW_INDEX = "hnsw_index.bin"  # the builder's hnswlib index beside the arrays, for `nann items add`; never served
 
 
 class HnswGraph:

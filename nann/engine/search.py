@@ -28,52 +28,11 @@ import numpy as np
 
 from nann.engine import kernels as K
 from nann.engine.grid import CandidateGrid
+from nann.engine.params import DEFAULT_SEARCH, PAPER_SEARCH, SearchParams  # noqa: F401  (re-exported)
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 UNLIMITED = 1 << 62
 _EMPTY_IDS = np.zeros(0, dtype=np.int32)
-
-
-@dataclass(frozen=True)
-class SearchParams:
-    """Beam-retrieval parameters, one entry per layer, TOP layer first (paper default shown).
-
-    frontier: at most this many of a request's unexpanded list entries are expanded per round, best first (the
-    rest wait for a later round); 0 expands all of them, Algorithm 2 as written. The paper's reference code
-    likewise expands only the top new items on layer 0; a narrow frontier with more rounds walks further for the
-    same number of items scored (perf/RESULTS.md, Figure 3).
-
-    seeds: the request's most recent distinct behaviours (at most this many; 0 = none) join layer 0 as extra entry
-    points beside the descent's result: they are scored in the first layer-0 round and expanded like any other
-    list entry. A user's own items sit in the regions of the graph where that user's top items live."""
-    ef: tuple[int, ...] = (100, 200, 400)
-    rounds: tuple[int, ...] = (1, 1, 3)
-    top_m: int = 200
-    frontier: int = 0
-    seeds: int = 0
-
-    def __post_init__(self):
-        object.__setattr__(self, "ef", tuple(int(x) for x in self.ef))
-        object.__setattr__(self, "rounds", tuple(int(x) for x in self.rounds))
-        if not self.ef or len(self.ef) != len(self.rounds):
-            raise ValueError(f"ef {self.ef} and rounds {self.rounds} need the same, non-zero length")
-        if min(self.ef) < 1:
-            raise ValueError(f"ef must be >= 1, got {self.ef}")
-        if min(self.rounds) < 0:
-            raise ValueError(f"rounds must be >= 0, got {self.rounds}")
-        if int(self.top_m) < 1:
-            raise ValueError(f"top_m must be >= 1, got {self.top_m}")
-        if int(self.frontier) < 0:
-            raise ValueError(f"frontier must be >= 0 (0 = unlimited), got {self.frontier}")
-        if int(self.seeds) < 0:
-            raise ValueError(f"seeds must be >= 0 (0 = none), got {self.seeds}")
-
-
-# The paper's Beam-retrieval parameters (Section 5.1.3): one flag away (`--paper`) wherever search runs.
-PAPER_SEARCH = SearchParams(ef=(100, 200, 400), rounds=(1, 1, 3), top_m=200, frontier=0, seeds=0)
-# THE defaults of every search: `nann evaluate`, `nann retrieve`, the exported server and the SDK's docs all take
-# these (perf/RESULTS.md, "Search defaults", shows how they were chosen).
-DEFAULT_SEARCH = SearchParams(ef=(100, 200, 300), rounds=(1, 3, 64), top_m=200, frontier=16, seeds=50)
 
 
 @dataclass

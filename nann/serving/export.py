@@ -23,15 +23,16 @@ from string import Template
 
 import numpy as np
 
+from nann.engine.graph import HNSW_INDEX
 from nann.engine.grid import CandidateGrid
 from nann.errors import UserError
 from nann.serving.repository import model_versions, write_manifest
-from nann.serving.requests import SEARCH_INPUT_NAMES, SEARCH_INPUTS, ServingLimits
+from nann.serving.requests import REQUEST_INPUT_NAMES, REQUEST_INPUTS, ServingLimits
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
 PYTHON_MODELS = ("preprocess", "user_encoder", "retrieve", "scorer")
 RUN_FILES = ("config.json", "onnx_io.json", "item_embeddings.npy", "user_encoder.onnx", "scorer.onnx",
-             "model.safetensors", "items.npy", "item_category.npy")
+             "model.safetensors", "items.npy", "item_category.npy", "categories.npy")
 GRAPH_FILES = ("meta.json", "levels.npy")
 TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 MAX_BATCH = 64
@@ -44,6 +45,13 @@ def check_run(run_dir: Path) -> None:
         raise UserError(f"run {run_dir} lacks {', '.join(missing)}: run `nann train --run {run_dir}` first")
     if not all((run_dir / "graph" / name).is_file() for name in GRAPH_FILES):
         raise UserError(f"run {run_dir} has no graph: run `nann graph --run {run_dir}` first")
+    counts = {"items.npy": np.load(run_dir / "items.npy", mmap_mode="r").shape[0],
+              "item_embeddings.npy": np.load(run_dir / "item_embeddings.npy", mmap_mode="r").shape[0],
+              "graph": json.loads((run_dir / "graph" / "meta.json").read_text())["num_items"]}
+    if len(set(counts.values())) > 1:
+        raise UserError(f"run {run_dir} is inconsistent (" + ", ".join(f"{k}: {v} items" for k, v in counts.items())
+                        + f"): rebuild the graph with `nann graph --run {run_dir}`, or repeat an interrupted "
+                          f"`nann items add`")
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -74,11 +82,11 @@ def tensor_entries(specs: list[dict], batched: bool, indent: str = "  ") -> str:
 
 
 def search_input_entries(ragged: bool) -> str:
-    """The optional per-request inputs (`SEARCH_INPUTS`) as config.pbtxt input entries; ragged for `retrieve`,
-    which batches requests whose lists differ in length."""
+    """The optional per-request inputs (`REQUEST_INPUTS`: search parameters and filters) as config.pbtxt input
+    entries; ragged for `retrieve`, which batches requests whose lists differ in length."""
     extra = " allow_ragged_batch: true" if ragged else ""
     return ",\n".join(f'  {{ name: "{s.name}" data_type: TYPE_{s.dtype} dims: [ {s.dims} ] optional: true{extra} }}'
-                       for s in SEARCH_INPUTS)
+                       for s in REQUEST_INPUTS)
 
 
 def step_map(kind: str, names) -> str:
@@ -182,7 +190,7 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
         encoder_output_map=step_map("output_map", (s["name"] for s in specs)),
         retrieve_state_input_map=step_map("input_map", (s["name"] for s in specs)),
         search_inputs=search_input_entries(ragged=False), search_inputs_ragged=search_input_entries(ragged=True),
-        search_input_map=step_map("input_map", SEARCH_INPUT_NAMES),
+        search_input_map=step_map("input_map", REQUEST_INPUT_NAMES),
     )
     repo.mkdir(parents=True, exist_ok=True)
     for model in PYTHON_MODELS:
@@ -195,7 +203,8 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
             link_or_copy(run_dir / name, version_dir / name)
         if model == "retrieve":
             for path in (run_dir / "graph").iterdir():
-                link_or_copy(path, version_dir / "graph" / path.name)
+                if path.name != HNSW_INDEX:  # the builder's index (for `nann items add`): not served
+                    link_or_copy(path, version_dir / "graph" / path.name)
         write_manifest(version_dir, {"run": str(run_dir), "model": model})
         (repo / model / "config.pbtxt").write_text(render(f"{model}/config.pbtxt.template", **values))
     if backend == "tensorrt":

@@ -3,13 +3,14 @@
 Every check raises `RequestError` with a message that names the problem; the Triton models turn it into
 an INVALID_ARG error for that one request while the rest of the batch goes on.
 
-The optional per-request inputs of the `nann` ensemble are one table, `SEARCH_INPUTS`: the model configs, the
-parsing here and `nann_info`'s defaults and limits are all generated from it.
+The optional per-request inputs of the `nann` ensemble are two tables, `SEARCH_INPUTS` (search parameters) and
+`FILTER_INPUTS` (eligibility filters): the model configs, the parsing here and `nann_info`'s defaults and limits
+are all generated from them.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -43,9 +44,13 @@ class ServingLimits:
     # expands the whole list, the same as 0; the maximum only keeps requests to sane values.
     max_frontier: int = 2000
     # The most recent distinct behaviours that join layer 0 as entry points (SearchParams.seeds); 0 = none.
-    default_seeds: int = DEFAULT_SEARCH.seeds
+    # None: the search default, at most max_seq (a model with shorter histories has fewer behaviours to seed from).
+    default_seeds: int | None = None
     # History ids the index does not know: "skip" drops (and counts) them, "refuse" refuses the request.
     unknown_ids: str = "skip"
+    # Eligibility filters (FILTER_INPUTS): raw item ids a request may exclude, raw categories it may allow.
+    max_exclude: int = 10_000
+    max_categories: int = 1_000
 
     @property
     def max_seeds(self) -> int:
@@ -53,6 +58,8 @@ class ServingLimits:
         return self.max_seq
 
     def __post_init__(self):
+        if self.default_seeds is None:
+            object.__setattr__(self, "default_seeds", min(DEFAULT_SEARCH.seeds, self.max_seq))
         for spec in SEARCH_INPUTS:
             try:
                 spec.read(spec.name, None, self)
@@ -77,7 +84,7 @@ class ServingLimits:
         return {
             "defaults": {s.name: _plain(getattr(self, f"default_{s.name}")) for s in SEARCH_INPUTS},
             "limits": {"max_history": self.max_history, **{f"max_{s.name}": getattr(self, f"max_{s.name}")
-                                                           for s in SEARCH_INPUTS}},
+                                                           for s in SEARCH_INPUTS + LIST_FILTERS}},
             "unknown_ids": self.unknown_ids,
         }
 
@@ -105,6 +112,19 @@ def int_row(name: str, arr) -> np.ndarray:
     return row.astype(np.int64, copy=False)
 
 
+def listing(ids: np.ndarray, shown: int = 10) -> str:
+    """The first `shown` ids for a message ("1, 2, 3 ...")."""
+    return ", ".join(str(x) for x in ids[:shown]) + (" ..." if ids.size > shown else "")
+
+
+def bounded_ids(name: str, value, limit: int, what: str = "item ids") -> np.ndarray:
+    """A list input of raw ids as a flat int64 row, refusing more than `limit` of them."""
+    row = int_row(name, value)
+    if row.size > limit:
+        raise RequestError(f"{name} has {row.size} {what}, more than the maximum {limit}")
+    return row
+
+
 def parse_history(raw_history: np.ndarray, raw_to_dense, limits: ServingLimits) -> tuple[np.ndarray, int]:
     """Raw item ids (oldest first) → (dense ids of the most recent `max_seq` known behaviours, ids dropped).
 
@@ -112,14 +132,11 @@ def parse_history(raw_history: np.ndarray, raw_to_dense, limits: ServingLimits) 
     (`unknown_ids="skip"`, as if they had not been sent) or refuse the request, naming up to ten of them
     (`"refuse"`). An empty result is a new user: the model's cold-start (all-masked) state serves it.
     """
-    history = int_row("history", raw_history)
-    if history.size > limits.max_history:
-        raise RequestError(f"history has {history.size} item ids, more than the maximum {limits.max_history}")
+    history = bounded_ids("history", raw_history, limits.max_history)
     dense = raw_to_dense(history)
     unknown = history[dense < 0]
     if unknown.size and limits.unknown_ids == "refuse":
-        shown = ", ".join(str(x) for x in unknown[:10]) + (" ..." if unknown.size > 10 else "")
-        raise RequestError(f"unknown item ids ({unknown.size}): {shown}")
+        raise RequestError(f"unknown item ids ({unknown.size}): {listing(unknown)}")
     return dense[dense >= 0][-limits.max_seq:].astype(np.int64), int(unknown.size)
 
 
@@ -176,6 +193,74 @@ SEARCH_INPUTS = (
     SearchInput("seeds", "seeds", _bounded(0, "0 = none")),
 )
 SEARCH_INPUT_NAMES = tuple(s.name for s in SEARCH_INPUTS)
+
+
+def _ids(what: str) -> Reader:
+    """A list of raw ids (int64), at most limits.max_NAME of them; empty when not sent."""
+    def read(name: str, value, limits: ServingLimits) -> np.ndarray:
+        if value is None or np.asarray(value).size == 0:
+            return np.zeros(0, dtype=np.int64)
+        return bounded_ids(name, value, getattr(limits, f"max_{name}"), what)
+    return read
+
+
+def _flag(name: str, value, limits: ServingLimits) -> bool:
+    """One boolean (BOOL, or an integer 0 / 1); False when not sent."""
+    if value is None or np.asarray(value).size == 0:
+        return False
+    row = _one_row(name, np.asarray(value))
+    if row.size != 1:
+        raise RequestError(f"{name} must be a single value, got {row.size}")
+    if row.dtype.kind not in "b" + INT_KINDS or row[0] not in (0, 1):
+        raise RequestError(f"{name} must be true or false, got {row[0]!r}")
+    return bool(row[0])
+
+
+@dataclass(frozen=True)
+class FilterInput:
+    """An optional per-request input of the `nann` ensemble saying which items the request may not get (data, not a
+    search parameter), passed through to `retrieve`. read as for SearchInput; a list input (dims -1) is bounded by
+    limits.max_NAME, published in `nann_info`."""
+
+    name: str
+    read: Reader
+    dims: int = -1
+    dtype: str = "INT64"
+
+
+FILTER_INPUTS = (
+    FilterInput("exclude", _ids("item ids")),
+    FilterInput("exclude_history", _flag, dims=1, dtype="BOOL"),
+    FilterInput("categories", _ids("category ids")),
+)
+FILTER_INPUT_NAMES = tuple(f.name for f in FILTER_INPUTS)
+LIST_FILTERS = tuple(f for f in FILTER_INPUTS if f.dims == -1)
+REQUEST_INPUTS = SEARCH_INPUTS + FILTER_INPUTS
+REQUEST_INPUT_NAMES = SEARCH_INPUT_NAMES + FILTER_INPUT_NAMES
+
+
+class FilterRequest(NamedTuple):
+    """One request's eligibility filters, in raw ids as sent (fields: FILTER_INPUTS' names)."""
+    exclude: np.ndarray = np.zeros(0, dtype=np.int64)
+    exclude_history: bool = False
+    categories: np.ndarray = np.zeros(0, dtype=np.int64)
+
+    @property
+    def restricts(self) -> bool:
+        """Whether the request filters anything."""
+        return bool(self.exclude.size or self.exclude_history or self.categories.size)
+
+
+NO_FILTERS = FilterRequest()
+
+
+def parse_filters(limits: ServingLimits, **inputs) -> FilterRequest:
+    """A request's filters from the optional inputs (`FILTER_INPUTS` by name; None or missing = none), bounded by
+    the limits."""
+    unexpected = sorted(set(inputs) - set(FILTER_INPUT_NAMES))
+    if unexpected:
+        raise TypeError(f"unexpected filter inputs {unexpected} (known: {', '.join(FILTER_INPUT_NAMES)})")
+    return FilterRequest(**{f.name: f.read(f.name, inputs.get(f.name), limits) for f in FILTER_INPUTS})
 
 
 def parse_search(limits: ServingLimits, **inputs) -> SearchParams:

@@ -1,7 +1,8 @@
 """Raw ids in, raw ids out: the retrieval pipeline shared by `nann retrieve`, evaluation and the Triton models.
 
 `beam search → top-k raw ids` is written once (`RetrieveService`); offline its scorer is the local runtime,
-inside Triton a BLS call. `OfflineRetriever` chains the very services the Triton models run.
+inside Triton a BLS call. `OfflineRetriever` chains the very services the Triton models run, eligibility filters
+and the blocked set included (`nann.serving.filters`).
 """
 from __future__ import annotations
 
@@ -13,11 +14,22 @@ import numpy as np
 from nann.engine.graph import HnswGraph
 from nann.engine.grid import CandidateGrid
 from nann.engine.search import SearchParams, beam_search
-from nann.serving.requests import SEARCH_INPUT_NAMES, ServingLimits, int_row, parse_search
+from nann.serving.filters import NOTHING_BLOCKED, BlockedSet, DenseFilter, Eligibility
+from nann.serving.requests import (FILTER_INPUT_NAMES, NO_FILTERS, REQUEST_INPUT_NAMES, SEARCH_INPUT_NAMES,
+                                   FilterRequest, ServingLimits, bounded_ids, int_row, parse_filters, parse_search)
 from nann.serving.services import check_state
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 HIST_IDS = "hist_ids"  # `retrieve`'s input of the request's dense history ids (from `preprocess`)
+HISTORY = "history"    # `retrieve`'s input of the request's raw history, as sent (for `exclude_history`)
+
+
+class RetrieveRequest(NamedTuple):
+    """One parsed request of `retrieve`."""
+
+    params: SearchParams
+    hist_ids: np.ndarray      # dense ids of the behaviours the model sees (the source of seeds)
+    filters: DenseFilter      # what it may not get, in dense ids
 
 
 class Answer(NamedTuple):
@@ -29,10 +41,10 @@ class Answer(NamedTuple):
 
 
 def state_dims(model_config: dict) -> dict[str, list[int]]:
-    """The user-state inputs of the `retrieve` config and their dims: every input but the history ids and the
-    optional search inputs."""
+    """The user-state inputs of the `retrieve` config and their dims: every input but the histories and the
+    optional request inputs."""
     return {o["name"]: o["dims"] for o in model_config["input"]
-            if o["name"] not in (HIST_IDS, *SEARCH_INPUT_NAMES)}
+            if o["name"] not in (HIST_IDS, HISTORY, *REQUEST_INPUT_NAMES)}
 
 
 class RetrieveService:
@@ -46,24 +58,38 @@ class RetrieveService:
         self.graph = HnswGraph.load(Path(artifact_dir) / "graph")
         vocab = Vocabulary.load(artifact_dir)
         self.item_raw_ids = vocab.dense_to_raw(np.arange(vocab.num_items)).astype(np.int64)
+        self.eligibility = Eligibility(vocab)
         self.limits = limits
         self.grid = grid
         self.state_shapes = {name: (1, *(limits.max_seq if int(d) == -1 else int(d) for d in dims))
                              for name, dims in (state_dims or {}).items()}
 
-    def parse(self, state: dict[str, np.ndarray], hist_ids: np.ndarray,
-              inputs: Mapping[str, np.ndarray | None]) -> tuple[SearchParams, np.ndarray]:
-        """Validate one request: its state rows (one user, finite), its history ids and its search inputs.
-        Returns (search parameters, the history's dense ids)."""
+    def parse(self, state: dict[str, np.ndarray], hist_ids: np.ndarray, history: np.ndarray | None,
+              inputs: Mapping[str, np.ndarray | None]) -> RetrieveRequest:
+        """Validate one request of the Triton model: its state rows (one user, finite), its history ids, its raw
+        history (None: not sent, as empty) and its optional inputs (`REQUEST_INPUT_NAMES`; None = not sent)."""
         check_state(state, self.state_shapes)
-        return parse_search(self.limits, **inputs), int_row(HIST_IDS, hist_ids)
+        return self.request(parse_search(self.limits, **{n: inputs.get(n) for n in SEARCH_INPUT_NAMES}),
+                            int_row(HIST_IDS, hist_ids), history,
+                            parse_filters(self.limits, **{n: inputs.get(n) for n in FILTER_INPUT_NAMES}))
 
-    def retrieve(self, params: Sequence[SearchParams], score_fn: ScoreFn, histories: Sequence[np.ndarray]):
+    def request(self, params: SearchParams, hist_ids: np.ndarray, history: np.ndarray | None,
+                filters: FilterRequest) -> RetrieveRequest:
+        """A parsed request: `filters` mapped to this index's dense ids (RequestError for unknown categories);
+        `exclude_history` takes every known id of the raw `history`, not only the max_seq behaviours in hist_ids."""
+        raw = bounded_ids(HISTORY, np.zeros(0, np.int64) if history is None else history, self.limits.max_history)
+        dense = self.eligibility.vocab.raw_to_dense(raw) if filters.exclude_history else raw[:0]
+        return RetrieveRequest(params, hist_ids, self.eligibility.dense(filters, dense))
+
+    def retrieve(self, requests: Sequence[RetrieveRequest], score_fn: ScoreFn, blocked: BlockedSet = NOTHING_BLOCKED):
         """([(raw ids int64, scores float32)] per request, the engine's SearchResult with its counters).
 
-        histories: each request's dense history ids, oldest first (ids outside the catalogue, such as the -1
-        padding, are ignored): the source of its seeds."""
-        result = beam_search(self.graph, len(params), score_fn, list(params), self.grid, histories=histories)
+        Each request's hist_ids (dense, oldest first; ids outside the catalogue, such as the -1 padding, ignored) are
+        the source of its seeds; `blocked` is the one blocked set the whole batch uses."""
+        params = [r.params for r in requests]
+        filters = self.eligibility.engine_filters([r.filters for r in requests], blocked)
+        result = beam_search(self.graph, len(params), score_fn, params, self.grid,
+                             histories=[r.hist_ids for r in requests], filters=filters)
         answers = []
         for i, p in enumerate(params):
             ids = result.ids[i, : p.top_m]
@@ -76,7 +102,8 @@ class OfflineRetriever:
     """The served pipeline without a server: the same preprocess, encoder, search and scorer code."""
 
     def __init__(self, run_dir: str | Path, backend: str = "onnxruntime", limits: ServingLimits | None = None,
-                 grid: CandidateGrid | None = None):
+                 grid: CandidateGrid | None = None, blocked: np.ndarray | None = None):
+        """blocked: raw item ids nobody gets (the server's blocked set; `nann.serving.filters.read_ids`)."""
         from nann.runtime import ModelRuntime
         from nann.serving.services import EncoderService, Preprocessor, ScorerService
 
@@ -87,11 +114,17 @@ class OfflineRetriever:
         self.limits = limits or ServingLimits(max_seq=self.encoder.runtime.max_seq)
         self.preprocessor = Preprocessor(run_dir, self.limits)
         self.service = RetrieveService(run_dir, self.limits, grid or CandidateGrid())
+        self.blocked = NOTHING_BLOCKED if blocked is None else self.service.eligibility.blocked(blocked)
 
-    def retrieve(self, raw_histories: Sequence[np.ndarray], params: Sequence[SearchParams]) -> list[Answer]:
-        """The served answer per history; raises RequestError for a request the server would refuse."""
-        prepared = [self.preprocessor.prepare(np.asarray(h, dtype=np.int64)) for h in raw_histories]
+    def retrieve(self, raw_histories: Sequence[np.ndarray], params: Sequence[SearchParams],
+                 filters: Sequence[FilterRequest] | None = None) -> list[Answer]:
+        """The served answer per history (`filters`: each request's, as `parse_filters` gives them; None = none);
+        raises RequestError for a request the server would refuse."""
+        histories = [np.asarray(h, dtype=np.int64) for h in raw_histories]
+        prepared = [self.preprocessor.prepare(h) for h in histories]
         state = self.encoder.encode(np.stack([p.hist_emb for p in prepared]), np.stack([p.hist_mask for p in prepared]))
-        answers, _ = self.service.retrieve(params, lambda owner, ids: self.scorer.score(state, ids, owner),
-                                           [p.hist_ids for p in prepared])
+        requests = [self.service.request(p, prep.hist_ids, h, f)
+                    for p, prep, h, f in zip(params, prepared, histories, filters or [NO_FILTERS] * len(histories))]
+        answers, _ = self.service.retrieve(requests, lambda owner, ids: self.scorer.score(state, ids, owner),
+                                           self.blocked)
         return [Answer(ids, scores, p.dropped) for (ids, scores), p in zip(answers, prepared)]

@@ -106,6 +106,9 @@ class EncoderService:
                 for e, end in zip(embs, ends)]
 
 
+CANDIDATES_OUTSIDE = "cand_ids outside"  # the refusal of ids beyond the catalogue (`retrieve` waits on it in a switch)
+
+
 class ScorerService:
     """Scores candidate ids for the users whose state rows it is given (the CPU `scorer` model)."""
 
@@ -123,7 +126,7 @@ class ScorerService:
             raise RequestError(f"state input {bad[0]} holds NaN or inf")
         rows = next(iter(state.values())).shape[0]
         if cand_ids.size and (cand_ids.min() < 0 or cand_ids.max() >= self.runtime.num_items):
-            raise RequestError(f"cand_ids outside [0, {self.runtime.num_items})")
+            raise RequestError(f"{CANDIDATES_OUTSIDE} [0, {self.runtime.num_items})")
         if owner.size and (owner.min() < 0 or owner.max() >= rows):
             raise RequestError(f"owner outside [0, {rows})")
         return self.runtime.score(state, owner, cand_ids)
