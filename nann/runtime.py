@@ -5,7 +5,7 @@ Backends: ``onnxruntime`` (user_encoder.onnx + scorer.onnx; does not import torc
 ``s_u(e_v)``, the number the trainer trains and brute force ranks by.
 
 Empty history: ``encode`` accepts it and returns the state of an all-masked row (attention output 0, sum-pool 0;
-finite scores). Serving rejects empty histories before they get here.
+finite scores): serving's cold-start state for a new user.
 """
 from __future__ import annotations
 
@@ -18,12 +18,15 @@ import numpy as np
 from nann.errors import UserError
 
 BACKENDS = ("onnxruntime", "torch")
+PARTS = ("encoder", "scorer")  # the halves of the serving split a runtime can load
 
 
-def pad_histories(histories: Sequence[np.ndarray], max_seq: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dense ids oldest first -> (ids int64 [B,L], mask float32 [B,L]); keeps the last max_seq; L >= 1."""
+def pad_histories(histories: Sequence[np.ndarray], max_seq: int,
+                  length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Dense ids oldest first -> (ids int64 [B,L], mask float32 [B,L]); keeps the last max_seq; L = `length`, else
+    the longest kept history (at least 1)."""
     hs = [np.asarray(h, dtype=np.int64).reshape(-1)[-max_seq:] for h in histories]
-    L = max([len(h) for h in hs] + [1])
+    L = length or max([len(h) for h in hs] + [1])
     ids = np.zeros((len(hs), L), dtype=np.int64)
     mask = np.zeros((len(hs), L), dtype=np.float32)
     for i, h in enumerate(hs):
@@ -39,7 +42,12 @@ class ModelRuntime:
     state_names: list[str]
     item_embeddings: np.ndarray
 
-    def __init__(self, run_dir: str, backend: str, threads: int | None):
+    def __init__(self, run_dir: str, backend: str, threads: int | None, parts: Sequence[str] = PARTS,
+                 spinning: bool = True):
+        """threads: intra-op threads (None: the backend's default, one per physical core; torch's setting is the
+        process's); parts: the halves to load (a Triton stub needs one); spinning: False makes idle runtime threads
+        sleep at once instead of spinning for more work, so the cores go back to other processes (torch: only when
+        torch is first imported here, as libgomp reads OMP_WAIT_POLICY once)."""
         self.run_dir = run_dir
         self.backend = backend
         io_path = os.path.join(run_dir, "onnx_io.json")
@@ -61,10 +69,14 @@ class ModelRuntime:
             if threads:
                 so.intra_op_num_threads = int(threads)
                 so.inter_op_num_threads = 1
-            prov = ["CPUExecutionProvider"]
-            self._enc = ort.InferenceSession(os.path.join(run_dir, self.io["user_encoder"]["file"]), so, providers=prov)
-            self._sc = ort.InferenceSession(os.path.join(run_dir, self.io["scorer"]["file"]), so, providers=prov)
+            if not spinning:
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            files = {"encoder": self.io["user_encoder"]["file"], "scorer": self.io["scorer"]["file"]}
+            self._parts = {part: ort.InferenceSession(os.path.join(run_dir, files[part]), so,
+                                                      providers=["CPUExecutionProvider"]) for part in parts}
         elif backend == "torch":
+            if not spinning:
+                os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             import torch
 
             from nann.model import build_split, load_model
@@ -72,25 +84,36 @@ class ModelRuntime:
             if threads:
                 torch.set_num_threads(int(threads))
             self._torch = torch
-            self._tenc, self._tsc = build_split(load_model(run_dir, map_location="cpu"))
+            split = dict(zip(PARTS, build_split(load_model(run_dir, map_location="cpu"))))
+            self._parts = {part: split[part] for part in parts}
         else:
             raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
 
     @classmethod
-    def load(cls, run_dir, backend: str = "onnxruntime", threads: int | None = None) -> "ModelRuntime":
-        return cls(str(run_dir), backend, threads)
+    def load(cls, run_dir, backend: str = "onnxruntime", threads: int | None = None, parts: Sequence[str] = PARTS,
+             spinning: bool = True) -> "ModelRuntime":
+        return cls(str(run_dir), backend, threads, parts, spinning)
+
+    def _part(self, name: str):
+        """The encoder's or the scorer's ONNX Runtime session (torch module)."""
+        if name not in self._parts:
+            raise RuntimeError(f"this runtime of {self.run_dir} was loaded without its {name} "
+                               f"(parts {list(self._parts)})")
+        return self._parts[name]
 
     # ---- user side ----------------------------------------------------------------------------------------
-    def pad_histories(self, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def pad_histories(self, histories: Sequence[np.ndarray],
+                      length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``pad_histories`` at this run's max_seq; refuses item ids outside the run's items."""
-        ids, mask = pad_histories(histories, self.max_seq)
+        ids, mask = pad_histories(histories, self.max_seq, length)
         bad = np.flatnonzero((((ids < 0) | (ids >= self.num_items)) & (mask > 0)).any(axis=1))
         if len(bad):
             raise UserError(f"history {bad[0]} has item ids outside 0..{self.num_items - 1}")
         return ids, mask
 
-    def encode(self, histories: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        ids, mask = self.pad_histories(histories)
+    def encode(self, histories: Sequence[np.ndarray], length: int | None = None) -> dict[str, np.ndarray]:
+        """User state of dense-id histories padded to `length` (None: the longest kept one)."""
+        ids, mask = self.pad_histories(histories, length)
         hist_emb = np.asarray(self.item_embeddings[ids.reshape(-1)], dtype=np.float32).reshape(*ids.shape, -1)
         hist_emb *= mask[..., None]
         return self.encode_padded(hist_emb, mask)
@@ -98,12 +121,13 @@ class ModelRuntime:
     def encode_padded(self, hist_emb, hist_mask) -> dict[str, np.ndarray]:
         hist_emb = np.ascontiguousarray(hist_emb, dtype=np.float32)
         hist_mask = np.ascontiguousarray(hist_mask, dtype=np.float32)
+        encoder = self._part("encoder")
         if self.backend == "onnxruntime":
-            outs = self._enc.run(self.state_names, {"hist_emb": hist_emb, "hist_mask": hist_mask})
+            outs = encoder.run(self.state_names, {"hist_emb": hist_emb, "hist_mask": hist_mask})
         else:
             t = self._torch
             with t.no_grad():
-                outs = [o.numpy() for o in self._tenc(t.from_numpy(hist_emb), t.from_numpy(hist_mask))]
+                outs = [o.numpy() for o in encoder(t.from_numpy(hist_emb), t.from_numpy(hist_mask))]
         return dict(zip(self.state_names, outs))
 
     # ---- candidate side -----------------------------------------------------------------------------------
@@ -122,12 +146,13 @@ class ModelRuntime:
             scores = np.empty(owner.shape[0], dtype=np.float32)
             scores[order] = self.score_emb(state, owner[order], cand_emb[order])
             return scores
+        scorer = self._part("scorer")
         st = [np.ascontiguousarray(state[n], dtype=np.float32) for n in self.state_names]
         if self.backend == "onnxruntime":
             feed = dict(zip(self.state_names, st))
             feed["cand_emb"] = cand_emb
             feed["owner"] = owner
-            return self._sc.run(["scores"], feed)[0]
+            return scorer.run(["scores"], feed)[0]
         t = self._torch
         with t.no_grad():
-            return self._tsc(*[t.from_numpy(s) for s in st], t.from_numpy(cand_emb), t.from_numpy(owner)).numpy()
+            return scorer(*[t.from_numpy(s) for s in st], t.from_numpy(cand_emb), t.from_numpy(owner)).numpy()

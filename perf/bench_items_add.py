@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from perf.run import machine_info
-from perf.sections import report
+from perf.sections import command_line, provenance, report
 
 SECTION = "Adding items (nann items add)"
 NOTE = ("New items of one category share one e_v, so the graph gets that many copies of each point (\"per category\"); "
@@ -129,10 +129,9 @@ def main(argv=None) -> int:
                      **{k: float(np.median([s[k] for s in seconds])) for k in seconds[0]}})
         print(json.dumps(rows[-1]), file=sys.stderr)
         shutil.rmtree(target)
-    command = "OMP_NUM_THREADS=1 python -m perf.bench_items_add " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("perf.bench_items_add", argv, env=("OMP_NUM_THREADS",))
     md = "\n".join([
-        f"Command: `{command}` — {info['date']}, commit {info['git_describe']}, {info['nproc']} cores "
-        f"({info['cpu']}), load average at start {info['loadavg_at_start']}.", "",
+        provenance(command, info, cores=True), "",
         f"Run `{run}`: {num_old:,} items, graph M={json.loads((base / 'graph' / 'meta.json').read_text())['m']}; "
         f"{args.threads} insertion thread(s){rebuilt}.", "",
         "| new items | per category | model load + e_v s | graph insertion s | items/s | files + CSR export s | "

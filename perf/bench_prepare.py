@@ -1,12 +1,12 @@
 """Peak memory of `nann data prepare` on Parquet beside the UserBehavior CSV of the same rows (a measurement,
 not a test).
 
-    python -m perf.bench_prepare [--rows 10000000] [--work DIR]
+    python -m perf.bench_prepare [--rows 10000000] [--work DIR] [--no-results-md]
 
 Writes the same random interactions (rows / 100 users, 1M items, 5000 categories, timestamps over 9 days) as a
 Parquet file (row groups of 1M rows) and as a headerless UserBehavior CSV, then runs `nann data prepare` on each in
 a fresh process and prints, per format, the file size, the process's peak RSS (VmHWM) after imports and at the
-end, and the wall time.
+end, and the wall time. Writes the "Data prepare: formats and memory" section of perf/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from perf.sections import command_line, provenance, report
+
+SECTION = "Data prepare: formats and memory"
+LABELS = {"parquet": "Parquet (`--input --columns ...`)", "userbehavior_csv": "UserBehavior CSV (`--csv`)"}
 CHUNK_ROWS = 1_000_000
 START = 1_511_568_000  # 2017-11-25 UTC
 # peak RSS from /proc (VmHWM): getrusage's ru_maxrss would carry over the parent's peak across exec
@@ -72,11 +76,35 @@ def measure(input_args: list[str], out: str) -> dict:
     return {"rss_after_imports_mib": int(base) / 1024, "peak_rss_mib": int(peak) / 1024, "wall_s": wall}
 
 
+def markdown(res: dict, command: str, info: dict) -> str:
+    """The section: per input format, file size, peak RSS (and above the imports, per row), wall time."""
+    rows = res["rows"]
+    above = {name: (r["peak_rss_mib"] - r["rss_after_imports_mib"]) * 2**20 / rows for name, r in res["runs"].items()}
+    pq_, csv = res["runs"]["parquet"], res["runs"]["userbehavior_csv"]
+    return "\n".join([
+        provenance(command, info, cores=True), "",
+        f"The same {rows:,} random interactions ({max(rows // 100, 3):,} users, 1M items, 5,000 categories, 9 days) "
+        f"as Parquet (row groups of {CHUNK_ROWS:,} rows) and as a headerless UserBehavior CSV; `nann data prepare` "
+        "on each in a fresh process; peak RSS is the process's VmHWM (after the imports, and over the whole run).", "",
+        "| input | file MiB | RSS after imports MiB | peak RSS MiB | peak above imports, bytes/row | wall s |",
+        "|---|---|---|---|---|---|",
+        *[f"| {LABELS.get(name, name)} | {r['file_mib']:,.1f} | {r['rss_after_imports_mib']:,.0f} | "
+          f"{r['peak_rss_mib']:,.0f} | {above[name]:,.0f} | {r['wall_s']:,.1f} |" for name, r in res["runs"].items()],
+        "", f"From a file {csv['file_mib'] / pq_['file_mib']:.1f}× smaller, Parquet peaks at "
+        f"{pq_['peak_rss_mib'] / 1024:.2f} GiB vs {csv['peak_rss_mib'] / 1024:.2f} GiB for the CSV "
+        f"({above['parquet']:,.0f} vs {above['userbehavior_csv']:,.0f} bytes a row above the imports) and takes "
+        f"{pq_['wall_s'] / csv['wall_s']:.2f}× the CSV's wall time."])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=10_000_000, help="interactions to write (default 10,000,000)")
     ap.add_argument("--work", default=None, help="directory for the files (default: a temporary one, removed)")
+    ap.add_argument("--no-results-md", action="store_true", help="do not write the section of perf/RESULTS.md")
     args = ap.parse_args(argv)
+    from perf.run import machine_info
+
+    info = machine_info()
     work = args.work or tempfile.mkdtemp(prefix="bench_prepare_")
     os.makedirs(work, exist_ok=True)
     try:
@@ -99,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
+    report(SECTION, markdown({"rows": args.rows, "runs": results}, command_line("perf.bench_prepare", argv), info),
+           write=not args.no_results_md)
     return 0
 
 

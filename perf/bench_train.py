@@ -20,7 +20,7 @@ import numpy as np
 
 from nann.steps import run_step
 from perf.run import machine_info
-from perf.sections import update_section
+from perf.sections import command_line, provenance, report
 
 SECTION = "Training speed: denormals"
 SYNTH = ["--users", "8000", "--items", "20000", "--seed", "7"]
@@ -59,17 +59,14 @@ def main(argv=None) -> int:
         results[mode] = steps_per_s(run / "train_log.jsonl")
     ratio = results["flush"]["last_quarter"] / results["keep"]["last_quarter"]
     md = "\n".join([
-        f"Command: `python -m perf.bench_train {' '.join(argv if argv is not None else sys.argv[1:])}` — "
-        f"{info['date']}, commit {info['git_describe']}, load average at start {info['loadavg_at_start']}.", "",
+        provenance(command_line("perf.bench_train", argv), info), "",
         f"Data `nann data synth {' '.join(SYNTH)}`; `nann train --negatives 20 --max-samples {args.samples} "
         f"--batch-size {BATCH} --threads {args.threads}`, run one after the other; steps/s medians of the 50-step "
         "log points.", "",
         "| --denormals | steps/s, first quarter | steps/s, last quarter | steps/s, all |", "|---|---|---|---|",
         *[f"| {m} | {r['first_quarter']:.2f} | {r['last_quarter']:.2f} | {r['all']:.2f} |" for m, r in results.items()],
         "", f"Flushing denormals (the default): {ratio:.2f}x the steps/s of keeping them, last quarter."])
-    print(md)
-    if not args.no_results_md:
-        update_section(Path(__file__).resolve().parent / "RESULTS.md", SECTION, md)
+    report(SECTION, md, write=not args.no_results_md)
     return 0
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_SCRIPT = ROOT / "scripts" / "install_perf_analyzer.sh"
-BATCHED_MODELS = ("preprocess", "user_encoder", "retrieve")
+BATCHED_MODELS = ("encode", "retrieve")
 
 
 class PerfAnalyzerUnavailable(RuntimeError):

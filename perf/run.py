@@ -127,7 +127,9 @@ def _num(x, fmt="{:.1f}"):
 def queue_ms(row: dict) -> float:
     """Queue time per request summed over the ensemble's composing models (Triton's statistics; perf_analyzer
     reports none for an ensemble itself)."""
-    return sum(row.get(f"{m}_queue_us", 0.0) for m in ("preprocess", "user_encoder", "retrieve", "scorer")) / 1e3
+    from perf.load import BATCHED_MODELS
+
+    return sum(row.get(f"{m}_queue_us", 0.0) for m in BATCHED_MODELS + ("scorer",)) / 1e3
 
 
 def markdown(results: list[dict], info: dict, command: str) -> str:

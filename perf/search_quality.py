@@ -32,6 +32,7 @@ import numpy as np
 
 from nann.engine.search import DEFAULT_SEARCH, PAPER_SEARCH, SearchParams
 from perf.replay import ScoreCache
+from perf.sections import provenance
 
 TARGET = 0.99
 EF0_SWEEP = (200, 250, 300, 350, 400, 500, 600, 800)
@@ -102,8 +103,8 @@ def _pt(r: dict, n: int) -> str:
 def markdown(res: dict, args, command: str) -> str:
     n = res["num_items"]
     p = DEFAULT_SEARCH
-    lines = [f"Command: `{command}` — {res['date']}, commit {res['commit']}, load average at start "
-             f"{res['loadavg']}.", "",
+    info = {"date": res["date"], "git_describe": res["commit"], "loadavg_at_start": res["loadavg"]}
+    lines = [provenance(command, info), "",
              f"{n:,} items; validation users {res['val_users']}, test users {res['test_users']}; graph builds per "
              f"setting: seeds {args.graph_seeds}. Model recall-all@200 (test) {res['recall_all']:.3f} vs popularity "
              f"baseline {res['popularity_recall']:.3f}. Search defaults: ef {list(p.ef)}, rounds {list(p.rounds)}, "
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
     from nann.engine.graph import HnswGraph
     from nann.evaluate import popularity_recall
     from perf.run import machine_info
-    from perf.sections import update_section
+    from perf.sections import command_line, report
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="trained run directory (graphs and score caches go to RUN/quality)")
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     run, data_dir = Path(args.run), Path(args.data)
     info = machine_info()
-    command = "python -m perf.search_quality " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("perf.search_quality", argv)
     data = PreparedData.load(str(data_dir))
     qdir = run / "quality"
     qdir.mkdir(parents=True, exist_ok=True)
@@ -206,10 +207,7 @@ def main(argv=None) -> int:
     slug = args.name.lower().replace(" ", "_").replace(",", "")
     (out / f"{slug}.json").write_text(json.dumps(res, indent=1, default=str))
     plot(res, out / f"{slug}.png")
-    md = markdown(res, args, command)
-    print(md)
-    if not args.no_results_md:
-        update_section(Path(__file__).resolve().parent / "RESULTS.md", args.name, md)
+    report(args.name, markdown(res, args, command), write=not args.no_results_md)
     return 0
 
 

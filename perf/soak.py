@@ -7,6 +7,7 @@ Loopback only. Every thread sends requests back to back (random histories of kno
 until the time is up; nothing is retried (retries=0), so every failure is counted. Reports requests served,
 failures (with the first messages), the server's RSS (tritonserver + its Python stub processes, from /proc)
 after the warm-up and at the end, and latency percentiles over the whole measurement and of its first and last window.
+`main` prints the report (JSON) and writes it as the "Soak" section of perf/RESULTS.md (not with --no-results-md).
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from perf.sections import command_line, provenance, report as write_section
+
+SECTION = "Soak"
 SAMPLE_WINDOW_S = 30.0
 
 
@@ -55,10 +59,10 @@ def process_tree_rss(pid: int) -> int:
 
 
 def repo_item_ids(repo: Path) -> np.ndarray:
-    """Raw item ids the served index knows (the newest version of the `preprocess` model)."""
+    """Raw item ids the served index knows (the newest version of the `retrieve` model)."""
     from nann.serving.repository import model_versions
 
-    return np.load(model_versions(repo / "preprocess")[-1] / "items.npy", allow_pickle=False)
+    return np.load(model_versions(repo / "retrieve")[-1] / "items.npy", allow_pickle=False)
 
 
 def random_histories(item_ids: np.ndarray, count: int = 512, seed: int = 0, max_len: int = 60) -> list[list[int]]:
@@ -136,6 +140,36 @@ def soak(url: str, histories: list[list[int]], seconds: float, concurrency: int 
     return report
 
 
+def markdown(rep: dict, command: str, info: dict, served: str) -> str:
+    """The section: requests, failures and server RSS, then latency of the first and last window and overall."""
+    rss = rep.get("server_rss_mb", {})
+    mb = (lambda key: f"{rss[key]:,.1f}" if key in rss else "n/a")
+    total = rep["requests_ok"] + rep["requests_failed"]
+    w = rep["window_s"]
+    first, last, whole = rep["latency_first_window"], rep["latency_last_window"], rep["latency"]
+    ms = (lambda lat, key: f"{lat[key]:,.0f}" if key in lat else "n/a")
+    rows = [(f"first {w:g} s", first), (f"last {w:g} s", last), ("whole measurement", whole)]
+    growth = f"{rss['end'] - rss['after_warmup']:+,.1f} MB" if {"end", "after_warmup"} <= set(rss) else "not measured"
+    alive = {True: "yes", False: "**no**"}.get(rep.get("server_alive_after"), "n/a")
+    failed = (f"{rep['requests_failed']:,} of {total:,} requests failed (first: {rep['first_failures'][0]})"
+              if rep["requests_failed"] else f"none of {total:,} requests failed")
+    return "\n".join([
+        provenance(command, info, cores=True), "",
+        f"{served}; the client SDK (no retries) at concurrency {rep['concurrency']}, {rep['warmup_s']:g} s warm-up "
+        f"then {rep['duration_s']:g} s measured ({rep['elapsed_s']:g} s in all); server RSS is tritonserver + its "
+        "Python stubs, from /proc.", "",
+        "| requests (all) | failed | requests/s after warm-up | threads stuck | server RSS after warm-up MB | "
+        "server RSS at end MB | server alive after |", "|---|---|---|---|---|---|---|",
+        f"| {total:,} | **{rep['requests_failed']:,}** | {rep['qps_after_warmup']:,.1f} | {rep['threads_stuck']} | "
+        f"{mb('after_warmup')} | {mb('end')} | {alive} |", "",
+        "| latency window | requests | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|---|",
+        *[f"| {name} | {lat['n']:,} | {ms(lat, 'p50_ms')} | {ms(lat, 'p90_ms')} | {ms(lat, 'p99_ms')} | "
+          f"{ms(lat, 'max_ms')} |" for name, lat in rows], "",
+        f"{failed[0].upper()}{failed[1:]}; server RSS {mb('after_warmup')} → {mb('end')} MB ({growth}) over the measurement; "
+        f"latency p50 {ms(first, 'p50_ms')} → {ms(last, 'p50_ms')} ms, p99 {ms(first, 'p99_ms')} → "
+        f"{ms(last, 'p99_ms')} ms, first vs last {w:g} s."])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m perf.soak", description=__doc__.split("\n\n")[0])
     where = p.add_mutually_exclusive_group(required=True)
@@ -149,12 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--k", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the report to this file")
+    p.add_argument("--no-results-md", action="store_true", help="do not write the section of perf/RESULTS.md")
     args = p.parse_args(argv)
+    from perf.run import machine_info
+
+    info = machine_info()
     seconds = args.seconds if args.seconds is not None else args.minutes * 60.0
     repo = Path(args.repo or args.item_ids_from or "")
-    if not (repo / "preprocess").is_dir():
+    if not (repo / "retrieve").is_dir():
         p.error("need --repo, or --item-ids-from REPO with --url, to draw histories of known item ids")
-    histories = random_histories(repo_item_ids(repo))
+    item_ids = repo_item_ids(repo)
+    histories = random_histories(item_ids)
     if args.repo:
         from nann.serving.server import TritonServer
 
@@ -167,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.json:
         Path(args.json).write_text(text + "\n")
+    served = (f"Served repository `{args.repo}`" if args.repo else f"Server at {args.url}") + \
+        f" ({len(item_ids):,} items), {f'k={args.k}' if args.k is not None else 'the served default k'}"
+    write_section(SECTION, markdown(report, command_line("perf.soak", argv), info, served),
+                  write=not args.no_results_md)
     ok = report["requests_failed"] == 0 and report["threads_stuck"] == 0 and report.get("server_alive_after", True)
     return 0 if ok else 1
 

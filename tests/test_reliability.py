@@ -21,11 +21,12 @@ from nann.data.prepared import PreparedData
 from nann.engine.grid import CandidateGrid
 from nann.serving.requests import ServingLimits, parse_search
 from nann.serving.retrieval import OfflineRetriever
+from nann.serving.services import RequestEncoder
 from pipeline_fixtures import send_together
 
 pytestmark = pytest.mark.serving
 
-MODELS = ("nann", "preprocess", "user_encoder", "retrieve", "scorer")
+MODELS = ("nann", "encode", "retrieve", "scorer")
 ROOT = Path(__file__).resolve().parents[1]
 BAD_INPUTS_TRIED: list[str] = []
 
@@ -196,7 +197,7 @@ def test_bad_requests_in_a_shared_batch_do_not_affect_the_good_ones(served, user
     histories = {("good", i): users[i] for i in range(12)} | {("odd", n): ODD[n][0](users) for n in odd_names}
     inputs = [BAD[what][0](users) if kind == "bad" else request(histories[(kind, what)], k=20) for kind, what in jobs]
     results, executions = send_together(served.server.grpc_url, [lambda c, x=x: infer(c, x) for x in inputs],
-                                        "preprocess")
+                                        "encode")
     params = parse_search(offline.limits, k=20)
     for (kind, what), got in zip(jobs, results):
         if kind != "bad":
@@ -294,31 +295,19 @@ def test_retrieve_called_directly_refuses_nan_or_misshaped_state_per_request(ser
             assert isinstance(got, InferenceServerException) and "INVALID_ARG" in str(got.status()), got
 
 
-def test_user_encoder_called_directly_with_several_rows_answers_each_request_its_own_rows(served, client):
-    rng = np.random.default_rng(1)
-    emb = rng.standard_normal((3, 50, 64)).astype(np.float32)
-    mask = np.ones((3, 50), np.float32)
-
-    def encode(c, rows):
-        return c.infer("user_encoder", [tensor("hist_emb", emb[rows], "FP32"),
-                                        tensor("hist_mask", mask[rows], "FP32")]).as_numpy("user_bias")
-
-    alone = [encode(client, [i])[0] for i in range(3)]
-    barrier, results = threading.Barrier(2), {}
-
-    def worker(rows):
-        with grpcclient.InferenceServerClient(served.server.grpc_url) as c:
-            barrier.wait()
-            results[tuple(rows)] = encode(c, rows)
-
-    threads = [threading.Thread(target=worker, args=(rows,)) for rows in ([0, 1], [2])]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results[(0, 1)].shape[0] == 2 and results[(2,)].shape[0] == 1
-    np.testing.assert_allclose(results[(0, 1)], np.stack(alone[:2]), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(results[(2,)][0], alone[2], rtol=1e-5, atol=1e-6)
+def test_encode_called_directly_answers_each_request_alone(served, client, users):
+    """`encode` batches requests but encodes one user at a time: each request gets the outputs of its own history
+    alone (the library's RequestEncoder, bitwise), whichever requests share its execute(); several rows are refused."""
+    histories = [users[i] for i in range(8)] + [[], [123456789012, *users[8][:3]]]
+    results, executions = send_together(served.server.grpc_url, [
+        lambda c, h=h: c.infer("encode", request(h), client_timeout=60) for h in histories], "encode")
+    encoder = RequestEncoder(served.run, ServingLimits(max_seq=served.info["max_seq"]))
+    for history, result in zip(histories, results):
+        for name, value in encoder.encode(np.asarray(history, np.int64)).outputs().items():
+            assert np.array_equal(result.as_numpy(name), value), name
+    assert executions < len(histories), "never batched together"
+    assert_invalid(client, request(np.stack([users[0][:5], users[1][:5]])), r"got \[2, 5\]", model="encode")
+    BAD_INPUTS_TRIED.append("encode 2 rows")
 
 
 # ---------------------------------------------------------------- limits

@@ -57,6 +57,26 @@ def test_torch_backend_equals_ort(run):
         assert np.allclose(sp[n], sa[n])
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_a_runtime_loads_only_the_parts_asked_for(run, backend):
+    """A Triton stub loads the half it runs; the halves compute what the whole runtime does."""
+    d, _ = run
+    whole = ModelRuntime.load(d, backend)
+    spinning = backend == "torch"  # torch's spinning=False would set OMP_WAIT_POLICY for this test process
+    encoder = ModelRuntime.load(d, backend, parts=("encoder",), spinning=spinning)
+    scorer = ModelRuntime.load(d, backend, parts=("scorer",), spinning=spinning)
+    rng = np.random.default_rng(0)
+    hists = [rng.integers(0, 200, n) for n in (0, 3, 10)]
+    state, want = encoder.encode(hists), whole.encode(hists)
+    assert all(np.array_equal(state[n], want[n]) for n in whole.state_names)
+    owner, ids = rng.integers(0, 3, 50), rng.integers(0, 200, 50)
+    assert np.array_equal(scorer.score(state, owner, ids), whole.score(state, owner, ids))
+    with pytest.raises(RuntimeError, match="loaded without its scorer"):
+        encoder.score(state, owner, ids)
+    with pytest.raises(RuntimeError, match="loaded without its encoder"):
+        scorer.encode(hists)
+
+
 def test_empty_history_finite(run):
     d, _ = run
     rt = ModelRuntime.load(d)

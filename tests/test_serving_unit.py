@@ -1,4 +1,5 @@
-"""Serving logic without a server: request validation, manifests, TensorRT profiles, config rendering."""
+"""Serving logic without a server: request validation, the `encode` model's service, manifests, TensorRT profiles,
+config rendering."""
 import json
 
 import numpy as np
@@ -6,11 +7,18 @@ import pytest
 
 from nann.engine.grid import CandidateGrid
 from nann.engine.params import DEFAULT_SEARCH
-from nann.serving.export import pbtxt_string, search_input_entries, step_map, tensor_entries
+from nann.errors import UserError
+from nann.runtime import ModelRuntime
+from nann.serving.export import export_repository, pbtxt_string, search_input_entries, step_map, tensor_entries
 from nann.serving.repository import ArtifactError, verify_manifest, write_manifest
 from nann.serving.requests import REQUEST_INPUT_NAMES, RequestError, ServingLimits, parse_history, parse_search
-from nann.serving.services import check_state
+from nann.serving.services import RequestEncoder, check_state, runtime_options
 from nann.serving.tensorrt_build import profile_shapes
+
+try:
+    from tests.test_trainer_export import make_run
+except ImportError:
+    from test_trainer_export import make_run
 
 RAW = np.array([11, 25, 37, 40, 58], dtype=np.int64)
 
@@ -196,3 +204,63 @@ def test_state_checks_refuse_wrong_shapes_and_non_finite_values():
     bad[0, 1] = np.nan
     with pytest.raises(RequestError, match="user_bias holds NaN or inf"):
         check_state({**good, "user_bias": bad}, shapes)
+
+
+# ---------------------------------------------------------------- the `encode` model's service
+
+ENCODER_RAW = 1000 + 7 * np.arange(200, dtype=np.int64)  # raw id of each dense item of `encoder_run`
+
+
+@pytest.fixture(scope="module")
+def encoder_run(tmp_path_factory):
+    """A random attention model's run artifacts (200 items, max_seq 10) with a vocabulary."""
+    d = tmp_path_factory.mktemp("encoder_run")
+    make_run(d, "attention", n_items=200, max_seq=10)
+    np.save(d / "items.npy", ENCODER_RAW)
+    np.save(d / "item_category.npy", np.zeros(200, np.int32))
+    return d
+
+
+def test_request_encoder_gives_retrieve_the_state_the_kept_ids_and_the_dropped_count(encoder_run):
+    served = RequestEncoder(encoder_run, ServingLimits(max_seq=10), threads=1, spinning=False)  # as the stub runs it
+    library = ModelRuntime.load(encoder_run)  # default threads and spinning, as OfflineRetriever runs it
+    history = np.concatenate([ENCODER_RAW[[3, 5]], [999_999], ENCODER_RAW[20:32]])
+    got = served.encode(history.reshape(1, -1))
+    assert got.hist_ids.tolist() == [list(range(22, 32))] and got.dropped == 1  # the most recent 10 known ids
+    assert set(got.outputs()) == {*library.state_names, "hist_ids", "dropped_ids"}
+    assert got.hist_ids.dtype == np.int64 and got.dropped_ids.dtype == np.int32 and got.dropped_ids.shape == (1, 1)
+    want = library.encode([np.arange(22, 32)])
+    assert all(np.array_equal(got.state[name], want[name]) for name in library.state_names)  # bitwise
+    short = served.encode(ENCODER_RAW[[4, 9]])  # padded to max_seq: ids -1, the state's history axis max_seq long
+    assert short.hist_ids.tolist() == [[4, 9] + [-1] * 8] and short.state["keys"].shape == (1, 10, 64)
+    want = library.encode([[4, 9]], length=10)
+    assert all(np.array_equal(short.state[name], want[name]) for name in library.state_names)
+    with pytest.raises(RuntimeError, match="without its scorer"):  # the encode stub loads no scorer session
+        served.runtime.score(got.state, np.zeros(1, np.int64), np.zeros(1, np.int64))
+
+
+def test_request_encoder_serves_new_users_and_refuses_in_strict_mode(encoder_run):
+    encoder = RequestEncoder(encoder_run, ServingLimits(max_seq=10))
+    empty, unknown = encoder.encode(np.zeros(0, np.int64)), encoder.encode(np.array([5, 999_999]))
+    assert (empty.dropped, unknown.dropped) == (0, 2)
+    assert empty.hist_ids.tolist() == unknown.hist_ids.tolist() == [[-1] * 10]
+    assert all(np.array_equal(empty.state[name], unknown.state[name]) and np.isfinite(empty.state[name]).all()
+               for name in empty.state)
+    strict = RequestEncoder(encoder_run, ServingLimits(max_seq=10, unknown_ids="refuse"))
+    with pytest.raises(RequestError, match=r"unknown item ids \(1\): 999999"):
+        strict.encode(np.array([ENCODER_RAW[0], 999_999]))
+    with pytest.raises(RequestError, match=r"history must have shape \[n\] or \[1, n\], got \[2, 2\]"):
+        encoder.encode(np.stack([ENCODER_RAW[:2], ENCODER_RAW[2:4]]))
+
+
+def test_runtime_options_from_config_parameters():
+    assert runtime_options({"backend": "torch", "intra_op_threads": "0", "spinning": "false"}) == {
+        "backend": "torch", "threads": None, "spinning": False}
+    assert runtime_options({"backend": "onnxruntime", "intra_op_threads": "1", "spinning": "true"}) == {
+        "backend": "onnxruntime", "threads": 1, "spinning": True}
+
+
+def test_export_refuses_a_repository_of_the_older_layout(tmp_path):
+    (tmp_path / "repo" / "user_encoder" / "1").mkdir(parents=True)
+    with pytest.raises(UserError, match="holds user_encoder of an older layout .* export into a fresh repository"):
+        export_repository(tmp_path / "run", tmp_path / "repo")

@@ -11,7 +11,7 @@ from nann.engine.grid import CandidateGrid
 from nann.serving.filters import BLOCKED_GAUGES, BlockedWatcher
 from nann.serving.requests import REQUEST_INPUT_NAMES, RequestError, ServingLimits
 from nann.serving.retrieval import HIST_IDS, HISTORY, RetrieveService, state_dims
-from nann.serving.services import CANDIDATES_OUTSIDE, model_context
+from nann.serving.services import CANDIDATES_OUTSIDE, model_context, stack_states
 
 SWITCH_WAIT_S = 20.0  # how long a scorer call waits for the new `scorer` of a version switch (score below)
 
@@ -60,7 +60,7 @@ class TritonPythonModel:
                 responses[i] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
         if good:
-            state = [pb_utils.Tensor(name, np.concatenate([s[name] for s in states])) for name in self.state_names]
+            state = [pb_utils.Tensor(name, value) for name, value in stack_states(states).items()]
 
             def score(owner, ids):
                 inputs = state + [pb_utils.Tensor("cand_ids", ids.astype(np.int64)),

@@ -2,13 +2,13 @@
 import triton_python_backend_utils as pb_utils
 
 from nann.serving.requests import RequestError
-from nann.serving.services import ScorerService, model_context
+from nann.serving.services import ScorerService, model_context, runtime_options
 
 
 class TritonPythonModel:
     def initialize(self, args):
         version_dir, params = model_context(args)
-        self.scorer = ScorerService(version_dir, params["backend"])
+        self.scorer = ScorerService(version_dir, **runtime_options(params))
 
     def execute(self, requests):
         responses = []

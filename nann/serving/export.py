@@ -1,9 +1,8 @@
 """`nann export`: assemble a complete, versioned Triton model repository from a trained run.
 
 Layout of REPO_DIR (model names are a contract):
-    nann/          the ensemble (public entry point): preprocess → user_encoder → retrieve
-    preprocess/    Python: validate, raw → dense ids, gather e_v, pad to max_seq
-    user_encoder/  Python: user_encoder.onnx
+    nann/          the ensemble (public entry point): encode → retrieve
+    encode/        Python: validate, raw → dense ids, gather e_v, pad to max_seq, user_encoder.onnx
     retrieve/      Python: Numba beam search, BLS to `scorer` once per round
     scorer/        Python (ONNX Runtime or torch) on CPU hosts, TensorRT plan on GPU hosts
 Each model gets a new version directory `N/` (N = newest + 1 when REPO_DIR already exists, so a running
@@ -14,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import py_compile
 import shutil
 import statistics
 import sys
@@ -30,7 +30,8 @@ from nann.serving.repository import model_versions, write_manifest
 from nann.serving.requests import REQUEST_INPUT_NAMES, REQUEST_INPUTS, ServingLimits
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
-PYTHON_MODELS = ("preprocess", "user_encoder", "retrieve", "scorer")
+PYTHON_MODELS = ("encode", "retrieve", "scorer")
+OBSOLETE_MODELS = ("preprocess", "user_encoder")  # an older layout's models, merged into `encode`
 RUN_FILES = ("config.json", "onnx_io.json", "item_embeddings.npy", "user_encoder.onnx", "scorer.onnx",
              "model.safetensors", "items.npy", "item_category.npy", "categories.npy")
 GRAPH_FILES = ("meta.json", "levels.npy")
@@ -163,6 +164,10 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
 
     limits default to ServingLimits with the run's max_seq and the `unknown_ids` policy."""
     run_dir, repo = Path(run_dir).resolve(), Path(repo).resolve()
+    stale = [model for model in OBSOLETE_MODELS if (repo / model).is_dir()]
+    if stale:
+        raise UserError(f"{repo} holds {' and '.join(stale)} of an older layout (merged into `encode` since): "
+                        "export into a fresh repository")
     check_run(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     limits = limits or ServingLimits(max_seq=int(config["max_seq"]), unknown_ids=unknown_ids)
@@ -187,7 +192,7 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
         state_outputs=tensor_entries(specs, batched=True),
         state_inputs=tensor_entries(specs, batched=True),
         state_inputs_unbatched=tensor_entries(specs, batched=False),
-        encoder_output_map=step_map("output_map", (s["name"] for s in specs)),
+        state_output_map=step_map("output_map", (s["name"] for s in specs)),
         retrieve_state_input_map=step_map("input_map", (s["name"] for s in specs)),
         search_inputs=search_input_entries(ragged=False), search_inputs_ragged=search_input_entries(ragged=True),
         search_input_map=step_map("input_map", REQUEST_INPUT_NAMES),
@@ -199,6 +204,9 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
         version_dir = repo / model / str(version)
         version_dir.mkdir(parents=True)
         shutil.copy2(TEMPLATES / model / "model.py", version_dir / "model.py")
+        # compiled now, so the stub finds its bytecode and writes nothing into the version directory at load
+        # (a new __pycache__ there made poll mode reload every model right after start)
+        py_compile.compile(str(version_dir / "model.py"), doraise=True)
         for name in RUN_FILES:
             link_or_copy(run_dir / name, version_dir / name)
         if model == "retrieve":

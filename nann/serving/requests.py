@@ -36,7 +36,7 @@ class ServingLimits:
     max_k: int = 1000
     default_ef: tuple[int, ...] = DEFAULT_SEARCH.ef
     default_rounds: tuple[int, ...] = DEFAULT_SEARCH.rounds
-    max_ef: int = 2000
+    max_ef: int = 4096   # ef beyond a small catalogue's size makes the walk exhaustive (an oracle's search)
     max_rounds: int = 64   # a narrow frontier needs more layer-0 rounds (e.g. frontier 32, rounds {1,3,40})
     # List entries expanded per round, best first (SearchParams.frontier); 0 = all new entries (Algorithm 2).
     default_frontier: int = DEFAULT_SEARCH.frontier

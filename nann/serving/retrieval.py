@@ -17,10 +17,10 @@ from nann.engine.search import SearchParams, beam_search
 from nann.serving.filters import NOTHING_BLOCKED, BlockedSet, DenseFilter, Eligibility
 from nann.serving.requests import (FILTER_INPUT_NAMES, NO_FILTERS, REQUEST_INPUT_NAMES, SEARCH_INPUT_NAMES,
                                    FilterRequest, ServingLimits, bounded_ids, int_row, parse_filters, parse_search)
-from nann.serving.services import check_state
+from nann.serving.services import check_state, stack_states
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-HIST_IDS = "hist_ids"  # `retrieve`'s input of the request's dense history ids (from `preprocess`)
+HIST_IDS = "hist_ids"  # `retrieve`'s input of the request's dense history ids (from `encode`)
 HISTORY = "history"    # `retrieve`'s input of the request's raw history, as sent (for `exclude_history`)
 
 
@@ -99,20 +99,17 @@ class RetrieveService:
 
 
 class OfflineRetriever:
-    """The served pipeline without a server: the same preprocess, encoder, search and scorer code."""
+    """The served pipeline without a server: the same encode, search and scorer code."""
 
     def __init__(self, run_dir: str | Path, backend: str = "onnxruntime", limits: ServingLimits | None = None,
                  grid: CandidateGrid | None = None, blocked: np.ndarray | None = None):
         """blocked: raw item ids nobody gets (the server's blocked set; `nann.serving.filters.read_ids`)."""
-        from nann.runtime import ModelRuntime
-        from nann.serving.services import EncoderService, Preprocessor, ScorerService
+        from nann.serving.services import RequestEncoder, ScorerService
 
         run_dir = Path(run_dir)
-        runtime = ModelRuntime.load(run_dir, backend=backend)
-        self.encoder = EncoderService(run_dir, backend, runtime)
-        self.scorer = ScorerService(run_dir, backend, runtime)
-        self.limits = limits or ServingLimits(max_seq=self.encoder.runtime.max_seq)
-        self.preprocessor = Preprocessor(run_dir, self.limits)
+        self.scorer = ScorerService(run_dir, backend)
+        self.limits = limits or ServingLimits(max_seq=self.scorer.runtime.max_seq)
+        self.encoder = RequestEncoder(run_dir, self.limits, backend)
         self.service = RetrieveService(run_dir, self.limits, grid or CandidateGrid())
         self.blocked = NOTHING_BLOCKED if blocked is None else self.service.eligibility.blocked(blocked)
 
@@ -121,10 +118,10 @@ class OfflineRetriever:
         """The served answer per history (`filters`: each request's, as `parse_filters` gives them; None = none);
         raises RequestError for a request the server would refuse."""
         histories = [np.asarray(h, dtype=np.int64) for h in raw_histories]
-        prepared = [self.preprocessor.prepare(h) for h in histories]
-        state = self.encoder.encode(np.stack([p.hist_emb for p in prepared]), np.stack([p.hist_mask for p in prepared]))
-        requests = [self.service.request(p, prep.hist_ids, h, f)
-                    for p, prep, h, f in zip(params, prepared, histories, filters or [NO_FILTERS] * len(histories))]
+        encoded = [self.encoder.encode(h) for h in histories]
+        state = stack_states([e.state for e in encoded])
+        requests = [self.service.request(p, e.hist_ids[0], h, f)
+                    for p, e, h, f in zip(params, encoded, histories, filters or [NO_FILTERS] * len(histories))]
         answers, _ = self.service.retrieve(requests, lambda owner, ids: self.scorer.score(state, ids, owner),
                                            self.blocked)
-        return [Answer(ids, scores, p.dropped) for (ids, scores), p in zip(answers, prepared)]
+        return [Answer(ids, scores, e.dropped) for (ids, scores), e in zip(answers, encoded)]

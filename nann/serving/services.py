@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ def check_state(state: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]
     """Refuse a user-state input of the wrong shape or holding NaN/inf.
 
     Only a client calling an internal model directly can send such state (Triton serves every model on the
-    same port); through the `nann` ensemble the state comes from `user_encoder`.
+    same port); through the `nann` ensemble the state comes from `encode`.
     """
     for name, shape in shapes.items():
         value = state[name]
@@ -42,68 +42,59 @@ def check_state(state: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]
             raise RequestError(f"state input {name} holds NaN or inf")
 
 
-class Prepared(NamedTuple):
-    """One preprocessed request: the `preprocess` model's outputs without their batch axis."""
+def runtime_options(params: dict[str, str]) -> dict:
+    """ModelRuntime's options from a model config's parameters: `backend`, `intra_op_threads` (0: one per physical
+    core, the runtime's default) and `spinning` ("true" / "false": whether idle runtime threads spin for more work)."""
+    return {"backend": params["backend"], "threads": int(params["intra_op_threads"]) or None,
+            "spinning": params["spinning"] == "true"}
 
-    hist_emb: np.ndarray     # float32 [max_seq, D]: the kept behaviours' e_v, oldest first, zero padding
-    hist_mask: np.ndarray    # float32 [max_seq]: 1 = real behaviour (all 0 for a new user: cold start)
-    hist_ids: np.ndarray     # int64 [max_seq]: their dense ids, -1 padding (the source of search seeds)
-    dropped_ids: np.ndarray  # int32 [1]: history ids the index does not know, dropped
+
+def stack_states(states: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Several requests' state rows as one state, the scorer's input (owner i = the i-th request's user)."""
+    return {name: np.concatenate([state[name] for state in states]) for name in states[0]}
+
+
+class Encoded(NamedTuple):
+    """One request encoded: the `encode` model's outputs, each with a leading axis of 1."""
+
+    state: dict[str, np.ndarray]  # the user-state tensors (user_encoder.onnx's outputs)
+    hist_ids: np.ndarray          # int64 [1, max_seq]: the kept behaviours' dense ids, -1 padding (the source of seeds)
+    dropped_ids: np.ndarray       # int32 [1, 1]: history ids the index does not know, dropped
 
     @property
     def dropped(self) -> int:
-        return int(self.dropped_ids[0])
+        return int(self.dropped_ids[0, 0])
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Every output by its name in the `encode` config."""
+        return {**self.state, "hist_ids": self.hist_ids, "dropped_ids": self.dropped_ids}
 
 
-class Preprocessor:
-    """history (raw ids) → the kept behaviours' e_v, mask and dense ids padded to max_seq, and the count dropped."""
+class RequestEncoder:
+    """history (raw ids) → user state, the kept behaviours' dense ids and the count of unknown ids dropped."""
 
-    def __init__(self, version_dir: Path, limits: ServingLimits):
+    def __init__(self, version_dir: Path, limits: ServingLimits, backend: str = "onnxruntime",
+                 threads: int | None = None, spinning: bool = True):
         from nann.data.prepared import Vocabulary
-
-        self.vocab = Vocabulary.load(version_dir)
-        self.table = np.load(version_dir / "item_embeddings.npy", mmap_mode="r", allow_pickle=False)
-        self.limits = limits
-
-    def prepare(self, raw_history: np.ndarray) -> Prepared:
-        dense, dropped = parse_history(raw_history, self.vocab.raw_to_dense, self.limits)
-        emb = np.zeros((self.limits.max_seq, self.table.shape[1]), dtype=np.float32)
-        mask = np.zeros(self.limits.max_seq, dtype=np.float32)
-        ids = np.full(self.limits.max_seq, -1, dtype=np.int64)
-        emb[: dense.size] = self.table[dense]
-        mask[: dense.size] = 1.0
-        ids[: dense.size] = dense
-        return Prepared(emb, mask, ids, np.array([dropped], dtype=np.int32))
-
-
-class EncoderService:
-    """Runs user_encoder.onnx for a batch of padded histories."""
-
-    def __init__(self, version_dir: Path, backend: str, runtime=None):
         from nann.runtime import ModelRuntime
 
-        self.runtime = runtime or ModelRuntime.load(version_dir, backend=backend)
-        self.state_names = list(self.runtime.state_names)
+        self.vocab = Vocabulary.load(version_dir)
+        self.runtime = ModelRuntime.load(version_dir, backend, threads, parts=("encoder",), spinning=spinning)
+        self.limits = limits
 
-    def encode(self, hist_emb: np.ndarray, hist_mask: np.ndarray) -> dict[str, np.ndarray]:
-        """State rows for a batch, computed one user at a time.
+    def encode(self, raw_history: np.ndarray) -> Encoded:
+        """One user at a time (`parse_history`: the most recent max_seq known behaviours, padded to max_seq).
 
-        ONNX Runtime's GEMM rounds differently for one row than for several (measured: 5e-7 in user_bias),
-        which is enough to swap near-tied items; encoding each user alone makes a user's state, and so the
-        served ranking, independent of which requests share the batch (and equal to offline). It costs about
-        0.05 ms per request; the scorer calls, where the work is, stay batched.
+        ONNX Runtime's GEMM rounds differently for one row than for several (measured: 5e-7 in user_bias), which
+        is enough to swap near-tied items; encoding each user alone makes a user's state, and so the served
+        ranking, independent of which requests share the batch (and equal to offline). The scorer calls, where
+        the work is, stay batched.
         """
-        rows = [self.runtime.encode_padded(hist_emb[i:i + 1].astype(np.float32, copy=False),
-                                           hist_mask[i:i + 1].astype(np.float32, copy=False))
-                for i in range(hist_emb.shape[0])]
-        return {name: np.concatenate([row[name] for row in rows]) for name in self.state_names}
-
-    def encode_requests(self, embs: list[np.ndarray], masks: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """One encoder pass for several requests; each request gets back its own rows (it may hold several)."""
-        state = self.encode(np.concatenate(embs), np.concatenate(masks))
-        ends = np.cumsum([e.shape[0] for e in embs])
-        return [{name: np.ascontiguousarray(state[name][end - e.shape[0]:end]) for name in self.state_names}
-                for e, end in zip(embs, ends)]
+        dense, dropped = parse_history(raw_history, self.vocab.raw_to_dense, self.limits)
+        hist_ids = np.full((1, self.limits.max_seq), -1, dtype=np.int64)
+        hist_ids[0, :dense.size] = dense
+        return Encoded(self.runtime.encode([dense], length=self.limits.max_seq), hist_ids,
+                       np.array([[dropped]], dtype=np.int32))
 
 
 CANDIDATES_OUTSIDE = "cand_ids outside"  # the refusal of ids beyond the catalogue (`retrieve` waits on it in a switch)
@@ -112,10 +103,11 @@ CANDIDATES_OUTSIDE = "cand_ids outside"  # the refusal of ids beyond the catalog
 class ScorerService:
     """Scores candidate ids for the users whose state rows it is given (the CPU `scorer` model)."""
 
-    def __init__(self, version_dir: Path, backend: str, runtime=None):
+    def __init__(self, version_dir: Path, backend: str = "onnxruntime", threads: int | None = None,
+                 spinning: bool = True):
         from nann.runtime import ModelRuntime
 
-        self.runtime = runtime or ModelRuntime.load(version_dir, backend=backend)
+        self.runtime = ModelRuntime.load(version_dir, backend, threads, parts=("scorer",), spinning=spinning)
         self.state_names = list(self.runtime.state_names)
 
     def score(self, state: dict[str, np.ndarray], cand_ids: np.ndarray, owner: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ CANDIDATE_INPUTS = ("cand_ids", "owner")
 
 
 def fixed_sequence_axis(state_specs: list[dict], max_seq: int) -> list[dict]:
-    """The state specs with the sequence axis (-1 in `state_specs`) fixed to max_seq: `preprocess` pads every
+    """The state specs with the sequence axis (-1 in `state_specs`) fixed to max_seq: `encode` pads every
     served history to max_seq, and TensorRT profiles (and the plan's config) need fixed inner dimensions."""
     return [{**spec, "dims": [max_seq if d < 0 else d for d in spec["dims"]]} for spec in state_specs]
 
