@@ -108,13 +108,13 @@ def measure(args) -> dict:
 
 def markdown(res: dict, info: dict, command: str) -> str:
     from nann.engine.search import FILTER_SLACK
+    from perf.sections import provenance
 
     base, p = res["rows"][0], res["search"]
-    lines = [f"`{command}` — {res['num_items']:,} items, {res['users']} test users, the served defaults "
-             f"(ef {list(p['ef'])}, rounds {list(p['rounds'])}, frontier {p['frontier']}, seeds {p['seeds']}, "
-             f"k {p['top_m']}); {info['date']}, {info['nproc']} cores, "
-             f"load average at start {info['loadavg_at_start']} (shared machine: compare rows, not absolute rates).",
-             "",
+    lines = [provenance(command, info, cores=True), "",
+             f"{res['num_items']:,} items, {res['users']} test users, the served defaults (ef {list(p['ef'])}, rounds "
+             f"{list(p['rounds'])}, frontier {p['frontier']}, seeds {p['seeds']}, k {p['top_m']}); shared machine: "
+             "compare rows, not absolute rates.", "",
              "Blocked items are random (seeded). Items scored, coverage (against brute force over the *eligible* "
              "items) and recall are exact, offline; requests/s and latency are served (client SDK, concurrency "
              f"{res['concurrency']}, {res['seconds']:g} s per measurement, median of {res['repeats']} passes taken "
@@ -137,7 +137,7 @@ def markdown(res: dict, info: dict, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from perf.run import machine_info
-    from perf.sections import update_section
+    from perf.sections import command_line, update_section
 
     p = argparse.ArgumentParser(prog="python -m perf.filters", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="a trained run with a graph")
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-results-md", action="store_true", help="do not update perf/RESULTS.md (default: update it)")
     args = p.parse_args(argv)
     args.fractions = [float(x) for x in args.fractions.split(",") if x.strip()]
-    command = "python -m perf.filters " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("perf.filters", argv)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     info = machine_info()
     res = measure(args)

@@ -24,7 +24,7 @@ import numpy as np
 from nann.evaluate import Evaluator, MethodSpec, plot_curves, sweep_specs
 from nann.steps import run_step
 from perf.run import machine_info
-from perf.sections import update_section
+from perf.sections import command_line, provenance, update_section
 
 ARCHS = ("two-tower", "mlp", "attention")
 ARCH_NAMES = {"two-tower": "two-sided", "mlp": "DNN w/o attention", "attention": "DNN w/ attention"}
@@ -91,10 +91,8 @@ def figure3_md(curves: dict[str, list[dict]], checks: dict[str, list[dict]]) -> 
     return "\n".join(lines)
 
 
-def header(args, argv, data_note: str) -> str:
-    info = machine_info()
-    return (f"Command: `python -m perf.paper {' '.join(argv)}` — {info['date']}, commit {info['git_describe']}, load "
-            f"average at start {info['loadavg_at_start']}. {data_note}")
+def header(argv, data_note: str) -> str:
+    return f"{provenance(command_line('perf.paper', argv), machine_info())} {data_note}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         popularity = evaluator(runs[("attention", True)]).popularity_recall()
         (work / "table3.json").write_text(json.dumps(results, indent=1))
         publish("Table 3 (100k items)", "\n".join([
-            header(args, argv, note), "", f"Beam at the search defaults ({served.label()}).", "", table3(results), "",
+            header(argv, note), "", f"Beam at the search defaults ({served.label()}).", "", table3(results), "",
             f"Popularity baseline (the 200 most frequent training items for everyone): recall@200 "
             f"{popularity * 100:.2f}%."]))
     if not args.skip_figure:
@@ -160,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         checks = {name: ahead_at_every_budget(beam, curves[name]) for name in ("NANN-HNSW (FGSM)", "SL2G (no FGSM)")}
         (work / "figure3.json").write_text(json.dumps({"curves": curves, "checks": checks}, indent=1))
         plot_curves(curves, work / "figure3.png")
-        publish("Figure 3 (100k items)", "\n".join([header(args, argv, note), "", figure3_md(curves, checks)]))
+        publish("Figure 3 (100k items)", "\n".join([header(argv, note), "", figure3_md(curves, checks)]))
     if args.eps_sweep:
         methods = {"beam (defaults)": served, "beam, no seeds": replace(served, seeds=0), "hnsw ef0 400": hnsw}
         rows = []
@@ -170,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             res = {name: ev.evaluate(spec) for name, spec in methods.items()}
             rows.append({"eps": eps, "recall_all": next(iter(res.values()))["recall_all"], "methods": res})
         (work / "eps.json").write_text(json.dumps(rows, indent=1))
-        publish("FGSM strength (100k items)", "\n".join([header(args, argv, note), "", eps_table(rows)]))
+        publish("FGSM strength (100k items)", "\n".join([header(argv, note), "", eps_table(rows)]))
     return 0
 
 

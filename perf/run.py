@@ -25,10 +25,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from perf import scorer_bench
 from perf.sections import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 PERF_SECTION = "nann perf"   # this command's section of perf/RESULTS.md (perf.sections)
+SERVED_REPEATS = 3           # served / offline latency at concurrency 1: median and spread of this many runs
+EFFICIENCY_CONCURRENCY = 16  # served throughput against the scorer's bound at this concurrency
+SCORER_SHAPE = "onnxruntime 8x2000"  # the scorer_bench row the served scorer resembles (several users per call)
 QUICK_ITEMS = [5000]
 FULL_ITEMS = [100_000]
 
@@ -87,8 +91,8 @@ def _serve_and_load(res: dict, out: Path, tag: str, quick: bool, skip_load: bool
             print(f"[perf] load test skipped: {e}", file=sys.stderr)
     with TritonServer(repo) as server:
         print(f"[perf] serving {repo} at {server.grpc_url}", file=sys.stderr)
-        res["served_vs_offline"] = served_vs_offline(Path(paths["nann"]), Path(paths["data"]), server.grpc_url,
-                                                     sc.served_users)
+        res["served_vs_offline"] = [served_vs_offline(Path(paths["nann"]), Path(paths["data"]), server.grpc_url,
+                                                      sc.served_users) for _ in range(1 if quick else SERVED_REPEATS)]
     if pa_env is not None:   # its own servers: batching on (sweep), off, on again
         res["load"] = L.load_test(repo, Path(paths["data"]), out, cfg, off, users=1000, tag=tag)
 
@@ -101,6 +105,8 @@ def run_one(items: int, out: Path, quick: bool, skip_load: bool) -> dict:
     t0 = time.perf_counter()
     res = compare(out / "work" / f"v{items}", sc)
     res["compare_seconds"] = round(time.perf_counter() - t0, 1)
+    # the scorer against this CPU's reference bound, on a quiet machine (before any server starts)
+    res["scorer"] = scorer_bench.measure(Path(res["paths"]["nann"]), *((0.5, 1) if quick else (2.0, 3)))
     t0 = time.perf_counter()
     _serve_and_load(res, out, tag, quick, skip_load, sc)
     res["serve_seconds"] = round(time.perf_counter() - t0, 1)
@@ -133,15 +139,14 @@ def queue_ms(row: dict) -> float:
 
 
 def markdown(results: list[dict], info: dict, command: str) -> str:
-    lines = ["# perf results", "",
-             "Produced by `nann perf` (perf/run.py). Raw JSON/CSV/PNG: the run's OUT directory (git-ignored).", "",
+    lines = ["Produced by `nann perf` (perf/run.py). Raw JSON/CSV/PNG: the run's OUT directory (git-ignored).", "",
              f"- command: `{command}`", f"- date: {info['date']}",
              f"- machine: {info['nproc']} cores, {info['cpu']}, {info['platform']}, Python {info['python']}; "
              f"load average at start {info['loadavg_at_start']} (shared machine: read ratios, not absolute times)",
              f"- version: `{info['git_describe']}` ({info['git_commit']})", ""]
     for res in results:
         sc = res["scale"]
-        lines += [f"## |V| = {res['items']:,} items ({res['users']} test users; synthetic data, "
+        lines += [f"### |V| = {res['items']:,} items ({res['users']} test users; synthetic data, "
                   f"{sc['users']:,} users)", "",
                   f"Training (each model): `nann train {' '.join(sc['train'])}` (+ `--fgsm-eps 0` for SL2G, "
                   f"`--arch two-tower --fgsm-eps 0` for two-tower). Offline latency: one user at a time, encode + search, "
@@ -165,17 +170,23 @@ def markdown(results: list[dict], info: dict, command: str) -> str:
                     for what, key in (("two-tower + hnswlib ip", "two_tower_hnsw"),
                                       ("two-tower + hnswlib l2 (MIPS transform)", "two_tower_l2"),
                                       ("two-tower brute force", "two_tower_brute"))]]
-        so = res.get("served_vs_offline")
-        if so:
-            lines.append(f"| served (gRPC, NannClient, concurrency 1) / offline engine latency, median "
-                         f"({so['users']} users, k={so['k']}) | {so['served_over_offline_median']:.2f}x "
-                         f"({so['served']['latency_ms_median']:.2f} ms vs {so['offline']['latency_ms_median']:.2f} ms; "
-                         f"p99 {so['served']['latency_ms_p99']:.2f} vs {so['offline']['latency_ms_p99']:.2f} ms) |")
+        runs = res.get("served_vs_offline") or []
+        if runs:
+            ratios = sorted(r["served_over_offline_median"] for r in runs)
+            mid = runs[[r["served_over_offline_median"] for r in runs].index(ratios[len(ratios) // 2])]
+            lines.append(f"| served (gRPC, NannClient, concurrency 1) / offline engine latency, median of {len(runs)} "
+                         f"runs [spread] ({mid['users']} users each, k={mid['k']}) | {ratios[len(ratios) // 2]:.2f}x "
+                         f"[{ratios[0]:.2f}–{ratios[-1]:.2f}] (median run: {mid['served']['latency_ms_median']:.2f} ms vs "
+                         f"{mid['offline']['latency_ms_median']:.2f} ms; p99 {mid['served']['latency_ms_p99']:.2f} vs "
+                         f"{mid['offline']['latency_ms_p99']:.2f} ms) |")
+        if "scorer" in res:
+            lines += ["", "#### Scorer against this CPU's reference bound (perf/scorer_bench.py, same run)", "",
+                      *scorer_bench.markdown(res["scorer"])]
         load = res.get("load", {})
         if "skipped" in load:
             lines += ["", f"Load test skipped: {load['skipped']}"]
         elif load:
-            lines += ["", f"### Served: perf_analyzer on the `nann` ensemble (gRPC, {load['input_users']} real test-user "
+            lines += ["", f"#### Served: perf_analyzer on the `nann` ensemble (gRPC, {load['input_users']} real test-user "
                       f"histories, measurement interval {load['config']['interval_ms']} ms)", "",
                       "| dyn. batching | concurrency | req/s | p50 ms | p90 ms | p99 ms | queue ms (composing models) | "
                       "server compute ms (ensemble) | retrieve avg batch |", "|---|---|---|---|---|---|---|---|---|"]
@@ -193,8 +204,31 @@ def markdown(results: list[dict], info: dict, command: str) -> str:
             for r in load.get("batching_ratios", []):
                 lines.append(f"| {r['concurrency']} | {r['throughput_on_over_off']:.2f}x | {r['p50_off_over_on']:.2f}x | "
                              f"{r['p99_off_over_on']:.2f}x |")
+            eff = served_efficiency(res)
+            if eff:
+                lines += ["", f"Served path efficiency at concurrency {EFFICIENCY_CONCURRENCY}: {eff['served_rps']:.1f} "
+                          f"req/s served vs {eff['bound_rps']:.1f} req/s if every cycle scored (scorer "
+                          f"{SCORER_SHAPE} {eff['scorer_candidates_per_s']:,.0f} candidates/s ÷ "
+                          f"{eff['items_scored']:,.0f} items scored per query by the served defaults): "
+                          f"**{eff['ratio']:.2f}** of the bound."]
         lines.append("")
     return "\n".join(lines)
+
+
+def served_efficiency(res: dict) -> dict | None:
+    """Served throughput (batching on) at EFFICIENCY_CONCURRENCY against the scorer's bound for this search: the
+    scorer's candidates/s divided by the items the served defaults score per query (what the served path would reach
+    if it lost nothing to everything that is not scoring)."""
+    from perf.compare import BEAM_SERVED
+
+    row = next((r for r in res.get("load", {}).get("on", []) if r["concurrency"] == EFFICIENCY_CONCURRENCY), None)
+    beam = next((r for r in res["methods"] if r["method"] == BEAM_SERVED), None)
+    if row is None or beam is None or "scorer" not in res:
+        return None
+    rate = res["scorer"]["ours"][SCORER_SHAPE]["candidates_per_s"]
+    bound = rate / beam["items_scored"]
+    return {"served_rps": row["throughput_rps"], "bound_rps": bound, "scorer_candidates_per_s": rate,
+            "items_scored": beam["items_scored"], "ratio": row["throughput_rps"] / bound}
 
 
 def main(args) -> int:

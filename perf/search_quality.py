@@ -35,7 +35,7 @@ from perf.replay import ScoreCache
 from perf.sections import provenance
 
 TARGET = 0.99
-EF0_SWEEP = (200, 250, 300, 350, 400, 500, 600, 800)
+EF0_SWEEP = (200, 250, 300, 350, 400, 500, 600, 800, 1000, 1200, 1600)
 HNSW_SWEEP = (200, 400, 800, 1600, 3200)
 PREVIOUS_SERVED = SearchParams(ef=(100, 200, 400), rounds=(1, 3, 10), top_m=200, frontier=0, seeds=0)
 
@@ -78,19 +78,21 @@ def with_ef0(p: SearchParams, ef0: int) -> SearchParams:
     return replace(p, ef=p.ef[:-1] + (ef0,))
 
 
-def measure_graph(val: ScoreCache, test: ScoreCache, graphs) -> dict:
+def measure_graph(val: ScoreCache, test: ScoreCache, graphs, frontier: int = DEFAULT_SEARCH.frontier) -> dict:
+    """The fixed rows at their own parameters; the swept curves and the cheapest point at `frontier`."""
+    swept = replace(DEFAULT_SEARCH, frontier=frontier)
     res = {"defaults": {"val": mean_over_graphs(val, graphs, DEFAULT_SEARCH),
                         "test": mean_over_graphs(test, graphs, DEFAULT_SEARCH)},
            "previous_served": mean_over_graphs(test, graphs, PREVIOUS_SERVED),
            "paper": mean_over_graphs(test, graphs, PAPER_SEARCH),
-           "seeded": [{"ef0": e, **mean_over_graphs(val, graphs, with_ef0(DEFAULT_SEARCH, e))} for e in EF0_SWEEP],
-           "unseeded": [{"ef0": e, **mean_over_graphs(val, graphs, replace(with_ef0(DEFAULT_SEARCH, e), seeds=0))}
+           "seeded": [{"ef0": e, **mean_over_graphs(val, graphs, with_ef0(swept, e))} for e in EF0_SWEEP],
+           "unseeded": [{"ef0": e, **mean_over_graphs(val, graphs, replace(with_ef0(swept, e), seeds=0))}
                         for e in EF0_SWEEP],
            "hnsw": [{"ef0": e, **mean_over_graphs(val, graphs, method="hnsw", ef0=e)} for e in HNSW_SWEEP]}
     cheapest = next((p for p in res["seeded"] if p["coverage"] >= TARGET), None)
     if cheapest is not None:
         res["cheapest_target"] = {"ef0": cheapest["ef0"], "val": cheapest,
-                                  "test": mean_over_graphs(test, graphs, with_ef0(DEFAULT_SEARCH, cheapest["ef0"]))}
+                                  "test": mean_over_graphs(test, graphs, with_ef0(swept, cheapest["ef0"]))}
     return res
 
 
@@ -108,7 +110,8 @@ def markdown(res: dict, args, command: str) -> str:
              f"{n:,} items; validation users {res['val_users']}, test users {res['test_users']}; graph builds per "
              f"setting: seeds {args.graph_seeds}. Model recall-all@200 (test) {res['recall_all']:.3f} vs popularity "
              f"baseline {res['popularity_recall']:.3f}. Search defaults: ef {list(p.ef)}, rounds {list(p.rounds)}, "
-             f"frontier {p.frontier}, seeds {p.seeds}.", "",
+             f"frontier {p.frontier}, seeds {p.seeds}. Swept curves and the cheapest point: the defaults at frontier "
+             f"{args.frontier}, last-layer ef varied.", "",
              "Columns: coverage@200 mean [min–max over builds] | worst 5% of users (5th percentile) | recall-Δ | "
              "items scored per query [min–max over builds] | % of items | scoring rounds per query.", ""]
     for g in res["graphs"]:
@@ -120,12 +123,14 @@ def markdown(res: dict, args, command: str) -> str:
                   f"| defaults | validation | {_pt(r['defaults']['val'], n)} |"]
         if "cheapest_target" in r:
             c = r["cheapest_target"]
-            lines += [f"| cheapest ≥ {TARGET} on validation: ef0 {c['ef0']} | validation | {_pt(c['val'], n)} |",
+            lines += [f"| cheapest ≥ {TARGET} on validation: ef0 {c['ef0']}, frontier {args.frontier} | validation | "
+                      f"{_pt(c['val'], n)} |",
                       f"| the same, measured on test | test | {_pt(c['test'], n)} |"]
         lines += [f"| previous served defaults (rounds {{1,3,10}}, no seeds) | test | {_pt(r['previous_served'], n)} |",
                   f"| paper (ef {{100,200,400}}, rounds {{1,1,3}}) | test | {_pt(r['paper'], n)} |", ""]
         lines += ["Curves on validation users (coverage / % of items scored):", "",
-                  "| last-layer ef | seeded beam (defaults) | same without seeds | | HNSW-retrieval ef0 | HNSW-retrieval |",
+                  f"| last-layer ef | seeded beam (frontier {args.frontier}) | same without seeds | | HNSW-retrieval ef0 | "
+                  "HNSW-retrieval |",
                   "|---|---|---|---|---|---|"]
         for i in range(max(len(r["seeded"]), len(r["hnsw"]))):
             s = r["seeded"][i] if i < len(r["seeded"]) else None
@@ -175,6 +180,9 @@ def main(argv=None) -> int:
     p.add_argument("--graphs", default="score:32:100,l2:32:40",
                    help="graph settings metric:M:efConstruction, comma-separated (default score:32:100,l2:32:40)")
     p.add_argument("--graph-seeds", default="100,101,102", help="build seeds per setting (default 100,101,102)")
+    p.add_argument("--frontier", type=int, default=DEFAULT_SEARCH.frontier,
+                   help=f"frontier of the swept curves and the cheapest point (default {DEFAULT_SEARCH.frontier}, the "
+                        "search defaults'; the defaults row always runs the defaults)")
     p.add_argument("--val-users", type=int, default=300, help="validation users (default 300)")
     p.add_argument("--test-users", type=int, default=300, help="test users (default 300)")
     p.add_argument("--out", default="perf/results", help="directory for NAME.json / NAME.png (default perf/results)")
@@ -201,7 +209,7 @@ def main(argv=None) -> int:
         print(f"[quality] graph {text}: measuring", file=sys.stderr)
         times = [b["seconds"] for b in built if b["seconds"] is not None]
         res["graphs"].append({"spec": text, "build_seconds": float(np.median(times)) if times else None,
-                              "result": measure_graph(val, test, graphs)})
+                              "result": measure_graph(val, test, graphs, args.frontier)})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     slug = args.name.lower().replace(" ", "_").replace(",", "")

@@ -54,12 +54,18 @@ def test_comparison_numbers(perf_quick):
     for key, value in res["ratios"].items():
         # a recall gain over a two-tower retriever has no value when that retriever's recall is 0
         assert _finite(value) or (value is None and key.startswith("nann_recall_over_")), (key, value)
-    so = res["served_vs_offline"]
+    (so,) = res["served_vs_offline"]  # one run in --quick (three in the full run)
     assert _finite(so["served_over_offline_median"]) and so["served"]["latency_queries"] > 0
     assert so["answer_overlap"] > 0.9   # the server and the offline engine run the same search
+    scorer = res["scorer"]
+    for backend in ("onnxruntime", "torch"):
+        assert _finite(scorer["reference"][backend]["gflops"]) and scorer["reference"][backend]["gflops"] > 0
+    for shape in ("onnxruntime 1x16000", "onnxruntime 8x2000", "torch 1x16000", "torch 8x2000"):
+        assert _finite(scorer["ours"][shape]["of_reference"]) and scorer["ours"][shape]["of_reference"] > 0, shape
     assert (out / f"compare_v{res['items_requested']}.csv").is_file()
     md = (out / "RESULTS.md").read_text()
     assert "| NANN beam (served defaults) |" in md and "nann perf --quick" in md
+    assert "| reference, onnxruntime |" in md and "| ours, onnxruntime 8x2000 |" in md
 
 
 def test_load_numbers(perf_quick):
