@@ -339,22 +339,31 @@ def strict_tiny_grid(tiny_run, tmp_path_factory):
         yield c
 
 
-def test_rounds_larger_than_the_grid_maximum_are_split_not_refused(tiny_run, strict_tiny_grid):
-    """Big rounds become several scorer calls of at most 64 candidates, with the same answers."""
+def test_rounds_larger_than_the_grid_maximum_are_split_not_refused(tiny_run, strict_tiny_grid, monkeypatch):
+    """Big rounds become several scorer calls of at most 64 candidates, with the same answers: the server makes
+    exactly the scorer calls the offline engine makes with the same grid, and more than with the default grid."""
     c = strict_tiny_grid
     data = PreparedData.load(str(tiny_run.data))
     histories = [data.vocab.dense_to_raw(data.test.history(i)) for i in range(4)]
     offline = OfflineRetriever(tiny_run.run, grid=TINY_GRID)
+    unsplit = OfflineRetriever(tiny_run.run)
+    calls = {id(offline): 0, id(unsplit): 0}
+    for retriever in (offline, unsplit):
+        def counting(*args, score=retriever.scorer.score, key=id(retriever)):
+            calls[key] += 1
+            return score(*args)
+        monkeypatch.setattr(retriever.scorer, "score", counting)
     params = parse_search(offline.limits, k=50, ef=[20, 100, 300], rounds=[1, 2, 3])
     before = {m: c.get_inference_statistics(m, as_json=True)["model_stats"][0] for m in ("retrieve", "scorer")}
-    for h in histories:
+    for h in histories:  # one at a time: one execute() per request
         ids, _ = infer(c, request(h, k=50, ef=[20, 100, 300], rounds=[1, 2, 3]))
         assert ids.tolist() == offline.retrieve([h], [params])[0].item_ids.tolist()
+        assert ids.tolist() == unsplit.retrieve([h], [params])[0].item_ids.tolist()
     after = {m: c.get_inference_statistics(m, as_json=True)["model_stats"][0] for m in ("retrieve", "scorer")}
     scorer_calls, executions = (int(after[m].get("execution_count", 0)) - int(before[m].get("execution_count", 0))
                                 for m in ("scorer", "retrieve"))  # a count of 0 is left out of the JSON
-    # at most 1 + 1 + 2 + 3 rounds per execute(): more scorer calls than that means rounds were split at 64
-    assert scorer_calls > executions * 7
+    assert executions == len(histories)
+    assert scorer_calls == calls[id(offline)] > calls[id(unsplit)]
 
 
 def test_strict_mode_refuses_unknown_ids_but_serves_new_users(strict_tiny_grid, users):
