@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M
+from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M, SCORE_METRIC_MAX_ITEMS, default_metric
 from nann.engine.graph import HNSW_INDEX
 from nann.errors import UserError
 
@@ -222,7 +222,10 @@ def main(args) -> int:
     if emb.ndim != 2 or emb.shape[0] == 0:
         raise UserError(f"{emb_path} must be a non-empty [N, D] array, got shape {emb.shape}")
     emb = np.asarray(emb, dtype=np.float32)
-    transform = score_metric(run, emb, args.data, args.seed, args.threads) if args.metric == "score" else None
+    metric = default_metric(emb.shape[0]) if args.metric == "auto" else args.metric
+    if args.metric == "auto":
+        print(f"metric: {metric} for {emb.shape[0]} items (--metric auto: score up to {SCORE_METRIC_MAX_ITEMS})")
+    transform = score_metric(run, emb, args.data, args.seed, args.threads) if metric == "score" else None
     staged = run / "graph.new"
     shutil.rmtree(staged, ignore_errors=True)
     build_graph(emb, staged, m=args.m, ef_construction=args.ef_construction, threads=args.threads,

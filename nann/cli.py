@@ -5,8 +5,8 @@ import argparse
 import importlib
 import sys
 
-from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M
-from nann.engine.params import DEFAULT_SEARCH, PAPER_SEARCH
+from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M, SCORE_METRIC_MAX_ITEMS
+from nann.engine.params import DEFAULT_SEARCH, PAPER_SEARCH, SCALING_BASE_ITEMS
 from nann.errors import UserError
 
 
@@ -20,11 +20,12 @@ def _int_list(text: str) -> list[int]:
 
 def _add_search_flags(s: argparse.ArgumentParser, served: bool, paper: bool) -> None:
     """The per-request search flags (None = not given: the defaults apply); --paper selects the paper's.
-    served: the defaults are the server's (nann query) rather than DEFAULT_SEARCH."""
+    served: the defaults are the server's (nann query) rather than the catalogue's (`default_search`)."""
     def default(field: str) -> str:
         value = getattr(DEFAULT_SEARCH, field)
         value = ",".join(map(str, value)) if isinstance(value, tuple) else value
-        return "default: the server's" if served else f"default {value}"
+        scaled = f" up to {SCALING_BASE_ITEMS:,} items, wider above" if field in ("ef", "frontier") else ""
+        return "default: the server's" if served else f"default {value}{scaled}"
 
     s.add_argument("--ef", type=_int_list, default=None,
                    help=f"beam list size per layer, top layer first ({default('ef')})")
@@ -163,9 +164,10 @@ def _build_parser() -> argparse.ArgumentParser:
                    help=f"HNSW links per node (default {GRAPH_M}; layer 0 allows 2M)")
     s.add_argument("--ef-construction", type=int, default=GRAPH_EF_CONSTRUCTION,
                    help=f"HNSW build beam width (default {GRAPH_EF_CONSTRUCTION}; the paper used 40)")
-    s.add_argument("--metric", choices=["score", "l2"], default="score",
-                   help="score (default): link items the model scores alike (L2 after the score-sensitivity "
-                        "transform, graph_builder/metric.py); l2: plain L2 between item embeddings (the paper)")
+    s.add_argument("--metric", choices=["auto", "score", "l2"], default="auto",
+                   help="score: link items the model scores alike (L2 after the score-sensitivity transform, "
+                        "graph_builder/metric.py); l2: plain L2 between item embeddings (the paper); auto (default): "
+                        f"score up to {SCORE_METRIC_MAX_ITEMS:,} items, l2 above (measured, perf/RESULTS.md)")
     s.add_argument("--data", default=None,
                    help="prepared data of the run's training (default: the data_dir in RUN/config.json); "
                         "--metric score samples training histories from it")

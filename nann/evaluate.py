@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from nann.engine.graph import HnswGraph
 from nann.engine.grid import CandidateGrid
-from nann.engine.search import DEFAULT_SEARCH, PAPER_SEARCH, SearchParams, beam_search, brute_force, hnsw_search
+from nann.engine.search import (DEFAULT_SEARCH, PAPER_SEARCH, SearchParams, beam_search, brute_force, default_search,
+                               hnsw_search)
 from nann.errors import UserError
 from nann.serving.filters import NOTHING_BLOCKED, Eligibility, read_ids
 from nann.serving.requests import (FILTER_INPUT_NAMES, NO_FILTERS, FilterRequest, RequestError, ServingLimits,
@@ -175,8 +176,9 @@ def sweep_specs(base: MethodSpec) -> list[MethodSpec]:
 
 
 def search_flags(args, top_m: int | None) -> dict:
-    """The SearchParams fields the command line sets (the rest keep DEFAULT_SEARCH's): the given --ef/--rounds/
-    --frontier/--seeds, or with --paper all of PAPER_SEARCH's, which excludes them; and top_m when not None."""
+    """The SearchParams fields the command line sets (the rest keep the catalogue's defaults, `default_search`): the
+    given --ef/--rounds/--frontier/--seeds, or with --paper all of PAPER_SEARCH's, which excludes them; and top_m
+    when not None."""
     given = {name: getattr(args, name) for name in SEARCH_FLAGS if getattr(args, name) is not None}
     if args.paper:
         if given:
@@ -282,21 +284,23 @@ def filter_flags(args, limits: ServingLimits) -> FilterRequest:
 
 
 def main_evaluate(args) -> int:
-    try:
-        params = replace(DEFAULT_SEARCH, **search_flags(args, args.top_m))
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    flags = search_flags(args, args.top_m)
     filters = filter_flags(args, ServingLimits())
     if args.method in ("hnsw", "dr") and (filters.restricts or args.blocked):
         raise UserError(f"eligibility filters apply to --method beam and brute, not {args.method}")
     if args.method == "dr":
-        m = evaluate_dr(args.run, args.data, users=args.users, top_m=params.top_m, beam=args.beam)
+        m = evaluate_dr(args.run, args.data, users=args.users, top_m=flags.get("top_m", DEFAULT_SEARCH.top_m),
+                        beam=args.beam)
         print_metrics(m)
         if args.json:
             Path(args.json).write_text(json.dumps(m, indent=1))
         return 0
     ev = Evaluator(args.run, args.data, users=args.users, batch=args.batch, backend=args.backend, filters=filters,
                    blocked=read_ids(args.blocked) if args.blocked else None)
+    try:
+        params = replace(default_search(ev.runtime.num_items), **flags)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     base = MethodSpec(args.method, **asdict(params))
     specs = sweep_specs(base) if args.sweep else [base]
     results = []

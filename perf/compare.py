@@ -28,15 +28,16 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from nann.engine.params import PAPER_SEARCH, default_search
 from nann.steps import run_step
 
 TOP_M = 200
-PAPER_ROUNDS = (1, 1, 3)
+PAPER_ROUNDS = PAPER_SEARCH.rounds
 FRONTIER, FRONTIER_ROUNDS = 32, (1, 3, 40)
 
 
@@ -222,7 +223,6 @@ def compare(work: Path, sc: Scale) -> dict:
     """Prepare (or reuse) everything for |V| = sc.items and measure all methods; returns rows + ratios."""
     from nann.engine.search import beam_search, brute_force, hnsw_search
     from nann.evaluate import Evaluator, MethodSpec, metrics
-    from nann.serving.requests import ServingLimits
 
     paths, steps = prepare(work, sc)
     data = paths["data"]
@@ -251,15 +251,14 @@ def compare(work: Path, sc: Scale) -> dict:
             lat(lambda f, h: brute_force(n_items, 1, f, TOP_M, grid=ev.grid), ev, sc.brute_latency_users), ev)
     r["batched_seconds_per_query"] = brute_batched_s
     # quality: the engine batched (its results do not depend on batching); latency: one user at a time
-    served = ServingLimits()
-    for name, rounds, frontier, seeds in ((BEAM_SERVED, served.default_rounds, served.default_frontier,
-                                           served.default_seeds),
-                                          (BEAM_PAPER, PAPER_ROUNDS, 0, 0), (BEAM_FRONTIER, FRONTIER_ROUNDS, FRONTIER, 0)):
-        beam = MethodSpec("beam", served.default_ef, rounds, TOP_M, frontier, seeds)
-        params = beam.params()
-        found, scored, _ = ev.search(beam)
+    for name, params in ((BEAM_SERVED, replace(default_search(n_items), top_m=TOP_M)),
+                         (BEAM_PAPER, replace(PAPER_SEARCH, top_m=TOP_M)),
+                         (BEAM_FRONTIER,
+                          replace(PAPER_SEARCH, rounds=FRONTIER_ROUNDS, frontier=FRONTIER, top_m=TOP_M))):
+        found, scored, _ = ev.search(MethodSpec("beam", **asdict(params)))
         add(name, "nann", found, exact, scored,
-            lat(lambda f, h: beam_search(ev.graph, 1, f, params, ev.grid, histories=[h]), ev, sc.eval_users), ev)
+            lat(lambda f, h: beam_search(ev.graph, 1, f, params, ev.grid, histories=[h]), ev,
+                sc.eval_users), ev)
     hnsw = MethodSpec("hnsw", (HNSW_EF0,), (1,), TOP_M)
     found, scored, _ = ev.search(hnsw)
     add(f"NANN-HNSW (ef0 {HNSW_EF0})", "nann", found, exact, scored,

@@ -57,7 +57,7 @@ def wait_for_version(metrics_url: str, version: int, timeout: float = 60.0) -> N
 def measure(args) -> dict:
     from nann.data.prepared import PreparedData
     from nann.engine.graph import HnswGraph
-    from nann.engine.search import DEFAULT_SEARCH
+    from nann.engine.search import DEFAULT_SEARCH, default_search
     from nann.serving.export import export_repository
     from nann.serving.filters import write_blocked
     from nann.serving.server import TritonServer
@@ -73,10 +73,11 @@ def measure(args) -> dict:
     cache = ScoreCache.build(Path(args.run), data.test, args.users, work / f"scores_test{args.users}.npy",
                              DEFAULT_SEARCH.top_m)
     graph = HnswGraph.load(Path(args.run) / "graph")
+    search = default_search(cache.num_items)
     histories = [data.vocab.dense_to_raw(h).tolist() for h in cache.histories]
     rows = [{"label": label, "blocked": 0 if ids is None else int(ids.size), "served": [],
              "ids": None if ids is None else data.vocab.dense_to_raw(ids),
-             **(cache if ids is None else cache.blocking(ids)).replay(graph, DEFAULT_SEARCH).summary(cache.num_items)}
+             **(cache if ids is None else cache.blocking(ids)).replay(graph, search).summary(cache.num_items)}
             for label, ids in blocked_sets(cache.num_items, args.fractions, args.seed)]
     with TritonServer(repo, log_path=work / "tritonserver.log") as server:
         metrics_url = f"http://127.0.0.1:{server.metrics_port}/metrics"
@@ -102,7 +103,7 @@ def measure(args) -> dict:
         row["p50_ms"] = statistics.median(r["latency"]["p50_ms"] for r in served)
         row["p99_ms"] = statistics.median(r["latency"]["p99_ms"] for r in served)
     return {"rows": rows, "users": len(histories), "num_items": int(data.vocab.num_items),
-            "search": asdict(DEFAULT_SEARCH), "concurrency": args.concurrency, "seconds": args.seconds,
+            "search": asdict(search), "concurrency": args.concurrency, "seconds": args.seconds,
             "repeats": args.repeats}
 
 

@@ -2,8 +2,8 @@
 
 Table 3 shape: three architectures (two-tower, mlp = "DNN w/o attention", attention) × FGSM off/on, plus the
 attention model without the interaction features (the paper's plain concatenation), each evaluated with the beam
-at the search defaults (`DEFAULT_SEARCH`; M=200): recall-retrieval, recall-all, recall-Δ, coverage, % of |V| scored,
-beside a popularity baseline's recall.
+at the catalogue's search defaults (`default_search`; M=200): recall-retrieval, recall-all, recall-Δ, coverage,
+% of |V| scored, beside a popularity baseline's recall.
 Figure 3: coverage and recall vs % of |V| scored while the search budget varies: NANN (FGSM model) beam at the
 defaults — history seeds included — with the last layer's ef swept, the same beam without seeds, NANN-HNSW (HNSW
 retrieval, FGSM model) and SL2G (HNSW retrieval, attention model trained without FGSM), each against its own
@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
+from nann.data.prepared import PreparedData
+from nann.engine.params import default_search
 from nann.evaluate import Evaluator, MethodSpec, plot_curves, sweep_specs
 from nann.steps import run_step
 from perf.run import machine_info
@@ -128,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
     note = (f"Data {data}; every model `nann train {args.train_args}` (FGSM ε {args.fgsm_eps:g} where 'yes'), "
             f"`nann graph` defaults; {args.users} test users, M = 200.")
-    served = MethodSpec("beam")   # the search defaults (DEFAULT_SEARCH)
+    # the catalogue's search defaults (default_search; every run here has the same items)
+    served = MethodSpec("beam", **asdict(default_search(PreparedData.load(str(data)).vocab.num_items)))
     hnsw = MethodSpec("hnsw", (400,), (1,))
     if not args.skip_table:
         results = []

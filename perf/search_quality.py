@@ -7,8 +7,8 @@ time recorded), scores every item once for the validation and test users (``perf
 the real engine against those scores, so every variant's items-scored count is exact and all variants see the same
 users:
 
-* the search defaults (``DEFAULT_SEARCH``), the previous served defaults (rounds {1,3,10}, no seeds) and the
-  paper's parameters;
+* the catalogue's search defaults (``default_search(num_items)``), the previous served defaults (rounds {1,3,10},
+  no seeds) and the paper's parameters;
 * the seeded beam with its last-layer ef swept (the defaults' other parameters), the same beam without seeds,
   and HNSW-retrieval with the neural score (ef0 swept) — the curves of coverage@200 against % of items scored;
 * on validation users, the cheapest swept point reaching coverage ≥ 0.99, which is then measured on the test users
@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nann.engine.search import DEFAULT_SEARCH, PAPER_SEARCH, SearchParams
+from graph_builder import default_metric
+from nann.engine.search import PAPER_SEARCH, SearchParams, default_search
 from perf.replay import ScoreCache
 from perf.sections import provenance
 
@@ -78,16 +79,19 @@ def with_ef0(p: SearchParams, ef0: int) -> SearchParams:
     return replace(p, ef=p.ef[:-1] + (ef0,))
 
 
-def measure_graph(val: ScoreCache, test: ScoreCache, graphs, frontier: int = DEFAULT_SEARCH.frontier) -> dict:
-    """The fixed rows at their own parameters; the swept curves and the cheapest point at `frontier`."""
-    swept = replace(DEFAULT_SEARCH, frontier=frontier)
-    res = {"defaults": {"val": mean_over_graphs(val, graphs, DEFAULT_SEARCH),
-                        "test": mean_over_graphs(test, graphs, DEFAULT_SEARCH)},
+def measure_graph(val: ScoreCache, test: ScoreCache, graphs, frontier: int | None = None) -> dict:
+    """The fixed rows at their own parameters; the swept curves and the cheapest point at `frontier` (None: the
+    defaults')."""
+    defaults = default_search(test.num_items)
+    swept = replace(defaults, frontier=defaults.frontier if frontier is None else frontier)
+    sweep = sorted(set(EF0_SWEEP) | {defaults.ef[-1]})
+    res = {"defaults": {"val": mean_over_graphs(val, graphs, defaults),
+                        "test": mean_over_graphs(test, graphs, defaults)},
            "previous_served": mean_over_graphs(test, graphs, PREVIOUS_SERVED),
            "paper": mean_over_graphs(test, graphs, PAPER_SEARCH),
-           "seeded": [{"ef0": e, **mean_over_graphs(val, graphs, with_ef0(swept, e))} for e in EF0_SWEEP],
+           "seeded": [{"ef0": e, **mean_over_graphs(val, graphs, with_ef0(swept, e))} for e in sweep],
            "unseeded": [{"ef0": e, **mean_over_graphs(val, graphs, replace(with_ef0(swept, e), seeds=0))}
-                        for e in EF0_SWEEP],
+                        for e in sweep],
            "hnsw": [{"ef0": e, **mean_over_graphs(val, graphs, method="hnsw", ef0=e)} for e in HNSW_SWEEP]}
     cheapest = next((p for p in res["seeded"] if p["coverage"] >= TARGET), None)
     if cheapest is not None:
@@ -104,14 +108,16 @@ def _pt(r: dict, n: int) -> str:
 
 def markdown(res: dict, args, command: str) -> str:
     n = res["num_items"]
-    p = DEFAULT_SEARCH
+    p = default_search(n)
+    frontier = p.frontier if args.frontier is None else args.frontier
     info = {"date": res["date"], "git_describe": res["commit"], "loadavg_at_start": res["loadavg"]}
     lines = [provenance(command, info), "",
              f"{n:,} items; validation users {res['val_users']}, test users {res['test_users']}; graph builds per "
              f"setting: seeds {args.graph_seeds}. Model recall-all@200 (test) {res['recall_all']:.3f} vs popularity "
              f"baseline {res['popularity_recall']:.3f}. Search defaults: ef {list(p.ef)}, rounds {list(p.rounds)}, "
-             f"frontier {p.frontier}, seeds {p.seeds}. Swept curves and the cheapest point: the defaults at frontier "
-             f"{args.frontier}, last-layer ef varied.", "",
+             f"frontier {p.frontier}, seeds {p.seeds} (`default_search({n})`); `nann graph`'s default metric at "
+             f"this size: {default_metric(n)}. Swept curves and the cheapest point: the defaults at frontier "
+             f"{frontier}, last-layer ef varied.", "",
              "Columns: coverage@200 mean [min–max over builds] | worst 5% of users (5th percentile) | recall-Δ | "
              "items scored per query [min–max over builds] | % of items | scoring rounds per query.", ""]
     for g in res["graphs"]:
@@ -123,13 +129,13 @@ def markdown(res: dict, args, command: str) -> str:
                   f"| defaults | validation | {_pt(r['defaults']['val'], n)} |"]
         if "cheapest_target" in r:
             c = r["cheapest_target"]
-            lines += [f"| cheapest ≥ {TARGET} on validation: ef0 {c['ef0']}, frontier {args.frontier} | validation | "
+            lines += [f"| cheapest ≥ {TARGET} on validation: ef0 {c['ef0']}, frontier {frontier} | validation | "
                       f"{_pt(c['val'], n)} |",
                       f"| the same, measured on test | test | {_pt(c['test'], n)} |"]
         lines += [f"| previous served defaults (rounds {{1,3,10}}, no seeds) | test | {_pt(r['previous_served'], n)} |",
                   f"| paper (ef {{100,200,400}}, rounds {{1,1,3}}) | test | {_pt(r['paper'], n)} |", ""]
         lines += ["Curves on validation users (coverage / % of items scored):", "",
-                  f"| last-layer ef | seeded beam (frontier {args.frontier}) | same without seeds | | HNSW-retrieval ef0 | "
+                  f"| last-layer ef | seeded beam (frontier {frontier}) | same without seeds | | HNSW-retrieval ef0 | "
                   "HNSW-retrieval |",
                   "|---|---|---|---|---|---|"]
         for i in range(max(len(r["seeded"]), len(r["hnsw"]))):
@@ -180,9 +186,9 @@ def main(argv=None) -> int:
     p.add_argument("--graphs", default="score:32:100,l2:32:40",
                    help="graph settings metric:M:efConstruction, comma-separated (default score:32:100,l2:32:40)")
     p.add_argument("--graph-seeds", default="100,101,102", help="build seeds per setting (default 100,101,102)")
-    p.add_argument("--frontier", type=int, default=DEFAULT_SEARCH.frontier,
-                   help=f"frontier of the swept curves and the cheapest point (default {DEFAULT_SEARCH.frontier}, the "
-                        "search defaults'; the defaults row always runs the defaults)")
+    p.add_argument("--frontier", type=int, default=None,
+                   help="frontier of the swept curves and the cheapest point (default: the catalogue's search "
+                        "defaults', default_search; the defaults row always runs the defaults)")
     p.add_argument("--val-users", type=int, default=300, help="validation users (default 300)")
     p.add_argument("--test-users", type=int, default=300, help="test users (default 300)")
     p.add_argument("--out", default="perf/results", help="directory for NAME.json / NAME.png (default perf/results)")

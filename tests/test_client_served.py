@@ -41,7 +41,8 @@ def test_sync_and_async_equal_nann_retrieve(served, histories, capsys):
         np.testing.assert_allclose(a.scores, want["scores"], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("options", [{"rounds": [1, 3, 10], "frontier": 4}, {"rounds": [1, 1, 2], "seeds": 10}])
+@pytest.mark.parametrize("options", [{"rounds": [1, 2, 3, 10], "frontier": 4}, {"rounds": [1, 1, 1, 2], "seeds": 10},
+                                     {"ef": [100, 200, 400], "rounds": [1, 1, 3], "frontier": 0, "seeds": 0}])
 def test_search_options_equal_offline_retriever(served, histories, options):
     from nann.serving.requests import parse_search
     from nann.serving.retrieval import OfflineRetriever

@@ -119,6 +119,25 @@ def test_default_params_reasonable(small):
     assert (res.n_scored < g.num_items).all()
 
 
+def test_default_search_widens_with_the_catalogue():
+    from nann.engine.params import DEFAULT_SEARCH, SCALING_BASE_ITEMS, default_search
+    from nann.serving.requests import ServingLimits
+
+    for n in (1, 2_000, SCALING_BASE_ITEMS):
+        assert default_search(n) == DEFAULT_SEARCH
+    sizes = (SCALING_BASE_ITEMS + 1, 300_000, 1_000_000, 10_000_000)
+    searches = [default_search(n) for n in sizes]
+    for smaller, larger in zip(searches, searches[1:]):
+        assert larger.ef[-1] > smaller.ef[-1] and larger.frontier >= smaller.frontier
+        assert larger.ef[:-1] == smaller.ef[:-1] == DEFAULT_SEARCH.ef[:-1]
+        assert larger.rounds == DEFAULT_SEARCH.rounds and larger.seeds == DEFAULT_SEARCH.seeds
+    assert searches[2].ef[-1] == 1190 and searches[2].frontier == 34  # 300 × (1M / 100k)^0.6, 16 × 10^(1/3)
+    # a catalogue whose default list is longer than the usual request maximum can still be served by default
+    limits = ServingLimits.for_catalogue(10_000_000)
+    assert limits.default_ef == searches[-1].ef and limits.max_ef >= searches[-1].ef[-1] > ServingLimits.max_ef
+    assert ServingLimits.for_catalogue(5_000, max_seq=3).default_seeds == 3
+
+
 def test_batched_equals_single(medium):
     x, _, g, _ = medium
     n = 6

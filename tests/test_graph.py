@@ -120,6 +120,19 @@ def test_main_requires_embeddings(tmp_path):
     assert (tmp_path / "graph" / HNSW_INDEX).is_file()
 
 
+def test_main_auto_metric_follows_the_catalogue_size(tmp_path, capsys):
+    import graph_builder.build as build
+    from graph_builder import SCORE_METRIC_MAX_ITEMS, default_metric
+
+    assert default_metric(SCORE_METRIC_MAX_ITEMS) == "score" and default_metric(SCORE_METRIC_MAX_ITEMS + 1) == "l2"
+    np.save(tmp_path / "item_embeddings.npy", np.random.default_rng(0).standard_normal((300, 4)).astype("f4"))
+    args = SimpleNamespace(run=str(tmp_path), m=4, ef_construction=20, threads=1, seed=1, metric="auto", data=None)
+    # no training data beside this run: the score metric (auto's choice at 300 items) asks for it by name
+    with pytest.raises(UserError, match="--metric score needs the run's training data"):
+        build.main(args)
+    assert "metric: score for 300 items" in capsys.readouterr().out
+
+
 def _write_big_graph(d, n, deg=8):
     d.mkdir()
     rng = np.random.default_rng(0)

@@ -125,3 +125,25 @@ def test_evaluate_matches_the_oracle(tiny_run, oracle):
     assert scored.min() == len(oracle.raw_of), "the exhaustive walk did not score every item"
     for i in range(len(oracle.users)):
         assert_matches(oracle, i, ids[i], "nann evaluate", raw=False)
+
+
+def test_a_batch_mixing_layer_counts_answers_each_request_as_alone(tiny_run, oracle):
+    """The defaults' layers beside the paper's three (a client's own ef/rounds): each request searches in the group
+    of its layer count, and its answer equals the answer it gets alone."""
+    from dataclasses import replace
+
+    from nann.engine.search import PAPER_SEARCH
+    from nann.serving.requests import parse_search
+    from nann.serving.retrieval import OfflineRetriever
+
+    retriever = OfflineRetriever(tiny_run.run)
+    default = parse_search(retriever.limits, k=K)
+    paper = replace(PAPER_SEARCH, top_m=K)
+    assert len(default.ef) != len(paper.ef)
+    histories = [u.raw_history for u in oracle.users[:6]]
+    params = [default, paper] * 3
+    mixed = retriever.retrieve(histories, params)
+    for h, p, answer in zip(histories, params, mixed):
+        alone, = retriever.retrieve([h], [p])
+        assert answer.item_ids.tolist() == alone.item_ids.tolist()
+        np.testing.assert_allclose(answer.scores, alone.scores, rtol=1e-5, atol=1e-6)

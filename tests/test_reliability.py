@@ -119,14 +119,16 @@ BAD = {  # name: (request builder given the users, regexes the message must matc
                    [r"input 'k' data-type is 'INT64'"]),
     "two k values": (lambda u: request(u[0])[:1] + [tensor("k", np.array([[5, 6]], np.int32), "INT32")],
                      [r"unexpected shape for input 'k'"]),
-    "ef too few": (lambda u: request(u[0], ef=[10, 10]), [r"ef needs 3 values \(one per layer, top first\), got 2"]),
-    "ef too many": (lambda u: request(u[0], ef=[10] * 4), [r"ef needs 3 values"]),
-    "ef=0": (lambda u: request(u[0], ef=[0, 10, 10]), [r"ef=\[0, 10, 10\] is outside \[1, 4096\]"]),
-    "ef negative": (lambda u: request(u[0], ef=[10, -1, 10]), [r"is outside \[1, 4096\]"]),
-    "ef=4097": (lambda u: request(u[0], ef=[10, 10, 4097]), [r"is outside \[1, 4096\]"]),
-    "rounds=0": (lambda u: request(u[0], rounds=[1, 0, 1]), [r"rounds=\[1, 0, 1\] is outside \[1, 64\]"]),
-    "rounds=65": (lambda u: request(u[0], rounds=[1, 1, 65]), [r"is outside \[1, 64\]"]),
-    "rounds wrong count": (lambda u: request(u[0], rounds=[1]), [r"rounds needs 3 values"]),
+    "ef without rounds": (lambda u: request(u[0], ef=[10, 10]),
+                          [r"ef and rounds need one value per layer each, got 2 and 4 \(send both"]),
+    "ef too many": (lambda u: request(u[0], ef=[10] * 9),
+                    [r"ef needs 1 to 8 values \(one per layer, top first\), got 9"]),
+    "ef=0": (lambda u: request(u[0], ef=[0, 10, 10, 10]), [r"ef=\[0, 10, 10, 10\] is outside \[1, 4096\]"]),
+    "ef negative": (lambda u: request(u[0], ef=[10, -1, 10, 10]), [r"is outside \[1, 4096\]"]),
+    "ef=4097": (lambda u: request(u[0], ef=[10, 10, 10, 4097]), [r"is outside \[1, 4096\]"]),
+    "rounds=0": (lambda u: request(u[0], rounds=[1, 0, 1, 1]), [r"rounds=\[1, 0, 1, 1\] is outside \[1, 64\]"]),
+    "rounds=65": (lambda u: request(u[0], rounds=[1, 1, 1, 65]), [r"is outside \[1, 64\]"]),
+    "rounds wrong count": (lambda u: request(u[0], rounds=[1]), [r"got 4 and 1"]),
     "seeds=-1": (lambda u: request(u[0], seeds=-1), [r"seeds=-1 is outside \[0, 50\] \(0 = none\)"]),
     "seeds=51": (lambda u: request(u[0], seeds=51), [r"seeds=51 is outside \[0, 50\]"]),
     "two seeds values": (lambda u: request(u[0])[:1] + [tensor("seeds", np.array([[5, 6]], np.int32), "INT32")],
@@ -189,7 +191,7 @@ def test_history_between_max_seq_and_max_history_keeps_most_recent(client, users
 def test_bad_requests_in_a_shared_batch_do_not_affect_the_good_ones(served, users, offline):
     """Good, odd (unknown ids, new users) and bad requests sent at once (they share execute() calls): each gets
     its own answer."""
-    bad_names = ["1000+1 ids", "seeds=51", "k=0", "ef too few", "rounds=65", "2 rows in one request",
+    bad_names = ["1000+1 ids", "seeds=51", "k=0", "ef without rounds", "rounds=65", "2 rows in one request",
                  "exclude 10000+1 ids", "unknown category"]
     odd_names = ["empty history", "unknown id", "20 unknown ids"]
     jobs = [("good", i) for i in range(12)] + [("bad", n) for n in bad_names] + [("odd", n) for n in odd_names]

@@ -103,9 +103,9 @@ def test_concurrent_requests_match_offline_and_are_batched(served, users, offlin
     (list(range(1001)), None, None, None, "more than the maximum 1000"),
     (None, 0, None, None, "k=0 is outside"),
     (None, 100000, None, None, "k=100000 is outside"),
-    (None, None, [1, 2], None, "ef needs 3 values"),
-    (None, None, [1, 2, 100000], None, "is outside"),
-    (None, None, None, [1, 1, 99], "is outside"),
+    (None, None, [1, 2], None, "ef and rounds need one value per layer each, got 2 and 4"),
+    (None, None, [1, 2, 3, 100000], None, "is outside"),
+    (None, None, None, [1, 1, 1, 99], "is outside"),
 ])
 def test_bad_requests_get_invalid_arg_and_server_keeps_serving(served, users, history, k, ef, rounds, message):
     with grpcclient.InferenceServerClient(served.server.grpc_url) as client:
@@ -119,7 +119,7 @@ def test_bad_requests_get_invalid_arg_and_server_keeps_serving(served, users, hi
 
 def test_frontier_requests_match_offline_retrieve(served, users, offline):
     """A per-request frontier reaches the engine: served answers equal offline ones with the same parameters."""
-    rounds = [1, 3, 10]
+    rounds = [1, 2, 3, 10]
     changed = 0
     with grpcclient.InferenceServerClient(served.server.grpc_url) as client:
         for i, history in enumerate(users[:8]):
@@ -150,7 +150,7 @@ def test_long_history_keeps_most_recent(served, users, offline):
 
 # ---------------------------------------------------------------- seeds
 
-SEEDED_ROUNDS = [1, 1, 2]  # a short walk, where the seeds' entry points change answers
+SEEDED_ROUNDS = [1, 1, 1, 2]  # a short walk, where the seeds' entry points change answers
 
 
 def test_seeds_match_offline_retrieve(served, users, offline):

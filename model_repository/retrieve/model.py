@@ -79,7 +79,7 @@ class TritonPythonModel:
                     time.sleep(0.05)
 
             try:
-                answers, _ = self.service.retrieve(parsed, score, self.blocked.current)
+                answers = self.service.retrieve(parsed, score, self.blocked.current)
             except ScorerFailed as e:
                 error = pb_utils.TritonError(f"scorer failed: {e}", pb_utils.TritonError.UNAVAILABLE)
                 for i in good:

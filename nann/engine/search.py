@@ -28,7 +28,7 @@ import numpy as np
 
 from nann.engine import kernels as K
 from nann.engine.grid import CandidateGrid
-from nann.engine.params import DEFAULT_SEARCH, PAPER_SEARCH, SearchParams  # noqa: F401  (re-exported)
+from nann.engine.params import DEFAULT_SEARCH, PAPER_SEARCH, SearchParams, default_search  # noqa: F401  (re-exported)
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 UNLIMITED = 1 << 62

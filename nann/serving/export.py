@@ -162,7 +162,8 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
                       grid: CandidateGrid | None = None, env_path: str | None = None, unknown_ids: str = "skip") -> dict:
     """Write a new version of every model into `repo`; returns the export summary (also in nann_info).
 
-    limits default to ServingLimits with the run's max_seq and the `unknown_ids` policy."""
+    limits default to the catalogue's (`ServingLimits.for_catalogue`) with the run's max_seq and the `unknown_ids`
+    policy."""
     run_dir, repo = Path(run_dir).resolve(), Path(repo).resolve()
     stale = [model for model in OBSOLETE_MODELS if (repo / model).is_dir()]
     if stale:
@@ -170,7 +171,6 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
                         "export into a fresh repository")
     check_run(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
-    limits = limits or ServingLimits(max_seq=int(config["max_seq"]), unknown_ids=unknown_ids)
     grid = grid or CandidateGrid()
     backend, speeds = choose_scorer(scorer, run_dir)
     runtime_backend = backend if backend != "tensorrt" else "onnxruntime"
@@ -178,6 +178,7 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
     specs = state_specs(run_dir)
     emb_dim = int(np.load(run_dir / "item_embeddings.npy", mmap_mode="r").shape[1])
     num_items = int(np.load(run_dir / "items.npy", mmap_mode="r").shape[0])
+    limits = limits or ServingLimits.for_catalogue(num_items, max_seq=int(config["max_seq"]), unknown_ids=unknown_ids)
     info = {
         "model_version": version, "num_items": num_items, "emb_dim": emb_dim, "scorer_backend": backend,
         "arch": config.get("arch"), "run": str(run_dir), "max_seq": limits.max_seq, **limits.published(),

@@ -14,9 +14,10 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from nann.engine.search import DEFAULT_SEARCH, SearchParams
+from nann.engine.search import DEFAULT_SEARCH, SearchParams, default_search
 
 INT_KINDS = "iu"
+MAX_LAYERS = 8  # per-layer values a request may send (an HNSW graph of 10M items at M=32 has ~6 levels)
 UNKNOWN_ID_POLICIES = ("skip", "refuse")
 
 
@@ -78,6 +79,14 @@ class ServingLimits:
             if key in d:
                 d[key] = tuple(int(x) for x in d[key])
         return cls(**d)
+
+    @classmethod
+    def for_catalogue(cls, num_items: int, **fields) -> "ServingLimits":
+        """Limits whose search defaults are `default_search(num_items)` (max_ef raised to the default's ef when
+        it is larger); `fields` set the rest."""
+        p = default_search(num_items)
+        return cls(**{"default_ef": p.ef, "default_rounds": p.rounds, "default_frontier": p.frontier,
+                      "max_ef": max(cls.max_ef, max(p.ef)), **fields})
 
     def published(self) -> dict:
         """The defaults, limits and unknown-id policy as `nann_info` publishes them."""
@@ -159,12 +168,13 @@ def _bounded(low: int, note: str = "") -> Reader:
 
 
 def _per_layer(low: int) -> Reader:
-    """One integer per layer (top first, as many as limits.default_NAME), each in [low, limits.max_NAME]."""
+    """One integer per layer (top first; 1 … MAX_LAYERS of them, limits.default_NAME when not sent), each in
+    [low, limits.max_NAME]."""
     def read(name: str, value, limits: ServingLimits) -> tuple[int, ...]:
         default, high = getattr(limits, f"default_{name}"), getattr(limits, f"max_{name}")
         row = int_row(name, default if value is None or np.asarray(value).size == 0 else value)
-        if row.size != len(default):
-            raise RequestError(f"{name} needs {len(default)} values (one per layer, top first), got {row.size}")
+        if not 1 <= row.size <= MAX_LAYERS:
+            raise RequestError(f"{name} needs 1 to {MAX_LAYERS} values (one per layer, top first), got {row.size}")
         if row.min() < low or row.max() > high:
             raise RequestError(f"{name}={row.tolist()} is outside [{low}, {high}] per layer")
         return tuple(int(x) for x in row)
@@ -273,5 +283,9 @@ def parse_search(limits: ServingLimits, **inputs) -> SearchParams:
     if unexpected:
         raise TypeError(f"unexpected search inputs {unexpected} (known: {', '.join(SEARCH_INPUT_NAMES)})")
     fields = {s.field: s.read(s.name, inputs.get(s.name), limits) for s in SEARCH_INPUTS}
+    if len(fields["ef"]) != len(fields["rounds"]):
+        raise RequestError(f"ef and rounds need one value per layer each, got {len(fields['ef'])} and "
+                           f"{len(fields['rounds'])} (send both, top layer first; the defaults have "
+                           f"{len(limits.default_ef)} layers)")
     fields["ef"] = fields["ef"][:-1] + (max(fields["ef"][-1], fields["top_m"]),)
     return SearchParams(**fields)

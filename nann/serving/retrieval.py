@@ -81,21 +81,30 @@ class RetrieveService:
         dense = self.eligibility.vocab.raw_to_dense(raw) if filters.exclude_history else raw[:0]
         return RetrieveRequest(params, hist_ids, self.eligibility.dense(filters, dense))
 
-    def retrieve(self, requests: Sequence[RetrieveRequest], score_fn: ScoreFn, blocked: BlockedSet = NOTHING_BLOCKED):
-        """([(raw ids int64, scores float32)] per request, the engine's SearchResult with its counters).
+    def retrieve(self, requests: Sequence[RetrieveRequest], score_fn: ScoreFn,
+                 blocked: BlockedSet = NOTHING_BLOCKED) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(raw ids int64, scores float32) per request; score_fn's owner i is the i-th request.
 
         Each request's hist_ids (dense, oldest first; ids outside the catalogue, such as the -1 padding, ignored) are
-        the source of its seeds; `blocked` is the one blocked set the whole batch uses."""
-        params = [r.params for r in requests]
-        filters = self.eligibility.engine_filters([r.filters for r in requests], blocked)
-        result = beam_search(self.graph, len(params), score_fn, params, self.grid,
-                             histories=[r.hist_ids for r in requests], filters=filters)
-        answers = []
-        for i, p in enumerate(params):
-            ids = result.ids[i, : p.top_m]
-            keep = ids >= 0
-            answers.append((self.item_raw_ids[ids[keep]], result.scores[i, : p.top_m][keep].astype(np.float32)))
-        return answers, result
+        the source of its seeds; `blocked` is the one blocked set the whole batch uses. The engine advances requests
+        with the same number of layers together (one scorer call per round); a request that sent ef/rounds for
+        another number of layers searches in its own group, after the others."""
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(len(r.params.ef), []).append(i)
+        answers: list = [None] * len(requests)
+        for members in groups.values():
+            index = np.asarray(members, dtype=np.int64)
+            group = [requests[i] for i in members]
+            params = [r.params for r in group]
+            filters = self.eligibility.engine_filters([r.filters for r in group], blocked)
+            result = beam_search(self.graph, len(group), lambda owner, ids: score_fn(index[owner], ids), params,
+                                 self.grid, histories=[r.hist_ids for r in group], filters=filters)
+            for row, (i, p) in enumerate(zip(members, params)):
+                ids = result.ids[row, : p.top_m]
+                keep = ids >= 0
+                answers[i] = (self.item_raw_ids[ids[keep]], result.scores[row, : p.top_m][keep].astype(np.float32))
+        return answers
 
 
 class OfflineRetriever:
@@ -108,7 +117,8 @@ class OfflineRetriever:
 
         run_dir = Path(run_dir)
         self.scorer = ScorerService(run_dir, backend)
-        self.limits = limits or ServingLimits(max_seq=self.scorer.runtime.max_seq)
+        self.limits = limits or ServingLimits.for_catalogue(self.scorer.runtime.num_items,
+                                                            max_seq=self.scorer.runtime.max_seq)
         self.encoder = RequestEncoder(run_dir, self.limits, backend)
         self.service = RetrieveService(run_dir, self.limits, grid or CandidateGrid())
         self.blocked = NOTHING_BLOCKED if blocked is None else self.service.eligibility.blocked(blocked)
@@ -122,6 +132,6 @@ class OfflineRetriever:
         state = stack_states([e.state for e in encoded])
         requests = [self.service.request(p, e.hist_ids[0], h, f)
                     for p, e, h, f in zip(params, encoded, histories, filters or [NO_FILTERS] * len(histories))]
-        answers, _ = self.service.retrieve(requests, lambda owner, ids: self.scorer.score(state, ids, owner),
+        answers = self.service.retrieve(requests, lambda owner, ids: self.scorer.score(state, ids, owner),
                                            self.blocked)
         return [Answer(ids, scores, e.dropped) for (ids, scores), e in zip(answers, encoded)]
