@@ -113,8 +113,9 @@ def write_input_data(data_dir: str | Path, path: str | Path, users: int = 1000) 
     return len(entries)
 
 
-def without_dynamic_batching(repo: str | Path, dst: str | Path) -> Path:
-    """Copy of an exported repository whose batched models have no `dynamic_batching` block."""
+def linked_copy(repo: str | Path, dst: str | Path) -> Path:
+    """A copy of a repository whose files are hard links (copies across file systems): unlink a file before
+    rewriting it, or the original changes too."""
     repo, dst = Path(repo), Path(dst)
     if dst.exists():
         shutil.rmtree(dst)
@@ -126,6 +127,12 @@ def without_dynamic_batching(repo: str | Path, dst: str | Path) -> Path:
             shutil.copy2(src, d)
 
     shutil.copytree(repo, dst, copy_function=link, symlinks=True)
+    return dst
+
+
+def without_dynamic_batching(repo: str | Path, dst: str | Path) -> Path:
+    """Copy of an exported repository whose batched models have no `dynamic_batching` block."""
+    dst = linked_copy(repo, dst)
     for model in BATCHED_MODELS:
         cfg = dst / model / "config.pbtxt"
         if not cfg.is_file():
