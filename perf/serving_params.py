@@ -1,9 +1,10 @@
-"""Served throughput and latency for values of one model-config parameter, side by side in one run.
+"""Served throughput and latency for values of one model-config setting, side by side in one run.
 
     python -m perf.serving_params --run RUN --data DATA [--model scorer --param spinning --values false,true]
 
 Exports RUN once (ONNX Runtime scorer, the catalogue's defaults), makes one copy of the repository per value
-with only `parameters { key: PARAM }` of MODEL's config.pbtxt changed, and measures each copy with perf_analyzer
+with only PARAM changed in the config.pbtxt of each MODEL (comma-separated): a key of its `parameters`, or a field
+such as `max_queue_delay_microseconds`. Measures each copy with perf_analyzer
 on the `nann` ensemble (real test-user histories) at the given concurrencies, the copies alternating, `repeats`
 times; reports the median req/s and p50 per value and the ratio to the first value. Used to choose the runtime
 thread settings of docs/OPERATIONS.md ("Runtime threads"); writes its section of perf/RESULTS.md.
@@ -17,22 +18,22 @@ import statistics
 import sys
 from pathlib import Path
 
-NAME = "Serving parameters"
-
-
-def with_parameter(repo: Path, dst: Path, model: str, param: str, value: str) -> Path:
-    """A copy of `repo` (files hard-linked, the one config rewritten) with MODEL's PARAM set to VALUE."""
+def with_setting(repo: Path, dst: Path, models: list[str], param: str, value: str) -> Path:
+    """A copy of `repo` (files hard-linked, the changed configs rewritten) with PARAM = VALUE in each model's config:
+    the `parameters` entry of that key, else the config field of that name."""
     from perf.load import linked_copy
 
     linked_copy(repo, dst)
-    cfg = dst / model / "config.pbtxt"
-    text = cfg.read_text()
-    pattern = rf'(key: "{re.escape(param)}" value: \{{ string_value: )"[^"]*"'
-    new, n = re.subn(pattern, rf'\1"{value}"', text)
-    if n != 1:
-        raise SystemExit(f"{cfg} has no parameter {param!r}")
-    cfg.unlink()  # a hard link into the exported repository
-    cfg.write_text(new)
+    for model in models:
+        cfg = dst / model / "config.pbtxt"
+        text = cfg.read_text()
+        new, n = re.subn(rf'(key: "{re.escape(param)}" value: \{{ string_value: )"[^"]*"', rf'\1"{value}"', text)
+        if n == 0:
+            new, n = re.subn(rf"\b{re.escape(param)}: [^\s}}]+", f"{param}: {value}", text)
+        if n != 1:
+            raise SystemExit(f"{cfg} has no parameter or field {param!r}")
+        cfg.unlink()  # a hard link into the exported repository
+        cfg.write_text(new)
     return dst
 
 
@@ -47,8 +48,9 @@ def main(argv=None) -> int:
     p.add_argument("--run", required=True, help="trained run directory")
     p.add_argument("--data", required=True, help="its prepared data (test users' histories are the load)")
     p.add_argument("--work", default="perf/results/serving_params", help="repositories and raw output go here")
-    p.add_argument("--model", default="scorer", help="model whose config parameter varies (default scorer)")
-    p.add_argument("--param", default="spinning", help="config parameter to vary (default spinning)")
+    p.add_argument("--model", default="scorer", help="models whose config changes, comma-separated (default scorer)")
+    p.add_argument("--param", default="spinning",
+                   help="a `parameters` key or a config field to vary (default spinning)")
     p.add_argument("--values", default="false,true", help="its values, comma-separated (default false,true)")
     p.add_argument("--concurrency", default="1,16", help="perf_analyzer concurrencies (default 1,16)")
     p.add_argument("--repeats", type=int, default=2, help="measurements per value, alternating (default 2)")
@@ -60,7 +62,8 @@ def main(argv=None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     export_repository(Path(args.run), work / "exported", scorer="onnxruntime")
     values = args.values.split(",")
-    repos = {v: with_parameter(work / "exported", work / f"{args.param}_{v}", args.model, args.param, v) for v in values}
+    models = args.model.split(",")
+    repos = {v: with_setting(work / "exported", work / f"{args.param}_{v}", models, args.param, v) for v in values}
     inputs = work / "input.json"
     L.write_input_data(args.data, inputs)
     cfg = L.SweepConfig(concurrency=tuple(int(c) for c in args.concurrency.split(",")), interval_ms=3000)
@@ -71,7 +74,7 @@ def main(argv=None) -> int:
             with TritonServer(repos[v]) as server:
                 runs[v] += L.sweep(server, inputs, work / "out", f"{args.param}_{v}_{rep}", cfg, pa_env)
     lines = [provenance(command, info, cores=True), "",
-             f"`{args.model}`'s `{args.param}` in an exported repository of {args.run}; perf_analyzer on `nann`, "
+             f"`{args.param}` of {', '.join(f'`{m}`' for m in models)} in an exported repository of {args.run}; perf_analyzer on `nann`, "
              f"median of {args.repeats} measurements per value (alternating), ratio to `{values[0]}`.", "",
              "| value | concurrency | req/s | p50 ms | req/s ratio |", "|---|---|---|---|---|"]
     for c in cfg.concurrency:
@@ -82,7 +85,7 @@ def main(argv=None) -> int:
             p50 = statistics.median(r["p50_us"] for r in rows) / 1e3
             base = base or qps
             lines.append(f"| {v} | {c} | {qps:.1f} | {p50:.1f} | {qps / base:.2f}x |")
-    report(NAME, "\n".join(lines), write=not args.no_results_md)
+    report(f"Serving parameters: {args.param}", "\n".join(lines), write=not args.no_results_md)
     return 0
 
 
