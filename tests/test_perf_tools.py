@@ -1,0 +1,70 @@
+"""The pieces of this session's benchmarks that decide a figure: the 0.99 crossing of a curve, the catalogue subsets
+of perf.graph_metric, the config rewrite of perf.serving_params (which must never touch the exported original),
+and perf.bls_floor end to end against a real tritonserver (no timing assertions)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from perf.graph_metric import items_for_target, subset_cache
+from perf.serving_params import with_setting
+
+
+def test_items_for_target_interpolates_the_crossing():
+    points = [{"coverage": 0.98, "scored_fraction": 0.010}, {"coverage": 0.985, "scored_fraction": 0.012},
+              {"coverage": 0.995, "scored_fraction": 0.016}]
+    assert items_for_target(points) == pytest.approx(1.4)  # halfway between 1.2% and 1.6%
+    assert items_for_target([{"coverage": 0.991, "scored_fraction": 0.02}]) == pytest.approx(2.0)
+    assert items_for_target(points[:2]) is None
+
+
+def test_subset_keeps_every_history_item_and_remaps_ids():
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((3, 100)).astype(np.float32)
+    histories = [np.array([5, 7]), np.array([90]), np.array([7, 11, 42])]
+    targets = np.array([3, 90, 11])
+    ids, cache = subset_cache(scores, histories, targets, size=20, seed=1)
+    assert ids.size == 20 and cache.num_items == 20
+    assert set(np.concatenate(histories)) <= set(ids.tolist())
+    for h, mapped in zip(histories, cache.histories):
+        assert ids[mapped].tolist() == h.tolist()
+    np.testing.assert_array_equal(cache.scores, scores[:, ids])
+    assert cache.targets[0] == (-1 if 3 not in ids else int(np.searchsorted(ids, 3)))
+    whole, full = subset_cache(scores, histories, targets, size=0, seed=1)
+    assert whole.size == 100 and full.num_items == 100
+    with pytest.raises(SystemExit, match="smaller than"):
+        subset_cache(scores, histories, targets, size=3, seed=1)
+
+
+def test_with_setting_rewrites_copies_only(tmp_path):
+    repo = tmp_path / "repo"
+    for model in ("encode", "retrieve"):
+        (repo / model / "1").mkdir(parents=True)
+        (repo / model / "1" / "model.py").write_text("# stub\n")
+        (repo / model / "config.pbtxt").write_text(
+            'dynamic_batching { max_queue_delay_microseconds: 2000 }\n'
+            'parameters: { key: "spinning" value: { string_value: "false" } }\n')
+    original = (repo / "encode" / "config.pbtxt").read_text()
+    a = with_setting(repo, tmp_path / "a", ["encode", "retrieve"], "spinning", "true")
+    b = with_setting(repo, tmp_path / "b", ["encode"], "max_queue_delay_microseconds", "0")
+    assert 'string_value: "true"' in (a / "retrieve" / "config.pbtxt").read_text()
+    assert "max_queue_delay_microseconds: 0 }" in (b / "encode" / "config.pbtxt").read_text()
+    assert (b / "retrieve" / "config.pbtxt").read_text() == original
+    assert (repo / "encode" / "config.pbtxt").read_text() == original  # the hard-linked original is untouched
+    assert os.path.samefile(repo / "encode" / "1" / "model.py", a / "encode" / "1" / "model.py")
+    with pytest.raises(SystemExit, match="no parameter or field"):
+        with_setting(repo, tmp_path / "c", ["encode"], "no_such_setting", "1")
+
+
+@pytest.mark.serving
+@pytest.mark.timeout(300)
+def test_bls_floor_runs_against_a_real_server(capsys):
+    from perf.bls_floor import main
+
+    assert main(["--calls", "2", "--repeats", "3", "--candidates", "8", "--tensors", "0,2", "--no-results-md"]) == 0
+    out = capsys.readouterr().out
+    assert "A request without BLS calls:" in out
+    rows = [line for line in out.splitlines() if line.startswith("| 8 |")]
+    assert len(rows) == 2 and all(float(r.split("|")[3].split()[0]) > 0 for r in rows)
