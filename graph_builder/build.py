@@ -222,8 +222,9 @@ def main(args) -> int:
     if emb.ndim != 2 or emb.shape[0] == 0:
         raise UserError(f"{emb_path} must be a non-empty [N, D] array, got shape {emb.shape}")
     emb = np.asarray(emb, dtype=np.float32)
-    metric = default_metric(emb.shape[0]) if args.metric == "auto" else args.metric
-    if args.metric == "auto":
+    metric = args.metric
+    if metric == "auto":
+        metric = default_metric(emb.shape[0])
         print(f"metric: {metric} for {emb.shape[0]} items (--metric auto: score up to {SCORE_METRIC_MAX_ITEMS})")
     transform = score_metric(run, emb, args.data, args.seed, args.threads) if metric == "score" else None
     staged = run / "graph.new"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import numpy as np
 from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M, SCORE_METRIC_MAX_ITEMS
 from nann.engine.search import default_search
 from perf.replay import ScoreCache
-from perf.search_quality import TARGET, mean_over_graphs
+from perf.search_quality import TARGET, mean_over_graphs, with_ef0
 from perf.sections import provenance
 
 NAME = "Graph metric by catalogue size"
@@ -92,8 +91,7 @@ def measure(args) -> dict:
                     build_graph(emb[ids], d, seed=seed, transform=transform if metric == "score" else None)
                 graphs.append(HnswGraph.load(d))
             print(f"[graph_metric] {ids.size} items, {metric}: replaying", file=sys.stderr)
-            points = [{"ef0": e, **mean_over_graphs(cache, graphs, replace(search, ef=search.ef[:-1] + (e,)))}
-                      for e in sweep]
+            points = [{"ef0": e, **mean_over_graphs(cache, graphs, with_ef0(search, e))} for e in sweep]
             row["metrics"][metric] = {"points": points, "percent_for_target": items_for_target(points)}
         rows.append(row)
     return {"rows": rows, "users": int(val.num_users), "graph_seeds": seeds, "m": GRAPH_M,

@@ -133,5 +133,5 @@ class OfflineRetriever:
         requests = [self.service.request(p, e.hist_ids[0], h, f)
                     for p, e, h, f in zip(params, encoded, histories, filters or [NO_FILTERS] * len(histories))]
         answers = self.service.retrieve(requests, lambda owner, ids: self.scorer.score(state, ids, owner),
-                                           self.blocked)
+                                        self.blocked)
         return [Answer(ids, scores, e.dropped) for (ids, scores), e in zip(answers, encoded)]
