@@ -8,7 +8,9 @@ import shutil
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -188,24 +190,28 @@ def test_artifact_broken_after_the_precheck_fails_the_load_inside_triton(tiny_ru
 
 @pytest.fixture(scope="module")
 def second_run(tiny_run, tmp_path_factory):
-    """The same model with a different graph (a cheap, distinguishable new version)."""
+    """The same model with a different graph, exported with a narrow default search (a cheap new version whose
+    answers differ for certain: a new graph alone gives the same top-k wherever both walks find the exact one)."""
     from pipeline_fixtures import run_cli
 
     run2 = tmp_path_factory.mktemp("run2") / "run"
     shutil.copytree(tiny_run.run, run2, ignore=shutil.ignore_patterns("graph", "checkpoint"))
     run_cli("graph", "--run", run2, "--m", 4, "--ef-construction", 12)
-    return run2
+    narrow = replace(OfflineRetriever(tiny_run.run).limits, default_ef=(1, 1, 1, 20), default_rounds=(1, 1, 1, 2),
+                     default_frontier=2, default_seeds=0)
+    return SimpleNamespace(run=run2, limits=narrow)
 
 
-def publish(new_run, repo, tmp_path, client, scorer_last: bool) -> None:
-    """`nann export` of new_run into repo (version 2). scorer_last: the new `scorer` appears only once the new
-    `retrieve` serves, the order in which `retrieve` meets items its scorer does not know yet."""
+def publish(new_run, repo, tmp_path, client, scorer_last: bool, limits=None) -> None:
+    """`nann export` of new_run into repo (version 2; `limits`: its ServingLimits, None = the catalogue's).
+    scorer_last: the new `scorer` appears only once the new `retrieve` serves, the order in which `retrieve` meets
+    items its scorer does not know yet."""
     if not scorer_last:
-        export_repository(new_run, repo, scorer="onnxruntime")
+        export_repository(new_run, repo, scorer="onnxruntime", limits=limits)
         return
     staging = tmp_path / "staging"
     shutil.copytree(repo, staging)
-    export_repository(new_run, staging, scorer="onnxruntime")
+    export_repository(new_run, staging, scorer="onnxruntime", limits=limits)
     for model in ("encode", "retrieve", "nann", "scorer"):
         if model == "scorer":
             deadline = time.monotonic() + 120
@@ -216,17 +222,18 @@ def publish(new_run, repo, tmp_path, client, scorer_last: bool) -> None:
         (staging / model / "2").rename(repo / model / "2")
 
 
-def answers_across_a_switch(tiny_run, new_run, histories, tmp_path, scorer_last=False) -> list[list[int]]:
+def answers_across_a_switch(tiny_run, new_run, histories, tmp_path, scorer_last=False,
+                            new_limits=None) -> list[list[int]]:
     """Serve tiny_run's export in poll mode with clients sending back to back, publish new_run into the same
     repository, and check: 0 failed requests, every answer the old or the new version's, every answer after the
-    switch the new one's, and every history's answer afterwards the new one's. Returns the new version's answers
-    (k=20)."""
+    switch the new one's, and every history's answer afterwards the new one's (new_limits: the new version's
+    ServingLimits, None = the catalogue's). Returns the new version's answers (k=20)."""
     repo = fresh_repo(tiny_run, tmp_path / "repo")
     before = OfflineRetriever(tiny_run.run)
-    after = OfflineRetriever(new_run)
-    params = parse_search(before.limits, k=20)
-    want_old = [before.retrieve([h], [params])[0][0].tolist() for h in histories]
-    want_new = [after.retrieve([h], [params])[0][0].tolist() for h in histories]
+    after = OfflineRetriever(new_run, limits=new_limits)
+    old_params, new_params = parse_search(before.limits, k=20), parse_search(after.limits, k=20)
+    want_old = [before.retrieve([h], [old_params])[0][0].tolist() for h in histories]
+    want_new = [after.retrieve([h], [new_params])[0][0].tolist() for h in histories]
     changed = [i for i in range(len(histories)) if want_old[i] != want_new[i]]
     assert changed, "the two versions answer alike: the test could not see the switch"
     server = TritonServer(repo, model_control_mode="poll", extra_args=["--repository-poll-secs=1"],
@@ -235,7 +242,7 @@ def answers_across_a_switch(tiny_run, new_run, histories, tmp_path, scorer_last=
         with Load(server.grpc_url, histories) as load:
             time.sleep(2.0)
             exported_at = time.monotonic()
-            publish(new_run, repo, tmp_path, client, scorer_last)
+            publish(new_run, repo, tmp_path, client, scorer_last, new_limits)
             deadline = time.monotonic() + 120
             models = ("encode", "retrieve", "scorer", "nann")
             while time.monotonic() < deadline and not all(
@@ -257,7 +264,7 @@ def answers_across_a_switch(tiny_run, new_run, histories, tmp_path, scorer_last=
 
 
 def test_new_version_is_picked_up_without_failed_requests(tiny_run, second_run, histories, tmp_path):
-    answers_across_a_switch(tiny_run, second_run, histories, tmp_path)
+    answers_across_a_switch(tiny_run, second_run.run, histories, tmp_path, new_limits=second_run.limits)
 
 
 def test_items_added_version_is_picked_up_and_serves_them(tiny_run, items_added, test_histories, tmp_path):
