@@ -79,7 +79,7 @@ class Evaluator:
                             f"rebuild it with `nann graph --run {self.run_dir}`")
         self.test = test.subset(users) if users and users < len(test) else test
         self.batch = batch
-        self.grid = grid or CandidateGrid()
+        self.grid = grid or CandidateGrid.for_backend(backend)
         self._brute: dict[int, np.ndarray] = {}
         self.eligibility = Eligibility(Vocabulary.load(str(self.run_dir)))
         self.filters = filters

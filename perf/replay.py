@@ -21,7 +21,7 @@ from nann.engine.grid import CandidateGrid
 from nann.engine.search import Filters, SearchParams, beam_search, blocked_bitmap, hnsw_search
 
 SCORE_CHUNK = 16_384
-UNPADDED = CandidateGrid.single(1 << 30)  # replays need no padding: one lookup per round
+UNPADDED = CandidateGrid.unpadded(1 << 30)  # replays need no padding: one lookup per round
 
 
 @dataclass

@@ -4,7 +4,8 @@
 
 Exports RUN once (ONNX Runtime scorer, the catalogue's defaults), makes one copy of the repository per value
 with only PARAM changed in the config.pbtxt of each MODEL (comma-separated): a key of its `parameters`, or a field
-such as `max_queue_delay_microseconds`. Measures each copy with perf_analyzer
+such as `max_queue_delay_microseconds`; `--model retrieve --param grid --values padded,unpadded` compares the
+candidate grids (`nann.engine.grid.CandidateGrid`: TensorRT's padded sizes, or none). Measures each copy with perf_analyzer
 on the `nann` ensemble (real test-user histories) at the given concurrencies, the copies alternating, `repeats`
 times; reports the median req/s and p50 per value and the ratio to the first value. Used to choose the runtime
 thread settings of docs/OPERATIONS.md ("Runtime threads"); writes its section of perf/RESULTS.md.
@@ -12,11 +13,25 @@ thread settings of docs/OPERATIONS.md ("Runtime threads"); writes its section of
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import statistics
 import sys
 from pathlib import Path
+
+def parameter_value(param: str, value: str) -> str:
+    """The config string of VALUE: the named grids for `grid` (its JSON, escaped), else VALUE itself."""
+    if param != "grid":
+        return value
+    from nann.engine.grid import CandidateGrid
+    from nann.serving.export import pbtxt_string
+
+    grids = {"padded": CandidateGrid(), "unpadded": CandidateGrid.unpadded()}
+    if value not in grids:
+        raise SystemExit(f"grid values are {', '.join(grids)}, not {value!r}")
+    return pbtxt_string(json.dumps(grids[value].to_json()))
+
 
 def with_setting(repo: Path, dst: Path, models: list[str], param: str, value: str) -> Path:
     """A copy of `repo` (files hard-linked, the changed configs rewritten) with PARAM = VALUE in each model's config:
@@ -24,10 +39,12 @@ def with_setting(repo: Path, dst: Path, models: list[str], param: str, value: st
     from perf.load import linked_copy
 
     linked_copy(repo, dst)
+    text_value = parameter_value(param, value)
     for model in models:
         cfg = dst / model / "config.pbtxt"
         text = cfg.read_text()
-        new, n = re.subn(rf'(key: "{re.escape(param)}" value: \{{ string_value: )"[^"]*"', rf'\1"{value}"', text)
+        new, n = re.subn(rf'(key: "{re.escape(param)}" value: \{{ string_value: )"(?:[^"\\]|\\.)*"',
+                         lambda m: f'{m.group(1)}"{text_value}"', text)
         if n == 0:
             new, n = re.subn(rf"\b{re.escape(param)}: [^\s}}]+", f"{param}: {value}", text)
         if n != 1:

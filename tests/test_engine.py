@@ -1,6 +1,7 @@
 """The retrieval engine (nann.engine.search) and the candidate grid."""
 from __future__ import annotations
 
+import json
 from collections import deque
 
 import numpy as np
@@ -71,7 +72,18 @@ def test_grid():
     assert (o[2:] == 4).all() and not i[2:].any()  # padding repeats the last owner: runs stay contiguous
     g2 = CandidateGrid([10, 20, 30], max_size=25)
     assert g2.sizes == (10, 20, 25) and g2.pad_size(21) == 25
-    assert CandidateGrid.single(7).pad_size(5) == 5
+    assert CandidateGrid.unpadded(7).pad_size(5) == 5
+
+
+def test_grid_by_backend_and_its_json():
+    """TensorRT gets the padded grid (its profiles), the CPU runtimes an unpadded one; both survive the JSON the
+    export writes into `retrieve`'s config."""
+    padded, unpadded = CandidateGrid.for_backend("tensorrt"), CandidateGrid.for_backend("onnxruntime")
+    assert padded.sizes == CandidateGrid().sizes and CandidateGrid.for_backend("torch").sizes is None
+    assert unpadded.sizes is None and unpadded.max_size == padded.max_size and unpadded.pad_size(59) == 59
+    for g in (padded, unpadded, CandidateGrid([1, 16, 32, 64], 64)):
+        back = CandidateGrid.from_json(json.loads(json.dumps(g.to_json())))
+        assert (back.sizes, back.max_size) == (g.sizes, g.max_size)
 
 
 def test_keys_order():
@@ -161,7 +173,7 @@ def test_padding_and_splitting_do_not_change_results(small):
     score = dot_scorer(x, n, seed=3)
     p = SearchParams((8, 30, 60), (1, 2, 3), top_m=40)
     results = []
-    for grid in [CandidateGrid([1]), CandidateGrid(), CandidateGrid([50_000]), CandidateGrid.single(),
+    for grid in [CandidateGrid([1]), CandidateGrid(), CandidateGrid([50_000]), CandidateGrid.unpadded(),
                  CandidateGrid([7, 64], max_size=64)]:
         seen = []
 
@@ -211,7 +223,7 @@ def test_n_scored_counts_distinct_candidates(medium):
             for r in range(n):
                 got[r].extend(i[o == r].tolist())
             return score(o, i)
-        res = search(rec, CandidateGrid.single())
+        res = search(rec, CandidateGrid.unpadded())
         for r in range(n):
             assert len(got[r]) == res.n_scored[r]
     # beam: items are distinct per request
@@ -221,7 +233,7 @@ def test_n_scored_counts_distinct_candidates(medium):
         for r in range(n):
             got[r].extend(i[o == r].tolist())
         return score(o, i)
-    res = beam_search(g, n, rec2, SearchParams((20, 80, 200), (1, 2, 3), 100), grid=CandidateGrid.single())
+    res = beam_search(g, n, rec2, SearchParams((20, 80, 200), (1, 2, 3), 100), grid=CandidateGrid.unpadded())
     for r in range(n):
         assert len(set(got[r])) == len(got[r]) == res.n_scored[r]
     # with padding the scorer sees more rows, n_scored stays the same
@@ -376,7 +388,7 @@ def test_seeds_on_a_path_graph_join_layer_0_and_are_scored_once():
     # 5 was scored on layer 1: as a seed it is not scored again; duplicates and ids outside [0, 10) are skipped
     for history in ([5, 8], [8, 8, -1, 10, 2**40, 8], [0, 5, 8, 8]):
         rec, got = _recording(score, 1)
-        r = beam_search(g, 1, rec, p, histories=[np.array(history)], grid=CandidateGrid.single())
+        r = beam_search(g, 1, rec, p, histories=[np.array(history)], grid=CandidateGrid.unpadded())
         assert r.ids[0].tolist() == [9] and r.n_scored[0] == 7 == len(got[0]) == len(set(got[0]))
     # without histories (or with seeds 0) there are no seeds
     assert beam_search(g, 1, score, p).ids[0].tolist() == [7]
@@ -393,7 +405,7 @@ def test_seeds_with_enough_budget_equal_brute_force(small):
     for seeds in (1, 10, 30):
         p = SearchParams(ef=(10_000,) * L, rounds=(10_000,) * L, top_m=50, seeds=seeds)
         rec, got = _recording(score, n_users)
-        res = beam_search(g, n_users, rec, p, histories=histories, grid=CandidateGrid.single())  # no padding rows
+        res = beam_search(g, n_users, rec, p, histories=histories, grid=CandidateGrid.unpadded())  # no padding rows
         assert (res.ids == ref.ids).all() and (res.scores == ref.scores).all()
         # every item scored exactly once per request: seeds are never double-scored
         assert (res.n_scored == g.num_items).all()
@@ -411,12 +423,12 @@ def test_seeds_scored_in_the_first_layer_0_round_and_never_twice(medium):
     for seeds in (5, 50):
         p = SearchParams(base.ef, base.rounds, base.top_m, seeds=seeds)
         rec, got = _recording(score, n)
-        res = beam_search(g, n, rec, p, histories=histories, grid=CandidateGrid.single())
+        res = beam_search(g, n, rec, p, histories=histories, grid=CandidateGrid.unpadded())
         for r in range(n):
             assert len(got[r]) == len(set(got[r])) == res.n_scored[r]
             recent = list(dict.fromkeys(histories[r][::-1].tolist()))[:seeds]
             assert set(recent) <= set(got[r])  # every seed was scored (once)
-        unseeded = beam_search(g, n, score, base, grid=CandidateGrid.single())
+        unseeded = beam_search(g, n, score, base, grid=CandidateGrid.unpadded())
         assert (res.n_scored > unseeded.n_scored).any()
 
 

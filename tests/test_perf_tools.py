@@ -3,7 +3,9 @@ of perf.graph_metric, the config rewrite of perf.serving_params (which must neve
 and perf.bls_floor end to end against a real tritonserver (no timing assertions)."""
 from __future__ import annotations
 
+import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -56,6 +58,26 @@ def test_with_setting_rewrites_copies_only(tmp_path):
     assert os.path.samefile(repo / "encode" / "1" / "model.py", a / "encode" / "1" / "model.py")
     with pytest.raises(SystemExit, match="no parameter or field"):
         with_setting(repo, tmp_path / "c", ["encode"], "no_such_setting", "1")
+
+
+def test_with_setting_swaps_the_candidate_grid(tmp_path):
+    """`--param grid` takes the named grids and rewrites the escaped JSON string the export writes."""
+    from nann.engine.grid import CandidateGrid
+    from nann.serving.export import pbtxt_string
+
+    repo = tmp_path / "repo"
+    (repo / "retrieve" / "1").mkdir(parents=True)
+    padded = pbtxt_string(json.dumps(CandidateGrid().to_json()))
+    (repo / "retrieve" / "config.pbtxt").write_text(
+        f'parameters: {{ key: "grid" value: {{ string_value: "{padded}" }} }}\n'
+        'parameters: { key: "limits" value: { string_value: "{\\"k\\": 1}" } }\n')
+    out = with_setting(repo, tmp_path / "u", ["retrieve"], "grid", "unpadded")
+    text = (out / "retrieve" / "config.pbtxt").read_text()
+    grid = re.search(r'key: "grid" value: \{ string_value: "((?:[^"\\]|\\.)*)"', text).group(1)
+    assert CandidateGrid.from_json(json.loads(grid.replace('\\"', '"'))).sizes is None
+    assert 'string_value: "{\\"k\\": 1}"' in text  # the other parameters untouched
+    with pytest.raises(SystemExit, match="grid values are padded, unpadded"):
+        with_setting(repo, tmp_path / "x", ["retrieve"], "grid", "small")
 
 
 @pytest.mark.serving

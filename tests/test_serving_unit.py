@@ -174,6 +174,8 @@ def test_tensorrt_profiles_one_per_grid_size():
         assert p["cand_ids"] == ((size,), (size,), (size,)) == p["owner"]
         assert p["keys"] == ((1, 50, 64), (8, 50, 64), (64, 50, 64))
         assert p["bias"][2] == (64, 128)
+    with pytest.raises(UserError, match="needs a padded candidate grid"):
+        profile_shapes(specs, CandidateGrid.unpadded(), max_batch=64)
 
 
 def test_config_rendering_helpers():

@@ -32,7 +32,7 @@ class TritonPythonModel:
         grid = json.loads(params["grid"])
         dims = state_dims(json.loads(args["model_config"]))
         self.service = RetrieveService(version_dir, ServingLimits.from_json(json.loads(params["limits"])),
-                                       CandidateGrid(grid["sizes"], grid["max_size"]), dims)
+                                       CandidateGrid.from_json(grid), dims)
         self.state_names = list(dims)
         # pb_utils gets PreferredMemory only once the model module is loaded: not at import time
         self.cpu_memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)

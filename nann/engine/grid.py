@@ -1,6 +1,12 @@
 """The candidate grid: scorer batches are padded to a few fixed sizes (the reference serving code's
 auto-padding grid 1, 200, 400, ..., 14800) so that an accelerator sees a small set of shapes. A round larger
-than the largest size is split into several scorer calls; it is never refused."""
+than the largest size is split into several scorer calls; it is never refused.
+
+Only TensorRT needs the fixed shapes (one optimization profile per size). ONNX Runtime and torch on CPU run any
+shape, where padding only adds rows to score: a round of ~60 candidates per request went to the scorer as 200, and
+unpadded, the served path answered 1.17x the requests per second at concurrency 1 and 1.16x at 16 (perf/RESULTS.md,
+"Serving parameters: grid").
+``for_backend`` picks the grid by scorer backend."""
 from __future__ import annotations
 
 import bisect
@@ -34,12 +40,24 @@ class CandidateGrid:
         self.max_size = self.sizes[-1]
 
     @classmethod
-    def single(cls, max_size: int = DEFAULT_MAX) -> "CandidateGrid":
-        """A grid with every size 1..max_size: no padding at all."""
+    def unpadded(cls, max_size: int = DEFAULT_MAX) -> "CandidateGrid":
+        """A grid with every size 1..max_size: no padding at all (``sizes`` is None)."""
         g = cls([1])
         g.sizes = None  # type: ignore[assignment]
         g.max_size = int(max_size)
         return g
+
+    @classmethod
+    def for_backend(cls, backend: str) -> "CandidateGrid":
+        """The default grid of a scorer backend: padded for TensorRT, unpadded for the CPU runtimes."""
+        return cls() if backend == "tensorrt" else cls.unpadded()
+
+    def to_json(self) -> dict:
+        return {"sizes": None if self.sizes is None else list(self.sizes), "max_size": self.max_size}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "CandidateGrid":
+        return cls.unpadded(d["max_size"]) if d["sizes"] is None else cls(d["sizes"], d["max_size"])
 
     def pad_size(self, n: int) -> int:
         """Smallest grid size >= n (n <= max_size)."""

@@ -171,8 +171,8 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
                         "export into a fresh repository")
     check_run(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
-    grid = grid or CandidateGrid()
     backend, speeds = choose_scorer(scorer, run_dir)
+    grid = grid or CandidateGrid.for_backend(backend)
     runtime_backend = backend if backend != "tensorrt" else "onnxruntime"
     version = next_version(repo)
     specs = state_specs(run_dir)
@@ -182,7 +182,7 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
     info = {
         "model_version": version, "num_items": num_items, "emb_dim": emb_dim, "scorer_backend": backend,
         "arch": config.get("arch"), "run": str(run_dir), "max_seq": limits.max_seq, **limits.published(),
-        "grid": {"sizes": list(grid.sizes), "max_size": grid.max_size},
+        "grid": grid.to_json(),
         "cpu_scorer_candidates_per_s": {k: round(v) for k, v in speeds.items()},
     }
     values = dict(

@@ -120,7 +120,7 @@ class OfflineRetriever:
         self.limits = limits or ServingLimits.for_catalogue(self.scorer.runtime.num_items,
                                                             max_seq=self.scorer.runtime.max_seq)
         self.encoder = RequestEncoder(run_dir, self.limits, backend)
-        self.service = RetrieveService(run_dir, self.limits, grid or CandidateGrid())
+        self.service = RetrieveService(run_dir, self.limits, grid or CandidateGrid.for_backend(backend))
         self.blocked = NOTHING_BLOCKED if blocked is None else self.service.eligibility.blocked(blocked)
 
     def retrieve(self, raw_histories: Sequence[np.ndarray], params: Sequence[SearchParams],

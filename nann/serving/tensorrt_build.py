@@ -27,6 +27,8 @@ def fixed_sequence_axis(state_specs: list[dict], max_seq: int) -> list[dict]:
 
 def profile_shapes(state_specs: list[dict], grid: CandidateGrid, max_batch: int) -> list[dict[str, tuple]]:
     """Per profile: input name → (min, opt, max) shapes. One profile per grid size."""
+    if grid.sizes is None:
+        raise UserError("a TensorRT scorer needs a padded candidate grid (one profile per size), not an unpadded one")
     profiles = []
     opt_users = max(1, min(max_batch, 8))
     for size in grid.sizes:
