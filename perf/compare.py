@@ -327,6 +327,42 @@ def served_vs_offline(run: Path, data: Path, server_url: str, n_users: int, k: i
             "answer_overlap": float(statistics.mean(same))}
 
 
+def offline_throughput(run: Path, data: Path, n_users: int, batches: tuple[int, ...], k: int = TOP_M) -> list[dict]:
+    """The offline engine's throughput (OfflineRetriever: encode, walk and scorer in this process, no server) on the
+    same test users in batches of each size: what the walk reaches with its round-sized scorer calls before any
+    serving cost, the reference for the served throughput at a concurrency whose `retrieve` batch is that size."""
+    from nann.data.prepared import PreparedData
+    from nann.serving.requests import parse_search
+    from nann.serving.retrieval import OfflineRetriever
+
+    prepared = PreparedData.load(str(data))
+    histories = [prepared.vocab.dense_to_raw(prepared.test.history(i)) for i in range(min(n_users, len(prepared.test)))]
+    offline = OfflineRetriever(run)
+    params = parse_search(offline.limits, k=k)
+    score = offline.scorer.score
+    scored = {"candidates": 0, "calls": 0}
+
+    def counting(state, ids, owner):
+        scored["candidates"] += int(ids.shape[0])
+        scored["calls"] += 1
+        return score(state, ids, owner)
+
+    offline.scorer.score = counting
+    offline.retrieve(histories[:max(batches)], [params] * min(len(histories), max(batches)))  # warm-up
+    rows = []
+    for batch in batches:
+        scored.update(candidates=0, calls=0)
+        t0 = time.perf_counter()
+        for s in range(0, len(histories), batch):
+            chunk = histories[s:s + batch]
+            offline.retrieve(chunk, [params] * len(chunk))
+        seconds = time.perf_counter() - t0
+        rows.append({"batch": batch, "users": len(histories), "requests_per_s": len(histories) / seconds,
+                     "candidates_per_s": scored["candidates"] / seconds,
+                     "scorer_calls_per_batch": scored["calls"] / -(-len(histories) // batch)})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 

@@ -33,6 +33,7 @@ PERF_SECTION = "nann perf"   # this command's section of perf/RESULTS.md (perf.s
 SERVED_REPEATS = 3           # served / offline latency at concurrency 1: median and spread of this many runs
 EFFICIENCY_CONCURRENCY = 16  # served throughput against the scorer's bound at this concurrency
 SCORER_SHAPE = "onnxruntime 8x2000"  # the scorer_bench row the served scorer resembles (several users per call)
+OFFLINE_BATCHES = (1, 8, 16)  # the offline engine's throughput at these batch sizes, the served path's reference
 QUICK_ITEMS = [5000]
 FULL_ITEMS = [100_000]
 
@@ -98,7 +99,7 @@ def _serve_and_load(res: dict, out: Path, tag: str, quick: bool, skip_load: bool
 
 
 def run_one(items: int, out: Path, quick: bool, skip_load: bool) -> dict:
-    from perf.compare import compare, scale_for
+    from perf.compare import compare, offline_throughput, scale_for
 
     sc = scale_for(items, quick)
     tag = f"_v{items}"
@@ -107,6 +108,8 @@ def run_one(items: int, out: Path, quick: bool, skip_load: bool) -> dict:
     res["compare_seconds"] = round(time.perf_counter() - t0, 1)
     # the scorer against this CPU's reference bound, on a quiet machine (before any server starts)
     res["scorer"] = scorer_bench.measure(Path(res["paths"]["nann"]), *((0.5, 1) if quick else (2.0, 3)))
+    res["offline_throughput"] = offline_throughput(Path(res["paths"]["nann"]), Path(res["paths"]["data"]),
+                                                   32 if quick else 192, OFFLINE_BATCHES)
     t0 = time.perf_counter()
     _serve_and_load(res, out, tag, quick, skip_load, sc)
     res["serve_seconds"] = round(time.perf_counter() - t0, 1)
@@ -211,6 +214,17 @@ def markdown(results: list[dict], info: dict, command: str) -> str:
                           f"{SCORER_SHAPE} {eff['scorer_candidates_per_s']:,.0f} candidates/s ÷ "
                           f"{eff['items_scored']:,.0f} items scored per query by the served defaults): "
                           f"**{eff['ratio']:.2f}** of the bound."]
+                if eff["offline"]:
+                    near = eff["served_batch_offline"]
+                    lines += ["", "Where the rest goes: the offline engine (`OfflineRetriever`: encode, walk and scorer in "
+                              "one process, no server; same run, before any server started) on "
+                              f"{eff['offline'][0]['users']} test users in batches of "
+                              + ", ".join(f"{r['batch']}: {r['requests_per_s']:.1f} req/s ({r['of_bound']:.2f} of the "
+                                          f"bound, {r['scorer_calls_per_batch']:.1f} scorer calls a batch)"
+                                          for r in eff["offline"])
+                              + f". Served at concurrency {EFFICIENCY_CONCURRENCY} (`retrieve` batch "
+                              f"{eff['served_batch']:.1f}) / offline at batch {near['batch']}: "
+                              f"**{eff['served_rps'] / near['requests_per_s']:.2f}**."]
         lines.append("")
     return "\n".join(lines)
 
@@ -227,8 +241,12 @@ def served_efficiency(res: dict) -> dict | None:
         return None
     rate = res["scorer"]["ours"][SCORER_SHAPE]["candidates_per_s"]
     bound = rate / beam["items_scored"]
+    offline = [{**r, "of_bound": r["requests_per_s"] / bound} for r in res.get("offline_throughput", [])]
+    batch = float(row.get("retrieve_avg_batch") or 1.0)
+    near = min(offline, key=lambda r: abs(r["batch"] - batch)) if offline else None
     return {"served_rps": row["throughput_rps"], "bound_rps": bound, "scorer_candidates_per_s": rate,
-            "items_scored": beam["items_scored"], "ratio": row["throughput_rps"] / bound}
+            "items_scored": beam["items_scored"], "ratio": row["throughput_rps"] / bound, "offline": offline,
+            "served_batch": batch, "served_batch_offline": near}
 
 
 def main(args) -> int:

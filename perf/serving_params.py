@@ -102,7 +102,7 @@ def main(argv=None) -> int:
             p50 = statistics.median(r["p50_us"] for r in rows) / 1e3
             base = base or qps
             lines.append(f"| {v} | {c} | {qps:.1f} | {p50:.1f} | {qps / base:.2f}x |")
-    report(f"Serving parameters: {args.param}", "\n".join(lines), write=not args.no_results_md)
+    report(f"Serving parameters: {args.param} ({', '.join(models)})", "\n".join(lines), write=not args.no_results_md)
     return 0
 
 

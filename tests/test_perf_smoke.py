@@ -62,6 +62,11 @@ def test_comparison_numbers(perf_quick):
         assert _finite(scorer["reference"][backend]["gflops"]) and scorer["reference"][backend]["gflops"] > 0
     for shape in ("onnxruntime 1x16000", "onnxruntime 8x2000", "torch 1x16000", "torch 8x2000"):
         assert _finite(scorer["ours"][shape]["of_reference"]) and scorer["ours"][shape]["of_reference"] > 0, shape
+    offline = res["offline_throughput"]
+    assert [r["batch"] for r in offline] == [1, 8, 16]
+    for r in offline:
+        assert r["users"] > 0 and all(_finite(r[n]) and r[n] > 0 for n in
+                                      ("requests_per_s", "candidates_per_s", "scorer_calls_per_batch")), r
     assert (out / f"compare_v{res['items_requested']}.csv").is_file()
     md = (out / "RESULTS.md").read_text()
     assert "| NANN beam (served defaults) |" in md and "nann perf --quick" in md

@@ -40,6 +40,25 @@ def test_subset_keeps_every_history_item_and_remaps_ids():
         subset_cache(scores, histories, targets, size=3, seed=1)
 
 
+def test_served_efficiency_compares_with_the_offline_engine_at_the_served_batch():
+    """The efficiency line: served req/s at concurrency 16 over (scorer candidates/s ÷ items per query), and the
+    offline engine's rows against the same bound, the nearest batch to `retrieve`'s at that concurrency picked."""
+    from perf.compare import BEAM_SERVED
+    from perf.run import SCORER_SHAPE, served_efficiency
+
+    res = {"load": {"on": [{"concurrency": 16, "throughput_rps": 120.0, "retrieve_avg_batch": 7.6}]},
+           "methods": [{"method": BEAM_SERVED, "items_scored": 1500.0}],
+           "scorer": {"ours": {SCORER_SHAPE: {"candidates_per_s": 600_000.0}}},
+           "offline_throughput": [{"batch": b, "users": 64, "requests_per_s": rps, "candidates_per_s": rps * 1500,
+                                   "scorer_calls_per_batch": 26.0} for b, rps in ((1, 100.0), (8, 200.0), (16, 240.0))]}
+    eff = served_efficiency(res)
+    assert eff["bound_rps"] == 400.0 and eff["ratio"] == 0.3
+    assert [r["of_bound"] for r in eff["offline"]] == [0.25, 0.5, 0.6]
+    assert eff["served_batch_offline"]["batch"] == 8 and eff["served_rps"] / eff["served_batch_offline"]["requests_per_s"] == 0.6
+    del res["offline_throughput"]  # results of an older run: the line without the decomposition
+    assert served_efficiency(res)["offline"] == [] and served_efficiency(res)["served_batch_offline"] is None
+
+
 def test_with_setting_rewrites_copies_only(tmp_path):
     repo = tmp_path / "repo"
     for model in ("encode", "retrieve"):

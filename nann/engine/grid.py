@@ -5,7 +5,7 @@ than the largest size is split into several scorer calls; it is never refused.
 Only TensorRT needs the fixed shapes (one optimization profile per size). ONNX Runtime and torch on CPU run any
 shape, where padding only adds rows to score: a round of ~60 candidates per request went to the scorer as 200, and
 unpadded, the served path answered 1.17x the requests per second at concurrency 1 and 1.16x at 16 (perf/RESULTS.md,
-"Serving parameters: grid").
+"Serving parameters: grid (retrieve)").
 ``for_backend`` picks the grid by scorer backend."""
 from __future__ import annotations
 

@@ -37,7 +37,12 @@ RUN_FILES = ("config.json", "onnx_io.json", "item_embeddings.npy", "user_encoder
 GRAPH_FILES = ("meta.json", "levels.npy")
 TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 MAX_BATCH = 64
-QUEUE_DELAY_US = 2000
+# dynamic batchers' max_queue_delay_microseconds (perf/RESULTS.md "Serving parameters: max_queue_delay_microseconds (encode)"
+# and "(encode, retrieve)"):
+# `encode` runs one user at a time, so waiting for a batch only delays it (0: p50 28.7 vs 30.2 ms at concurrency 1,
+# 0.99x / 1.00x req/s at 8 / 16; 4 repeats); `retrieve` scores a batch's rounds in one scorer call each (0 there: 0.86x
+# req/s at concurrency 8).
+QUEUE_DELAY_US = {"encode": 0, "retrieve": 2000}
 
 
 def check_run(run_dir: Path) -> None:
@@ -186,7 +191,8 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
         "cpu_scorer_candidates_per_s": {k: round(v) for k, v in speeds.items()},
     }
     values = dict(
-        max_batch=MAX_BATCH, queue_delay_us=QUEUE_DELAY_US, max_seq=limits.max_seq, emb_dim=emb_dim,
+        max_batch=MAX_BATCH, encode_queue_delay_us=QUEUE_DELAY_US["encode"],
+        retrieve_queue_delay_us=QUEUE_DELAY_US["retrieve"], max_seq=limits.max_seq, emb_dim=emb_dim,
         env_path=pbtxt_string(env_path or sys.prefix), runtime_backend=runtime_backend,
         limits=pbtxt_string(json.dumps(limits.to_json())), grid=pbtxt_string(json.dumps(info["grid"])),
         nann_info=pbtxt_string(json.dumps(info)),
