@@ -1,6 +1,7 @@
 """Triton model `retrieve`: beam search for all requests of one execute(), one BLS scorer call per round; the
 repository's blocked set is watched (nann.serving.filters.BlockedWatcher), its size and version published as gauges."""
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -40,13 +41,25 @@ class TritonPythonModel:
         self.families = {name: pb_utils.MetricFamily(name=name, kind=pb_utils.MetricFamily.GAUGE, description=text)
                          for name, (text, _) in BLOCKED_GAUGES.items()}  # kept alive as long as their metrics
         gauges = [(self.families[name].Metric(labels=labels), field) for name, (_, field) in BLOCKED_GAUGES.items()]
-        self.blocked = BlockedWatcher(Path(args["model_repository"]).parent, self.service.eligibility,
-                                      lambda b: [gauge.set(getattr(b, field)) for gauge, field in gauges]).start()
+        # the watcher thread's gauge updates and execute() never talk to the server at the same time: a gauge set
+        # during an execute's BLS calls preceded a tritonserver crash once (SIGSEGV in the Python backend's execute)
+        self.talking = threading.Lock()
+
+        def publish(blocked):
+            with self.talking:
+                for gauge, field in gauges:
+                    gauge.set(getattr(blocked, field))
+
+        self.blocked = BlockedWatcher(Path(args["model_repository"]).parent, self.service.eligibility, publish).start()
 
     def finalize(self):
         self.blocked.stop()
 
     def execute(self, requests):
+        with self.talking:
+            return self._execute(requests)
+
+    def _execute(self, requests):
         responses = [None] * len(requests)
         good, parsed, states = [], [], []
         for i, request in enumerate(requests):
