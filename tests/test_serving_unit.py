@@ -267,3 +267,24 @@ def test_export_refuses_a_repository_of_the_older_layout(tmp_path):
     (tmp_path / "repo" / "user_encoder" / "1").mkdir(parents=True)
     with pytest.raises(UserError, match="holds user_encoder of an older layout .* export into a fresh repository"):
         export_repository(tmp_path / "run", tmp_path / "repo")
+
+
+def test_scorer_auto_times_both_runtimes_at_the_walks_call_sizes(encoder_run, monkeypatch):
+    """`--scorer auto` decides on round-sized calls (ROUND_SHAPES: one owner run per user, in order), not on one
+    big batch: the call size decides which runtime is faster."""
+    from nann.serving.export import ROUND_SHAPES, measure_cpu_backends
+
+    seen = []
+    score = ModelRuntime.score
+
+    def recording(self, state, owner, ids):
+        seen.append((self.backend, len(next(iter(state.values()))), np.bincount(owner).tolist(),
+                     bool((np.diff(owner) >= 0).all())))
+        return score(self, state, owner, ids)
+
+    monkeypatch.setattr(ModelRuntime, "score", recording)
+    speeds = measure_cpu_backends(encoder_run, calls=2, repeats=2)
+    assert set(speeds) == {"onnxruntime", "torch"} and all(v > 0 for v in speeds.values())
+    for backend in speeds:
+        shapes = {(users, tuple(counts), ordered) for b, users, counts, ordered in seen if b == backend}
+        assert shapes == {(users, (per_user,) * users, True) for users, per_user in ROUND_SHAPES}

@@ -104,25 +104,40 @@ def pbtxt_string(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def measure_cpu_backends(run_dir: Path, candidates: int = 8192, repeats: int = 5) -> dict[str, float]:
-    """Candidates scored per second by each CPU runtime on this run's model (median of repeats)."""
+# (users, candidates per user) of the scorer calls `--scorer auto` times: a walk's round scores ~60 candidates per
+# request, and a served call holds the round of 1 (concurrency 1) to ~8 (concurrency 16) requests
+ROUND_SHAPES = ((1, 64), (8, 64))
+
+
+def measure_cpu_backends(run_dir: Path, shapes=ROUND_SHAPES, calls: int = 50, repeats: int = 5) -> dict[str, float]:
+    """Candidates per second of each CPU runtime on this run's model at the walk's call sizes: every shape's
+    candidates over the sum of their median call times. The call size decides: on the 100k perf run ONNX Runtime
+    scored 1 x 64 2.8x and 8 x 64 1.3x faster than torch, torch 8 x 1,024 1.07x faster than ONNX Runtime; served,
+    torch gave 0.70x the req/s at concurrency 1 and 0.89x at 16 (perf/RESULTS.md "Serving parameters: backend
+    (scorer)"), where timing 8,192 candidates in one call had chosen torch."""
     from nann.runtime import ModelRuntime
 
     rng = np.random.default_rng(0)
     speeds = {}
     for backend in ("onnxruntime", "torch"):
         runtime = ModelRuntime.load(run_dir, backend=backend)
-        histories = [rng.integers(0, runtime.num_items, size=runtime.max_seq) for _ in range(8)]
-        state = runtime.encode(histories)
-        owner = rng.integers(0, 8, size=candidates)
-        ids = rng.integers(0, runtime.num_items, size=candidates)
-        runtime.score(state, owner, ids)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            runtime.score(state, owner, ids)
-            times.append(time.perf_counter() - t0)
-        speeds[backend] = candidates / statistics.median(times)
+        state = runtime.encode([rng.integers(0, runtime.num_items, size=runtime.max_seq)
+                                for _ in range(max(u for u, _ in shapes))])
+        candidates, seconds = 0, 0.0
+        for users, per_user in shapes:
+            rows = {name: value[:users] for name, value in state.items()}
+            owner = np.repeat(np.arange(users), per_user)
+            ids = rng.integers(0, runtime.num_items, size=users * per_user)
+            runtime.score(rows, owner, ids)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    runtime.score(rows, owner, ids)
+                times.append((time.perf_counter() - t0) / calls)
+            candidates += users * per_user
+            seconds += statistics.median(times)
+        speeds[backend] = candidates / seconds
     return speeds
 
 
@@ -242,7 +257,9 @@ def main(args) -> int:
                              unknown_ids=args.unknown_ids)
     speeds = info["cpu_scorer_candidates_per_s"]
     if speeds:
-        print("CPU scorer: " + ", ".join(f"{k} {v:,.0f} candidates/s" for k, v in speeds.items())
+        shapes = " and ".join(f"{users} x {per_user}" for users, per_user in ROUND_SHAPES)
+        print(f"CPU scorer on round-sized calls ({shapes} candidates): "
+              + ", ".join(f"{k} {v:,.0f} candidates/s" for k, v in speeds.items())
               + f" → {info['scorer_backend']}", file=sys.stderr)
     print(f"exported version {info['model_version']} of {info['num_items']:,} items "
           f"({info['scorer_backend']} scorer) to {args.repo}")
