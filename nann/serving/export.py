@@ -40,9 +40,9 @@ MAX_BATCH = 64
 # dynamic batchers' max_queue_delay_microseconds (perf/RESULTS.md "Serving parameters: max_queue_delay_microseconds
 # (encode)" and "(retrieve)"): `encode` runs one user at a time, so waiting for a batch only delays it (0 against 2 ms:
 # p50 28.7 vs 30.2 ms at concurrency 1, 0.99x / 1.00x req/s at 8 / 16); `retrieve` scores a batch's rounds in one
-# scorer call each, and the wait lets requests answered a moment ago join the next batch: 2 ms kept (500 us against it:
-# p50 27.1 vs 28.0 ms at concurrency 1 but 0.97x req/s at 16, and `nann perf` at 16 gave 137.8 vs 145.0 req/s;
-# 0: 0.94x at 16), as a loaded server's throughput matters more than a millisecond at concurrency 1.
+# scorer call each, and the wait lets requests answered a moment ago join the next batch: 2 ms kept, as nothing
+# shorter measured better under load (500 us: p50 27.1 vs 28.0 ms at concurrency 1, 1.01x / 0.97x req/s at 8 / 16,
+# inside the run-to-run noise; 0: 0.94x at 16).
 QUEUE_DELAY_US = {"encode": 0, "retrieve": 2000}
 
 
