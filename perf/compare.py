@@ -293,18 +293,24 @@ def compare(work: Path, sc: Scale) -> dict:
             "steps": steps, "paths": {k: str(v) for k, v in paths.items()}, "methods": rows, "ratios": ratios}
 
 
+def raw_test_histories(data: Path, n_users: int) -> list[np.ndarray]:
+    """The first n_users test users' histories in raw ids, as a client sends them."""
+    from nann.data.prepared import PreparedData
+
+    prepared = PreparedData.load(str(data))
+    test = prepared.test
+    return [prepared.vocab.dense_to_raw(test.history(i)) for i in range(min(n_users, len(test)))]
+
+
 def served_vs_offline(run: Path, data: Path, server_url: str, n_users: int, k: int = TOP_M) -> dict:
     """Served latency at concurrency 1 (NannClient) vs the offline engine (OfflineRetriever, the same services
     the Triton models run), same users, alternating one query of each; also checks the answers agree."""
     from nann_client import NannClient
 
-    from nann.data.prepared import PreparedData
     from nann.serving.requests import parse_search
     from nann.serving.retrieval import OfflineRetriever
 
-    prepared = PreparedData.load(str(data))
-    test = prepared.test
-    histories = [prepared.vocab.dense_to_raw(test.history(i)) for i in range(min(n_users, len(test)))]
+    histories = raw_test_histories(data, n_users)
     offline = OfflineRetriever(run)
     params = parse_search(offline.limits, k=k)
     served_s, offline_s, same = [], [], []
@@ -331,12 +337,10 @@ def offline_throughput(run: Path, data: Path, n_users: int, batches: tuple[int, 
     """The offline engine's throughput (OfflineRetriever: encode, walk and scorer in this process, no server) on the
     same test users in batches of each size: what the walk reaches with its round-sized scorer calls before any
     serving cost, the reference for the served throughput at a concurrency whose `retrieve` batch is that size."""
-    from nann.data.prepared import PreparedData
     from nann.serving.requests import parse_search
     from nann.serving.retrieval import OfflineRetriever
 
-    prepared = PreparedData.load(str(data))
-    histories = [prepared.vocab.dense_to_raw(prepared.test.history(i)) for i in range(min(n_users, len(prepared.test)))]
+    histories = raw_test_histories(data, n_users)
     offline = OfflineRetriever(run)
     params = parse_search(offline.limits, k=k)
     score = offline.scorer.score

@@ -20,6 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
+
 def parameter_value(param: str, value: str) -> str:
     """The config string of VALUE: the named grids for `grid` (its JSON, escaped), else VALUE itself."""
     if param != "grid":
