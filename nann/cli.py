@@ -77,27 +77,35 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same file (default 0)")
     s.set_defaults(handler="nann.data.synth:main")
 
-    s = dsub.add_parser("prepare", help="split interaction logs (UserBehavior CSV, header CSV/TSV, Parquet) "
+    s = dsub.add_parser("prepare", help="split interaction logs (UserBehavior CSV, delimited text, Parquet) "
                                         "into train/val/test arrays")
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", metavar="FILE", help="interaction file: UserBehavior CSV, header CSV or TSV, "
-                                                     "or Parquet (see --format)")
+    src.add_argument("--input", metavar="FILE", help="interaction file: UserBehavior CSV, delimited text (CSV, TSV, "
+                                                     "'::'...; with a header or not), or Parquet (see --format)")
     src.add_argument("--csv", metavar="FILE", help="UserBehavior CSV (no header): the same as --input FILE "
                                                    "--format userbehavior")
     s.add_argument("--format", choices=["auto", "userbehavior", "csv", "tsv", "parquet"], default="auto",
                    help="input format (default auto: .parquet/.pq or Parquet magic -> parquet, .tsv/.tab -> tsv, "
                         "a first line that is a UserBehavior row and no --columns -> userbehavior, else csv)")
     s.add_argument("--columns", metavar="ROLE=COL,...",
-                   help="header CSV/TSV and Parquet: which column holds what, e.g. "
-                        "user=userId,item=movieId,time=timestamp (required roles: user, item, time; optional: "
-                        "category, behavior, rating). Without category every item gets one shared category (0): "
+                   help="delimited text and Parquet: which column holds what, by header name or 1-based "
+                        "position, e.g. user=userId,item=movieId,time=timestamp or user=1,item=2,rating=3,time=4 "
+                        "(required roles: user, item, time; optional: category, behavior, rating). By position, "
+                        "the first line is a header unless a field of it is a number or an ISO date (see "
+                        "--no-header). Without category every item gets one shared category (0): "
                         "the item input is concat(id embedding, category embedding) and cold items lean on the "
                         "category, so a per-item category would only be a second id embedding with nothing to "
                         "share, while a shared one is a harmless constant. Without behavior every row is pv. "
                         "Time: unix seconds, or ISO-8601 text or a timestamp/date type (no zone = UTC). "
                         "(default: none; needed for those formats)")
-    s.add_argument("--delimiter", help="field separator of CSV/TSV input, one character or 'tab' (default: tab "
-                                       "for tsv, else the most frequent of , tab ; | in the header line)")
+    s.add_argument("--delimiter", help="field separator of delimited input, any string ('::' for MovieLens 1M) or "
+                                       "'tab' (default: tab for tsv, else '::' if it occurs at least as often as the "
+                                       "most frequent of , tab ; | in the first line, else that one)")
+    s.add_argument("--encoding", default=None,
+                   help="text encoding of the input file, e.g. latin-1 (default utf-8)")
+    s.add_argument("--no-header", action="store_true",
+                   help="a file read by position has no header line, whatever its first line holds (default: "
+                        "a first line with no number and no ISO date is a header)")
     s.add_argument("--hash-ids", metavar="ROLES",
                    help="comma-separated id roles (user, item, category) whose values are strings (ASINs, UUIDs): "
                         "each maps to a stable int64 (BLAKE2b, nann.data.string_ids.string_id) and "

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from nann.cli import main as cli_main
-from nann.data import tabular
+from nann.data import delimited, tabular
 from nann.data.inputs import read_input
 from nann.data.prepare import prepare_arrays
 from nann.data.string_ids import string_id
@@ -160,7 +160,7 @@ BAD_TEXT_ROWS = [  # (line in the file with the header, kind)
 @pytest.mark.parametrize("fmt", ["csv", "tsv"])
 @pytest.mark.parametrize("block", [32, 1 << 20])
 def test_malformed_rows_counted_in_delimited_text(tmp_path, monkeypatch, fmt, block):
-    monkeypatch.setattr(tabular, "CSV_BLOCK_BYTES", block)  # small blocks: line numbers across blocks
+    monkeypatch.setattr(delimited, "BLOCK_BYTES", block)  # small blocks: line numbers across blocks
     sep = "\t" if fmt == "tsv" else ","
     text = "\n".join([sep.join(HEADER)] + [line.replace(",", sep) for line, _ in BAD_TEXT_ROWS]) + "\n"
     path = tmp_path / f"bad.{fmt}"
@@ -291,7 +291,7 @@ def test_format_detection_and_option_errors(tmp_path, capsys):
         ((hdr, "--columns", "user=uid,thing=iid,time=ts"), "ROLE=COLUMN"),
         ((hdr, "--columns", MAPPING, "--min-rating", "3"), "--min-rating needs a rating column"),
         ((hdr, "--columns", MAPPING, "--hash-ids", "movie"), "--hash-ids takes roles"),
-        ((ub, "--columns", MAPPING, "--format", "userbehavior"), "--columns apply to header CSV"),
+        ((ub, "--columns", MAPPING, "--format", "userbehavior"), "--columns apply to delimited text"),
         ((hdr, "--columns", MAPPING, "--format", "parquet"), "cannot read .* as parquet"),
         ((str(tmp_path / "nope.csv"),), "input file not found"),
     ]

@@ -1,4 +1,4 @@
-"""`nann data prepare`: turn an interaction file (UserBehavior CSV, header CSV/TSV or Parquet: `inputs.py`) into
+"""`nann data prepare`: turn an interaction file (UserBehavior CSV, delimited text or Parquet: `inputs.py`) into
 the prepared arrays of docs/DESIGN.md.
 
 Rules (the paper's, Section 5.1):
@@ -147,8 +147,9 @@ def main(args) -> int:
     time_window = parse_time_window(args.time_window) if args.time_window else None
     t0 = time.perf_counter()
     fmt, res = read_input(args.csv or args.input, "userbehavior" if args.csv else args.format,
-                          columns=args.columns, delimiter=args.delimiter, hash_ids=args.hash_ids,
-                          min_rating=args.min_rating, time_window=time_window, max_malformed=args.max_malformed)
+                          columns=args.columns, delimiter=args.delimiter, encoding=args.encoding,
+                          no_header=args.no_header, hash_ids=args.hash_ids, min_rating=args.min_rating,
+                          time_window=time_window, max_malformed=args.max_malformed)
     if res.malformed_rows:
         print(res.summary(), file=sys.stderr)
     t1 = time.perf_counter()
