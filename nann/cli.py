@@ -62,6 +62,20 @@ def _add_filter_flags(s: argparse.ArgumentParser, blocked: bool) -> None:
                             "line, or a .npy int64 array (default: none)")
 
 
+def _add_items_file_flags(s: argparse.ArgumentParser, delimiter_flag: str, default_columns: str | None) -> None:
+    """How an items file is read (nann.data.items): its columns, delimiter and category separator."""
+    s.add_argument("--item-columns", metavar="item=COL,category=COL", default=default_columns,
+                   help="the items file's id and category columns, by header name or 1-based position; "
+                        "category=flags:A-B takes the first set one-hot flag of columns A..B (its 0-based index), "
+                        f"e.g. item=movieId,category=genres or item=1,category=flags:6-24 (default: "
+                        f"{default_columns or 'none'})")
+    s.add_argument(delimiter_flag, default=None, help="the items file's field separator, any string (default: "
+                                                      "sniffed from its first line, as --delimiter)")
+    s.add_argument("--category-separator", default="|",
+                   help="a category field holding several values (genres 'Animation|Comedy') gives the first, "
+                        "split on this; '' keeps the whole text (default '|')")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nann", description="NANN Serve: neural-metric retrieval on Triton.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -102,9 +116,9 @@ def _build_parser() -> argparse.ArgumentParser:
                                        "'tab' (default: tab for tsv, else '::' if it occurs at least as often as the "
                                        "most frequent of , tab ; | in the first line, else that one)")
     s.add_argument("--encoding", default=None,
-                   help="text encoding of the input file, e.g. latin-1 (default utf-8)")
+                   help="text encoding of the input and items files, e.g. latin-1 (default utf-8)")
     s.add_argument("--no-header", action="store_true",
-                   help="a file read by position has no header line, whatever its first line holds (default: "
+                   help="files read by position have no header line, whatever their first line holds (default: "
                         "a first line with no number and no ISO date is a header)")
     s.add_argument("--hash-ids", metavar="ROLES",
                    help="comma-separated id roles (user, item, category) whose values are strings (ASINs, UUIDs): "
@@ -116,6 +130,10 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time-window", metavar="START,END", default=None,
                    help="treat timestamps outside [START, END) as malformed; unix seconds or ISO-8601 dates, e.g. "
                         "2000-01-01,2100-01-01 (default: off, any timestamp >= 0 is valid)")
+    s.add_argument("--items", metavar="FILE", default=None,
+                   help="an items file giving each item its category, joined by item id (it wins over the log's "
+                        "category column; items it lacks share one unknown category); needs --item-columns")
+    _add_items_file_flags(s, "--item-delimiter", None)
     s.add_argument("--out", required=True, help="output data directory")
     s.add_argument("--max-seq", type=int, default=50, help="behaviours kept before a target (default 50)")
     s.add_argument("--min-behaviors", type=int, default=10,
@@ -198,8 +216,13 @@ def _build_parser() -> argparse.ArgumentParser:
     s = isub.add_parser("add", help="add new items to a run: e_v from their category, inserted into the graph")
     s.add_argument("--run", required=True, help="a trained run with a graph (its files are replaced, never rewritten)")
     s.add_argument("--csv", required=True, metavar="FILE",
-                   help="item_id,category_id per line (raw int64 ids, optional header); ids already in the run are "
-                        "skipped and counted; a category the model was not trained on refuses the file")
+                   help="an items file, as `nann data prepare --items` reads (default columns: item_id,category_id "
+                        "per line, raw int64 ids, optional header); ids already in the run are skipped and counted; "
+                        "a category the model was not trained on refuses the file")
+    _add_items_file_flags(s, "--delimiter", "item=1,category=2")
+    s.add_argument("--encoding", default=None, help="the items file's text encoding, e.g. latin-1 (default utf-8)")
+    s.add_argument("--no-header", action="store_true", help="the items file has no header line (default: a first "
+                                                            "line with no number and no ISO date is a header)")
     s.add_argument("--threads", type=int, default=0, help="graph insertion threads (default 0: all cores)")
     s.add_argument("--max-malformed", type=float, default=0.01,
                    help="fail if more than this share of lines is malformed (default 0.01)")

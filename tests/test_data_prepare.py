@@ -33,8 +33,9 @@ def write_csv(path, rows=ROWS):
 
 def prep_args(csv, out, **kw):
     a = dict(csv=csv, input=None, format="auto", columns=None, delimiter=None, encoding=None, no_header=False,
-             hash_ids=None, min_rating=None, time_window=None, out=str(out), max_seq=2, min_behaviors=3,
-             test_users=10_000, val_users=10_000, max_malformed=0.01, seed=0)
+             hash_ids=None, min_rating=None, time_window=None, items=None, item_columns=None, item_delimiter=None,
+             category_separator="|", out=str(out), max_seq=2, min_behaviors=3, test_users=10_000,
+             val_users=10_000, max_malformed=0.01, seed=0)
     a.update(kw)
     return argparse.Namespace(**a)
 

@@ -1,5 +1,6 @@
-"""Logs as published: headerless files read by position (MovieLens 100k `u.data`) and multi-character delimiters
-(MovieLens 1M `ratings.dat`, `::`). Every file is written here, small, in its published format."""
+"""Logs and items files as published: headerless files read by position (MovieLens 100k `u.data`), multi-character
+delimiters (MovieLens 1M `ratings.dat`, `::`), and an items file joined by id (`movies.csv`, `movies.dat`, `u.item`).
+Every file is written here, small, in its published format."""
 import io
 import json
 import re
@@ -12,6 +13,8 @@ import pytest
 from nann.cli import main as cli_main
 from nann.data import delimited
 from nann.data.inputs import read_input
+from nann.data.items import UNKNOWN_CATEGORY, read_items
+from nann.data.string_ids import string_id
 from nann.errors import UserError
 from test_data_formats import arrays
 
@@ -124,3 +127,92 @@ def test_header_detection_and_no_header(tmp_path):
         read_input(path, columns="user=1,item=2,time=7", progress=False)
     with pytest.raises(UserError, match="--no-header: name the columns by 1-based position"):
         read_input(path, columns="user=a,item=b,time=c", no_header=True, progress=False)
+
+
+# ---------------------------------------------------------------- items files
+
+MOVIES = [(1, "Toy Story (1995)", "Animation|Children's|Comedy"), (2, "Jumanji (1995)", "Adventure|Fantasy"),
+          (3, "Misérables, Les (1995)", "Drama|Musical"), (4, "Heat (1995)", "Action"),
+          (5, "Père Noël (1982)", "Comédie"), (6, "(untitled)", ""), (2, "Jumanji again", "Horror")]
+# items 1..6 listed (6 with an empty category, 2 twice: the first row wins); 7 is in the log only
+FIRST_GENRE = {1: "Animation", 2: "Adventure", 3: "Drama", 4: "Action", 5: "Comédie"}
+
+
+def expected_categories(items):
+    return [string_id(FIRST_GENRE[i]) if i in FIRST_GENRE else UNKNOWN_CATEGORY for i in items]
+
+
+def check_items_join(out):
+    items, categories = np.load(out / "items.npy"), np.load(out / "categories.npy")
+    assert items.tolist() == [1, 2, 3, 4, 5, 6, 7]
+    assert categories[np.load(out / "item_category.npy")].tolist() == expected_categories(range(1, 8))
+    with np.load(out / "category_keys.npz") as z:
+        names = dict(zip(z["ids"].tolist(), (k.decode() for k in z["keys"])))
+    assert names == {**{string_id(g): g for g in FIRST_GENRE.values()}, UNKNOWN_CATEGORY: ""}
+    st = json.loads((out / "stats.json").read_text())["items_file"]
+    assert (st["rows"], st["items"], st["repeated"], st["unknown_category_items"]) == (7, 6, 1, 2)
+
+
+def test_items_csv_with_a_header(tmp_path):
+    movies = tmp_path / "movies.csv"
+    movies.write_text("movieId,title,genres\n" + "".join(f'{i},"{t}",{g}\n' for i, t, g in MOVIES))
+    log = write(tmp_path / "r.csv", [r + (r[1] % 3,) for r in RATINGS], ",",
+                header=("userId", "movieId", "rating", "timestamp", "cat"))
+    out = prepare(log, tmp_path / "o", NAMES + ",category=cat", "--items", movies, "--item-columns",
+                  "item=movieId,category=genres")  # the items file wins over the log's category column
+    check_items_join(out)
+
+
+def test_movies_dat_latin1_with_double_colon(tmp_path, capsys):
+    movies = write(tmp_path / "movies.dat", MOVIES, "::", encoding="latin-1")
+    log = write(tmp_path / "ratings.dat", RATINGS, "::")
+    argv = ("--items", movies, "--item-columns", "item=1,category=3")
+    assert cli_main(["data", "prepare", "--input", log, "--columns", POSITIONS, "--out", str(tmp_path / "x"),
+                     *argv]) == 2
+    assert "invalid UTF8 data; pass its --encoding (e.g. latin-1)" in capsys.readouterr().err
+    check_items_join(prepare(log, tmp_path / "o", POSITIONS, *argv, "--encoding", "latin-1"))
+
+
+def test_u_item_genre_flags(tmp_path):
+    flags = {1: [0, 0, 0, 1, 1], 2: [0, 1, 0, 0, 1], 3: [0, 0, 0, 0, 0], 4: [1, 0, 0, 0, 0], 5: [0, 0, 1, 0, 0]}
+    rows = [(i, f"Movie {i}", "01-Jan-1995", "", f"http://x/{i}", *f) for i, f in flags.items()]
+    uitem = write(tmp_path / "u.item", rows, "|", encoding="latin-1")
+    got = read_items(uitem, "item=1,category=flags:6-10")
+    assert got.item.tolist() == [1, 2, 3, 4, 5]
+    assert got.category.tolist() == [3, 1, UNKNOWN_CATEGORY, 0, 2] and got.category_names == {}
+    out = prepare(write(tmp_path / "u.data", RATINGS, "\t"), tmp_path / "o", POSITIONS, "--items", uitem,
+                  "--item-columns", "item=1,category=flags:6-10")
+    cats = np.load(out / "categories.npy")
+    assert cats[np.load(out / "item_category.npy")].tolist() == [3, 1, UNKNOWN_CATEGORY, 0, 2, UNKNOWN_CATEGORY,
+                                                                 UNKNOWN_CATEGORY]
+    assert not (out / "category_keys.npz").exists()
+
+
+def test_items_file_rules(tmp_path):
+    path = tmp_path / "items.csv"
+    path.write_text("item_id,category_id\n10,5\n11,Books|Music\n,3\nx,1\n12,-4\n13\n10,6\n14,  Toys  \n\n15,7\n")
+    got = read_items(str(path), "item=1,category=2", max_malformed=None)
+    assert got.item.tolist() == [10, 11, 14, 15] and got.repeated == 1
+    assert got.category.tolist() == [5, string_id("Books"), string_id("Toys"), 7]
+    assert got.malformed == {"columns": 1, "missing": 1, "non_integer": 1, "negative_id": 1}
+    assert re.search(r"line 4 \(missing\).*line 5 \(non_integer\).*line 6 \(negative_id\).*line 7 \(columns\)",
+                     got.report.replace("\n", " "))
+    whole = read_items(str(path), "item=1,category=2", separator="", max_malformed=None)
+    assert whole.category[1] == string_id("Books|Music")
+    np.testing.assert_array_equal(got.category_of(np.array([15, 99, 10])), [7, UNKNOWN_CATEGORY, 5])
+    for columns, message in (("item=1", "must map item and category"), ("item=1,category=2,item=3", "each once"),
+                             ("item=1,category=flags:2-1", "the first not after the second")):
+        with pytest.raises(UserError, match=message):
+            read_items(str(path), columns)
+
+
+def test_items_option_errors(tmp_path, capsys):
+    log = write(tmp_path / "u.data", RATINGS, "\t")
+    base = ["data", "prepare", "--input", log, "--columns", POSITIONS, "--out", str(tmp_path / "o")]
+    cases = [(["--items", log], "--items FILE and --item-columns"),
+             (["--items", log, "--item-columns", "item=1,category=2", "--hash-ids", "category"],
+              "--hash-ids category does not apply with --items"),
+             (["--encoding", "klingon"], "unknown --encoding 'klingon'")]
+    for extra, message in cases:
+        assert cli_main(base + extra) == 2, extra
+        assert message in capsys.readouterr().err

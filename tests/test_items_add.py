@@ -181,6 +181,22 @@ def test_known_repeated_and_malformed_rows_are_counted(items_added, tmp_path, ca
     assert "nothing to add" in capsys.readouterr().out  # idempotent: a second run adds nothing
 
 
+def test_items_file_as_prepare_reads_it(items_added, tmp_path, capsys):
+    """A movies.dat-style file (`::`, no header, several '|'-separated categories: the first counts)."""
+    run = copy_run(items_added.run, tmp_path / "run")
+    cats = np.load(run / "categories.npy")
+    new = int(np.load(run / "items.npy").max()) + 1
+    rows = [f"{new + k}::Title {k}::{cats[k]}|{cats[-1]}" for k in range(3)] + [f"{new}::Again::{cats[-1]}"]
+    path = write_csv(tmp_path / "movies.dat", rows)
+    assert cli_main(["items", "add", "--run", str(run), "--csv", str(path), "--item-columns", "item=1,category=3"]) == 0
+    out = capsys.readouterr().out
+    assert "added 3 items" in out and "skipped 0 already in the vocabulary, 1 repeated in the file" in out
+    vocab = Vocabulary.load(str(run))
+    dense = vocab.raw_to_dense(new + np.arange(3))
+    assert (dense >= items_added.num_old + len(cats)).all()
+    np.testing.assert_array_equal(vocab.categories[vocab.category_of(dense)], cats[:3])
+
+
 def test_unknown_category_refuses_the_file_and_changes_nothing(items_added, tmp_path, capsys):
     run = copy_run(items_added.run, tmp_path / "run")
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}

@@ -1,6 +1,7 @@
 """`nann items add`: new items in a trained run, without retraining.
 
-The input is a CSV of ``item_id,category_id`` (raw ids, int64; an optional header line). Per new item:
+The input is an items file as `nann data prepare --items` reads it (`nann.data.items`; by default a CSV of
+``item_id,category_id``, raw int64 ids, an optional header line). Per new item:
 
 * **e_v** from the item network through the model's category-only path (``NANNModel.item_embed_new``: a zero id
   embedding, since the new id has no trained row). A category the model does not know refuses the whole file:
@@ -32,9 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from graph_builder.build import extend_graph, replace_graph
-from nann.data.interactions import RowAccounting, check_input_file
+from nann.data.items import read_items
 from nann.data.prepared import Vocabulary
-from nann.data.reader import parse_int
 from nann.errors import UserError
 from nann.model import ARCHS, load_model
 from trainer.export import write_scorer_ids_table
@@ -44,40 +44,7 @@ COMPLETE = "COMPLETE"  # written into STAGED when every file is there: the move 
 EMBEDDING_FILES = {"item_embeddings.npy": np.float32, "item_embeddings_fp16.npy": np.float16}
 RUN_FILES = ("config.json", "model.safetensors", "items.npy", "item_category.npy", "categories.npy",
              "scorer_ids.onnx", "onnx_io.json", *EMBEDDING_FILES, "graph/meta.json")
-EXPECTED_ROW = "item row 'item_id,category_id' (raw int64 ids)"
 SHOWN = 5  # ids named in a message
-
-
-def read_items_csv(path: str, max_malformed: float) -> tuple[np.ndarray, np.ndarray, str]:
-    """(raw item ids, raw category ids, malformed-lines report or '') of an items CSV, in file order.
-
-    Blank lines are ignored; a first line with no integer field is a header. Malformed lines (kinds of
-    nann.data.interactions: columns, missing, non_integer, negative_id) are skipped and counted."""
-    check_input_file(path)
-    acct = RowAccounting()
-    items, cats = [], []
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.rstrip(b"\r\n")
-            if not line.strip():
-                continue
-            parts = line.split(b",")
-            values = [parse_int(p) for p in parts]
-            if acct.rows == 0 and all(v is None for v in values):
-                continue  # the header
-            acct.rows += 1
-            kind = ("columns" if len(parts) != 2 else "missing" if not all(parts)
-                    else "non_integer" if None in values else "negative_id" if min(values) < 0 else None)
-            if kind:
-                acct.add_malformed(kind, number, line.decode(errors="replace"))
-            else:
-                items.append(values[0])
-                cats.append(values[1])
-    # an item row is an interaction row without user, behaviour and time: the shared accounting checks the shares
-    zeros = np.zeros(len(items), dtype=np.int64)
-    acct.keep(zeros, items, cats, zeros, zeros)
-    res = acct.result(path, expected=EXPECTED_ROW, max_malformed=max_malformed)
-    return res.item, res.category, res.summary()
 
 
 def _named(ids) -> str:
@@ -85,21 +52,17 @@ def _named(ids) -> str:
     return ", ".join(str(i) for i in ids[:SHOWN]) + (", …" if len(ids) > SHOWN else "")
 
 
-def new_items(vocab: Vocabulary, raw: np.ndarray, raw_cats: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(raw ids, dense categories) of the rows that add an item, in file order, and the counts skipped: ids
-    already known, repeats within the file. Raises UserError naming categories the model does not know."""
-    _, first = np.unique(raw, return_index=True)
-    first = np.sort(first)
-    known = vocab.raw_to_dense(raw[first]) >= 0
-    rows = first[~known]
-    cats = vocab.category_to_dense(raw_cats[rows])
+def new_items(vocab: Vocabulary, raw: np.ndarray, raw_cats: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(raw ids, dense categories) of the distinct items `raw` that the vocabulary lacks, in order, and how many it
+    has. Raises UserError naming categories the model does not know."""
+    known = vocab.raw_to_dense(raw) >= 0
+    cats = vocab.category_to_dense(raw_cats[~known])
     unknown = np.flatnonzero(cats < 0)
     if unknown.size:
         raise UserError(f"{unknown.size} new items have categories the model was not trained on (raw category ids "
-                        f"{_named(np.unique(raw_cats[rows[unknown]]))}): a new item's e_v comes from its category "
+                        f"{_named(np.unique(raw_cats[~known][unknown]))}): a new item's e_v comes from its category "
                         f"alone, so give them a known category or retrain; nothing was added")
-    skipped = {"known": int(known.sum()), "repeated": int(raw.shape[0] - first.shape[0])}
-    return raw[rows], cats, skipped
+    return raw[~known], cats, int(known.sum())
 
 
 def _check_run(run: Path) -> None:
@@ -150,18 +113,22 @@ def finish_interrupted(run: Path) -> None:
         shutil.rmtree(staged)
 
 
-def add_items(run_dir, csv_path, threads: int = 0, max_malformed: float = 0.01, progress: bool = True) -> dict:
-    """Add the CSV's new items to the run (module doc); returns counts and seconds per phase."""
+def add_items(run_dir, csv_path, threads: int = 0, max_malformed: float = 0.01, progress: bool = True,
+              **items_file) -> dict:
+    """Add the items file's new items to the run (module doc); returns counts and seconds per phase. `items_file`:
+    how to read it (nann.data.items.read_items: columns, delimiter, encoding, no_header, separator)."""
     run = Path(run_dir)
     _check_run(run)
     finish_interrupted(run)
     t0 = time.perf_counter()
-    raw_all, raw_cats, report = read_items_csv(str(csv_path), max_malformed)
-    if report:
-        print(report, file=sys.stderr)
+    items_file.setdefault("columns", "item=1,category=2")
+    read = read_items(str(csv_path), max_malformed=max_malformed, **items_file)
+    if read.report:
+        print(read.report, file=sys.stderr)
     vocab = Vocabulary.load(str(run))
-    raw, cats, skipped = new_items(vocab, raw_all, raw_cats)
-    summary = {"first_dense_id": vocab.num_items, "added": int(raw.shape[0]), **skipped, "seconds": {}}
+    raw, cats, known = new_items(vocab, read.item, read.category)
+    summary = {"first_dense_id": vocab.num_items, "added": int(raw.shape[0]), "known": known,
+               "repeated": read.repeated, "seconds": {}}
     if not raw.shape[0]:
         return summary
     t1 = time.perf_counter()
@@ -180,7 +147,9 @@ def add_items(run_dir, csv_path, threads: int = 0, max_malformed: float = 0.01, 
 def main(args) -> int:
     if not 0.0 <= args.max_malformed <= 1.0:
         raise UserError(f"--max-malformed is a share in [0, 1], got {args.max_malformed}")
-    s = add_items(args.run, args.csv, threads=args.threads, max_malformed=args.max_malformed)
+    s = add_items(args.run, args.csv, threads=args.threads, max_malformed=args.max_malformed, columns=args.item_columns,
+                  delimiter=args.delimiter, encoding=args.encoding, no_header=args.no_header,
+                  separator=args.category_separator)
     skipped = f"skipped {s['known']} already in the vocabulary, {s['repeated']} repeated in the file"
     if not s["added"]:
         print(f"nothing to add to {args.run} ({skipped})")

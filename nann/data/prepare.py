@@ -1,11 +1,12 @@
-"""`nann data prepare`: turn an interaction file (UserBehavior CSV, delimited text or Parquet: `inputs.py`) into
-the prepared arrays of docs/DESIGN.md.
+"""`nann data prepare`: turn an interaction file (UserBehavior CSV, delimited text or Parquet: `inputs.py`), and
+optionally an items file (`items.py`), into the prepared arrays of docs/DESIGN.md.
 
 Rules (the paper's, Section 5.1):
 - each user's behaviours are sorted by timestamp (stable: ties keep file order);
 - users with fewer than --min-behaviors valid behaviours are dropped; items / categories are those occurring in
   the kept users' rows; dense item ids are 0..N-1 in ascending raw-id order, dense categories likewise;
-  an item's category is the one of its first row in file order;
+  an item's category is the one of its first row in file order, or, given an items file, the file's (it wins over
+  the log's category column; items it lacks get UNKNOWN_CATEGORY);
 - validation and test users are drawn at random (numpy default_rng(seed) permutation of the kept users: the first
   n_test are test, the next n_val validation, the rest training). Clipping: each of n_test / n_val is at most
   max(1, users // 10), so at least 80% of the users (and at least one) stay for training; 3 users minimum;
@@ -24,6 +25,7 @@ import numpy as np
 
 from nann.data.columns import parse_time_window
 from nann.data.inputs import read_input
+from nann.data.items import UNKNOWN_CATEGORY, ItemsFile, read_items
 from nann.errors import UserError
 
 FORMAT_VERSION = 1
@@ -71,7 +73,7 @@ def prepare_arrays(user, item, category, timestamp, *, max_seq: int, min_behavio
     n_users = int(keep_user.sum())
     if n_users < 3:
         raise UserError(f"only {n_users} users have at least {min_behaviors} behaviours; need at least 3 "
-                        f"(lower --min-behaviors or use a larger CSV)")
+                        f"(lower --min-behaviors or use a larger log)")
     row_keep = keep_user[u_inv]
     # dense user index among the kept users, in ascending raw id order
     kept_rank = np.cumsum(keep_user) - 1
@@ -132,6 +134,34 @@ def _check_args(args) -> None:
         raise UserError(f"--max-malformed is a share in [0, 1], got {args.max_malformed}")
     if args.csv and args.format not in ("auto", "userbehavior"):
         raise UserError(f"--csv reads the UserBehavior format; use --input FILE --format {args.format} instead")
+    if bool(args.items) != bool(args.item_columns):
+        raise UserError("--items FILE and --item-columns item=COL,category=COL go together")
+    if args.items and "category" in (args.hash_ids or ""):
+        raise UserError("--hash-ids category does not apply with --items: the items file gives the categories "
+                        "(text ones are hashed by themselves)")
+
+
+def _read_items_file(args) -> ItemsFile | None:
+    if not args.items:
+        return None
+    items = read_items(args.items, args.item_columns, delimiter=args.item_delimiter, encoding=args.encoding,
+                       no_header=args.no_header, separator=args.category_separator,
+                       hash_item="item" in (args.hash_ids or ""), max_malformed=args.max_malformed)
+    if items.report:
+        print(items.report, file=sys.stderr)
+    _log(f"items file {args.items}: {items.item.shape[0]:,} items ({items.repeated:,} repeated rows skipped), "
+         f"{np.unique(items.category).shape[0]:,} categories")
+    return items
+
+
+def _save_category_names(d: str, items: ItemsFile, categories: np.ndarray) -> None:
+    """category_keys.npz when the items file named categories by text: every category's text (integer ones their
+    decimal text, UNKNOWN_CATEGORY an empty one)."""
+    if not items.category_names:
+        return
+    names = [items.category_names.get(c, "" if c == UNKNOWN_CATEGORY else str(c)) for c in categories.tolist()]
+    np.savez(os.path.join(d, "category_keys.npz"), ids=categories,
+             keys=np.array([n.encode() for n in names], dtype=np.bytes_))
 
 
 def _save_id_keys(d: str, id_keys: dict, out: dict) -> None:
@@ -146,6 +176,7 @@ def main(args) -> int:
     _check_args(args)
     time_window = parse_time_window(args.time_window) if args.time_window else None
     t0 = time.perf_counter()
+    items = _read_items_file(args)
     fmt, res = read_input(args.csv or args.input, "userbehavior" if args.csv else args.format,
                           columns=args.columns, delimiter=args.delimiter, encoding=args.encoding,
                           no_header=args.no_header, hash_ids=args.hash_ids, min_rating=args.min_rating,
@@ -155,6 +186,10 @@ def main(args) -> int:
     t1 = time.perf_counter()
     dropped = f", {res.below_min_rating:,} below --min-rating dropped" if res.below_min_rating else ""
     _log(f"read {res.valid_rows:,} valid rows of {res.rows:,} ({fmt}{dropped}) in {t1 - t0:.1f}s")
+    if items is not None:
+        if fmt == "userbehavior" or "category=" in (args.columns or ""):
+            _log("the items file's categories replace the log's category column")
+        res.category = items.category_of(res.item)
     out = prepare_arrays(res.user, res.item, res.category, res.timestamp, max_seq=args.max_seq,
                          min_behaviors=args.min_behaviors, val_users=args.val_users,
                          test_users=args.test_users, seed=args.seed)
@@ -179,6 +214,14 @@ def main(args) -> int:
              "val_users": c["val_users"], "test_users": c["test_users"], "samples": c["samples"],
              "behaviors": c["behaviors"], "dropped_users": c["dropped_users"], "input_format": fmt,
              "below_min_rating": below_min_rating, "hashed_ids": sorted(id_keys)}
+    if items is not None:
+        _save_category_names(d, items, out["categories"])
+        unknown = out["categories"][out["item_category"]] == UNKNOWN_CATEGORY
+        stats["items_file"] = {"path": args.items, "rows": items.rows, "items": int(items.item.shape[0]),
+                               "repeated": items.repeated, "malformed": items.malformed,
+                               "unknown_category_items": int(unknown.sum())}
+        _log(f"{int(unknown.sum()):,} of {c['items']:,} items have no category in the items file: they share "
+             f"one unknown category")
     meta = {"format_version": FORMAT_VERSION, "max_seq": args.max_seq, "min_behaviors": args.min_behaviors,
             "seed": args.seed}
     with open(os.path.join(d, "stats.json"), "w") as f:
