@@ -135,13 +135,19 @@ def _build_parser() -> argparse.ArgumentParser:
                         "category column; items it lacks share one unknown category); needs --item-columns")
     _add_items_file_flags(s, "--item-delimiter", None)
     s.add_argument("--out", required=True, help="output data directory")
+    s.add_argument("--split", choices=["auto", "users", "last"], default="auto",
+                   help="users: held-out users, the ceil(l/2)-th behaviour their target (the paper's); last: "
+                        "leave-last-out, every user's last behaviour its test target, the one before validation, "
+                        "the rest trains; auto: users when at least 10,000 users have --min-behaviors, else last "
+                        "(default auto)")
     s.add_argument("--max-seq", type=int, default=50, help="behaviours kept before a target (default 50)")
-    s.add_argument("--min-behaviors", type=int, default=10,
-                   help="drop users with fewer valid behaviours (default 10)")
+    s.add_argument("--min-behaviors", type=int, default=None,
+                   help="drop users with fewer valid behaviours (default 10 for --split users, 5 for last)")
     s.add_argument("--test-users", type=int, default=10_000,
-                   help="test users (default 10000; at most a tenth of the users)")
+                   help="test users (default 10000; split users: at most a tenth of the users; last: a sample "
+                        "of the users, who keep training)")
     s.add_argument("--val-users", type=int, default=10_000,
-                   help="validation users (default 10000; at most a tenth of the users)")
+                   help="validation users (default 10000; as --test-users)")
     s.add_argument("--max-malformed", type=float, default=0.01,
                    help="fail if more than this share of rows is malformed (default 0.01)")
     s.add_argument("--seed", type=int, default=0, help="seed of the val/test user draw (default 0)")

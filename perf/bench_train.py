@@ -2,7 +2,8 @@
 
     python -m perf.bench_train [--work DIR] [--samples 421000] [--repeats 1]
 
-Data: `nann data synth --users 8000 --items 20000 --seed 7` (where the slowdown was reported), prepared as usual.
+Data: `nann data synth --users 8000 --items 20000 --seed 7` (where the slowdown was reported), prepared with
+held-out users (`--split users`, the split the figures were measured on).
 Each variant runs `nann train --negatives 20 --max-samples SAMPLES --batch-size 256 --denormals {keep,flush}`
 (the same threads, seed and samples); steps/s come from the run's train_log.jsonl (every 50 steps), reported for
 the first and the last quarter of the epoch, since denormals appear as training goes on (tiny FGSM gradients and
@@ -46,8 +47,8 @@ def main(argv=None) -> int:
     info = machine_info()
     raw, data = work / "raw", work / "data"
     run_step("synth", ["data", "synth", "--out", str(raw), *SYNTH], raw / "UserBehavior.csv")
-    run_step("prepare", ["data", "prepare", "--csv", str(raw / "UserBehavior.csv"), "--out", str(data)],
-             data / "stats.json")
+    run_step("prepare", ["data", "prepare", "--csv", str(raw / "UserBehavior.csv"), "--out", str(data),
+                         "--split", "users"], data / "stats.json")
     results = {}
     for mode in ("keep", "flush"):
         run = work / f"run_{mode}"

@@ -104,8 +104,9 @@ def prepare(work: Path, sc: Scale) -> tuple[dict, list]:
     log: list = []
     _cli("synth", ["data", "synth", "--out", str(raw), "--users", str(sc.users), "--items", str(sc.items),
                    "--categories", str(sc.categories), "--seed", "0"], raw / "UserBehavior.csv", log)
-    _cli("prepare", ["data", "prepare", "--csv", str(raw / "UserBehavior.csv"), "--out", str(data),
-                     "--test-users", str(sc.test_users), "--val-users", str(sc.val_users)], data / "meta.json", log)
+    _cli("prepare", ["data", "prepare", "--csv", str(raw / "UserBehavior.csv"), "--out", str(data),  # the paper's split
+                     "--split", "users", "--test-users", str(sc.test_users), "--val-users", str(sc.val_users)],
+         data / "meta.json", log)
     runs = {}
     for name, extra in MODELS.items():
         run = work / f"run_{name}"

@@ -55,7 +55,8 @@ def file_for(tmp_path, fmt, rows, header=HEADER):
 
 
 def prepare(path, out, *extra):
-    args = ["data", "prepare", "--input", str(path), "--out", str(out), "--min-behaviors", "3", "--max-seq", "4",
+    args = ["data", "prepare", "--input", str(path), "--out", str(out), "--split", "users", "--min-behaviors", "3",
+            "--max-seq", "4",
             "--test-users", "4", "--val-users", "4", *map(str, extra)]
     assert cli_main(args) == 0
     return out
@@ -219,7 +220,7 @@ def test_stable_order_when_timestamps_span_too_wide_to_pack():
     item = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
     ts = np.array([2 ** 62, 0, 7, 9, 7, 9, 0, 7, 3, 3])
     o = prepare_arrays(user, item, np.zeros_like(item), ts, max_seq=5, min_behaviors=2, val_users=0,
-                       test_users=0, seed=0)
+                       test_users=0, seed=0, split="users")
     tr = o["train"]
     seqs = [o["items"][tr["items"][tr["offsets"][k]:tr["offsets"][k + 1]]].tolist() for k in range(3)]
     assert seqs == [[9, 10], [7, 3, 5, 8, 1], [2, 4, 6]]

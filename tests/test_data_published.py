@@ -35,7 +35,7 @@ def write(path, rows, sep, header=None, encoding="utf-8"):
 
 
 def prepare(path, out, columns, *extra):
-    argv = ["data", "prepare", "--input", str(path), "--columns", columns, "--out", str(out),
+    argv = ["data", "prepare", "--input", str(path), "--columns", columns, "--out", str(out), "--split", "users",
             "--min-behaviors", "3", "--test-users", "1", "--val-users", "1", *map(str, extra)]
     assert cli_main(argv) == 0, argv
     return out
