@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from nann.data.columns import parse_time_text
+from nann.data.columns import NUMBER, parse_time_text
 from nann.data.interactions import RowAccounting, progress_bar
 from nann.errors import UserError
 
@@ -37,7 +37,6 @@ BLOCK_BYTES = 4 << 20
 STAND_IN = "\x1f"
 """Replaces a multi-character delimiter before pyarrow parses the text."""
 _POSITION = re.compile(r"[1-9][0-9]*")
-_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 def first_line(path: str) -> bytes:
@@ -72,7 +71,7 @@ def by_position(columns) -> bool:
 
 def looks_like_data(fields: list[str]) -> bool:
     """A first line is data (not a header) when one of its fields is a number or an ISO-8601 date."""
-    return any(_NUMBER.fullmatch(f.strip()) or (f.strip()[:1].isdigit() and parse_time_text(f.strip()) >= 0)
+    return any(re.match(NUMBER, f.strip()) or (f.strip()[:1].isdigit() and parse_time_text(f.strip()) >= 0)
                for f in fields)
 
 
