@@ -1,4 +1,5 @@
-"""Offline evaluation (`nann evaluate`) and offline retrieval (`nann retrieve`).
+"""Offline evaluation: the retrieval methods on a run's test users and the paper's metrics (`nann evaluate`'s
+library; the command itself is `nann_cli.evaluate`).
 
 Metrics at M (Section 5.1.2 of the paper), averaged over test users, each with one held-out target:
 recall-all (target in the brute-force top-M), recall-retrieval (target in the searched top-M),
@@ -9,10 +10,9 @@ eligible items.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +20,13 @@ from tqdm import tqdm
 
 from nann.engine.graph import HnswGraph
 from nann.engine.grid import CandidateGrid
-from nann.engine.search import (DEFAULT_SEARCH, PAPER_SEARCH, SearchParams, beam_search, brute_force, default_search,
-                               hnsw_search)
+from nann.engine.search import DEFAULT_SEARCH, SearchParams, beam_search, brute_force, hnsw_search
 from nann.errors import UserError
-from nann.serving.filters import NOTHING_BLOCKED, Eligibility, read_ids
-from nann.serving.requests import (FILTER_INPUT_NAMES, NO_FILTERS, FilterRequest, RequestError, ServingLimits,
-                                   parse_filters)
+from nann.serving.filters import NOTHING_BLOCKED, Eligibility
+from nann.serving.requests import NO_FILTERS, FilterRequest, RequestError
 
 BEAM_SWEEP_SCALES = (0.5, 0.67, 0.83, 1.0, 1.33, 2.0, 2.67)  # of the last layer's ef: the walk's budget dial
 HNSW_SWEEP_EF = (200, 300, 400, 800, 1600, 3200)  # the list holds max(ef0, top_m) items
-SEARCH_FLAGS = ("ef", "rounds", "frontier", "seeds")  # the search flags (SearchParams fields) `--paper` excludes
 
 
 @dataclass
@@ -175,20 +172,6 @@ def sweep_specs(base: MethodSpec) -> list[MethodSpec]:
     return [replace(base, ef=base.ef[:-1] + (max(1, round(base.ef[-1] * s)),)) for s in BEAM_SWEEP_SCALES]
 
 
-def search_flags(args, top_m: int | None) -> dict:
-    """The SearchParams fields the command line sets (the rest keep the catalogue's defaults, `default_search`): the
-    given --ef/--rounds/--frontier/--seeds, or with --paper all of PAPER_SEARCH's, which excludes them; and top_m
-    when not None."""
-    given = {name: getattr(args, name) for name in SEARCH_FLAGS if getattr(args, name) is not None}
-    if args.paper:
-        if given:
-            raise UserError("--paper sets the paper's search parameters: drop " + ", ".join(f"--{n}" for n in given))
-        given = asdict(PAPER_SEARCH)
-    if top_m is not None:
-        given["top_m"] = top_m
-    return {name: tuple(v) if isinstance(v, list) else v for name, v in given.items()}
-
-
 def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
     """Recall-retrieval and coverage vs % of |V| scored, one line per method (the paper's Figure 3)."""
     import matplotlib
@@ -210,14 +193,6 @@ def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def print_metrics(m: dict) -> None:
-    print(f"{m['method']:>6}  users {m['users']}  recall-all@{m['top_m']} {m['recall_all']:.4f}  "
-          f"recall-retrieval {m['recall_retrieval']:.4f}  recall-Δ {m['recall_delta'] * 100:.2f}%  "
-          f"coverage {m['coverage']:.4f}  scored {m['scored_fraction'] * 100:.2f}% of |V|  "
-          f"{m['seconds_per_query'] * 1000:.1f} ms/query  (popularity baseline recall "
-          f"{m.get('popularity_recall', float('nan')):.4f})")
 
 
 def evaluate_dr(run_dir, data_dir, users: int = 0, top_m: int = 200, beam=None, batch: int = 64,
@@ -273,63 +248,3 @@ def evaluate_dr(run_dir, data_dir, users: int = 0, top_m: int = 200, beam=None, 
     return {**metrics(found, exact, test.targets, scored, cfg["num_items"]), "method": "dr", "beam": beam,
             "top_m": top_m, "seconds_per_query": elapsed / U, "num_items": cfg["num_items"],
             "layers": cfg["layers"], "nodes": cfg["nodes"], "paths": cfg["paths"], "alpha": cfg["alpha"]}
-
-
-def filter_flags(args, limits: ServingLimits) -> FilterRequest:
-    """The filters the command line sets (--exclude, --exclude-history, --categories), read as the server reads them."""
-    try:
-        return parse_filters(limits, **{name: getattr(args, name) for name in FILTER_INPUT_NAMES})
-    except RequestError as e:
-        raise UserError(str(e)) from None
-
-
-def main_evaluate(args) -> int:
-    flags = search_flags(args, args.top_m)
-    filters = filter_flags(args, ServingLimits())
-    if args.method in ("hnsw", "dr") and (filters.restricts or args.blocked):
-        raise UserError(f"eligibility filters apply to --method beam and brute, not {args.method}")
-    if args.method == "dr":
-        m = evaluate_dr(args.run, args.data, users=args.users, top_m=flags.get("top_m", DEFAULT_SEARCH.top_m),
-                        beam=args.beam)
-        print_metrics(m)
-        if args.json:
-            Path(args.json).write_text(json.dumps(m, indent=1))
-        return 0
-    ev = Evaluator(args.run, args.data, users=args.users, batch=args.batch, backend=args.backend, filters=filters,
-                   blocked=read_ids(args.blocked) if args.blocked else None)
-    try:
-        params = replace(default_search(ev.runtime.num_items), **flags)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    base = MethodSpec(args.method, **asdict(params))
-    specs = sweep_specs(base) if args.sweep else [base]
-    results = []
-    for spec in specs:
-        m = ev.evaluate(spec)
-        print_metrics(m)
-        results.append(m)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results if args.sweep else results[0], indent=1))
-        if args.sweep:
-            plot_curves({base.method: results}, Path(args.json).with_suffix(".png"))
-    return 0
-
-
-def main_retrieve(args) -> int:
-    """`nann retrieve`: the served pipeline offline; the flags go through the server's own request parsing."""
-    from nann.query import parse_history, print_answer
-    from nann.serving.requests import SEARCH_INPUTS, parse_search
-    from nann.serving.retrieval import OfflineRetriever
-
-    history = np.array(parse_history(args.history), dtype=np.int64)
-    flags = search_flags(args, args.k)
-    retriever = OfflineRetriever(args.run, blocked=read_ids(args.blocked) if args.blocked else None)
-    filters = filter_flags(args, retriever.limits)
-    try:
-        params = parse_search(retriever.limits, **{s.name: flags[s.field] for s in SEARCH_INPUTS if s.field in flags})
-        answer, = retriever.retrieve([history], [params], [filters])
-    except RequestError as e:
-        raise UserError(str(e)) from None
-    print_answer(*answer, as_json=args.json)
-    return 0

@@ -79,7 +79,8 @@ class ModelRuntime:
                 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             import torch
 
-            from nann.model import build_split, load_model
+            from nann.model import load_model
+            from nann.model_split import build_split
 
             if threads:
                 torch.set_num_threads(int(threads))

@@ -40,7 +40,7 @@ def make_base(run: Path, data: str, base: Path, threads: int) -> str:
     """WORK/base (kept for later calls): the run's serving files and graph. Returns a note for the results when
     the graph had to be rebuilt, else ''."""
     from nann.engine.graph import HNSW_INDEX
-    from nann.steps import run_step
+    from nann_cli.steps import run_step
 
     meta = json.loads((run / "graph" / "meta.json").read_text())
     if not (base / "graph" / HNSW_INDEX).is_file():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nann.steps import run_step
+from nann_cli.steps import run_step
 from perf.run import machine_info
 from perf.sections import command_line, provenance, report
 

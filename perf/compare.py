@@ -1,7 +1,7 @@
 """Side-by-side retrieval benchmark: same data, same test users, same machine, one run.
 
 For one item count |V| it synthesises and prepares data and trains three models through the project's CLI
-(`nann.cli.main`; steps whose outputs exist are skipped, so a rerun only measures):
+(`nann_cli.main.main`; steps whose outputs exist are skipped, so a rerun only measures):
   (a) `nann`      — the attention model with FGSM (NANN),
   (b) `sl2g`      — the attention model without FGSM (`--fgsm-eps 0`),
   (c) `two_tower` — `--arch two-tower` (user vector · item vector),
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from nann.engine.params import PAPER_SEARCH, default_search
-from nann.steps import run_step
+from nann_cli.steps import run_step
 
 TOP_M = 200
 PAPER_ROUNDS = PAPER_SEARCH.rounds

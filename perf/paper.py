@@ -24,7 +24,7 @@ import numpy as np
 from nann.data.prepared import PreparedData
 from nann.engine.params import default_search
 from nann.evaluate import Evaluator, MethodSpec, plot_curves, sweep_specs
-from nann.steps import run_step
+from nann_cli.steps import run_step
 from perf.run import machine_info
 from perf.sections import command_line, provenance, update_section
 

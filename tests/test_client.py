@@ -465,7 +465,7 @@ def test_stopped_server_unavailable_with_retries_then_recovers(tmp_path):
 # ------------------------------------------------------------------ nann query
 
 def run_cli(argv, capsys):
-    from nann.cli import main
+    from nann_cli.main import main
 
     code = main(argv)
     out, err = capsys.readouterr()

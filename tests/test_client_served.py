@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from nann_client import AsyncNannClient, InvalidRequestError, NannClient
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
 
 pytestmark = pytest.mark.serving
 

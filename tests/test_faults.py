@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
 from nann.errors import UserError
 from nann.serving.export import export_repository
 from nann.serving.repository import ArtifactError, verify_repository

@@ -179,7 +179,7 @@ def test_offline_retriever_with_filters_equals_brute_force_over_the_eligible_ite
 
 
 def test_evaluate_with_filters_measures_against_brute_force_over_the_eligible_items(tiny, tmp_path, capsys):
-    from nann.cli import main as cli_main
+    from nann_cli.main import main as cli_main
     from nann.evaluate import Evaluator, MethodSpec
 
     run, data, histories, _ = tiny

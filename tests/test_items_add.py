@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
 from nann.data.prepared import PreparedData, Vocabulary
 from nann.engine.graph import HNSW_INDEX, HnswGraph
 from nann.engine.search import brute_force

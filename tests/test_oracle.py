@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
 from nann.serving.requests import ServingLimits
 
 K = 30

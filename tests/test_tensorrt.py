@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
 from nann.engine.grid import CandidateGrid
 from nann.errors import UserError
 from nann.serving.export import MAX_BATCH, export_repository, state_specs, tensorrt_scorer_config

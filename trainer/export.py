@@ -2,7 +2,7 @@
 
 * ``user_encoder.onnx``: ``hist_emb`` float32 [B,L,D], ``hist_mask`` float32 [B,L] -> state tensors (leading axis B).
 * ``scorer.onnx``: state tensors (leading axis R), ``cand_emb`` float32 [C,D], ``owner`` int64 [C] -> ``scores`` [C];
-  ``owner`` must be non-decreasing (each user's candidates one contiguous run: ``nann.model.Scorer``).
+  ``owner`` must be non-decreasing (each user's candidates one contiguous run: ``nann.model_split.Scorer``).
 * ``scorer_ids.onnx``: like scorer.onnx but ``cand_ids`` int64 [C] instead of ``cand_emb``; the item table
   (``item_embeddings.npy``) is an initializer and a Gather picks the rows (for hosts that keep the table on the GPU).
 
@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from nann.model import NANNModel, build_split, state_names, state_shapes
+from nann.model import NANNModel
+from nann.model_split import build_split, state_names, state_shapes
 
 OPSET = 17
 ITEM_TABLE = "item_table"  # the initializer of scorer_ids.onnx holding the item table

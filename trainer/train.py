@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from nann.errors import UserError
-from nann.model import ARCHS, ModelConfig, NANNModel, build_split, load_model
+from nann.model import ARCHS, ModelConfig, NANNModel, load_model
+from nann.model_split import build_split
 from nann.runtime import pad_histories
 from trainer.sampling import NoiseSampler, epoch_order, load_data, make_batch, sample_positions
 

@@ -186,7 +186,7 @@ def _build_parser() -> argparse.ArgumentParser:
     what.add_argument("--ids", metavar="FILE", help="the new blocked set: raw item ids, one per line (# comments "
                                                     "allowed), or a .npy int64 array; it replaces the old set")
     what.add_argument("--clear", action="store_true", help="unblock every item")
-    s.set_defaults(handler="nann.serving.filters:main_block")
+    s.set_defaults(handler="nann_cli.items:main_block")
     s = isub.add_parser("add", help="add new items to a run: e_v from their category, inserted into the graph")
     s.add_argument("--run", required=True, help="a trained run with a graph (its files are replaced, never rewritten)")
     s.add_argument("--csv", required=True, metavar="FILE",
@@ -215,7 +215,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="scorer runtime: onnxruntime (default; what the CPU server runs) or torch")
     s.add_argument("--sweep", action="store_true", help="vary the search budget and write curves")
     s.add_argument("--json", help="also write the metrics as JSON to this file (default: print only)")
-    s.set_defaults(handler="nann.evaluate:main_evaluate")
+    s.set_defaults(handler="nann_cli.evaluate:main_evaluate")
 
     s = sub.add_parser("retrieve", help="top-k items for one history, offline (no server)")
     s.add_argument("--run", required=True, help="trained run directory with a graph (`nann graph`)")
@@ -224,7 +224,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_search_flags(s, served=False, paper=True)
     _add_filter_flags(s, blocked=True)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    s.set_defaults(handler="nann.evaluate:main_retrieve")
+    s.set_defaults(handler="nann_cli.evaluate:main_retrieve")
 
     s = sub.add_parser("export", help="assemble a Triton model repository from a run")
     s.add_argument("--run", required=True, help="trained run directory with a graph")
@@ -273,7 +273,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="Triton's metrics endpoint for --info (default: http://HOST:8002/metrics, HOST from --url)")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer (default 10)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    s.set_defaults(handler="nann.query:main")
+    s.set_defaults(handler="nann_cli.query:main")
 
     s = sub.add_parser("perf", help="load tests and side-by-side retrieval benchmarks (writes perf/results/)")
     s.add_argument("--quick", action="store_true", help="small data and short intervals (a few minutes; CI smoke test)")
@@ -285,7 +285,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the whole pipeline on embedded synthetic data")
     s.add_argument("--workdir", default="demo",
                    help="work directory; steps whose output exists there are skipped (default demo)")
-    s.set_defaults(handler="nann.demo:main")
+    s.set_defaults(handler="nann_cli.demo:main")
     return p
 
 

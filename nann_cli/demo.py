@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nann.steps import run_step
+from nann_cli.steps import run_step
 
 SYNTH = ["--users", "20000", "--items", "100000", "--categories", "500", "--seed", "0"]
 PREPARE = ["--test-users", "1000", "--val-users", "500"]
