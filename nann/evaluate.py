@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from nann.engine.graph import HnswGraph
 from nann.engine.grid import CandidateGrid
-from nann.engine.search import DEFAULT_SEARCH, SearchParams, beam_search, brute_force, hnsw_search
+from nann.engine.params import DEFAULT_SEARCH, TUNABLES, WALK_TUNABLES, SearchParams, json_value
+from nann.engine.search import beam_search, brute_force, hnsw_search
 from nann.errors import UserError
 from nann.serving.filters import NOTHING_BLOCKED, Eligibility
 from nann.serving.requests import NO_FILTERS, FilterRequest, RequestError
@@ -31,23 +32,17 @@ HNSW_SWEEP_EF = (200, 300, 400, 800, 1600, 3200)  # the list holds max(ef0, top_
 
 @dataclass
 class MethodSpec:
-    """A retrieval method and its search parameters (beam: SearchParams' fields; hnsw: ef0 = ef[-1])."""
-    method: str                       # beam | hnsw | brute
-    ef: tuple[int, ...] = DEFAULT_SEARCH.ef
-    rounds: tuple[int, ...] = DEFAULT_SEARCH.rounds
-    top_m: int = DEFAULT_SEARCH.top_m
-    frontier: int = DEFAULT_SEARCH.frontier  # beam: entries expanded per round, 0 = all (SearchParams.frontier)
-    seeds: int = DEFAULT_SEARCH.seeds        # beam: history items joining layer 0 (SearchParams.seeds)
-
-    def params(self) -> SearchParams:
-        return SearchParams(self.ef, self.rounds, self.top_m, self.frontier, self.seeds)
+    """A retrieval method and its search: beam walks with all of `params`, hnsw with ef0 = params.ef[-1] and top_m,
+    brute force with top_m."""
+    method: str                           # beam | hnsw | brute
+    params: SearchParams = DEFAULT_SEARCH
 
     def label(self) -> str:
-        if self.method == "beam":
-            return f"beam ef={list(self.ef)} rounds={list(self.rounds)}" + \
-                (f" frontier={self.frontier}" if self.frontier else "") + (f" seeds={self.seeds}" if self.seeds else "")
+        if self.method == "beam":  # per-layer values always, the others where set
+            return " ".join(["beam"] + [f"{t.field}={json_value(v)}" for t in WALK_TUNABLES
+                                        if (v := getattr(self.params, t.field)) or t.per_layer])
         if self.method == "hnsw":
-            return f"hnsw ef0={self.ef[-1]}"
+            return f"hnsw ef0={self.params.ef[-1]}"
         return "brute"
 
 
@@ -97,19 +92,19 @@ class Evaluator:
 
     def search(self, spec: MethodSpec) -> tuple[np.ndarray, np.ndarray, float]:
         """(top-M ids [U, M], items scored per user [U], seconds per query)."""
-        ids = np.full((len(self.test), spec.top_m), -1, dtype=np.int64)
+        top_m = spec.params.top_m
+        ids = np.full((len(self.test), top_m), -1, dtype=np.int64)
         scored = np.zeros(len(self.test), dtype=np.int64)
         t0 = time.perf_counter()
         for idx, histories, filters, score_fn in self._batches(spec.label()):
             if spec.method == "beam":
-                res = beam_search(self.graph, len(idx), score_fn, spec.params(), self.grid, histories=histories,
+                res = beam_search(self.graph, len(idx), score_fn, spec.params, self.grid, histories=histories,
                                   filters=filters)
             elif spec.method == "hnsw":
-                res = hnsw_search(self.graph, len(idx), score_fn, spec.ef[-1], spec.top_m, self.grid)
+                res = hnsw_search(self.graph, len(idx), score_fn, spec.params.ef[-1], top_m, self.grid)
             else:
-                res = brute_force(self.runtime.num_items, len(idx), score_fn, spec.top_m, grid=self.grid,
-                                  filters=filters)
-            ids[idx, : res.ids.shape[1]] = res.ids[:, : spec.top_m]
+                res = brute_force(self.runtime.num_items, len(idx), score_fn, top_m, grid=self.grid, filters=filters)
+            ids[idx, : res.ids.shape[1]] = res.ids[:, : top_m]
             scored[idx] = res.n_scored
         return ids, scored, (time.perf_counter() - t0) / max(1, len(self.test))
 
@@ -118,18 +113,17 @@ class Evaluator:
 
     def brute_top(self, top_m: int) -> np.ndarray:
         if top_m not in self._brute:
-            self._brute[top_m] = self.search(MethodSpec("brute", top_m=top_m))[0]
+            self._brute[top_m] = self.search(MethodSpec("brute", replace(DEFAULT_SEARCH, top_m=top_m)))[0]
         return self._brute[top_m]
 
     def evaluate(self, spec: MethodSpec) -> dict:
-        exact = self.brute_top(spec.top_m)
+        exact = self.brute_top(spec.params.top_m)
         found, scored, seconds = (exact, np.full(len(self.test), self.runtime.num_items), 0.0) \
             if spec.method == "brute" else self.search(spec)
         return {**metrics(found, exact, self.test.targets, scored, self.runtime.num_items),
-                "method": spec.method, "ef": list(spec.ef), "rounds": list(spec.rounds), "top_m": spec.top_m,
-                "frontier": spec.frontier, "seeds": spec.seeds,
+                "method": spec.method, **{t.field: json_value(getattr(spec.params, t.field)) for t in TUNABLES},
                 "seconds_per_query": seconds, "num_items": self.runtime.num_items,
-                "popularity_recall": self.popularity_recall(spec.top_m),
+                "popularity_recall": self.popularity_recall(spec.params.top_m),
                 "filters": {"exclude": int(self.filters.exclude.size), "exclude_history": self.filters.exclude_history,
                             "categories": self.filters.categories.tolist(), "blocked_items": self.blocked.count}}
 
@@ -167,9 +161,10 @@ def metrics(found: np.ndarray, exact: np.ndarray, targets: np.ndarray, scored: n
 def sweep_specs(base: MethodSpec) -> list[MethodSpec]:
     """Search budgets from small to large around `base` (its other parameters, seeds included, kept): HNSW's ef0;
     beam's last-layer ef (the walk stops when its list is expanded, so that list's size sets the cost)."""
+    p = base.params
     if base.method == "hnsw":
-        return [replace(base, ef=(max(e, 1),), rounds=(1,)) for e in HNSW_SWEEP_EF]
-    return [replace(base, ef=base.ef[:-1] + (max(1, round(base.ef[-1] * s)),)) for s in BEAM_SWEEP_SCALES]
+        return [replace(base, params=replace(p, ef=(max(e, 1),), rounds=(1,))) for e in HNSW_SWEEP_EF]
+    return [replace(base, params=replace(p, ef=p.ef[:-1] + (max(1, round(p.ef[-1] * s)),))) for s in BEAM_SWEEP_SCALES]
 
 
 def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:

@@ -3,33 +3,42 @@ retrieve` (one history through the served pipeline, offline: `nann.serving.retri
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
-from nann.engine.params import DEFAULT_SEARCH, PAPER_SEARCH, default_search
+from nann.engine.params import DEFAULT_SEARCH, RESULT_SIZE, WALK_TUNABLES, resolve
 from nann.errors import UserError
 from nann.evaluate import Evaluator, MethodSpec, evaluate_dr, plot_curves, sweep_specs
 from nann.serving.filters import read_ids
-from nann.serving.requests import FILTER_INPUT_NAMES, FilterRequest, RequestError, ServingLimits, parse_filters
+from nann.serving.requests import (FILTER_INPUT_NAMES, SEARCH_INPUTS, FilterRequest, RequestError, ServingLimits,
+                                   parse_filters, parse_search)
+from nann.serving.retrieval import OfflineRetriever
+from nann_cli.main import search_flag
 from nann_cli.query import parse_history, print_answer
 
-SEARCH_FLAGS = ("ef", "rounds", "frontier", "seeds")  # the search flags (SearchParams fields) `--paper` excludes
 
-
-def search_flags(args, top_m: int | None) -> dict:
+def search_flags(args) -> dict:
     """The SearchParams fields the command line sets (the rest keep the catalogue's defaults, `default_search`): the
-    given --ef/--rounds/--frontier/--seeds, or with --paper all of PAPER_SEARCH's, which excludes them; and top_m
-    when not None."""
-    given = {name: getattr(args, name) for name in SEARCH_FLAGS if getattr(args, name) is not None}
+    walk's flags given, or with --paper all of the paper's walk, which excludes them; and the result size (--k,
+    --top-m) when given."""
+    given = {t.field: getattr(args, t.field) for t in WALK_TUNABLES if getattr(args, t.field) is not None}
     if args.paper:
         if given:
-            raise UserError("--paper sets the paper's search parameters: drop " + ", ".join(f"--{n}" for n in given))
-        given = asdict(PAPER_SEARCH)
-    if top_m is not None:
-        given["top_m"] = top_m
+            raise UserError("--paper sets the paper's search parameters: drop "
+                            + ", ".join(search_flag(t) for t in WALK_TUNABLES if t.field in given))
+        given = {t.field: t.paper for t in WALK_TUNABLES}
+    if args.top_m is not None:
+        given[RESULT_SIZE.field] = args.top_m
     return {name: tuple(v) if isinstance(v, list) else v for name, v in given.items()}
+
+
+def method_spec(method: str, num_items: int, flags: dict) -> MethodSpec:
+    """What `nann evaluate` runs: `method` with the catalogue's search (`resolve`) and the search `flags` given."""
+    try:
+        return MethodSpec(method, resolve(num_items, **flags))
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def filter_flags(args, limits: ServingLimits) -> FilterRequest:
@@ -49,12 +58,12 @@ def print_metrics(m: dict) -> None:
 
 
 def main_evaluate(args) -> int:
-    flags = search_flags(args, args.top_m)
+    flags = search_flags(args)
     filters = filter_flags(args, ServingLimits())
     if args.method in ("hnsw", "dr") and (filters.restricts or args.blocked):
         raise UserError(f"eligibility filters apply to --method beam and brute, not {args.method}")
     if args.method == "dr":
-        m = evaluate_dr(args.run, args.data, users=args.users, top_m=flags.get("top_m", DEFAULT_SEARCH.top_m),
+        m = evaluate_dr(args.run, args.data, users=args.users, top_m=flags.get(RESULT_SIZE.field, DEFAULT_SEARCH.top_m),
                         beam=args.beam)
         print_metrics(m)
         if args.json:
@@ -62,11 +71,7 @@ def main_evaluate(args) -> int:
         return 0
     ev = Evaluator(args.run, args.data, users=args.users, batch=args.batch, backend=args.backend, filters=filters,
                    blocked=read_ids(args.blocked) if args.blocked else None)
-    try:
-        params = replace(default_search(ev.runtime.num_items), **flags)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    base = MethodSpec(args.method, **asdict(params))
+    base = method_spec(args.method, ev.runtime.num_items, flags)
     specs = sweep_specs(base) if args.sweep else [base]
     results = []
     for spec in specs:
@@ -83,11 +88,8 @@ def main_evaluate(args) -> int:
 
 def main_retrieve(args) -> int:
     """`nann retrieve`: the served pipeline offline; the flags go through the server's own request parsing."""
-    from nann.serving.requests import SEARCH_INPUTS, parse_search
-    from nann.serving.retrieval import OfflineRetriever
-
     history = np.array(parse_history(args.history), dtype=np.int64)
-    flags = search_flags(args, args.k)
+    flags = search_flags(args)
     retriever = OfflineRetriever(args.run, blocked=read_ids(args.blocked) if args.blocked else None)
     filters = filter_flags(args, retriever.limits)
     try:

@@ -6,7 +6,7 @@ import importlib
 import sys
 
 from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M, SCORE_METRIC_MAX_ITEMS
-from nann.engine.params import DEFAULT_SEARCH, PAPER_SEARCH, SCALING_BASE_ITEMS
+from nann.engine.params import DEFAULT_SEARCH, RESULT_SIZE, SCALING_BASE_ITEMS, WALK_TUNABLES, Tunable, default_search
 from nann.errors import UserError
 
 
@@ -18,32 +18,36 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _add_search_flags(s: argparse.ArgumentParser, served: bool, paper: bool) -> None:
-    """The per-request search flags (None = not given: the defaults apply); --paper selects the paper's.
-    served: the defaults are the server's (nann query) rather than the catalogue's (`default_search`)."""
-    def default(field: str) -> str:
-        value = getattr(DEFAULT_SEARCH, field)
-        value = ",".join(map(str, value)) if isinstance(value, tuple) else value
-        scaled = f" up to {SCALING_BASE_ITEMS:,} items, wider above" if field in ("ef", "frontier") else ""
-        return "default: the server's" if served else f"default {value}{scaled}"
+def search_flag(tunable: Tunable) -> str:
+    """The command line's flag of a search tunable: its served name (`--k` for top_m)."""
+    return "--" + tunable.name.replace("_", "-")
 
-    s.add_argument("--ef", type=_int_list, default=None,
-                   help=f"beam list size per layer, top layer first ({default('ef')})")
-    s.add_argument("--rounds", type=_int_list, default=None,
-                   help=f"most search rounds per layer, top layer first; a layer also ends when nothing is left to "
-                        f"expand ({default('rounds')})")
-    s.add_argument("--frontier", type=int, default=None,
-                   help=f"beam: list entries expanded per round, best first; 0 = every new entry "
-                        f"({default('frontier')})")
-    s.add_argument("--seeds", type=int, default=None,
-                   help=f"the history's most recent distinct items that join layer 0 as entry points; 0 = none "
-                        f"({default('seeds')})")
+
+def _text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _add_search_flags(s: argparse.ArgumentParser, served: bool, paper: bool, result_flag: str = "--k",
+                      result_help: str = "") -> None:
+    """One flag per search tunable (`nann.engine.params.TUNABLES`; dest: the SearchParams field; None = not given: the
+    defaults apply), the result size first as `result_flag`; --paper selects the paper's walk. served: the defaults
+    are the server's (nann query) rather than the catalogue's (`default_search`)."""
+    larger = default_search(10 * SCALING_BASE_ITEMS)
+
+    def default(t: Tunable) -> str:
+        value = getattr(DEFAULT_SEARCH, t.field)
+        scaled = f" up to {SCALING_BASE_ITEMS:,} items, wider above" if getattr(larger, t.field) != value else ""
+        return "default: the server's" if served else f"default {_text(value)}{scaled}"
+
+    for t in (RESULT_SIZE, *WALK_TUNABLES):
+        flag, what = (result_flag, result_help or t.help) if t is RESULT_SIZE else (search_flag(t), t.help)
+        s.add_argument(flag, dest=t.field, type=_int_list if t.per_layer else int, default=None,
+                       metavar=flag.lstrip("-").replace("-", "_").upper(), help=f"{what} ({default(t)})")
     if paper:
-        p = PAPER_SEARCH
+        walk = ", ".join(f"{t.name} {_text(t.paper)}" for t in WALK_TUNABLES)
         s.add_argument("--paper", action="store_true",
-                       help=f"the paper's search parameters (ef {','.join(map(str, p.ef))}, rounds "
-                            f"{','.join(map(str, p.rounds))}, frontier 0, no seeds) instead of the defaults; not with "
-                            "the four above")
+                       help=f"the paper's search parameters ({walk}) instead of the defaults; not with "
+                            + ", ".join(search_flag(t) for t in WALK_TUNABLES))
 
 
 def _add_filter_flags(s: argparse.ArgumentParser, blocked: bool) -> None:
@@ -203,10 +207,9 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", choices=["beam", "hnsw", "brute", "dr"], default="beam",
                    help="beam (default: NANN's beam walk), hnsw (HNSW retrieval with the neural score), brute "
                         "(exact), dr (a Deep Retrieval run)")
-    _add_search_flags(s, served=False, paper=True)
+    _add_search_flags(s, served=False, paper=True, result_flag="--top-m",
+                      result_help="M of the metrics: the items each search returns")
     _add_filter_flags(s, blocked=True)
-    s.add_argument("--top-m", type=int, default=None,
-                   help="M of the metrics (default: the top_m of the search, DEFAULT_SEARCH or PAPER_SEARCH)")
     s.add_argument("--beam", type=int, default=None, help="--method dr: beam width (default: the run's)")
     s.add_argument("--users", type=int, default=0, help="evaluate at most this many test users (0 = all)")
     s.add_argument("--batch", type=int, default=32,
@@ -220,7 +223,6 @@ def _build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("retrieve", help="top-k items for one history, offline (no server)")
     s.add_argument("--run", required=True, help="trained run directory with a graph (`nann graph`)")
     s.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first ('' = a new user)")
-    s.add_argument("--k", type=int, default=None, help=f"items to return (default {DEFAULT_SEARCH.top_m})")
     _add_search_flags(s, served=False, paper=True)
     _add_filter_flags(s, blocked=True)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -263,7 +265,6 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--url", required=True, help="HOST:PORT of Triton's gRPC endpoint")
     s.add_argument("--history", default=None, help="comma-separated raw item ids, oldest first ('' = a new user); "
                                                    "required unless --info")
-    s.add_argument("--k", type=int, default=None, help="items to return (default: the server's)")
     _add_search_flags(s, served=True, paper=False)
     _add_filter_flags(s, blocked=False)
     s.add_argument("--info", action="store_true",

@@ -75,7 +75,7 @@ def coverage(run: Path, data: str, users: int, num_old: int) -> dict:
 
     ev = Evaluator(run, data, users=users)
     spec = MethodSpec("beam")
-    found, exact = ev.search(spec)[0], ev.brute_top(spec.top_m)
+    found, exact = ev.search(spec)[0], ev.brute_top(spec.params.top_m)
     category = np.load(run / "item_category.npy")
 
     def keys(ids):

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nann.engine.params import PAPER_SEARCH, default_search
+from nann.engine.params import DEFAULT_SEARCH, PAPER_SEARCH, default_search
 from nann_cli.steps import run_step
 
 TOP_M = 200
@@ -255,11 +255,11 @@ def compare(work: Path, sc: Scale) -> dict:
                          (BEAM_PAPER, replace(PAPER_SEARCH, top_m=TOP_M)),
                          (BEAM_FRONTIER,
                           replace(PAPER_SEARCH, rounds=FRONTIER_ROUNDS, frontier=FRONTIER, top_m=TOP_M))):
-        found, scored, _ = ev.search(MethodSpec("beam", **asdict(params)))
+        found, scored, _ = ev.search(MethodSpec("beam", params))
         add(name, "nann", found, exact, scored,
             lat(lambda f, h: beam_search(ev.graph, 1, f, params, ev.grid, histories=[h]), ev,
                 sc.eval_users), ev)
-    hnsw = MethodSpec("hnsw", (HNSW_EF0,), (1,), TOP_M)
+    hnsw = MethodSpec("hnsw", replace(DEFAULT_SEARCH, ef=(HNSW_EF0,), rounds=(1,), top_m=TOP_M))
     found, scored, _ = ev.search(hnsw)
     add(f"NANN-HNSW (ef0 {HNSW_EF0})", "nann", found, exact, scored,
         lat(lambda f, h: hnsw_search(ev.graph, 1, f, HNSW_EF0, TOP_M, ev.grid), ev, sc.hnsw_latency_users), ev)

@@ -26,7 +26,7 @@ K = 20
 # The widest search the limits allow: the walk then scores ~99% of the tiny run's items, so a new item in the
 # brute-force top-K is missed only if the graph does not link it (what these tests are about); the default search's
 # misses depend on the trained model and graph build, which differ between CPUs.
-WIDEST = {"ef": [ServingLimits().max_ef] * 3, "rounds": [ServingLimits().max_rounds] * 3, "frontier": 0}
+WIDEST = {"ef": [ServingLimits().maximum("ef")] * 3, "rounds": [ServingLimits().maximum("rounds")] * 3, "frontier": 0}
 
 
 def copy_run(run, dst):
