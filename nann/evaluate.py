@@ -23,6 +23,7 @@ from nann.engine.grid import CandidateGrid
 from nann.engine.params import DEFAULT_SEARCH, TUNABLES, WALK_TUNABLES, SearchParams, json_value
 from nann.engine.search import beam_search, brute_force, hnsw_search
 from nann.errors import UserError
+from nann.run_dir import RunDir
 from nann.serving.filters import NOTHING_BLOCKED, Eligibility
 from nann.serving.requests import NO_FILTERS, FilterRequest, RequestError
 
@@ -55,14 +56,15 @@ class Evaluator:
     def __init__(self, run_dir: str | Path, data_dir: str | Path, users: int = 0, batch: int = 32,
                  backend: str = "onnxruntime", grid: CandidateGrid | None = None,
                  filters: FilterRequest = NO_FILTERS, blocked: np.ndarray | None = None):
-        from nann.data.prepared import PreparedData, Vocabulary
+        from nann.data.prepared import PreparedData
         from nann.runtime import ModelRuntime
 
         self.run_dir = Path(run_dir)
+        run = RunDir(self.run_dir)
         self.runtime = ModelRuntime.load(self.run_dir, backend=backend)
-        if not (self.run_dir / "graph" / "meta.json").exists():
+        if not run.graph.exists():
             raise UserError(f"{self.run_dir} has no graph: run `nann graph --run {self.run_dir}` first")
-        self.graph = HnswGraph.load(self.run_dir / "graph")
+        self.graph = HnswGraph.load(run.graph.path)
         prepared = PreparedData.load(str(data_dir))
         test = prepared.test
         self.item_counts = prepared.item_counts
@@ -73,7 +75,7 @@ class Evaluator:
         self.batch = batch
         self.grid = grid or CandidateGrid.for_backend(backend)
         self._brute: dict[int, np.ndarray] = {}
-        self.eligibility = Eligibility(Vocabulary.load(str(self.run_dir)))
+        self.eligibility = Eligibility(run.vocabulary())
         self.filters = filters
         self.blocked = NOTHING_BLOCKED if blocked is None else self.eligibility.blocked(blocked)
 

@@ -16,7 +16,7 @@ Three architectures share one item network and one serving contract:
 The element-wise products (``interactions``, on by default; DIN's activation unit does the same with [q, k, q-k, q*k])
 are there because an MLP over a plain concatenation learns a dot-product-like similarity poorly (Rendle et al. 2020):
 at the same training budget the plain-concat attention model scored well below the two-tower baseline. Runs whose
-config.json predates the field load with ``interactions=False`` (plain concat, no ``user_vec`` state).
+config predates the field load with ``interactions=False`` (plain concat, no ``user_vec`` state).
 
 The score is the raw logit ``s_u(e_v)`` (before any sigmoid and without the NCE correction). That same number is the
 training logit (before the ``-log(k q(v))`` correction), the brute-force score and the served score.
@@ -29,9 +29,7 @@ the mask, so an all-masked (empty) history gives attention output 0 and user vec
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -39,6 +37,7 @@ import torch
 from torch import nn
 
 from nann.errors import UserError
+from nann.run_dir import RunDir
 
 ARCHS = ("attention", "mlp", "two-tower")
 MASK_NEG = -1.0e4  # additive attention mask; finite so fp16 engines and all-masked rows stay NaN-free
@@ -236,15 +235,13 @@ class NANNModel(nn.Module):
 
 
 def load_model(run_dir: str, map_location="cpu") -> NANNModel:
-    """The trained model of a run (config.json + model.safetensors), in eval mode."""
+    """The trained model of a run (its config and weights), in eval mode."""
     from safetensors.torch import load_file
 
-    cfg_path, w_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "model.safetensors")
-    for p in (cfg_path, w_path):
-        if not os.path.exists(p):
+    run = RunDir(run_dir)
+    for p in (run.config_file, run.weights_file):
+        if not p.exists():
             raise UserError(f"{p} not found: is {run_dir} a finished training run?")
-    with open(cfg_path) as f:
-        cfg = ModelConfig.from_dict(json.load(f))
-    model = NANNModel(cfg)
-    model.load_state_dict(load_file(w_path, device=str(map_location)))
+    model = NANNModel(ModelConfig.from_dict(run.read_config()))
+    model.load_state_dict(load_file(run.weights_file, device=str(map_location)))
     return model.eval()

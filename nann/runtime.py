@@ -1,7 +1,7 @@
 """Runs a trained run's serving split: ``encode(histories)`` -> user state, ``score(state, owner, ids)`` -> scores.
 
-Backends: ``onnxruntime`` (user_encoder.onnx + scorer.onnx; does not import torch) and ``torch``
-(rebuilds the same split from ``config.json`` + ``model.safetensors``; no ONNX). Both compute the model's raw logit
+Backends: ``onnxruntime`` (the run's user encoder and scorer ONNX files; does not import torch) and ``torch``
+(rebuilds the same split from the run's config and weights; no ONNX). Both compute the model's raw logit
 ``s_u(e_v)``, the number the trainer trains and brute force ranks by.
 
 Empty history: ``encode`` accepts it and returns the state of an all-masked row (attention output 0, sum-pool 0;
@@ -9,13 +9,13 @@ finite scores): serving's cold-start state for a new user.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Sequence
 
 import numpy as np
 
 from nann.errors import UserError
+from nann.run_dir import RunDir
 
 BACKENDS = ("onnxruntime", "torch")
 PARTS = ("encoder", "scorer")  # the halves of the serving split a runtime can load
@@ -50,14 +50,10 @@ class ModelRuntime:
         torch is first imported here, as libgomp reads OMP_WAIT_POLICY once)."""
         self.run_dir = run_dir
         self.backend = backend
-        io_path = os.path.join(run_dir, "onnx_io.json")
-        emb_path = os.path.join(run_dir, "item_embeddings.npy")
-        for p in (io_path, emb_path):
-            if not os.path.exists(p):
-                raise UserError(f"{p} not found: is {run_dir} a finished training run (nann train --run)?")
-        with open(io_path) as f:
-            self.io = json.load(f)
-        self.item_embeddings = np.load(emb_path, mmap_mode="r")
+        run = RunDir(run_dir)
+        run.check_trained()
+        self.io = run.read_onnx_io()
+        self.item_embeddings = run.item_embeddings()
         self.num_items, self.emb_dim = (int(x) for x in self.item_embeddings.shape)
         self.max_seq = int(self.io["max_seq"])
         self.arch = self.io.get("arch")

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from nann.engine.params import DEFAULT_SEARCH, PAPER_SEARCH, default_search
+from nann.run_dir import RunDir
 from nann_cli.steps import run_step
 
 TOP_M = 200
@@ -110,10 +111,10 @@ def prepare(work: Path, sc: Scale) -> tuple[dict, list]:
     for name, extra in MODELS.items():
         run = work / f"run_{name}"
         _cli(f"train {name}", ["train", "--data", str(data), "--run", str(run), *sc.train, *extra],
-             run / "item_embeddings.npy", log)
+             RunDir(run).item_embeddings_file, log)
         runs[name] = run
     for name in GRAPHS:
-        _cli(f"graph {name}", ["graph", "--run", str(runs[name]), *sc.graph], runs[name] / "graph" / "meta.json", log)
+        _cli(f"graph {name}", ["graph", "--run", str(runs[name]), *sc.graph], RunDir(runs[name]).graph.meta_file, log)
     return {"data": data, **runs}, log
 
 
@@ -159,7 +160,7 @@ def two_tower(run: Path, data: Path, n_users: int, nann_exact: np.ndarray, targe
     if rt.state_names != ["user_vec"]:
         raise RuntimeError(f"{run} is not a two-tower run (state {rt.state_names})")
     test = PreparedData.load(str(data)).test
-    vecs = np.ascontiguousarray(np.load(run / "item_embeddings.npy"), dtype=np.float32)
+    vecs = np.ascontiguousarray(RunDir(run).item_embeddings(mmap=False), dtype=np.float32)
     n, d = vecs.shape
     t0 = time.perf_counter()
     index = hnswlib.Index(space="ip", dim=d)

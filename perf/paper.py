@@ -24,6 +24,7 @@ import numpy as np
 from nann.data.prepared import PreparedData
 from nann.engine.params import DEFAULT_SEARCH, default_search
 from nann.evaluate import Evaluator, MethodSpec, plot_curves, sweep_specs
+from nann.run_dir import RunDir
 from nann_cli.steps import run_step
 from perf.run import machine_info
 from perf.sections import command_line, provenance, update_section
@@ -35,8 +36,8 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 def ensure_run(data: Path, run: Path, arch: str, fgsm_eps: float, train_args: list[str], extra=()) -> Path:
     run_step(f"train {run.name}", ["train", "--data", data, "--run", run, "--arch", arch, "--fgsm-eps", fgsm_eps,
-                                    *train_args, *extra], run / "scorer.onnx")
-    run_step(f"graph {run.name}", ["graph", "--run", run], run / "graph" / "meta.json")
+                                    *train_args, *extra], RunDir(run).scorer_file)
+    run_step(f"graph {run.name}", ["graph", "--run", run], RunDir(run).graph.meta_file)
     return run
 
 

@@ -7,7 +7,9 @@ Layout of REPO_DIR (model names are a contract):
     scorer/        Python (ONNX Runtime or torch) on CPU hosts, TensorRT plan on GPU hosts
 Each model gets a new version directory `N/` (N = newest + 1 when REPO_DIR already exists, so a running
 server can switch versions), its artifacts hard-linked from the run (copied across file systems) and a
-checksummed manifest verified at load.
+checksummed manifest verified at load. The models' `model.py` files and config templates are the package data
+`nann.serving.model_repository` (the repository's top-level model_repository/ directory), so an installed copy exports
+as a source checkout does.
 """
 from __future__ import annotations
 
@@ -18,23 +20,21 @@ import shutil
 import statistics
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 from string import Template
 
 import numpy as np
 
-from nann.engine.graph import HNSW_INDEX
 from nann.engine.grid import CandidateGrid
 from nann.errors import UserError
+from nann.run_dir import RunDir
 from nann.serving.repository import model_versions, write_manifest
 from nann.serving.requests import REQUEST_INPUT_NAMES, REQUEST_INPUTS, ServingLimits
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
+TEMPLATES = resources.files("nann.serving.model_repository")
 PYTHON_MODELS = ("encode", "retrieve", "scorer")
 OBSOLETE_MODELS = ("preprocess", "user_encoder")  # an older layout's models, merged into `encode`
-RUN_FILES = ("config.json", "onnx_io.json", "item_embeddings.npy", "user_encoder.onnx", "scorer.onnx",
-             "model.safetensors", "items.npy", "item_category.npy", "categories.npy")
-GRAPH_FILES = ("meta.json", "levels.npy")
 TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 MAX_BATCH = 64
 # dynamic batchers' max_queue_delay_microseconds (perf/RESULTS.md "Serving parameters: max_queue_delay_microseconds
@@ -44,21 +44,6 @@ MAX_BATCH = 64
 # shorter measured better under load (500 us: p50 27.1 vs 28.0 ms at concurrency 1, 1.01x / 0.97x req/s at 8 / 16,
 # inside the run-to-run noise; 0: 0.94x at 16).
 QUEUE_DELAY_US = {"encode": 0, "retrieve": 2000}
-
-
-def check_run(run_dir: Path) -> None:
-    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
-    if missing:
-        raise UserError(f"run {run_dir} lacks {', '.join(missing)}: run `nann train --run {run_dir}` first")
-    if not all((run_dir / "graph" / name).is_file() for name in GRAPH_FILES):
-        raise UserError(f"run {run_dir} has no graph: run `nann graph --run {run_dir}` first")
-    counts = {"items.npy": np.load(run_dir / "items.npy", mmap_mode="r").shape[0],
-              "item_embeddings.npy": np.load(run_dir / "item_embeddings.npy", mmap_mode="r").shape[0],
-              "graph": json.loads((run_dir / "graph" / "meta.json").read_text())["num_items"]}
-    if len(set(counts.values())) > 1:
-        raise UserError(f"run {run_dir} is inconsistent (" + ", ".join(f"{k}: {v} items" for k, v in counts.items())
-                        + f"): rebuild the graph with `nann graph --run {run_dir}`, or repeat an interrupted "
-                          f"`nann items add`")
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -71,7 +56,7 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 def state_specs(run_dir: Path) -> list[dict]:
     """The user-state tensors as [{"name", "dtype", "dims"}] with dims excluding the leading batch axis."""
-    io = json.loads((run_dir / "onnx_io.json").read_text())
+    io = RunDir(run_dir).read_onnx_io()
     specs = []
     for s in io["state"]:
         dims = [d if isinstance(d, int) and d > 0 else -1 for d in s["shape"][1:]]
@@ -169,7 +154,7 @@ def next_version(repo: Path) -> int:
 
 
 def render(template: str, **values) -> str:
-    return Template((TEMPLATES / template).read_text()).substitute(**values)
+    return Template(TEMPLATES.joinpath(template).read_text()).substitute(**values)
 
 
 def tensorrt_scorer_config(specs: list[dict], profiles: int) -> str:
@@ -190,15 +175,16 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
     if stale:
         raise UserError(f"{repo} holds {' and '.join(stale)} of an older layout (merged into `encode` since): "
                         "export into a fresh repository")
-    check_run(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
+    run = RunDir(run_dir)
+    run.check_servable()
+    config = run.read_config()
     backend, speeds = choose_scorer(scorer, run_dir)
     grid = grid or CandidateGrid.for_backend(backend)
     runtime_backend = backend if backend != "tensorrt" else "onnxruntime"
     version = next_version(repo)
     specs = state_specs(run_dir)
-    emb_dim = int(np.load(run_dir / "item_embeddings.npy", mmap_mode="r").shape[1])
-    num_items = int(np.load(run_dir / "items.npy", mmap_mode="r").shape[0])
+    emb_dim = int(run.item_embeddings().shape[1])
+    num_items = run.vocabulary_size()
     limits = limits or ServingLimits.for_catalogue(num_items, max_seq=int(config["max_seq"]), unknown_ids=unknown_ids)
     info = {
         "model_version": version, "num_items": num_items, "emb_dim": emb_dim, "scorer_backend": backend,
@@ -226,16 +212,16 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
             continue
         version_dir = repo / model / str(version)
         version_dir.mkdir(parents=True)
-        shutil.copy2(TEMPLATES / model / "model.py", version_dir / "model.py")
+        (version_dir / "model.py").write_bytes(TEMPLATES.joinpath(model, "model.py").read_bytes())
         # compiled now, so the stub finds its bytecode and writes nothing into the version directory at load
         # (a new __pycache__ there made poll mode reload every model right after start)
         py_compile.compile(str(version_dir / "model.py"), doraise=True)
-        for name in RUN_FILES:
-            link_or_copy(run_dir / name, version_dir / name)
+        served = RunDir(version_dir)
+        for path in run.served_files():
+            link_or_copy(path, served.path / path.name)
         if model == "retrieve":
-            for path in (run_dir / "graph").iterdir():
-                if path.name != HNSW_INDEX:  # the builder's index (for `nann items add`): not served
-                    link_or_copy(path, version_dir / "graph" / path.name)
+            for path in run.graph.served_files():  # all but the builder's index (for `nann items add`)
+                link_or_copy(path, served.graph.path / path.name)
         write_manifest(version_dir, {"run": str(run_dir), "model": model})
         (repo / model / "config.pbtxt").write_text(render(f"{model}/config.pbtxt.template", **values))
     if backend == "tensorrt":
@@ -244,7 +230,7 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
         version_dir = repo / "scorer" / str(version)
         version_dir.mkdir(parents=True)
         trt_specs = fixed_sequence_axis(specs, limits.max_seq)
-        profiles = build_scorer_plan(run_dir / "scorer_ids.onnx", version_dir / "model.plan", trt_specs, grid,
+        profiles = build_scorer_plan(run.scorer_ids_file, version_dir / "model.plan", trt_specs, grid,
                                      MAX_BATCH)
         write_manifest(version_dir, {"run": str(run_dir), "model": "scorer"})
         (repo / "scorer" / "config.pbtxt").write_text(tensorrt_scorer_config(trt_specs, profiles))

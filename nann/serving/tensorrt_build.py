@@ -54,7 +54,7 @@ def build_scorer_plan(onnx_path: Path, plan_path: Path, state_specs: list[dict],
         raise UserError(f"TensorRT {trt.__version__} cannot take the scorer's INT64 inputs: TensorRT 10 or newer is "
                         "needed (pip install 'nann-serve[gpu]', or an NGC container from 24.05 on)")
     if not Path(onnx_path).is_file():
-        raise UserError(f"{onnx_path} is missing: re-run `nann train` (it exports scorer_ids.onnx)")
+        raise UserError(f"{onnx_path} is missing: re-run `nann train` (it exports it)")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
