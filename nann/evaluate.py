@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from nann import scorers
 from nann.engine.graph import HnswGraph
 from nann.engine.grid import CandidateGrid
 from nann.engine.params import DEFAULT_SEARCH, TUNABLES, WALK_TUNABLES, SearchParams, json_value
@@ -73,7 +74,7 @@ class Evaluator:
                             f"rebuild it with `nann graph --run {self.run_dir}`")
         self.test = test.subset(users) if users and users < len(test) else test
         self.batch = batch
-        self.grid = grid or CandidateGrid.for_backend(backend)
+        self.grid = grid or scorers.runtime(backend).grid()
         self._brute: dict[int, np.ndarray] = {}
         self.eligibility = Eligibility(run.vocabulary())
         self.filters = filters

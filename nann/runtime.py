@@ -1,24 +1,23 @@
 """Runs a trained run's serving split: ``encode(histories)`` -> user state, ``score(state, owner, ids)`` -> scores.
 
-Backends: ``onnxruntime`` (the run's user encoder and scorer ONNX files; does not import torch) and ``torch``
-(rebuilds the same split from the run's config and weights; no ONNX). Both compute the model's raw logit
-``s_u(e_v)``, the number the trainer trains and brute force ranks by.
+Backends: the scorer runtimes that run in a Python process (``nann.scorers``): ``onnxruntime`` (the run's user encoder
+and scorer ONNX files; does not import torch) and ``torch`` (rebuilds the same split from the run's config and
+weights; no ONNX). Both compute the model's raw logit ``s_u(e_v)``, the number the trainer trains and brute force
+ranks by.
 
 Empty history: ``encode`` accepts it and returns the state of an all-masked row (attention output 0, sum-pool 0;
 finite scores): serving's cold-start state for a new user.
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
 
+from nann import scorers
 from nann.errors import UserError
 from nann.run_dir import RunDir
-
-BACKENDS = ("onnxruntime", "torch")
-PARTS = ("encoder", "scorer")  # the halves of the serving split a runtime can load
+from nann.scorers.base import PARTS
 
 
 def pad_histories(histories: Sequence[np.ndarray], max_seq: int,
@@ -58,33 +57,11 @@ class ModelRuntime:
         self.max_seq = int(self.io["max_seq"])
         self.arch = self.io.get("arch")
         self.state_names = [s["name"] for s in self.io["state"]]
-        if backend == "onnxruntime":
-            import onnxruntime as ort
-
-            so = ort.SessionOptions()
-            if threads:
-                so.intra_op_num_threads = int(threads)
-                so.inter_op_num_threads = 1
-            if not spinning:
-                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            files = {"encoder": self.io["user_encoder"]["file"], "scorer": self.io["scorer"]["file"]}
-            self._parts = {part: ort.InferenceSession(os.path.join(run_dir, files[part]), so,
-                                                      providers=["CPUExecutionProvider"]) for part in parts}
-        elif backend == "torch":
-            if not spinning:
-                os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            import torch
-
-            from nann.model import load_model
-            from nann.model_split import build_split
-
-            if threads:
-                torch.set_num_threads(int(threads))
-            self._torch = torch
-            split = dict(zip(PARTS, build_split(load_model(run_dir, map_location="cpu"))))
-            self._parts = {part: split[part] for part in parts}
-        else:
-            raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+        runtime = scorers.runtime(backend)
+        if not runtime.in_python:
+            raise UserError(f"the {backend} scorer runs in its own Triton backend, not in this process: use "
+                            f"{' or '.join(scorers.in_python())} here")
+        self._parts = runtime.load(run, self.io, parts, threads, spinning)
 
     @classmethod
     def load(cls, run_dir, backend: str = "onnxruntime", threads: int | None = None, parts: Sequence[str] = PARTS,
@@ -92,7 +69,7 @@ class ModelRuntime:
         return cls(str(run_dir), backend, threads, parts, spinning)
 
     def _part(self, name: str):
-        """The encoder's or the scorer's ONNX Runtime session (torch module)."""
+        """The encoder or the scorer, as the runtime loaded it (`nann.scorers.base.Part`)."""
         if name not in self._parts:
             raise RuntimeError(f"this runtime of {self.run_dir} was loaded without its {name} "
                                f"(parts {list(self._parts)})")
@@ -118,14 +95,7 @@ class ModelRuntime:
     def encode_padded(self, hist_emb, hist_mask) -> dict[str, np.ndarray]:
         hist_emb = np.ascontiguousarray(hist_emb, dtype=np.float32)
         hist_mask = np.ascontiguousarray(hist_mask, dtype=np.float32)
-        encoder = self._part("encoder")
-        if self.backend == "onnxruntime":
-            outs = encoder.run(self.state_names, {"hist_emb": hist_emb, "hist_mask": hist_mask})
-        else:
-            t = self._torch
-            with t.no_grad():
-                outs = [o.numpy() for o in encoder(t.from_numpy(hist_emb), t.from_numpy(hist_mask))]
-        return dict(zip(self.state_names, outs))
+        return dict(zip(self.state_names, self._part("encoder")(hist_emb, hist_mask)))
 
     # ---- candidate side -----------------------------------------------------------------------------------
     def score(self, state: dict[str, np.ndarray], owner: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -143,13 +113,5 @@ class ModelRuntime:
             scores = np.empty(owner.shape[0], dtype=np.float32)
             scores[order] = self.score_emb(state, owner[order], cand_emb[order])
             return scores
-        scorer = self._part("scorer")
         st = [np.ascontiguousarray(state[n], dtype=np.float32) for n in self.state_names]
-        if self.backend == "onnxruntime":
-            feed = dict(zip(self.state_names, st))
-            feed["cand_emb"] = cand_emb
-            feed["owner"] = owner
-            return scorer.run(["scores"], feed)[0]
-        t = self._torch
-        with t.no_grad():
-            return scorer(*[t.from_numpy(s) for s in st], t.from_numpy(cand_emb), t.from_numpy(owner)).numpy()
+        return self._part("scorer")(st, cand_emb, owner)

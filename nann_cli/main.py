@@ -6,6 +6,7 @@ import importlib
 import sys
 
 from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M, SCORE_METRIC_MAX_ITEMS
+from nann import scorers
 from nann.engine.params import DEFAULT_SEARCH, RESULT_SIZE, SCALING_BASE_ITEMS, WALK_TUNABLES, Tunable, default_search
 from nann.errors import UserError
 
@@ -214,8 +215,10 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--users", type=int, default=0, help="evaluate at most this many test users (0 = all)")
     s.add_argument("--batch", type=int, default=32,
                    help="requests advanced together, one scorer call per round for all (default 32)")
-    s.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime",
-                   help="scorer runtime: onnxruntime (default; what the CPU server runs) or torch")
+    s.add_argument("--backend", choices=scorers.in_python(), default="onnxruntime",
+                   help="scorer runtime: " + ", ".join(f"{name} ({scorers.runtime(name).summary})"
+                                                       for name in scorers.in_python())
+                        + " (default onnxruntime: what the CPU server runs)")
     s.add_argument("--sweep", action="store_true", help="vary the search budget and write curves")
     s.add_argument("--json", help="also write the metrics as JSON to this file (default: print only)")
     s.set_defaults(handler="nann_cli.evaluate:main_evaluate")
@@ -232,9 +235,9 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True, help="trained run directory with a graph")
     s.add_argument("--repo", required=True,
                    help="model repository to write; an existing one gets a new version of every model")
-    s.add_argument("--scorer", choices=["auto", "tensorrt", "onnxruntime", "torch"], default="auto",
-                   help="auto (default: tensorrt on a GPU host with TensorRT, else the faster CPU runtime measured on "
-                        "this run), tensorrt, onnxruntime or torch")
+    s.add_argument("--scorer", choices=["auto", *scorers.RUNTIMES], default="auto",
+                   help="auto (default: the first GPU runtime this host has, else the faster CPU runtime measured on "
+                        "this run), " + ", ".join(f"{name} ({r.summary})" for name, r in scorers.RUNTIMES.items()))
     s.add_argument("--unknown-ids", choices=["skip", "refuse"], default="skip",
                    help="history ids the index does not know: skip (default: dropped, counted in the response and "
                         "the metrics) or refuse the request (INVALID_ARG naming them)")

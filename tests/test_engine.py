@@ -75,11 +75,13 @@ def test_grid():
     assert CandidateGrid.unpadded(7).pad_size(5) == 5
 
 
-def test_grid_by_backend_and_its_json():
-    """TensorRT gets the padded grid (its profiles), the CPU runtimes an unpadded one; both survive the JSON the
-    export writes into `retrieve`'s config."""
-    padded, unpadded = CandidateGrid.for_backend("tensorrt"), CandidateGrid.for_backend("onnxruntime")
-    assert padded.sizes == CandidateGrid().sizes and CandidateGrid.for_backend("torch").sizes is None
+def test_grid_by_runtime_and_its_json():
+    """TensorRT gets the padded grid (its profiles), the CPU runtimes an unpadded one (nann.scorers); both survive the
+    JSON the export writes into `retrieve`'s config."""
+    from nann.scorers import runtime
+
+    padded, unpadded = runtime("tensorrt").grid(), runtime("onnxruntime").grid()
+    assert padded.sizes == CandidateGrid().sizes and runtime("torch").grid().sizes is None
     assert unpadded.sizes is None and unpadded.max_size == padded.max_size and unpadded.pad_size(59) == 59
     for g in (padded, unpadded, CandidateGrid([1, 16, 32, 64], 64)):
         back = CandidateGrid.from_json(json.loads(json.dumps(g.to_json())))

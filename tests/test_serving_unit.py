@@ -9,11 +9,12 @@ from nann.engine.grid import CandidateGrid
 from nann.engine.params import DEFAULT_SEARCH, SearchParams
 from nann.errors import UserError
 from nann.runtime import ModelRuntime
-from nann.serving.export import export_repository, pbtxt_string, search_input_entries, step_map, tensor_entries
+from nann.scorers.tensorrt import profile_shapes
+from nann.serving.export import export_repository, pbtxt_string, search_input_entries, step_map
 from nann.serving.repository import ArtifactError, verify_manifest, write_manifest
 from nann.serving.requests import REQUEST_INPUT_NAMES, RequestError, ServingLimits, parse_history, parse_search
 from nann.serving.services import RequestEncoder, check_state, runtime_options
-from nann.serving.tensorrt_build import profile_shapes
+from nann.serving.templates import tensor_entries
 
 try:
     from tests.test_trainer_export import make_run

@@ -11,6 +11,7 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from nann import scorers
 from nann.engine.graph import HnswGraph
 from nann.engine.grid import CandidateGrid
 from nann.engine.search import SearchParams, beam_search
@@ -120,7 +121,7 @@ class OfflineRetriever:
         self.limits = limits or ServingLimits.for_catalogue(self.scorer.runtime.num_items,
                                                             max_seq=self.scorer.runtime.max_seq)
         self.encoder = RequestEncoder(run_dir, self.limits, backend)
-        self.service = RetrieveService(run_dir, self.limits, grid or CandidateGrid.for_backend(backend))
+        self.service = RetrieveService(run_dir, self.limits, grid or scorers.runtime(backend).grid())
         self.blocked = NOTHING_BLOCKED if blocked is None else self.service.eligibility.blocked(blocked)
 
     def retrieve(self, raw_histories: Sequence[np.ndarray], params: Sequence[SearchParams],
