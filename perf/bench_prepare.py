@@ -41,7 +41,7 @@ import sys
 def peak_kib():
     return next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
 import numpy, pyarrow, pyarrow.parquet, pyarrow.csv
-from nann.cli import main
+from nann_cli.main import main
 base = peak_kib()
 rc = main(sys.argv[1:])
 print("RSS_KB", base, peak_kib(), rc)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nann.steps import run_step
+from nann.run_dir import RunDir
+from nann_cli.steps import run_step
 from perf.run import machine_info
 from perf.sections import command_line, provenance, report
 
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
                                                "--max-samples", str(args.samples), "--batch-size", str(BATCH),
                                                "--eval-users", "20", "--threads", str(args.threads),
                                                "--denormals", mode], None)
-        results[mode] = steps_per_s(run / "train_log.jsonl")
+        results[mode] = steps_per_s(RunDir(run).train_log_file)
     ratio = results["flush"]["last_quarter"] / results["keep"]["last_quarter"]
     md = "\n".join([
         provenance(command_line("perf.bench_train", argv), info), "",

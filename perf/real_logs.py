@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 from nann.errors import UserError
-from nann.steps import run_step
+from nann_cli.steps import run_step
 
 DEFAULT_MIRROR = "/work/.mirror"
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
 
 
 def run_cli(*argv: str) -> None:

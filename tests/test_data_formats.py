@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
 from nann.data import delimited, tabular
 from nann.data.inputs import read_input
 from nann.data.prepare import prepare_arrays

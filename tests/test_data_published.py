@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
 from nann.data import delimited
 from nann.data.inputs import read_input
 from nann.data.items import UNKNOWN_CATEGORY, read_items

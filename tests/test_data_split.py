@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
 from nann.data import prepare as prepare_module
 from nann.data.prepare import choose_split, prepare_arrays
 from nann.data.prepared import PreparedData
@@ -136,7 +136,7 @@ def test_train_graph_and_evaluate_run_on_leave_last_out_data(tmp_path):
              ["evaluate", "--run", run, "--data", data, "--method", "brute", "--json", tmp_path / "m.json"]]
     for argv in ([str(a) for a in step] for step in steps):
         if argv[0] == "train":
-            subprocess.run([sys.executable, "-m", "nann.cli", *argv], check=True, capture_output=True)
+            subprocess.run([sys.executable, "-m", "nann_cli", *argv], check=True, capture_output=True)
         else:
             assert cli_main(argv) == 0, argv
     assert json.loads((data / "meta.json").read_text())["split"] == "last"

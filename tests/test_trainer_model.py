@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from nann.model import ARCHS, ModelConfig, NANNModel, build_split, per_candidate_macs
+from nann.model import ARCHS, ModelConfig, NANNModel
+from nann.model_split import build_split, per_candidate_macs
 from trainer.train import bernoulli_kl_logits, compute_loss, fgsm_delta, make_optimizers
 
 

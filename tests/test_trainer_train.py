@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from nann.cli import main as cli_main  # noqa: E402
+from nann_cli.main import main as cli_main  # noqa: E402
 from test_trainer_data import make_prepared  # noqa: E402
 
 

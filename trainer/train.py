@@ -19,16 +19,15 @@ CPU, nccl on CUDA); each rank trains on its shard of the epoch's samples and DDP
 running statistics follow DDP's default (rank 0's are broadcast before each forward, and once more at the end);
 only rank 0 writes artifacts.
 
-Checkpoint (RUN_DIR/checkpoint/): model.safetensors, optimizer.safetensors (the moments of every optimizer, no
-pickle) and state.json (epoch, step within the epoch, global step, each optimizer's param_groups). A run
-directory with a checkpoint resumes: --epochs is the run's total number of epochs.
+Checkpoint (the run's checkpoint directory, ``nann.run_dir``): the weights, the moments of every optimizer (both
+safetensors, no pickle) and the state (epoch, step within the epoch, global step, each optimizer's param_groups). A
+run directory with a checkpoint resumes: --epochs is the run's total number of epochs.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import shutil
 import time
 
 import numpy as np
@@ -36,7 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from nann.errors import UserError
-from nann.model import ARCHS, ModelConfig, NANNModel, build_split, load_model
+from nann.model import ARCHS, ModelConfig, NANNModel, load_model
+from nann.model_split import build_split
+from nann.run_dir import CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE, CHECKPOINT_WEIGHTS, RunDir
 from nann.runtime import pad_histories
 from trainer.sampling import NoiseSampler, epoch_order, load_data, make_batch, sample_positions
 
@@ -176,9 +177,9 @@ def make_optimizers(model: NANNModel, lr: float, sparse: bool) -> dict[str, torc
 
 
 def save_checkpoint(run_dir, model, opts: dict, epoch, step_in_epoch, global_step):
-    ck = os.path.join(run_dir, "checkpoint")
-    os.makedirs(ck, exist_ok=True)
-    _save_safetensors(model.state_dict(), os.path.join(ck, "model.safetensors"))
+    run = RunDir(run_dir)
+    run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    _save_safetensors(model.state_dict(), str(run.checkpoint_file(CHECKPOINT_WEIGHTS)))
     tens, groups = {}, {}
     for opt_name, opt in opts.items():
         osd = opt.state_dict()
@@ -186,25 +187,25 @@ def save_checkpoint(run_dir, model, opts: dict, epoch, step_in_epoch, global_ste
         for pid, st in osd["state"].items():
             for key, val in st.items():
                 tens[f"{opt_name}.{pid}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
-    _save_safetensors(tens or {"_empty": torch.zeros(1)}, os.path.join(ck, "optimizer.safetensors"))
+    _save_safetensors(tens or {"_empty": torch.zeros(1)}, str(run.checkpoint_file(CHECKPOINT_OPTIMIZER)))
     _write_json({"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-                 "optimizers": groups}, os.path.join(ck, "state.json"))
+                 "optimizers": groups}, str(run.checkpoint_file(CHECKPOINT_STATE)))
 
 
 def load_checkpoint(run_dir, model, opts: dict, device):
     from safetensors.torch import load_file
 
-    ck = os.path.join(run_dir, "checkpoint")
-    if not os.path.exists(os.path.join(ck, "state.json")):
+    run = RunDir(run_dir)
+    if not run.checkpoint_file(CHECKPOINT_STATE).exists():
         return None
-    with open(os.path.join(ck, "state.json")) as f:
-        st = json.load(f)
+    st = json.loads(run.checkpoint_file(CHECKPOINT_STATE).read_text())
     if sorted(st.get("optimizers", {})) != sorted(opts):
-        raise UserError(f"the checkpoint in {ck} was written with optimizers {sorted(st.get('optimizers', {}))}, "
+        raise UserError(f"the checkpoint in {run.checkpoint_dir} was written with optimizers "
+                        f"{sorted(st.get('optimizers', {}))}, "
                         f"this run uses {sorted(opts)} (another version or device setup): use a new --run directory")
-    model.load_state_dict(load_file(os.path.join(ck, "model.safetensors"), device=str(device)))
+    model.load_state_dict(load_file(run.checkpoint_file(CHECKPOINT_WEIGHTS), device=str(device)))
     states: dict = {name: {} for name in opts}
-    for name, val in load_file(os.path.join(ck, "optimizer.safetensors")).items():
+    for name, val in load_file(run.checkpoint_file(CHECKPOINT_OPTIMIZER)).items():
         if name == "_empty":
             continue
         opt_name, pid, key = name.split(".", 2)
@@ -263,14 +264,13 @@ def main(args) -> int:
 
 
 def reexport_run(run_dir: str) -> None:
-    """Rewrite a finished run's serving artifacts (item embeddings, ONNX parts) from its model.safetensors, e.g.
+    """Rewrite a finished run's serving artifacts (item embeddings, ONNX parts) from its weights, e.g.
     after an upgrade changed the ONNX export; the weights and the training log stay as they are. Items added with
     `nann items add` are kept: their e_v is recomputed from their category, as that command computed it."""
-    from nann.data.prepared import Vocabulary
     from trainer.export import write_run_artifacts
 
     model = load_model(run_dir)
-    added = Vocabulary.load(run_dir).item_category[model.cfg.num_items:]
+    added = RunDir(run_dir).vocabulary().item_category[model.cfg.num_items:]
     write_run_artifacts(model, run_dir, added_categories=added)
     extended = f" ({model.cfg.num_items} trained items + {len(added)} added with `nann items add`)"
     print(f"re-exported the serving artifacts of {run_dir}" + (extended if len(added) else ""))
@@ -313,13 +313,12 @@ def _train(args, device, world, rank) -> int:
     log = (lambda *a: print(*a, flush=True)) if is_main else (lambda *a: None)
     data = load_data(args.data)
     run_dir = args.run
-    os.makedirs(run_dir, exist_ok=True)
-    cfg_path = os.path.join(run_dir, "config.json")
+    run = RunDir(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
     cfg = ModelConfig(num_items=data.num_items, num_categories=data.num_categories, arch=args.arch,
                       max_seq=data.max_seq, interactions=getattr(args, "interactions", True))
-    if os.path.exists(os.path.join(run_dir, "checkpoint", "state.json")) and os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            old = json.load(f)
+    if run.checkpoint_file(CHECKPOINT_STATE).exists() and run.config_file.exists():
+        old = run.read_config()
         if (old.get("arch") != cfg.arch or old.get("num_items") != cfg.num_items
                 or (cfg.arch != "two-tower" and old.get("interactions", False) != cfg.interactions)):
             raise UserError(f"{run_dir} holds a run of arch {old.get('arch')} over {old.get('num_items')} items; "
@@ -342,7 +341,7 @@ def _train(args, device, world, rank) -> int:
                                   "batch_size": args.batch_size, "lr": args.lr, "max_samples": args.max_samples,
                                   "seed": args.seed, "world_size": world, "noise": "unigram (counts clipped at 1)",
                                   "aux_loss": "bernoulli_kl"}})
-        _write_json(conf, cfg_path)
+        _write_json(conf, str(run.config_file))
         if st:
             log(f"resuming {run_dir} at epoch {start_epoch}, step {start_step} (global step {global_step})")
 
@@ -353,8 +352,7 @@ def _train(args, device, world, rank) -> int:
     log_q = torch.from_numpy(noise.log_q).to(device)
     k = args.negatives
     log_k = math.log(k)
-    log_path = os.path.join(run_dir, "train_log.jsonl")
-    log_f = open(log_path, "a") if is_main else None
+    log_f = open(run.train_log_file, "a") if is_main else None
 
     def write_log(rec):
         if log_f:
@@ -429,10 +427,7 @@ def finish_run(model: NANNModel, data, run_dir: str, device, write_log=lambda r:
 
     E = write_run_artifacts(model, run_dir)
     model.to(device)
-    for name in ("items.npy", "item_category.npy", "categories.npy"):
-        src = os.path.join(data.data_dir, name)
-        if os.path.exists(src):
-            shutil.copyfile(src, os.path.join(run_dir, name))
+    RunDir(run_dir).copy_vocabulary(data.data_dir)
     n = min(eval_users("test", device, eval_users_requested), len(data.test))
     r = recall_all(model, data.test, n, data.max_seq, device, item_emb=E)
     write_log({"kind": "test", "recall_all@200": r, "users": n})

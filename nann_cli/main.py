@@ -6,7 +6,8 @@ import importlib
 import sys
 
 from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M, SCORE_METRIC_MAX_ITEMS
-from nann.engine.params import DEFAULT_SEARCH, PAPER_SEARCH, SCALING_BASE_ITEMS
+from nann import scorers
+from nann.engine.params import DEFAULT_SEARCH, RESULT_SIZE, SCALING_BASE_ITEMS, WALK_TUNABLES, Tunable, default_search
 from nann.errors import UserError
 
 
@@ -18,32 +19,36 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _add_search_flags(s: argparse.ArgumentParser, served: bool, paper: bool) -> None:
-    """The per-request search flags (None = not given: the defaults apply); --paper selects the paper's.
-    served: the defaults are the server's (nann query) rather than the catalogue's (`default_search`)."""
-    def default(field: str) -> str:
-        value = getattr(DEFAULT_SEARCH, field)
-        value = ",".join(map(str, value)) if isinstance(value, tuple) else value
-        scaled = f" up to {SCALING_BASE_ITEMS:,} items, wider above" if field in ("ef", "frontier") else ""
-        return "default: the server's" if served else f"default {value}{scaled}"
+def search_flag(tunable: Tunable) -> str:
+    """The command line's flag of a search tunable: its served name (`--k` for top_m)."""
+    return "--" + tunable.name.replace("_", "-")
 
-    s.add_argument("--ef", type=_int_list, default=None,
-                   help=f"beam list size per layer, top layer first ({default('ef')})")
-    s.add_argument("--rounds", type=_int_list, default=None,
-                   help=f"most search rounds per layer, top layer first; a layer also ends when nothing is left to "
-                        f"expand ({default('rounds')})")
-    s.add_argument("--frontier", type=int, default=None,
-                   help=f"beam: list entries expanded per round, best first; 0 = every new entry "
-                        f"({default('frontier')})")
-    s.add_argument("--seeds", type=int, default=None,
-                   help=f"the history's most recent distinct items that join layer 0 as entry points; 0 = none "
-                        f"({default('seeds')})")
+
+def _text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _add_search_flags(s: argparse.ArgumentParser, served: bool, paper: bool, result_flag: str = "--k",
+                      result_help: str = "") -> None:
+    """One flag per search tunable (`nann.engine.params.TUNABLES`; dest: the SearchParams field; None = not given: the
+    defaults apply), the result size first as `result_flag`; --paper selects the paper's walk. served: the defaults
+    are the server's (nann query) rather than the catalogue's (`default_search`)."""
+    larger = default_search(10 * SCALING_BASE_ITEMS)
+
+    def default(t: Tunable) -> str:
+        value = getattr(DEFAULT_SEARCH, t.field)
+        scaled = f" up to {SCALING_BASE_ITEMS:,} items, wider above" if getattr(larger, t.field) != value else ""
+        return "default: the server's" if served else f"default {_text(value)}{scaled}"
+
+    for t in (RESULT_SIZE, *WALK_TUNABLES):
+        flag, what = (result_flag, result_help or t.help) if t is RESULT_SIZE else (search_flag(t), t.help)
+        s.add_argument(flag, dest=t.field, type=_int_list if t.per_layer else int, default=None,
+                       metavar=flag.lstrip("-").replace("-", "_").upper(), help=f"{what} ({default(t)})")
     if paper:
-        p = PAPER_SEARCH
+        walk = ", ".join(f"{t.name} {_text(t.paper)}" for t in WALK_TUNABLES)
         s.add_argument("--paper", action="store_true",
-                       help=f"the paper's search parameters (ef {','.join(map(str, p.ef))}, rounds "
-                            f"{','.join(map(str, p.rounds))}, frontier 0, no seeds) instead of the defaults; not with "
-                            "the four above")
+                       help=f"the paper's search parameters ({walk}) instead of the defaults; not with "
+                            + ", ".join(search_flag(t) for t in WALK_TUNABLES))
 
 
 def _add_filter_flags(s: argparse.ArgumentParser, blocked: bool) -> None:
@@ -218,7 +223,7 @@ def _build_parser() -> argparse.ArgumentParser:
     what.add_argument("--ids", metavar="FILE", help="the new blocked set: raw item ids, one per line (# comments "
                                                     "allowed), or a .npy int64 array; it replaces the old set")
     what.add_argument("--clear", action="store_true", help="unblock every item")
-    s.set_defaults(handler="nann.serving.filters:main_block")
+    s.set_defaults(handler="nann_cli.items:main_block")
     s = isub.add_parser("add", help="add new items to a run: e_v from their category, inserted into the graph")
     s.add_argument("--run", required=True, help="a trained run with a graph (its files are replaced, never rewritten)")
     s.add_argument("--csv", required=True, metavar="FILE",
@@ -240,36 +245,36 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", choices=["beam", "hnsw", "brute", "dr"], default="beam",
                    help="beam (default: NANN's beam walk), hnsw (HNSW retrieval with the neural score), brute "
                         "(exact), dr (a Deep Retrieval run)")
-    _add_search_flags(s, served=False, paper=True)
+    _add_search_flags(s, served=False, paper=True, result_flag="--top-m",
+                      result_help="M of the metrics: the items each search returns")
     _add_filter_flags(s, blocked=True)
-    s.add_argument("--top-m", type=int, default=None,
-                   help="M of the metrics (default: the top_m of the search, DEFAULT_SEARCH or PAPER_SEARCH)")
     s.add_argument("--beam", type=int, default=None, help="--method dr: beam width (default: the run's)")
     s.add_argument("--users", type=int, default=0, help="evaluate at most this many test users (0 = all)")
     s.add_argument("--batch", type=int, default=32,
                    help="requests advanced together, one scorer call per round for all (default 32)")
-    s.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime",
-                   help="scorer runtime: onnxruntime (default; what the CPU server runs) or torch")
+    s.add_argument("--backend", choices=scorers.in_python(), default="onnxruntime",
+                   help="scorer runtime: " + ", ".join(f"{name} ({scorers.runtime(name).summary})"
+                                                       for name in scorers.in_python())
+                        + " (default onnxruntime: what the CPU server runs)")
     s.add_argument("--sweep", action="store_true", help="vary the search budget and write curves")
     s.add_argument("--json", help="also write the metrics as JSON to this file (default: print only)")
-    s.set_defaults(handler="nann.evaluate:main_evaluate")
+    s.set_defaults(handler="nann_cli.evaluate:main_evaluate")
 
     s = sub.add_parser("retrieve", help="top-k items for one history, offline (no server)")
     s.add_argument("--run", required=True, help="trained run directory with a graph (`nann graph`)")
     s.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first ('' = a new user)")
-    s.add_argument("--k", type=int, default=None, help=f"items to return (default {DEFAULT_SEARCH.top_m})")
     _add_search_flags(s, served=False, paper=True)
     _add_filter_flags(s, blocked=True)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    s.set_defaults(handler="nann.evaluate:main_retrieve")
+    s.set_defaults(handler="nann_cli.evaluate:main_retrieve")
 
     s = sub.add_parser("export", help="assemble a Triton model repository from a run")
     s.add_argument("--run", required=True, help="trained run directory with a graph")
     s.add_argument("--repo", required=True,
                    help="model repository to write; an existing one gets a new version of every model")
-    s.add_argument("--scorer", choices=["auto", "tensorrt", "onnxruntime", "torch"], default="auto",
-                   help="auto (default: tensorrt on a GPU host with TensorRT, else the faster CPU runtime measured on "
-                        "this run), tensorrt, onnxruntime or torch")
+    s.add_argument("--scorer", choices=["auto", *scorers.RUNTIMES], default="auto",
+                   help="auto (default: the first GPU runtime this host has, else the faster CPU runtime measured on "
+                        "this run), " + ", ".join(f"{name} ({r.summary})" for name, r in scorers.RUNTIMES.items()))
     s.add_argument("--unknown-ids", choices=["skip", "refuse"], default="skip",
                    help="history ids the index does not know: skip (default: dropped, counted in the response and "
                         "the metrics) or refuse the request (INVALID_ARG naming them)")
@@ -300,7 +305,6 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--url", required=True, help="HOST:PORT of Triton's gRPC endpoint")
     s.add_argument("--history", default=None, help="comma-separated raw item ids, oldest first ('' = a new user); "
                                                    "required unless --info")
-    s.add_argument("--k", type=int, default=None, help="items to return (default: the server's)")
     _add_search_flags(s, served=True, paper=False)
     _add_filter_flags(s, blocked=False)
     s.add_argument("--info", action="store_true",
@@ -310,7 +314,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="Triton's metrics endpoint for --info (default: http://HOST:8002/metrics, HOST from --url)")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer (default 10)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    s.set_defaults(handler="nann.query:main")
+    s.set_defaults(handler="nann_cli.query:main")
 
     s = sub.add_parser("perf", help="load tests and side-by-side retrieval benchmarks (writes perf/results/)")
     s.add_argument("--quick", action="store_true", help="small data and short intervals (a few minutes; CI smoke test)")
@@ -322,7 +326,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the whole pipeline on embedded synthetic data")
     s.add_argument("--workdir", default="demo",
                    help="work directory; steps whose output exists there are skipped (default demo)")
-    s.set_defaults(handler="nann.demo:main")
+    s.set_defaults(handler="nann_cli.demo:main")
     return p
 
 
