@@ -58,6 +58,9 @@ class ModelConfig:
     tower_hidden: list[int] = field(default_factory=lambda: [128])
     # score network input also holds element-wise interactions (u*e_v, and attention*e_v for attention)
     interactions: bool = True
+    # on the user side each behaviour's e_v is scaled and shifted by learned vectors of its recency rank
+    # (0 = the most recent): ``NANNModel.behaviours``
+    recency: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,6 +70,7 @@ class ModelConfig:
         keys = cls.__dataclass_fields__.keys()
         d = dict(d)
         d.setdefault("interactions", False)  # runs written before the field existed: plain concat input
+        d.setdefault("recency", False)       # likewise: behaviours without recency embeddings
         return cls(**{k: v for k, v in d.items() if k in keys})
 
     def score_blocks_in(self) -> list[str]:
@@ -76,6 +80,12 @@ class ModelConfig:
         if self.arch == "mlp":
             return ["user", "item"] + (["user*item"] if self.interactions else [])
         return []
+
+
+def recency_rank(mask: torch.Tensor) -> torch.Tensor:
+    """int64 [B,L]: how many real behaviours follow each position (0 = the most recent), for any padding layout;
+    padded positions get the rank of the real behaviour before them (they are masked everywhere)."""
+    return (mask.sum(-1, keepdim=True) - torch.cumsum(mask, -1)).to(torch.int64)
 
 
 def prelu(x, a):
@@ -137,6 +147,11 @@ class NANNModel(nn.Module):
         dims = [cfg.id_dim + cfg.cat_dim] + list(cfg.item_hidden)
         self.item_blocks = nn.ModuleList(DenseBlock(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.item_out = nn.Linear(dims[-1], D)
+        if cfg.recency:  # both start at zero: the behaviours start as plain e_v
+            self.recency_scale = nn.Embedding(cfg.max_seq, D)
+            self.recency_shift = nn.Embedding(cfg.max_seq, D)
+            nn.init.zeros_(self.recency_scale.weight)
+            nn.init.zeros_(self.recency_shift.weight)
         if cfg.arch == "attention":
             self.q_proj = Projection(D, cfg.attn_dim)
             self.k_proj = Projection(D, cfg.attn_dim)
@@ -189,11 +204,22 @@ class NANNModel(nn.Module):
         return torch.cat(out) if out else self.item_out.weight.new_zeros(0, self.cfg.emb_dim)
 
     # ---- the model's function (reference, unfolded) --------------------------------------------------------
+    def behaviours(self, hist_e: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The behaviour sequence as the user side sees it [B,L,D], masked: with ``recency``, e_v * (1 + scale[r]) +
+        shift[r] for recency rank r. Keys, values and the pooled user vector are all made of these (the scale
+        makes even the sum-pooled vector depend on the order); candidates stay plain e_v."""
+        if self.cfg.recency:
+            rank = recency_rank(mask).clamp(max=self.cfg.max_seq - 1)
+            hist_e = hist_e * (1.0 + self.recency_scale(rank)) + self.recency_shift(rank)
+        return hist_e * mask[..., None]
+
     def user_side(self, hist_e: torch.Tensor, mask: torch.Tensor):
-        """Per-user pieces: (sum-pooled user vector [B,D], keys [B,L,A] or None)."""
-        u = (hist_e * mask[..., None]).sum(1)
-        k = self.k_proj(hist_e) if self.cfg.arch == "attention" else None
-        return u, k
+        """Per-user pieces: (behaviours [B,L,D] (``behaviours``), sum-pooled user vector [B,D], keys [B,L,A] or
+        None)."""
+        h = self.behaviours(hist_e, mask)
+        u = h.sum(1)
+        k = self.k_proj(h) if self.cfg.arch == "attention" else None
+        return h, u, k
 
     def cand_side(self, u, k, hist_e, mask, cand_e) -> torch.Tensor:
         """Scores [B,K] for candidates cand_e [B,K,D] of users with pieces u [B,D], k [B,L,A]."""
@@ -220,8 +246,8 @@ class NANNModel(nn.Module):
         return self.score_out(x).squeeze(-1)
 
     def score_emb(self, hist_e, mask, cand_e) -> torch.Tensor:
-        u, k = self.user_side(hist_e, mask)
-        return self.cand_side(u, k, hist_e, mask, cand_e)
+        h, u, k = self.user_side(hist_e, mask)
+        return self.cand_side(u, k, h, mask, cand_e)
 
     def forward(self, hist_ids: torch.Tensor, hist_mask: torch.Tensor, cand_ids: torch.Tensor) -> torch.Tensor:
         """hist_ids [B,L] (any id where masked), hist_mask [B,L] float, cand_ids [B,K] -> logits [B,K]."""
@@ -229,9 +255,9 @@ class NANNModel(nn.Module):
 
     def score_owner(self, hist_e, mask, cand_e, owner) -> torch.Tensor:
         """Reference multi-user scoring without the rewrites: user pieces once per user, then per candidate."""
-        u, k = self.user_side(hist_e, mask)
+        h, u, k = self.user_side(hist_e, mask)
         kk = k[owner] if k is not None else None
-        return self.cand_side(u[owner], kk, hist_e[owner], mask[owner], cand_e[:, None, :]).squeeze(1)
+        return self.cand_side(u[owner], kk, h[owner], mask[owner], cand_e[:, None, :]).squeeze(1)
 
 
 def load_model(run_dir: str, map_location="cpu") -> NANNModel:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nann.model import MASK_NEG, ModelConfig, NANNModel, prelu
+from nann.model import MASK_NEG, ModelConfig, NANNModel, prelu, recency_rank
 
 MIXED_WEIGHTS = {"attn": "w_a", "attn*item": "w_ae", "user*item": "w_ue"}  # Scorer's score-layer-1 blocks
 
@@ -58,8 +58,12 @@ class UserEncoder(nn.Module):
         cfg = model.cfg
         self.arch = cfg.arch
         self.interactions = cfg.interactions
+        self.max_seq = cfg.max_seq
         D = cfg.emb_dim
         with torch.no_grad():
+            for part in ("scale", "shift"):
+                table = getattr(model, f"recency_{part}").weight.detach().clone() if cfg.recency else None
+                self.register_buffer(f"recency_{part}", table)
             if self.arch == "two-tower":
                 tower = [blk.folded() for blk in model.tower_blocks]
                 for i, (w, b, a) in enumerate(tower):
@@ -83,7 +87,11 @@ class UserEncoder(nn.Module):
 
     def forward(self, hist_emb: torch.Tensor, hist_mask: torch.Tensor):
         m = hist_mask
-        u = (hist_emb * m[..., None]).sum(1)
+        if self.recency_scale is not None:  # NANNModel.behaviours
+            rank = recency_rank(m).clamp(max=self.max_seq - 1)
+            hist_emb = hist_emb * (1.0 + self.recency_scale[rank]) + self.recency_shift[rank]
+        hist_emb = hist_emb * m[..., None]
+        u = hist_emb.sum(1)
         if self.arch == "two-tower":
             x = u
             for i in range(self.n_tower):
@@ -96,8 +104,7 @@ class UserEncoder(nn.Module):
         k = F.linear(prelu(F.linear(hist_emb, self.k1w, self.k1b), self.ka), self.k2w, self.k2b)  # [B,L,A]
         keys = torch.matmul(k, self.q2w)                                                     # [B,L,A]
         attn_bias = torch.matmul(k, self.q2b) + (m - 1.0) * (-MASK_NEG)                       # [B,L]
-        values = hist_emb * m[..., None]                                                     # [B,L,D]
-        return (keys, attn_bias, values, user_bias, *uv)
+        return (keys, attn_bias, hist_emb, user_bias, *uv)
 
 
 class Scorer(nn.Module):

@@ -23,6 +23,9 @@ WEIGHTS = "model.safetensors"
 TRAIN_LOG = "train_log.jsonl"
 CHECKPOINT = "checkpoint"              # the resumable training state, a directory (trainer.train)
 CHECKPOINT_WEIGHTS, CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE = WEIGHTS, "optimizer.safetensors", "state.json"
+CHECKPOINT_BEST = "best.safetensors"   # the weights of the epoch with the best validation recall (trainer.train)
+BASELINE = "baseline"                  # the two-tower run trained beside the model (`nann train --baseline`), a RunDir
+BASELINES = "baselines.json"           # the model's test recall beside popularity and that baseline (nann.baselines)
 ITEM_EMBEDDINGS = "item_embeddings.npy"
 ITEM_EMBEDDINGS_FP16 = "item_embeddings_fp16.npy"
 USER_ENCODER = "user_encoder.onnx"
@@ -119,13 +122,19 @@ class RunDir(_Layout):
     onnx_io_file = _file(ONNX_IO)
     # raw item ids (the vocabulary's first file); a Deep Retrieval run's item paths
     items_file, item_paths_file = _file(ITEMS), _file(ITEM_PATHS)
+    baselines_file = _file(BASELINES)
+
+    @property
+    def baseline(self) -> "RunDir":
+        """The two-tower run trained beside this one (it may not exist: `nann train --baseline none`)."""
+        return RunDir(self.path / BASELINE)
 
     @property
     def graph(self) -> GraphDir:
         return GraphDir(self.path / GRAPH)
 
     def checkpoint_file(self, name: str) -> Path:
-        """A file of the checkpoint (CHECKPOINT_WEIGHTS, CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE)."""
+        """A file of the checkpoint (CHECKPOINT_WEIGHTS, CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE, CHECKPOINT_BEST)."""
         return self.path / CHECKPOINT / name
 
     # ---- checks ------------------------------------------------------------------------------------------------

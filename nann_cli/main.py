@@ -166,15 +166,24 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", choices=["attention", "mlp", "two-tower", "deep-retrieval"], default="attention",
                    help="attention (default: target attention, the paper's model), mlp (DNN w/o attention), "
                         "two-tower (inner product), deep-retrieval (the DR baseline)")
+    s.add_argument("--baseline", choices=["two-tower", "none"], default="two-tower",
+                   help="also train this baseline on the same data (into RUN/baseline) and print the model's test "
+                        "recall beside it and popularity, with intervals (default two-tower; none skips it)")
     s.add_argument("--fgsm-eps", type=float, default=3e-4,
                    help="FGSM step ε of the adversarial auxiliary task on e_v (default 3e-4, the paper's; 0 turns it "
                         "off)")
     s.add_argument("--no-interactions", dest="interactions", action="store_false",
                    help="score network input without the element-wise products (an ablation; default: with them)")
+    s.add_argument("--no-recency", dest="recency", action="store_false",
+                   help="behaviours without recency embeddings (an ablation; default: with them)")
+    s.add_argument("--loss", choices=["nce", "softmax"], default="nce", help="nce (default) or sampled softmax")
     s.add_argument("--negatives", type=int, default=199,
                    help="NCE noise items per positive, from the unigram distribution (default 199, the paper's)")
     s.add_argument("--epochs", type=int, default=1,
                    help="passes over the training samples (default 1); on resume, the run's total")
+    s.add_argument("--patience", type=int, default=2,
+                   help="stop after this many epochs without a better validation recall; the run keeps the best "
+                        "epoch's model (default 2; 0 = train every epoch)")
     s.add_argument("--batch-size", type=int, default=256, help="positives per step (default 256)")
     s.add_argument("--lr", type=float, default=3e-3,
                    help="Adam and SparseAdam learning rate (default 3e-3, the paper's; 1e-3 is steadier beyond ~1,000 "
