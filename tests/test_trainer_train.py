@@ -74,8 +74,12 @@ def test_train_writes_artifacts_and_resumes(data, tmp_path):
 
 
 def test_train_prints_and_writes_the_baselines(data, tmp_path, capsys):
+    from trainer.train import denormals_flushed
+
     run = tmp_path / "run"
+    before = denormals_flushed()
     assert _cli(data, run, "--epochs", "1", "--max-samples", "640") == 0
+    assert denormals_flushed() == before  # training flushes denormals, then restores the process's setting
     out = capsys.readouterr().out
     assert "two-tower baseline" in out and "recall-all@200 on" in out
     for name in ("attention", "popularity", "popularity (unseen)", "two-tower"):

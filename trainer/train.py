@@ -378,6 +378,11 @@ class TrainResult:
     test_hits: np.ndarray | None   # rank 0: per test user, is its target in the brute-force top-M; else None
 
 
+def denormals_flushed() -> bool:
+    """Whether this process flushes denormal floats to zero now (torch has a setter only)."""
+    return float(torch.tensor([1e-39], dtype=torch.float32) * 1.0) == 0.0
+
+
 def train_run(args) -> TrainResult:
     """Trains (or resumes) the run."""
     world, rank, local_rank, local_world = _dist_info()
@@ -392,6 +397,7 @@ def train_run(args) -> TrainResult:
     torch.set_num_threads(training_threads(getattr(args, "threads", 0), local_world))
     # Tiny gradients (the FGSM term, rarely-seen embedding rows) become denormal floats, which CPUs process
     # 10-100x slower: flushing them to zero kept steps/s flat where it otherwise fell by a third (perf.bench_train).
+    flushed_before = denormals_flushed()
     torch.set_flush_denormal(getattr(args, "denormals", "flush") == "flush")
     if world > 1:
         import torch.distributed as dist
@@ -403,6 +409,7 @@ def train_run(args) -> TrainResult:
     try:
         return _train(args, device, world, rank)
     finally:
+        torch.set_flush_denormal(flushed_before)  # a process-wide setting: leave it as it was found
         if world > 1:
             import torch.distributed as dist
 
