@@ -20,6 +20,10 @@ The sets (their sources, pinned, in SETS):
   genre flags give each movie its category.
 - ``beauty``, ``sports``: Amazon 5-core, one line per user ``user item item ...`` (oldest first) and a twin file of
   unix times, token for token; the reader ``sequences_to_rows`` makes ``user,item,time`` rows of them.
+- ``home``: Amazon Home & Kitchen 5-core, the largest log to be had here (551,682 interactions of 66,519 users,
+  28,237 items), in the same one-line-per-user shape, oldest first; its twin file of times is over the snapshot's
+  size limit, so ``order_to_rows`` gives each behaviour its position in the user's line as its time (the order is
+  the published one: the split and the model see the same sequence, only the gaps are lost).
 - ``taobao-2h``: a 2-hour slice of Taobao UserBehavior, in the paper's format (read as it is).
 
 Left out: Last.fm HetRec 2011 (recohut/coldstart-recsys ``data/MKR/music/user_artists.dat``): user-artist play
@@ -67,6 +71,14 @@ def sequences_to_rows(raw: Path, items: str, times: str, out: Path) -> None:
             fo.writelines(f"{user},{i},{t}\n" for i, t in zip(item_tokens[1:], time_tokens[1:]))
 
 
+def order_to_rows(raw: Path, items: str, out: Path) -> None:
+    """`user item item ...` lines (oldest first, no times) -> `user,item,position` rows."""
+    with open(raw / items) as fi, open(out, "w") as fo:
+        for line in fi:
+            user, *tokens = line.split()
+            fo.writelines(f"{user},{i},{t}\n" for t, i in enumerate(tokens))
+
+
 @dataclass(frozen=True)
 class LogSet:
     """A set: its files, the `nann data prepare` arguments after `--input` ({raw}: its fetched directory; the
@@ -105,6 +117,12 @@ SETS: dict[str, LogSet] = {
                       2_306_594, "4e6a6e30f9dba1985ad9adae79a891df6b403e2132f0422a6f6e88f67d1fcc75"),
     "sports": _amazon("Sports", 1_783_816, "f4891c83d23c7cdc2981098230d8831fdb1f45b3fc4ec24f3b199310287745e5",
                       3_462_189, "c442ed4744f1de95b00744861bbaa503fcc98380d8b7ec08d52231450356c3a2"),
+    "home": LogSet(
+        files={"Home_item_org_rank.txt": Source(*_TICOSEREC, "data/Home/Home_item_org_rank.txt", 3_440_439,
+                                                "4e472251e8bcd204fc3421c51ab7d10611a69da8e7cf313c327e0cd003a5f0dd")},
+        prepare=["--input", "{rows}", "--columns", "user=1,item=2,time=3"],
+        reader=lambda raw, out: order_to_rows(raw, "Home_item_org_rank.txt", out),
+        notes="Amazon Home & Kitchen 5-core (TiCoSeRec's relabelled ids), one line per user, order only"),
     "taobao-2h": LogSet(
         files={"UserBehavior.csv": Source(
             "jason-wang1/UserBehaviorAnalysis", "fd73088edbb2daeedcb79c28ca4ba5aeef286cfe",

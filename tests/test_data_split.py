@@ -97,8 +97,12 @@ def test_auto_split_by_users_with_enough_behaviours(monkeypatch, capsys):
     split, least, reason = choose_split(counts, "auto", None)
     assert (split, least) == ("users", 10) and reason.startswith("auto: 3 users have at least 10 behaviours")
     split, least, reason = choose_split(counts, "auto", 11)  # --min-behaviors counts for the choice
-    assert (split, least) == ("last", 11) and "fewer than 3: held-out users (a tenth at most) would give only 0" \
-        in reason
+    assert (split, least) == ("last", 11) and "fewer than 3 users, so held-out users (a tenth at most) would give " \
+        "only 0" in reason
+    # enough users, but they hold under half of the log: leave-last-out keeps the rest of it for training
+    sparse = np.array([10, 10, 10] + [5] * 7)
+    split, least, reason = choose_split(sparse, "auto", None)
+    assert (split, least) == ("last", 5) and "holding 46% of them" in reason and "less than 50% of the log" in reason
     assert choose_split(np.array([10, 10, 9]), "auto", None)[:2] == ("last", 5)
     with pytest.raises(UserError, match="at least 3 for --split last"):
         choose_split(counts, "last", 2)
@@ -113,7 +117,7 @@ def test_auto_is_the_default_and_is_recorded(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(prepare_module, "AUTO_USERS_MIN", 4)
     out = prepare(tmp_path, "--min-behaviors", 4, "--max-seq", 2)
     assert json.loads((out / "meta.json").read_text())["split"] == "last"
-    assert "split: last (auto: 3 users have at least 4 behaviours, fewer than 4: held-out" in capsys.readouterr().err
+    assert "fewer than 4 users, so held-out" in capsys.readouterr().err
 
 
 def test_training_reads_leave_last_out_data(tmp_path):

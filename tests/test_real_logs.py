@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from perf import real_logs
-from perf.real_logs import SETS, LogSet, Source, prepare_argv, sequences_to_rows
+from perf.real_logs import SETS, LogSet, Source, order_to_rows, prepare_argv, sequences_to_rows
 
 MIRROR = Path(real_logs.DEFAULT_MIRROR)
 
@@ -55,6 +55,12 @@ def test_sequences_to_rows(tmp_path):
     (tmp_path / "times.txt").write_text("1 100 100 200\n2 50 60\n")
     with pytest.raises(real_logs.UserError, match="differ at line 2"):
         sequences_to_rows(tmp_path, "items.txt", "times.txt", tmp_path / "rows.csv")
+
+
+def test_order_to_rows_times_by_position(tmp_path):
+    (tmp_path / "items.txt").write_text("1 7 8 9\n2 8\n")
+    order_to_rows(tmp_path, "items.txt", tmp_path / "rows.csv")
+    assert (tmp_path / "rows.csv").read_text() == "1,7,0\n1,8,1\n1,9,2\n2,8,0\n"
 
 
 def test_every_set_prepares_with_its_column_mapping_only(tmp_path):

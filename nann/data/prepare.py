@@ -26,7 +26,9 @@ Split ``last`` (leave-last-out, the usual protocol of sequential recommendation;
   when n_val <= n_test); they stay in training.
 
 ``auto`` (the default) takes ``users`` when at least AUTO_USERS_MIN users have --min-behaviors (default 10)
-behaviours, enough for 1,000 test users under the tenth-of-the-users clipping, else ``last``.
+behaviours, enough for 1,000 test users under the tenth-of-the-users clipping, and those users hold at least
+AUTO_USERS_MIN_ROWS of the log's behaviours (a sparse log whose users mostly have fewer would lose most of its
+training data: Amazon Home 5-core keeps 41%); else ``last``.
 `item_counts` counts item occurrences in the training sequences.
 """
 from __future__ import annotations
@@ -47,6 +49,8 @@ FORMAT_VERSION = 1
 SPLITS = ("auto", "users", "last")
 AUTO_USERS_MIN = 10_000
 """Users with enough behaviours from which `auto` holds users out: a tenth of them makes 1,000 test users."""
+AUTO_USERS_MIN_ROWS = 0.5
+"""The share of the log's behaviours those users must hold for `auto` to hold users out."""
 DEFAULT_MIN_BEHAVIORS = {"users": 10, "last": 5}
 LEAST_BEHAVIORS = {"users": 2, "last": 3}  # a target needs a history; leave-last-out needs two targets
 
@@ -93,12 +97,19 @@ def choose_split(user_counts: np.ndarray, split: str, min_behaviors: int | None)
     reason = f"--split {split}"
     if split == "auto":
         need = min_behaviors or DEFAULT_MIN_BEHAVIORS["users"]
-        enough = int((user_counts >= need).sum())
-        split = "users" if enough >= AUTO_USERS_MIN else "last"
-        reason = (f"auto: {enough:,} users have at least {need} behaviours, "
-                  + (f"at least {AUTO_USERS_MIN:,}" if split == "users" else
-                     f"fewer than {AUTO_USERS_MIN:,}: held-out users (a tenth at most) would give only "
-                     f"{enough // 10:,} test users"))
+        kept = user_counts >= need
+        enough = int(kept.sum())
+        share = float(user_counts[kept].sum() / max(1, user_counts.sum()))
+        split = "users" if enough >= AUTO_USERS_MIN and share >= AUTO_USERS_MIN_ROWS else "last"
+        reason = f"auto: {enough:,} users have at least {need} behaviours, holding {share:.0%} of them: "
+        if enough < AUTO_USERS_MIN:
+            reason += (f"fewer than {AUTO_USERS_MIN:,} users, so held-out users (a tenth at most) would give only "
+                       f"{enough // 10:,} test users")
+        elif share < AUTO_USERS_MIN_ROWS:
+            reason += (f"held-out users would train on less than {AUTO_USERS_MIN_ROWS:.0%} of the log; "
+                       f"leave-last-out keeps every user with {DEFAULT_MIN_BEHAVIORS['last']}")
+        else:
+            reason += f"at least {AUTO_USERS_MIN:,} users and {AUTO_USERS_MIN_ROWS:.0%} of the log"
     min_behaviors = min_behaviors or DEFAULT_MIN_BEHAVIORS[split]
     _check_min_behaviors(split, min_behaviors)
     return split, min_behaviors, reason
