@@ -20,7 +20,8 @@ BEATS_POPULARITY_BY = 1.3  # the margin over popularity a model must show to be 
 def popularity_hits(item_counts: np.ndarray, histories, targets: np.ndarray, top_m: int,
                     unseen: bool = False) -> np.ndarray:
     """Per user: is its target among the top_m most frequent training items (bool [U])? With ``unseen`` each user's
-    list skips the items of its own history (what a shop that never re-recommends gets)."""
+    list skips the items of its own history (what a shop that never re-recommends gets; histories are needed only
+    then)."""
     order = np.argsort(-np.asarray(item_counts), kind="stable")
     targets = np.asarray(targets)
     if not unseen:
@@ -81,8 +82,17 @@ def verdict(model_name: str, model_hits: np.ndarray, baselines: list[Comparison]
 def report(model_name: str, model_hits: np.ndarray, baselines: list[Comparison], top_m: int) -> str:
     """The table (recall with its interval, for the model and each baseline) and the verdict lines."""
     width = max(len(model_name), *(len(b.name) for b in baselines)) if baselines else len(model_name)
-    lines = [f"recall-all@{top_m} on {len(model_hits)} users ({CONFIDENCE:.0%} bootstrap intervals):"]
+    lines = [f"recall-all@{top_m} (brute force) on {len(model_hits)} users ({CONFIDENCE:.0%} bootstrap intervals):"]
     for name, hits in [(model_name, model_hits)] + [(b.name, b.hits) for b in baselines]:
         mean, low, high = interval(hits)
         lines.append(f"  {name:<{width}}  {mean:.4f} [{low:.4f}, {high:.4f}]")
     return "\n".join(lines + verdict(model_name, model_hits, baselines))
+
+
+def summary(model_name: str, model_hits: np.ndarray, baselines: list[Comparison], top_m: int) -> dict:
+    """The comparison as JSON (RUN/baselines.json, `nann evaluate --json`'s "baselines"): users, top_m, model,
+    recall_all {name: {mean, low, high}} and the verdict lines."""
+    return {"users": len(model_hits), "top_m": top_m, "model": model_name,
+            "recall_all": {name: dict(zip(("mean", "low", "high"), interval(hits)))
+                           for name, hits in [(model_name, model_hits)] + [(b.name, b.hits) for b in baselines]},
+            "verdict": verdict(model_name, model_hits, baselines)}

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nann import scorers
+from nann.baselines import Comparison, popularity_hits
 from nann.engine.graph import HnswGraph
 from nann.engine.grid import CandidateGrid
 from nann.engine.params import DEFAULT_SEARCH, TUNABLES, WALK_TUNABLES, SearchParams, json_value
@@ -62,16 +63,12 @@ class Evaluator:
 
         self.run_dir = Path(run_dir)
         run = RunDir(self.run_dir)
+        self.backend = backend
         self.runtime = ModelRuntime.load(self.run_dir, backend=backend)
-        if not run.graph.exists():
-            raise UserError(f"{self.run_dir} has no graph: run `nann graph --run {self.run_dir}` first")
-        self.graph = HnswGraph.load(run.graph.path)
+        self._graph: HnswGraph | None = None
         prepared = PreparedData.load(str(data_dir))
         test = prepared.test
         self.item_counts = prepared.item_counts
-        if self.graph.num_items != self.runtime.num_items:
-            raise UserError(f"graph has {self.graph.num_items} items but the model {self.runtime.num_items}: "
-                            f"rebuild it with `nann graph --run {self.run_dir}`")
         self.test = test.subset(users) if users and users < len(test) else test
         self.batch = batch
         self.grid = grid or scorers.runtime(backend).grid()
@@ -79,6 +76,20 @@ class Evaluator:
         self.eligibility = Eligibility(run.vocabulary())
         self.filters = filters
         self.blocked = NOTHING_BLOCKED if blocked is None else self.eligibility.blocked(blocked)
+
+    @property
+    def graph(self) -> HnswGraph:
+        """The run's graph, loaded when a graph method first needs it (brute force runs without one)."""
+        if self._graph is None:
+            run = RunDir(self.run_dir)
+            if not run.graph.exists():
+                raise UserError(f"{self.run_dir} has no graph: run `nann graph --run {self.run_dir}` first")
+            graph = HnswGraph.load(run.graph.path)
+            if graph.num_items != self.runtime.num_items:
+                raise UserError(f"graph has {graph.num_items} items but the model {self.runtime.num_items}: "
+                                f"rebuild it with `nann graph --run {self.run_dir}`")
+            self._graph = graph
+        return self._graph
 
     def _batches(self, desc: str):
         n = len(self.test)
@@ -114,6 +125,26 @@ class Evaluator:
     def popularity_recall(self, top_m: int = DEFAULT_SEARCH.top_m) -> float:
         return popularity_recall(self.item_counts, self.test.targets, top_m)
 
+    def histories(self) -> list[np.ndarray]:
+        return [self.test.history(i) for i in range(len(self.test))]
+
+    def comparison(self, top_m: int = DEFAULT_SEARCH.top_m) -> tuple[np.ndarray, list[Comparison]]:
+        """(the model's hits: is each user's target in its brute-force top-M, [baselines on the same users]):
+        popularity, popularity of unseen items, and the two-tower run trained beside the model (RUN/baseline)
+        when there is one."""
+        targets, histories = np.asarray(self.test.targets), self.histories()
+        exact = self.brute_top(top_m)
+        model_hits = ((exact == targets[:, None]) & (exact >= 0)).any(axis=1)
+        baselines = [Comparison("popularity", popularity_hits(self.item_counts, histories, targets, top_m)),
+                     Comparison("popularity (unseen)",
+                                popularity_hits(self.item_counts, histories, targets, top_m, unseen=True))]
+        baseline_run = RunDir(self.run_dir).baseline
+        if baseline_run.onnx_io_file.is_file():
+            arch = baseline_run.read_config().get("arch", "baseline")
+            baselines.append(Comparison(arch, brute_force_hits(baseline_run.path, histories, targets, top_m,
+                                                               self.batch, self.backend)))
+        return model_hits, baselines
+
     def brute_top(self, top_m: int) -> np.ndarray:
         if top_m not in self._brute:
             self._brute[top_m] = self.search(MethodSpec("brute", replace(DEFAULT_SEARCH, top_m=top_m)))[0]
@@ -134,8 +165,24 @@ class Evaluator:
 def popularity_recall(item_counts: np.ndarray, targets: np.ndarray, top_m: int) -> float:
     """recall@top_m of the top_m most frequent training items, the same list for every user: the baseline a model
     has to beat before its coverage means anything."""
-    popular = np.argsort(-np.asarray(item_counts), kind="stable")[:top_m]
-    return float(np.isin(np.asarray(targets), popular).mean()) if len(targets) else 0.0
+    return float(popularity_hits(item_counts, None, targets, top_m).mean()) if len(targets) else 0.0
+
+
+def brute_force_hits(run_dir, histories, targets: np.ndarray, top_m: int, batch: int = 32,
+                     backend: str = "onnxruntime") -> np.ndarray:
+    """Per user: is its target in the brute-force top-M of another run (e.g. the two-tower baseline), bool [U]."""
+    from nann.runtime import ModelRuntime
+
+    runtime = ModelRuntime.load(run_dir, backend=backend)
+    grid = scorers.runtime(backend).grid()
+    hits = np.zeros(len(targets), dtype=bool)
+    for start in range(0, len(targets), batch):
+        end = min(len(targets), start + batch)
+        state = runtime.encode(histories[start:end])
+        res = brute_force(runtime.num_items, end - start, lambda owner, ids: runtime.score(state, owner, ids), top_m,
+                          grid=grid)
+        hits[start:end] = (res.ids == np.asarray(targets[start:end])[:, None]).any(axis=1)
+    return hits
 
 
 def metrics(found: np.ndarray, exact: np.ndarray, targets: np.ndarray, scored: np.ndarray, num_items: int) -> dict:

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from nann.baselines import report, summary
 from nann.engine.params import DEFAULT_SEARCH, RESULT_SIZE, WALK_TUNABLES, resolve
 from nann.errors import UserError
 from nann.evaluate import Evaluator, MethodSpec, evaluate_dr, plot_curves, sweep_specs
+from nann.run_dir import RunDir
 from nann.serving.filters import read_ids
 from nann.serving.requests import (FILTER_INPUT_NAMES, SEARCH_INPUTS, FilterRequest, RequestError, ServingLimits,
                                    parse_filters, parse_search)
@@ -78,9 +80,14 @@ def main_evaluate(args) -> int:
         m = ev.evaluate(spec)
         print_metrics(m)
         results.append(m)
+    model_hits, baselines = ev.comparison(base.params.top_m)
+    arch = RunDir(args.run).read_config().get("arch", "model")
+    print(report(arch, model_hits, baselines, base.params.top_m))
+    compared = summary(arch, model_hits, baselines, base.params.top_m)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results if args.sweep else results[0], indent=1))
+        out = {"points": results, "baselines": compared} if args.sweep else {**results[0], "baselines": compared}
+        Path(args.json).write_text(json.dumps(out, indent=1))
         if args.sweep:
             plot_curves({base.method: results}, Path(args.json).with_suffix(".png"))
     return 0

@@ -9,6 +9,7 @@ from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M, SCORE_METRIC_MAX_ITEMS
 from nann import scorers
 from nann.engine.params import DEFAULT_SEARCH, RESULT_SIZE, SCALING_BASE_ITEMS, WALK_TUNABLES, Tunable, default_search
 from nann.errors import UserError
+from trainer import recipe
 
 
 
@@ -169,21 +170,25 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baseline", choices=["two-tower", "none"], default="two-tower",
                    help="also train this baseline on the same data (into RUN/baseline) and print the model's test "
                         "recall beside it and popularity, with intervals (default two-tower; none skips it)")
-    s.add_argument("--fgsm-eps", type=float, default=3e-4,
-                   help="FGSM step ε of the adversarial auxiliary task on e_v (default 3e-4, the paper's; 0 turns it "
-                        "off)")
+    s.add_argument("--fgsm-eps", type=float, default=recipe.FGSM_EPS,
+                   help=f"FGSM step ε of the paper's adversarial auxiliary task on e_v (default {recipe.FGSM_EPS:g}: off; "
+                        f"the paper's {recipe.PAPER_FGSM_EPS:g} changes the gradient by ~1e-6 on our models and doubles "
+                        "the time of a step: trainer/recipe.py)")
     s.add_argument("--no-interactions", dest="interactions", action="store_false",
                    help="score network input without the element-wise products (an ablation; default: with them)")
     s.add_argument("--no-recency", dest="recency", action="store_false",
                    help="behaviours without recency embeddings (an ablation; default: with them)")
     s.add_argument("--loss", choices=["nce", "softmax"], default="nce", help="nce (default) or sampled softmax")
-    s.add_argument("--negatives", type=int, default=199,
-                   help="NCE noise items per positive, from the unigram distribution (default 199, the paper's)")
-    s.add_argument("--epochs", type=int, default=1,
-                   help="passes over the training samples (default 1); on resume, the run's total")
-    s.add_argument("--patience", type=int, default=2,
+    s.add_argument("--negatives", type=int, default=recipe.NEGATIVES,
+                   help=f"NCE noise items per positive, from the unigram distribution (default {recipe.NEGATIVES}; the "
+                        f"paper's {recipe.PAPER_NEGATIVES} cost 5x the time for no better recall: trainer/recipe.py)")
+    s.add_argument("--epochs", type=int, default=0,
+                   help="passes over the training samples (default 0: as many as help, until the validation recall "
+                        f"stops improving, within {recipe.SAMPLE_BUDGET:,} samples and {recipe.MAX_EPOCHS} epochs); "
+                        "on resume, the run's total")
+    s.add_argument("--patience", type=int, default=recipe.PATIENCE,
                    help="stop after this many epochs without a better validation recall; the run keeps the best "
-                        "epoch's model (default 2; 0 = train every epoch)")
+                        f"epoch's model (default {recipe.PATIENCE}; 0 = train every epoch)")
     s.add_argument("--batch-size", type=int, default=256, help="positives per step (default 256)")
     s.add_argument("--lr", type=float, default=3e-3,
                    help="Adam and SparseAdam learning rate (default 3e-3, the paper's; 1e-3 is steadier beyond ~1,000 "
@@ -191,7 +196,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-samples", type=int, default=0, help="cap on training samples per epoch (0 = all)")
     s.add_argument("--eval-every", type=int, default=0, help="validate every N steps (0 = end of each epoch)")
     s.add_argument("--eval-users", type=int, default=0,
-                   help="users for the brute-force recall checks (0 = 200 val / 500 test on CPU, 1000 / 2000 on GPU)")
+                   help="users for the brute-force recall checks (default 0: by catalogue size, trainer/recipe.py: "
+                        "on CPU 200-2,000 validation and 500-10,000 test users, the most on GPU)")
     s.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu or cuda")
     s.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (default 0: OMP_NUM_THREADS when set, else the cores per rank)")

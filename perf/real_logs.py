@@ -2,6 +2,7 @@
 
     python -m perf.real_logs fetch --out RAW [--mirror /work/.mirror] [--sets ml-100k,beauty,...]
     python -m perf.real_logs prepare --raw RAW --out DATA [--sets ...]
+    python -m perf.real_logs report --raw RAW --work WORK [--sets ...]    # perf/RESULTS.md "Real logs"
 
 ``fetch`` takes every file of a set from a git snapshot of its public repository at the pinned commit (SETS):
 from ``--mirror DIR``, which holds ``owner+name/repo`` git directories (as the search tool's fetch makes them), or,
@@ -26,6 +27,12 @@ The sets (their sources, pinned, in SETS):
   the published one: the split and the model see the same sequence, only the gaps are lost).
 - ``taobao-2h``: a 2-hour slice of Taobao UserBehavior, in the paper's format (read as it is).
 
+``report`` is what a new user would do with each set, defaults only: prepare it, `nann train` (the attention model
+and the two-tower baseline beside it), `nann graph`, `nann evaluate` (every test user: the served search's
+metrics and the model's brute-force recall beside popularity and the two-tower model, with 95% bootstrap intervals),
+and Deep Retrieval on the same data (`nann train --arch deep-retrieval`, `nann evaluate --method dr` at two beams,
+beside NANN's beam walk swept over its budget, for recall at equal items scored). It writes section "Real logs".
+
 Left out: Last.fm HetRec 2011 (recohut/coldstart-recsys ``data/MKR/music/user_artists.dat``): user-artist play
 counts with no time, so no order within a user to predict; the snapshot holds no timestamped file of it.
 """
@@ -42,7 +49,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from nann.errors import UserError
+from nann.run_dir import RunDir
 from nann_cli.steps import run_step
 
 DEFAULT_MIRROR = "/work/.mirror"
@@ -229,6 +239,103 @@ def prepare(raw: Path, out: Path, names: list[str]) -> None:
               f"{st['split']} ({st['test_users']:,} test users) -> {out / name}")
 
 
+DR_BEAMS = (10, 50)
+SECTION = "Real logs"
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _train_seconds(run: Path) -> float:
+    """Wall seconds of a run's training, from its log (the last validation's elapsed time)."""
+    records = [json.loads(line) for line in RunDir(run).train_log_file.read_text().splitlines()]
+    return max((r.get("elapsed_s", 0.0) for r in records if r.get("kind") == "val"), default=float("nan"))
+
+
+def measure(name: str, data: Path, work: Path) -> dict:
+    """One prepared set through the pipeline with the defaults (module doc); each step is skipped when its output is
+    there, so an interrupted report resumes."""
+    run, dr, out = work / "runs" / name, work / "runs" / f"{name}-dr", work / "eval" / name
+    out.mkdir(parents=True, exist_ok=True)
+    run_step(f"train {name}", ["train", "--data", data, "--run", run], RunDir(run).baselines_file)
+    run_step(f"graph {name}", ["graph", "--run", run], RunDir(run).graph.meta_file)
+    run_step(f"evaluate {name}", ["evaluate", "--run", run, "--data", data, "--json", out / "beam.json"],
+             out / "beam.json")
+    run_step(f"sweep {name}", ["evaluate", "--run", run, "--data", data, "--sweep", "--json", out / "sweep.json"],
+             out / "sweep.json")
+    run_step(f"train {name} deep retrieval", ["train", "--arch", "deep-retrieval", "--data", data, "--run", dr],
+             RunDir(dr).item_paths_file)
+    for beam in DR_BEAMS:
+        run_step(f"evaluate {name} deep retrieval, beam {beam}",
+                 ["evaluate", "--method", "dr", "--run", dr, "--data", data, "--beam", beam, "--json",
+                  out / f"dr{beam}.json"], out / f"dr{beam}.json")
+    return {"name": name, "stats": _read_json(data / "stats.json"), "beam": _read_json(out / "beam.json"),
+            "sweep": _read_json(out / "sweep.json")["points"],
+            "dr": {beam: _read_json(out / f"dr{beam}.json") for beam in DR_BEAMS},
+            "seconds": {"attention": _train_seconds(run), "two-tower": _train_seconds(RunDir(run).baseline.path)}}
+
+
+def _cell(stats: dict) -> str:
+    return f"{stats['mean']:.3f} [{stats['low']:.3f}, {stats['high']:.3f}]"
+
+
+def at_items(points: list[dict], items: float) -> float | None:
+    """NANN's recall-retrieval at `items` scored per query, interpolated (log items) between its sweep's points;
+    None outside them."""
+    pts = sorted((p["items_scored"], p["recall_retrieval"]) for p in points)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= items <= x1:
+            w = 0.0 if x1 == x0 else (np.log(items) - np.log(x0)) / (np.log(x1) - np.log(x0))
+            return y0 + w * (y1 - y0)
+    return None
+
+
+def tables(results: list[dict]) -> str:
+    """The section's tables: the model against its baselines; the served search and Deep Retrieval."""
+    quality = ["| set | users / items | split (test users) | popularity | popularity, unseen | two-tower | attention "
+               "(brute force) | training s, attention / two-tower |", "|---|---|---|---|---|---|---|---|"]
+    verdicts, search = [], [
+        "| set | NANN beam (defaults): recall / coverage / % of V scored | DR beam " + " / ".join(map(str, DR_BEAMS))
+        + ": recall / % of V scored | NANN at DR's items scored |", "|---|---|---|---|"]
+    for r in results:
+        st, compared = r["stats"], r["beam"]["baselines"]
+        rec = compared["recall_all"]
+        model = next(k for k in rec if k not in ("popularity", "popularity (unseen)", "two-tower"))
+        quality.append(f"| {r['name']} | {st['users']:,} / {st['items']:,} | {st['split']} ({compared['users']:,}) | "
+                       f"{_cell(rec['popularity'])} | {_cell(rec['popularity (unseen)'])} | "
+                       f"{_cell(rec['two-tower']) if 'two-tower' in rec else '—'} | **{_cell(rec[model])}** | "
+                       f"{r['seconds']['attention']:.0f} / {r['seconds']['two-tower']:.0f} |")
+        verdicts += [f"- {r['name']}: {line}" for line in compared["verdict"]]
+        b = r["beam"]
+        dr = [r["dr"][beam] for beam in DR_BEAMS]
+        matched = [at_items(r["sweep"], d["items_scored"]) for d in dr]
+        search.append(f"| {r['name']} | {b['recall_retrieval']:.3f} / {b['coverage']:.4f} / "
+                      f"{b['scored_fraction'] * 100:.2f}% | "
+                      + " · ".join(f"{d['recall_retrieval']:.3f} / {d['scored_fraction'] * 100:.2f}%" for d in dr)
+                      + " | " + " · ".join("—" if m is None else f"{m:.3f}" for m in matched) + " |")
+    return "\n".join(quality + [""] + verdicts + [""] + search)
+
+
+def report(raw: Path, work: Path, names: list[str], write: bool = True) -> list[dict]:
+    from perf.run import machine_info
+    from perf.sections import command_line, provenance, report as write_section
+
+    info = machine_info()
+    prepare(raw, work / "data", [n for n in names if not (work / "data" / n / "stats.json").is_file()])
+    results = [measure(name, work / "data" / name, work) for name in names]
+    sources = "\n".join(f"- {n}: {SETS[n].notes}; " + ", ".join(
+        f"`{f.repo}@{f.commit[:10]}:{f.path}`" for f in SETS[n].files.values()) for n in names)
+    body = (provenance(command_line("perf.real_logs"), info, cores=True) + "\n\n"
+            + "Every set as published (`python -m perf.real_logs fetch`, sha256-checked), prepared with its column "
+              "mapping only and run with the defaults of every command (`nann train`, `nann graph`, `nann evaluate`); "
+              "recall-all@200 of every test user with a 95% bootstrap interval over users, and the paired verdicts "
+              "`nann evaluate` prints. Sources (research use; never redistributed):\n\n" + sources + "\n\n"
+            + tables(results))
+    write_section(SECTION, body, write)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -239,14 +346,21 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("prepare", help="`nann data prepare` each fetched set, column mapping only")
     r.add_argument("--raw", required=True, type=Path, help="the fetch --out directory")
     r.add_argument("--out", required=True, type=Path, help="prepared data directories go to OUT/<set>")
-    for s in (f, r):
+    m = sub.add_parser("report", help="each set through the pipeline with the defaults, beside popularity, the "
+                                      "two-tower model and Deep Retrieval: perf/RESULTS.md section 'Real logs'")
+    m.add_argument("--raw", required=True, type=Path, help="the fetch --out directory")
+    m.add_argument("--work", required=True, type=Path, help="prepared data, runs and evaluations go here")
+    m.add_argument("--no-write", action="store_true", help="print the section, do not write perf/RESULTS.md")
+    for s in (f, r, m):
         s.add_argument("--sets", default=None, help=f"comma-separated sets (default all: {', '.join(SETS)})")
     args = p.parse_args(argv)
     try:
         if args.command == "fetch":
             fetch(args.out, args.mirror or None, _chosen(args.sets))
-        else:
+        elif args.command == "prepare":
             prepare(args.raw, args.out, _chosen(args.sets))
+        else:
+            report(args.raw, args.work, _chosen(args.sets), write=not args.no_write)
     except UserError as e:
         print(f"real_logs: error: {e}", file=sys.stderr)
         return 2

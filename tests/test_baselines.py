@@ -52,5 +52,5 @@ def test_verdict_wants_a_margin_over_popularity():
 def test_report_lists_every_row_with_its_interval():
     hits = np.array([True, False] * 50)
     text = report("attention", hits, [Comparison("popularity", np.zeros(100, dtype=bool))], top_m=200)
-    assert "recall-all@200 on 100 users" in text
+    assert "recall-all@200 (brute force) on 100 users" in text
     assert "attention" in text and "0.5000 [" in text and "popularity" in text and "0.0000 [0.0000, 0.0000]" in text

@@ -41,10 +41,10 @@ def infer(client, history, k=20):
 
 
 class Load:
-    """Client threads sending back to back until stopped; records (start, end, error or None, ids)."""
+    """Client threads sending back to back until stopped (top k); records (start, end, error or None, ids)."""
 
-    def __init__(self, url, histories, threads=4):
-        self.url, self.histories, self.log, self._stop = url, histories, [], threading.Event()
+    def __init__(self, url, histories, threads=4, k=20):
+        self.url, self.histories, self.k, self.log, self._stop = url, histories, k, [], threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(t, threads), daemon=True) for t in range(threads)]
 
     def _run(self, t, step):
@@ -54,7 +54,7 @@ class Load:
                 h = self.histories[i % len(self.histories)]
                 start = time.monotonic()
                 try:
-                    ids = infer(client, h)  # before the end time is taken
+                    ids = infer(client, h, self.k)  # before the end time is taken
                     self.log.append((start, time.monotonic(), None, i % len(self.histories), ids))
                 except Exception as e:  # noqa: BLE001 - counted by the test
                     self.log.append((start, time.monotonic(), str(e), i % len(self.histories), None))
@@ -224,15 +224,15 @@ def publish(new_run, repo, tmp_path, client, scorer_last: bool, limits=None) -> 
 
 
 def answers_across_a_switch(tiny_run, new_run, histories, tmp_path, scorer_last=False,
-                            new_limits=None) -> list[list[int]]:
+                            new_limits=None, k=20) -> list[list[int]]:
     """Serve tiny_run's export in poll mode with clients sending back to back, publish new_run into the same
     repository, and check: 0 failed requests, every answer the old or the new version's, every answer after the
     switch the new one's, and every history's answer afterwards the new one's (new_limits: the new version's
-    ServingLimits, None = the catalogue's). Returns the new version's answers (k=20)."""
+    ServingLimits, None = the catalogue's). Returns the new version's answers (top k)."""
     repo = fresh_repo(tiny_run, tmp_path / "repo")
     before = OfflineRetriever(tiny_run.run)
     after = OfflineRetriever(new_run, limits=new_limits)
-    old_params, new_params = parse_search(before.limits, k=20), parse_search(after.limits, k=20)
+    old_params, new_params = parse_search(before.limits, k=k), parse_search(after.limits, k=k)
     want_old = [before.retrieve([h], [old_params])[0][0].tolist() for h in histories]
     want_new = [after.retrieve([h], [new_params])[0][0].tolist() for h in histories]
     changed = [i for i in range(len(histories)) if want_old[i] != want_new[i]]
@@ -240,7 +240,7 @@ def answers_across_a_switch(tiny_run, new_run, histories, tmp_path, scorer_last=
     server = TritonServer(repo, model_control_mode="poll", extra_args=["--repository-poll-secs=1"],
                           log_path=tmp_path / "triton.log")
     with server, grpcclient.InferenceServerClient(server.grpc_url) as client:
-        with Load(server.grpc_url, histories) as load:
+        with Load(server.grpc_url, histories, k=k) as load:
             time.sleep(2.0)
             exported_at = time.monotonic()
             publish(new_run, repo, tmp_path, client, scorer_last, new_limits)
@@ -260,7 +260,7 @@ def answers_across_a_switch(tiny_run, new_run, histories, tmp_path, scorer_last=
         late = [e for e in load.log if e[0] > switched_at + 0.5]
         assert late and all(e[4].tolist() == want_new[e[3]] for e in late)
         assert all(e[4].tolist() in (want_old[e[3]], want_new[e[3]]) for e in load.log)
-        assert [infer(client, h).tolist() for h in histories] == want_new
+        assert [infer(client, h, k).tolist() for h in histories] == want_new
     return want_new
 
 
@@ -268,17 +268,22 @@ def test_new_version_is_picked_up_without_failed_requests(tiny_run, second_run, 
     answers_across_a_switch(tiny_run, second_run.run, histories, tmp_path, new_limits=second_run.limits)
 
 
+# Added items (category-only e_v) rank ~25-60th of the tiny run's 2,962 items at best: a top 100 holds them.
+ADDED_K = 100
+
+
 def test_items_added_version_is_picked_up_and_serves_them(tiny_run, items_added, test_histories, tmp_path):
     """`nann items add` then `nann export` while serving: the poll-mode server switches with 0 failed requests
     and then returns the new items, even when the new `retrieve` serves seconds before the new `scorer` (its
     scorer calls wait for it). Histories: those whose new answer holds a new item first."""
     after = OfflineRetriever(items_added.run)
-    params = parse_search(after.limits, k=20)
+    params = parse_search(after.limits, k=ADDED_K)
     new = set(items_added.new_raw.tolist())
     holds_new = [bool(new & set(after.retrieve([h], [params])[0][0].tolist())) for h in test_histories]
     order = sorted(range(len(test_histories)), key=lambda i: not holds_new[i])
     histories = [test_histories[i] for i in order[:40]]
-    want_new = answers_across_a_switch(tiny_run, items_added.run, histories, tmp_path, scorer_last=True)
+    want_new = answers_across_a_switch(tiny_run, items_added.run, histories, tmp_path, scorer_last=True,
+                                       k=ADDED_K)
     served_new = [answer for answer in want_new if new & set(answer)]
     print(f"{len(served_new)} of {len(histories)} users are now served new items")
     assert len(served_new) >= 3

@@ -79,3 +79,30 @@ def test_every_set_prepares_with_its_column_mapping_only(tmp_path):
 def test_the_committed_table_matches_the_snapshots(tmp_path):
     assert real_logs.main(["fetch", "--out", str(tmp_path)]) == 0
     assert sum(1 for _ in (tmp_path / "ml-100k" / "u.data").open()) == 100_000
+
+
+def test_nann_recall_at_deep_retrievals_items_is_interpolated_on_log_items():
+    points = [{"items_scored": 100, "recall_retrieval": 0.2}, {"items_scored": 10_000, "recall_retrieval": 0.4},
+              {"items_scored": 1000, "recall_retrieval": 0.3}]
+    assert real_logs.at_items(points, 1000) == pytest.approx(0.3)
+    assert real_logs.at_items(points, 100 * 10 ** 0.5) == pytest.approx(0.25)
+    assert real_logs.at_items(points, 50) is None and real_logs.at_items(points, 20_000) is None
+
+
+def test_report_tables_hold_every_number_with_its_interval():
+    def rec(mean):
+        return {"mean": mean, "low": mean - 0.01, "high": mean + 0.01}
+
+    result = {"name": "toy", "stats": {"users": 1000, "items": 500, "split": "last"},
+              "beam": {"recall_retrieval": 0.31, "coverage": 0.995, "scored_fraction": 0.2,
+                       "baselines": {"users": 1000, "verdict": ["attention beats popularity: +0.2"],
+                                     "recall_all": {"attention": rec(0.32), "popularity": rec(0.12),
+                                                    "popularity (unseen)": rec(0.13), "two-tower": rec(0.28)}}},
+              "sweep": [{"items_scored": 10, "recall_retrieval": 0.1}, {"items_scored": 1000, "recall_retrieval": 0.3}],
+              "dr": {b: {"recall_retrieval": 0.2, "scored_fraction": 0.02, "items_scored": 100} for b in real_logs.DR_BEAMS},
+              "seconds": {"attention": 120.0, "two-tower": 30.0}}
+    text = real_logs.tables([result])
+    assert "| toy | 1,000 / 500 | last (1,000) | 0.120 [0.110, 0.130] | 0.130 [0.120, 0.140] | 0.280 [0.270, 0.290] " \
+           "| **0.320 [0.310, 0.330]** | 120 / 30 |" in text
+    assert "- toy: attention beats popularity: +0.2" in text
+    assert "| toy | 0.310 / 0.9950 / 20.00% | 0.200 / 2.00% · 0.200 / 2.00% | 0.200 · 0.200 |" in text

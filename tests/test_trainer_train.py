@@ -81,7 +81,7 @@ def test_train_prints_and_writes_the_baselines(data, tmp_path, capsys):
     assert _cli(data, run, "--epochs", "1", "--max-samples", "640") == 0
     assert denormals_flushed() == before  # training flushes denormals, then restores the process's setting
     out = capsys.readouterr().out
-    assert "two-tower baseline" in out and "recall-all@200 on" in out
+    assert "two-tower baseline" in out and "recall-all@200 (brute force) on" in out
     for name in ("attention", "popularity", "popularity (unseen)", "two-tower"):
         assert f"  {name} " in out, name
     summary = json.loads((run / "baselines.json").read_text())

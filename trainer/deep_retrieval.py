@@ -160,11 +160,11 @@ def _save(run_dir, model, cfg, codes):
 
 
 def main_train(args) -> int:
-    """`nann train --arch deep-retrieval`: uses data, run, epochs, batch_size, lr, max_samples (0 = all samples per
-    E-step epoch), seed; CPU only; the DR-specific settings take train_dr's defaults."""
+    """`nann train --arch deep-retrieval`: uses data, run, epochs (0: one per E-step), batch_size, lr, max_samples
+    (0 = all samples per E-step epoch), seed; CPU only; the DR-specific settings take train_dr's defaults."""
     dev = getattr(args, "device", "auto")
     if dev not in ("auto", "cpu", None):
         print(f"[dr] note: deep-retrieval trains on CPU; --device {dev} ignored", file=sys.stderr)
-    train_dr(args.data, args.run, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+    train_dr(args.data, args.run, epochs=args.epochs or 1, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
              max_samples=args.max_samples)
     return 0

@@ -41,19 +41,15 @@ from nann.model import ARCHS, ModelConfig, NANNModel, load_model
 from nann.model_split import build_split
 from nann.run_dir import CHECKPOINT_BEST, CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE, CHECKPOINT_WEIGHTS, RunDir
 from nann.runtime import pad_histories
+from trainer import recipe
 from trainer.sampling import NoiseSampler, epoch_order, load_data, make_batch, sample_positions
 
 TOP_M = 200
 
 
-def eval_users(kind: str, device: torch.device, requested: int = 0) -> int:
-    """Users for brute-force recall-all@200: `--eval-users` when given, else val 1000 / test 2000 on CUDA and
-    200 / 500 on CPU (brute force over 100k items costs ~0.25 s per user on 2 cores)."""
-    if requested:
-        return int(requested)
-    if device.type == "cuda":
-        return 1000 if kind == "val" else 2000
-    return 200 if kind == "val" else 500
+def eval_users(kind: str, device: torch.device, num_items: int, requested: int = 0) -> int:
+    """Users for brute-force recall-all@200: `--eval-users` when given, else by catalogue size (trainer.recipe)."""
+    return int(requested) if requested else recipe.eval_users(kind, num_items, device.type == "cuda")
 
 
 # ---- small helpers ---------------------------------------------------------------------------------------------
@@ -340,7 +336,7 @@ def main(args) -> int:
 def compare_with_baselines(args, model_hits: np.ndarray, two_tower_hits: np.ndarray | None) -> dict:
     """Prints the model's test recall beside popularity (plain, unseen-only) and the two-tower baseline, with
     intervals and a verdict, and writes the numbers to RUN/baselines.json."""
-    from nann.baselines import Comparison, interval, popularity_hits, report
+    from nann.baselines import Comparison, popularity_hits, report, summary
 
     data = load_data(args.data)
     n = len(model_hits)
@@ -352,11 +348,9 @@ def compare_with_baselines(args, model_hits: np.ndarray, two_tower_hits: np.ndar
     if two_tower_hits is not None:
         comparisons.append(Comparison("two-tower", two_tower_hits))
     print(report(args.arch, model_hits, comparisons, TOP_M), flush=True)
-    summary = {"users": n, "top_m": TOP_M, "model": args.arch,
-               "recall_all": {name: dict(zip(("mean", "low", "high"), interval(hits)))
-                              for name, hits in [(args.arch, model_hits)] + [(c.name, c.hits) for c in comparisons]}}
-    _write_json(summary, str(RunDir(args.run).baselines_file))
-    return summary
+    compared = summary(args.arch, model_hits, comparisons, TOP_M)
+    _write_json(compared, str(RunDir(args.run).baselines_file))
+    return compared
 
 
 def reexport_run(run_dir: str) -> None:
@@ -388,9 +382,11 @@ def train_run(args) -> TrainResult:
     world, rank, local_rank, local_world = _dist_info()
     if args.arch not in ARCHS:
         raise UserError(f"--arch must be one of {', '.join(ARCHS)}")
-    for name in ("negatives", "epochs", "batch_size"):
+    for name in ("negatives", "batch_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.epochs < 0:
+        raise UserError("--epochs must be >= 0 (0: as many as help, within the recipe's budget)")
     if args.fgsm_eps < 0 or args.lr <= 0:
         raise UserError("--fgsm-eps must be >= 0 and --lr > 0")
     device = _resolve_device(args.device, local_rank)
@@ -440,16 +436,22 @@ def _train(args, device, world, rank) -> TrainResult:
     opts = make_optimizers(model, args.lr, sparse=not (world > 1 and device.type == "cuda"))
     st = load_checkpoint(run_dir, model, opts, device)
     start_epoch, start_step, global_step = (st["epoch"], st["step_in_epoch"], st["global_step"]) if st else (0, 0, 0)
-    best = BestModel.resume(run_dir, st, getattr(args, "patience", 0))
+    best = BestModel.resume(run_dir, st, getattr(args, "patience", recipe.PATIENCE))
     objective = TrainingObjective(model, args.fgsm_eps, getattr(args, "loss", "nce"))
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+    positions = sample_positions(data.train_offsets)
+    if len(positions) == 0:
+        raise UserError(f"{args.data} has no training samples")
+    per_epoch = min(len(positions), args.max_samples) if args.max_samples > 0 else len(positions)
+    epochs = args.epochs or recipe.max_epochs(per_epoch)
     if is_main:
         conf = cfg.to_dict()
         conf.update({"data_dir": os.path.abspath(args.data), "score": "raw logit s_u(e_v)",
-                     "training": {"fgsm_eps": args.fgsm_eps, "negatives": args.negatives, "epochs": args.epochs,
+                     "training": {"fgsm_eps": args.fgsm_eps, "negatives": args.negatives, "epochs": epochs,
+                                  "patience": best.patience,
                                   "batch_size": args.batch_size, "lr": args.lr, "max_samples": args.max_samples,
                                   "seed": args.seed, "world_size": world, "noise": "unigram (counts clipped at 1)",
                                   "aux_loss": "bernoulli_kl"}})
@@ -457,9 +459,6 @@ def _train(args, device, world, rank) -> TrainResult:
         if st:
             log(f"resuming {run_dir} at epoch {start_epoch}, step {start_step} (global step {global_step})")
 
-    positions = sample_positions(data.train_offsets)
-    if len(positions) == 0:
-        raise UserError(f"{args.data} has no training samples")
     noise = NoiseSampler(data.item_counts)
     log_q = torch.from_numpy(noise.log_q).to(device)
     k = args.negatives
@@ -474,13 +473,17 @@ def _train(args, device, world, rank) -> TrainResult:
     from tqdm import tqdm
 
     t_start = time.time()
-    for epoch in range(start_epoch, args.epochs):
+    n_val = min(eval_users("val", device, data.num_items, args.eval_users), len(data.val))
+    if is_main and not args.epochs:
+        log(f"training up to {epochs} epochs of {per_epoch:,} samples, until the validation recall ({n_val} users) "
+            f"has not improved for {best.patience} epochs (--epochs, --patience)")
+    for epoch in range(start_epoch, epochs):
         order = epoch_order(positions, args.seed, epoch, args.max_samples, rank, world)
         n_steps = len(order) // args.batch_size if world > 1 else math.ceil(len(order) / args.batch_size)
         rng = np.random.default_rng([args.seed, epoch, rank, 17, start_step if epoch == start_epoch else 0])
         first = start_step if epoch == start_epoch else 0
         model.train()
-        bar = tqdm(range(first, n_steps), total=n_steps, initial=first, desc=f"epoch {epoch + 1}/{args.epochs}",
+        bar = tqdm(range(first, n_steps), total=n_steps, initial=first, desc=f"epoch {epoch + 1}/{epochs}",
                    disable=not is_main, dynamic_ncols=True, mininterval=1.0)
         run_loss, t_log, n_log = None, time.time(), 0
         for step in bar:
@@ -509,7 +512,7 @@ def _train(args, device, world, rank) -> TrainResult:
                 t_log, n_log = now, 0
             if args.eval_every and global_step % args.eval_every == 0 and step + 1 < n_steps:
                 if is_main:
-                    r = recall_all(model, data.val, eval_users("val", device, args.eval_users), data.max_seq, device)
+                    r = recall_all(model, data.val, n_val, data.max_seq, device)
                     write_log({"kind": "val", "epoch": epoch, "step": global_step, "recall_all@200": r})
                     bar.write(f"step {global_step}: val recall-all@{TOP_M} = {r:.4f}")
                     save_checkpoint(run_dir, model, opts, epoch, step + 1, global_step, best.state())
@@ -517,14 +520,14 @@ def _train(args, device, world, rank) -> TrainResult:
         bar.close()
         stop = False
         if is_main:
-            r = recall_all(model, data.val, eval_users("val", device, args.eval_users), data.max_seq, device)
+            r = recall_all(model, data.val, n_val, data.max_seq, device)
             improved = best.update(model, r, epoch + 1)
             save_checkpoint(run_dir, model, opts, epoch + 1, 0, global_step, best.state())
             write_log({"kind": "val", "epoch": epoch + 1, "step": global_step, "recall_all@200": r,
                        "elapsed_s": time.time() - t_start})
             stop = best.exhausted()
             log(f"epoch {epoch + 1}: val recall-all@{TOP_M} = {r:.4f} "
-                f"({min(eval_users('val', device, args.eval_users), len(data.val))} users)"
+                f"({n_val} users)"
                 + ("" if improved else f"; best {best.value:.4f} at epoch {best.epoch}")
                 + (f"; no gain in {best.patience} epochs: stopping" if stop else ""))
         start_step = 0
@@ -550,7 +553,7 @@ def finish_run(model: NANNModel, data, run_dir: str, device, write_log=lambda r:
     E = write_run_artifacts(model, run_dir)
     model.to(device)
     RunDir(run_dir).copy_vocabulary(data.data_dir)
-    n = min(eval_users("test", device, eval_users_requested), len(data.test))
+    n = min(eval_users("test", device, data.num_items, eval_users_requested), len(data.test))
     hits = recall_hits(model, data.test, n, data.max_seq, device, item_emb=E)
     r = float(hits.mean()) if n else float("nan")
     write_log({"kind": "test", "recall_all@200": r, "users": n})
