@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from perf.graph_metric import items_for_target, subset_cache
-from perf.serving_params import with_setting
+from perf.serving_params import repositories, with_setting
 
 
 def test_items_for_target_interpolates_the_crossing():
@@ -97,6 +97,16 @@ def test_with_setting_swaps_the_candidate_grid(tmp_path):
     assert 'string_value: "{\\"k\\": 1}"' in text  # the other parameters untouched
     with pytest.raises(SystemExit, match="grid values are padded, unpadded"):
         with_setting(repo, tmp_path / "x", ["retrieve"], "grid", "small")
+
+
+def test_placement_exports_the_run_once_per_place(tiny_run, tmp_path):
+    """`--param placement`: the scorer inside `retrieve` (no `scorer` model) and behind BLS, one export each."""
+    repos = repositories(tiny_run.run, tmp_path, ["retrieve"], "placement", ["in-process", "bls"], bls=False)
+    assert not (repos["in-process"] / "scorer").exists() and (repos["bls"] / "scorer" / "1").is_dir()
+    for place, value in (("in-process", "in-process"), ("bls", "bls")):
+        assert f'key: "scorer" value: {{ string_value: "{value}" }}' in (repos[place] / "retrieve" / "config.pbtxt").read_text()
+    with pytest.raises(SystemExit, match="placement values are in-process, bls, not gpu"):
+        repositories(tiny_run.run, tmp_path / "x", ["retrieve"], "placement", ["gpu"], bls=False)
 
 
 @pytest.mark.serving
