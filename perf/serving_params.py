@@ -78,7 +78,6 @@ def repositories(run: Path, work: Path, models: list[str], param: str, values: l
 
 def main(argv=None) -> int:
     import perf.load as L
-    from nann.serving.server import TritonServer
     from perf.run import machine_info
     from perf.sections import command_line, provenance, report
 
@@ -107,11 +106,9 @@ def main(argv=None) -> int:
     L.write_input_data(args.data, inputs)
     cfg = L.SweepConfig(concurrency=tuple(int(c) for c in args.concurrency.split(",")), interval_ms=3000)
     pa_env = L.ensure_perf_analyzer()
-    runs: dict[str, list[dict]] = {v: [] for v in values}
-    for rep in range(args.repeats):
-        for v in values:
-            with TritonServer(repos[v]) as server:
-                runs[v] += L.sweep(server, inputs, work / "out", f"{args.param}_{v}_{rep}", cfg, pa_env)
+    runs = L.alternating_sweeps({f"{args.param}_{v}": repos[v] for v in values}, inputs, work / "out", cfg,
+                                args.repeats, pa_env)
+    runs = {v: runs[f"{args.param}_{v}"] for v in values}
     what = (f"The scorer's placement (inside `retrieve` or behind BLS) in exports of {args.run}"
             if args.param == "placement" else
             f"`{args.param}` of {', '.join(f'`{m}`' for m in models)} in an exported repository of {args.run}"

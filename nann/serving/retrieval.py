@@ -2,8 +2,8 @@
 
 `beam search → top-k raw ids` is written once (`RetrieveService`); its scorer is the runtime in this process
 (`ScorerService.scores_for`: offline, and inside `retrieve` for a Python runtime), or a BLS call to the `scorer` model
-(a runtime of another Triton backend). `OfflineRetriever` chains the very services the Triton models run, eligibility filters
-and the blocked set included (`nann.serving.filters`).
+(a runtime of another Triton backend). `OfflineRetriever` chains the very services the Triton models run, eligibility
+filters and the blocked set included (`nann.serving.filters`).
 """
 from __future__ import annotations
 
