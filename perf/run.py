@@ -26,7 +26,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from perf import scorer_bench
+from perf import scorer_bench, scorer_rounds
 from perf.sections import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,6 +160,8 @@ def run_one(items: int, out: Path, quick: bool, skip_load: bool) -> dict:
     res["compare_seconds"] = round(time.perf_counter() - t0, 1)
     # the scorer against this CPU's reference bound, on a quiet machine (before any server starts)
     res["scorer"] = scorer_bench.measure(Path(res["paths"]["nann"]), *((0.5, 1) if quick else (2.0, 3)))
+    res["scorer_rounds"] = scorer_rounds.measure(Path(res["paths"]["nann"]), Path(res["paths"]["data"]),
+                                                 32 if quick else 192, 8, 2 if quick else 5)
     res["offline_throughput"] = offline_throughput(Path(res["paths"]["nann"]), Path(res["paths"]["data"]),
                                                    32 if quick else 192, OFFLINE_BATCHES)
     t0 = time.perf_counter()
@@ -237,6 +239,9 @@ def markdown(results: list[dict], info: dict, command: str) -> str:
         if "scorer" in res:
             lines += ["", "#### Scorer against this CPU's reference bound (perf/scorer_bench.py, same run)", "",
                       *scorer_bench.markdown(res["scorer"])]
+        if "scorer_rounds" in res:
+            lines += ["", "#### The scorer on the walk's rounds (perf/scorer_rounds.py, same run)", "",
+                      *scorer_rounds.markdown(res["scorer_rounds"])]
         load = res.get("load", {})
         if "skipped" in load:
             lines += ["", f"Load test skipped: {load['skipped']}"]

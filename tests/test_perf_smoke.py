@@ -62,6 +62,9 @@ def test_comparison_numbers(perf_quick):
         assert _finite(scorer["reference"][backend]["gflops"]) and scorer["reference"][backend]["gflops"] > 0
     for shape in ("onnxruntime 1x16000", "onnxruntime 8x2000", "torch 1x16000", "torch 8x2000"):
         assert _finite(scorer["ours"][shape]["of_reference"]) and scorer["ours"][shape]["of_reference"] > 0, shape
+    rounds = res["scorer_rounds"]  # the walk's recorded scorer calls replayed against 8 x 2,000
+    assert rounds["calls"] > 0 and rounds["layout_padding"] >= 1.0
+    assert _finite(rounds["rounds_over_bound"]["median"]) and rounds["rounds_over_bound"]["median"] > 0
     offline = res["offline_throughput"]
     assert [r["batch"] for r in offline] == [1, 8, 16]
     for r in offline:

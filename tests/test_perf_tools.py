@@ -138,3 +138,16 @@ def test_placement_ratios_pair_each_repeat_and_concurrency():
     text = "\n".join(placement_markdown({"runs": runs, "ratios": ratios}))
     assert "| in-process | 16 | 250.0 |" in text and "concurrency 16: **1.50** [1.00–2.00]" in text
     assert placement_markdown(None) == []
+
+
+def test_scorer_rounds_layout_counts_the_padding_of_ragged_runs():
+    """[users, longest run] slots over candidates: two users with runs of 3 and 1 pad to 2 x 3 = 6 slots for 4."""
+    from perf.scorer_rounds import Call, layout
+
+    def call(owner, users):
+        return Call({"state": np.zeros((users, 2), np.float32)}, np.asarray(owner, np.int64),
+                    np.zeros((len(owner), 4), np.float32))
+
+    shape = layout([call([0, 0, 0, 1], 2), call([0, 1], 2)])
+    assert shape["calls"] == 2 and shape["candidates"] == 6 and shape["users_per_call"] == 2.0
+    assert shape["layout_padding"] == pytest.approx((6 + 2) / 6)
