@@ -36,6 +36,7 @@ EFFICIENCY_CONCURRENCY = 16  # served throughput against the scorer's bound at t
 SCORER_SHAPE = "onnxruntime 8x2000"  # the scorer_bench row the served scorer resembles (several users per call)
 OFFLINE_BATCHES = (1, 8, 16)  # the offline engine's throughput at these batch sizes, the served path's reference
 PLACEMENT_REPEATS = 2        # the run served with its scorer inside `retrieve` and behind BLS, alternating this often
+#                              (once in --quick)
 PLACEMENT_CONCURRENCY = (1, EFFICIENCY_CONCURRENCY)
 QUICK_ITEMS = [5000]
 FULL_ITEMS = [100_000]
@@ -99,13 +100,14 @@ def _serve_and_load(res: dict, out: Path, tag: str, quick: bool, skip_load: bool
                                                       sc.served_users) for _ in range(1 if quick else SERVED_REPEATS)]
     if pa_env is not None:   # its own servers: batching on (sweep), off, on again; then both placements
         res["load"] = L.load_test(repo, Path(paths["data"]), out, cfg, off, users=1000, tag=tag)
-        res["placement"] = placement(Path(paths["nann"]), repo, out, tag, cfg, pa_env)
+        res["placement"] = placement(Path(paths["nann"]), repo, out, tag, cfg, pa_env,
+                                     1 if quick else PLACEMENT_REPEATS)
 
 
-def placement(run: Path, repo: Path, out: Path, tag: str, cfg, pa_env) -> dict:
+def placement(run: Path, repo: Path, out: Path, tag: str, cfg, pa_env, repeats: int) -> dict:
     """perf_analyzer on `repo` (its scorer inside `retrieve`) and on `run` exported with the scorer behind BLS
-    (`nann export --bls`), alternating PLACEMENT_REPEATS times at PLACEMENT_CONCURRENCY on load_test's input; the
-    latency–throughput PNG of both. {"runs": {placement: rows}, "ratios": placement_ratios(runs)}."""
+    (`nann export --bls`), alternating `repeats` times at PLACEMENT_CONCURRENCY on load_test's input; the
+    latency–throughput PNG of both. {"repeats", "runs": {placement: rows}, "ratios": placement_ratios(runs)}."""
     import dataclasses
 
     from perf import load as L
@@ -116,13 +118,12 @@ def placement(run: Path, repo: Path, out: Path, tag: str, cfg, pa_env) -> dict:
     shutil.rmtree(bls, ignore_errors=True)
     export_repository(run, bls, scorer="onnxruntime", in_process=False)
     sweeps = L.alternating_sweeps({f"in-process{tag}": repo, f"bls{tag}": bls}, out / f"perf_input{tag}.json", out,
-                                  dataclasses.replace(cfg, concurrency=PLACEMENT_CONCURRENCY), PLACEMENT_REPEATS,
-                                  pa_env)
+                                  dataclasses.replace(cfg, concurrency=PLACEMENT_CONCURRENCY), repeats, pa_env)
     runs = {"in-process": sweeps[f"in-process{tag}"], "bls": sweeps[f"bls{tag}"]}
     L.plot({f"scorer {name}": median_rows(rows) for name, rows in runs.items()},
            out / f"latency_throughput_placement{tag}.png",
-           f"nann ensemble, scorer inside `retrieve` vs behind BLS {tag.strip('_')}, medians of {PLACEMENT_REPEATS}")
-    return {"runs": runs, "ratios": placement_ratios(runs)}
+           f"nann ensemble, scorer inside `retrieve` vs behind BLS {tag.strip('_')}, medians of {repeats}")
+    return {"repeats": repeats, "runs": runs, "ratios": placement_ratios(runs)}
 
 
 def median_rows(rows: list[dict]) -> list[dict]:
@@ -292,7 +293,7 @@ def placement_markdown(placed: dict | None) -> list[str]:
     if not placed:
         return []
     lines = ["", f"Scorer inside `retrieve` (the export) vs behind BLS (`nann export --bls`), same run, fresh server "
-                 f"each, alternating {PLACEMENT_REPEATS} times:", "",
+                 f"each, alternating {placed['repeats']} times:", "",
              "| scorer | concurrency | req/s, median | p50 ms, median | p99 ms, median |", "|---|---|---|---|---|"]
     for name, rows in placed["runs"].items():
         for r in median_rows(rows):

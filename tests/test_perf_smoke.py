@@ -96,10 +96,9 @@ def test_load_numbers(perf_quick):
     for name in (f"load_batching_on{tag}.csv", f"load_batching_off{tag}.csv", f"load_batching_ratio{tag}.csv",
                  f"latency_throughput{tag}.png", f"latency_throughput_placement{tag}.png"):
         assert (out / name).stat().st_size > 0, name
-    placed = res["placement"]  # the same run with its scorer behind BLS, side by side
+    placed = res["placement"]  # the same run with its scorer behind BLS, side by side (once in --quick)
     for name in ("in-process", "bls"):
-        runs = sorted((r["repeat"], r["concurrency"]) for r in placed["runs"][name])
-        assert runs == [(0, 1), (0, 16), (1, 1), (1, 16)], name
+        assert sorted((r["repeat"], r["concurrency"]) for r in placed["runs"][name]) == [(0, 1), (0, 16)], name
     assert [r["concurrency"] for r in placed["ratios"]] == [1, 16]
-    assert all(_finite(r["median"]) and r["median"] > 0 and r["pairs"] == 2 for r in placed["ratios"])
+    assert all(_finite(r["median"]) and r["median"] > 0 and r["pairs"] == 1 for r in placed["ratios"])
     assert "Scorer inside `retrieve` (the export) vs behind BLS" in (out / "RESULTS.md").read_text()

@@ -135,7 +135,7 @@ def test_placement_ratios_pair_each_repeat_and_concurrency():
     assert [(r["concurrency"], r["median"], r["spread"]) for r in ratios] == [(1, 2.25, [1.5, 3.0]),
                                                                               (16, 1.5, [1.0, 2.0])]
     assert [r["throughput_rps"] for r in median_rows(runs["bls"])] == [35, 175]
-    text = "\n".join(placement_markdown({"runs": runs, "ratios": ratios}))
+    text = "\n".join(placement_markdown({"repeats": 2, "runs": runs, "ratios": ratios}))
     assert "| in-process | 16 | 250.0 |" in text and "concurrency 16: **1.50** [1.00–2.00]" in text
     assert placement_markdown(None) == []
 
