@@ -46,9 +46,12 @@ MAX_BATCH = 64
 QUEUE_DELAY_US = {"encode": 0, "retrieve": 2000}
 # The models that run a scorer runtime: (intra_op_threads, spinning) of each (0 threads: one per physical core, the
 # runtime's default; docs/OPERATIONS.md "Runtime threads"). `encode` encodes one user at a time: one thread, not
-# spinning, leaves the cores to the scorer. The scorer's threads spin for the next round, which comes within a
-# millisecond (behind BLS 1.2x the req/s of sleeping threads: perf/RESULTS.md "Serving parameters: spinning (scorer)").
-RUNTIME_THREADS = {"encode": (1, False), "scorer": (0, True), "retrieve": (0, True)}
+# spinning, leaves the cores to the scorer. The `scorer` model's threads (behind BLS) spin for the next round, which
+# comes within a millisecond (1.2x the req/s of sleeping threads: perf/RESULTS.md "Serving parameters: spinning
+# (scorer)"). Inside `retrieve` the scorer shares the process with the walk: one thread (no pool, so `spinning` acts on
+# nothing) measured 1.36x the req/s of one per core at concurrency 16 (perf/RESULTS.md "Serving parameters:
+# intra_op_threads (retrieve)").
+RUNTIME_THREADS = {"encode": (1, False), "scorer": (0, True), "retrieve": (1, True)}
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
