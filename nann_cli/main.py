@@ -293,6 +293,10 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--unknown-ids", choices=["skip", "refuse"], default="skip",
                    help="history ids the index does not know: skip (default: dropped, counted in the response and "
                         "the metrics) or refuse the request (INVALID_ARG naming them)")
+    s.add_argument("--bls", action="store_true",
+                   help="serve a Python scorer (onnxruntime, torch) as its own `scorer` model called through BLS "
+                        "instead of inside `retrieve` (default); to compare the two: python -m perf.serving_params "
+                        "--param placement")
     s.add_argument("--env-path", default=None, metavar="DIR",
                    help="Python environment the serving host's Python models run in (EXECUTION_ENV_PATH: a venv "
                         "with this project installed; default: this Python's, sys.prefix)")

@@ -345,15 +345,15 @@ def offline_throughput(run: Path, data: Path, n_users: int, batches: tuple[int, 
     histories = raw_test_histories(data, n_users)
     offline = OfflineRetriever(run)
     params = parse_search(offline.limits, k=k)
-    score = offline.scorer.score
+    score = offline.scorer.runtime.score
     scored = {"candidates": 0, "calls": 0}
 
-    def counting(state, ids, owner):
+    def counting(state, owner, ids):
         scored["candidates"] += int(ids.shape[0])
         scored["calls"] += 1
-        return score(state, ids, owner)
+        return score(state, owner, ids)
 
-    offline.scorer.score = counting
+    offline.scorer.runtime.score = counting
     offline.retrieve(histories[:max(batches)], [params] * min(len(histories), max(batches)))  # warm-up
     rows = []
     for batch in batches:

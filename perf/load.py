@@ -266,6 +266,21 @@ def sweep(server, input_json: Path, out_dir: Path, label: str, cfg: SweepConfig,
     return rows
 
 
+def alternating_sweeps(repos: dict[str, Path], input_json: Path, out_dir: Path, cfg: SweepConfig, repeats: int,
+                       pa_env: tuple[Path, dict] | None = None) -> dict[str, list[dict]]:
+    """`sweep` of each repository (a fresh TritonServer each time), the repositories alternating, `repeats` times:
+    {name: rows of every repeat}, each row's `repeat` its round."""
+    from nann.serving.server import TritonServer
+
+    runs: dict[str, list[dict]] = {name: [] for name in repos}
+    for rep in range(repeats):
+        for name, repo in repos.items():
+            with TritonServer(repo) as server:
+                runs[name] += [{**row, "repeat": rep}
+                               for row in sweep(server, input_json, out_dir, f"{name}_{rep}", cfg, pa_env)]
+    return runs
+
+
 def write_rows(rows: list[dict], path: Path) -> None:
     if not rows:
         return

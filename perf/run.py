@@ -6,9 +6,10 @@
     nann perf --out DIR            # raw JSON/CSV/PNG go to DIR (default perf/results, git-ignored)
 
 For each |V|: perf/compare.py (data → three models → graphs → offline methods on the same test users), then
-the NANN run is exported (`export_repository`, ONNX Runtime scorer, as offline), served (`TritonServer`),
-timed at concurrency 1 through `NannClient` against the offline engine on the same users, and load-tested with
-perf_analyzer (perf/load.py): concurrency sweep with dynamic batching on, then off vs on at 8/16 as a ratio.
+the NANN run is exported (`export_repository`, ONNX Runtime scorer inside `retrieve`, as offline), served
+(`TritonServer`), timed at concurrency 1 through `NannClient` against the offline engine on the same users, and
+load-tested with perf_analyzer (perf/load.py): concurrency sweep with dynamic batching on, then off vs on at 8/16 as a
+ratio; then that export and one with the scorer behind BLS (`nann export --bls`) alternate at concurrency 1 and 16.
 Every number lands in OUT/results_v<items>.json and OUT/RESULTS.md; the full mode also rewrites perf/RESULTS.md.
 Timings are medians measured side by side in one run; the machine may be shared, so compare ratios.
 """
@@ -25,7 +26,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from perf import scorer_bench
+from perf import scorer_bench, scorer_rounds
 from perf.sections import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,9 @@ SERVED_REPEATS = 3           # served / offline latency at concurrency 1: median
 EFFICIENCY_CONCURRENCY = 16  # served throughput against the scorer's bound at this concurrency
 SCORER_SHAPE = "onnxruntime 8x2000"  # the scorer_bench row the served scorer resembles (several users per call)
 OFFLINE_BATCHES = (1, 8, 16)  # the offline engine's throughput at these batch sizes, the served path's reference
+PLACEMENT_REPEATS = 2        # the run served with its scorer inside `retrieve` and behind BLS, alternating this often
+#                              (once in --quick)
+PLACEMENT_CONCURRENCY = (1, EFFICIENCY_CONCURRENCY)
 QUICK_ITEMS = [5000]
 FULL_ITEMS = [100_000]
 
@@ -94,8 +98,57 @@ def _serve_and_load(res: dict, out: Path, tag: str, quick: bool, skip_load: bool
         print(f"[perf] serving {repo} at {server.grpc_url}", file=sys.stderr)
         res["served_vs_offline"] = [served_vs_offline(Path(paths["nann"]), Path(paths["data"]), server.grpc_url,
                                                       sc.served_users) for _ in range(1 if quick else SERVED_REPEATS)]
-    if pa_env is not None:   # its own servers: batching on (sweep), off, on again
+    if pa_env is not None:   # its own servers: batching on (sweep), off, on again; then both placements
         res["load"] = L.load_test(repo, Path(paths["data"]), out, cfg, off, users=1000, tag=tag)
+        res["placement"] = placement(Path(paths["nann"]), repo, out, tag, cfg, pa_env,
+                                     1 if quick else PLACEMENT_REPEATS)
+
+
+def placement(run: Path, repo: Path, out: Path, tag: str, cfg, pa_env, repeats: int) -> dict:
+    """perf_analyzer on `repo` (its scorer inside `retrieve`) and on `run` exported with the scorer behind BLS
+    (`nann export --bls`), alternating `repeats` times at PLACEMENT_CONCURRENCY on load_test's input; the
+    latency–throughput PNG of both. {"repeats", "runs": {placement: rows}, "ratios": placement_ratios(runs)}."""
+    import dataclasses
+
+    from perf import load as L
+
+    from nann.serving.export import export_repository
+
+    bls = repo.parent / "repo_bls"
+    shutil.rmtree(bls, ignore_errors=True)
+    export_repository(run, bls, scorer="onnxruntime", in_process=False)
+    sweeps = L.alternating_sweeps({f"in-process{tag}": repo, f"bls{tag}": bls}, out / f"perf_input{tag}.json", out,
+                                  dataclasses.replace(cfg, concurrency=PLACEMENT_CONCURRENCY), repeats, pa_env)
+    runs = {"in-process": sweeps[f"in-process{tag}"], "bls": sweeps[f"bls{tag}"]}
+    L.plot({f"scorer {name}": median_rows(rows) for name, rows in runs.items()},
+           out / f"latency_throughput_placement{tag}.png",
+           f"nann ensemble, scorer inside `retrieve` vs behind BLS {tag.strip('_')}, medians of {repeats}")
+    return {"repeats": repeats, "runs": runs, "ratios": placement_ratios(runs)}
+
+
+def median_rows(rows: list[dict]) -> list[dict]:
+    """One row per concurrency: the median req/s, p50 and p99 of its repeats."""
+    import statistics
+
+    out = []
+    for c in sorted({r["concurrency"] for r in rows}):
+        at = [r for r in rows if r["concurrency"] == c]
+        out.append({"concurrency": c, **{k: statistics.median(r[k] for r in at)
+                                         for k in ("throughput_rps", "p50_us", "p99_us")}})
+    return out
+
+
+def placement_ratios(runs: dict[str, list[dict]]) -> list[dict]:
+    """Per concurrency: in-process req/s / BLS req/s of each alternating pair (same repeat), median and spread."""
+    import statistics
+
+    pairs: dict[int, list[float]] = {}
+    for mine in runs["in-process"]:
+        key = (mine["repeat"], mine["concurrency"])
+        theirs = next(r for r in runs["bls"] if (r["repeat"], r["concurrency"]) == key)
+        pairs.setdefault(mine["concurrency"], []).append(mine["throughput_rps"] / theirs["throughput_rps"])
+    return [{"concurrency": c, "median": statistics.median(r), "spread": [min(r), max(r)], "pairs": len(r)}
+            for c, r in sorted(pairs.items())]
 
 
 def run_one(items: int, out: Path, quick: bool, skip_load: bool) -> dict:
@@ -108,6 +161,8 @@ def run_one(items: int, out: Path, quick: bool, skip_load: bool) -> dict:
     res["compare_seconds"] = round(time.perf_counter() - t0, 1)
     # the scorer against this CPU's reference bound, on a quiet machine (before any server starts)
     res["scorer"] = scorer_bench.measure(Path(res["paths"]["nann"]), *((0.5, 1) if quick else (2.0, 3)))
+    res["scorer_rounds"] = scorer_rounds.measure(Path(res["paths"]["nann"]), Path(res["paths"]["data"]),
+                                                 32 if quick else 192, 8, 2 if quick else 5)
     res["offline_throughput"] = offline_throughput(Path(res["paths"]["nann"]), Path(res["paths"]["data"]),
                                                    32 if quick else 192, OFFLINE_BATCHES)
     t0 = time.perf_counter()
@@ -185,6 +240,9 @@ def markdown(results: list[dict], info: dict, command: str) -> str:
         if "scorer" in res:
             lines += ["", "#### Scorer against this CPU's reference bound (perf/scorer_bench.py, same run)", "",
                       *scorer_bench.markdown(res["scorer"])]
+        if "scorer_rounds" in res:
+            lines += ["", "#### The scorer on the walk's rounds (perf/scorer_rounds.py, same run)", "",
+                      *scorer_rounds.markdown(res["scorer_rounds"])]
         load = res.get("load", {})
         if "skipped" in load:
             lines += ["", f"Load test skipped: {load['skipped']}"]
@@ -207,6 +265,7 @@ def markdown(results: list[dict], info: dict, command: str) -> str:
             for r in load.get("batching_ratios", []):
                 lines.append(f"| {r['concurrency']} | {r['throughput_on_over_off']:.2f}x | {r['p50_off_over_on']:.2f}x | "
                              f"{r['p99_off_over_on']:.2f}x |")
+            lines += placement_markdown(res.get("placement"))
             eff = served_efficiency(res)
             if eff:
                 lines += ["", f"Served path efficiency at concurrency {EFFICIENCY_CONCURRENCY}: {eff['served_rps']:.1f} "
@@ -227,6 +286,23 @@ def markdown(results: list[dict], info: dict, command: str) -> str:
                               f"**{eff['served_rps'] / near['requests_per_s']:.2f}**."]
         lines.append("")
     return "\n".join(lines)
+
+
+def placement_markdown(placed: dict | None) -> list[str]:
+    """The section comparing the scorer inside `retrieve` with the scorer behind BLS (`placement`)."""
+    if not placed:
+        return []
+    lines = ["", f"Scorer inside `retrieve` (the export) vs behind BLS (`nann export --bls`), same run, fresh server "
+                 f"each, alternating {placed['repeats']} times:", "",
+             "| scorer | concurrency | req/s, median | p50 ms, median | p99 ms, median |", "|---|---|---|---|---|"]
+    for name, rows in placed["runs"].items():
+        for r in median_rows(rows):
+            lines.append(f"| {name} | {r['concurrency']} | {r['throughput_rps']:.1f} | {r['p50_us'] / 1e3:.1f} | "
+                         f"{r['p99_us'] / 1e3:.1f} |")
+    lines += ["", "In-process / BLS req/s (each alternating pair): "
+              + "; ".join(f"concurrency {r['concurrency']}: **{r['median']:.2f}** [{r['spread'][0]:.2f}–"
+                          f"{r['spread'][1]:.2f}]" for r in placed["ratios"]) + "."]
+    return lines
 
 
 def served_efficiency(res: dict) -> dict | None:

@@ -98,7 +98,7 @@ def test_info_comes_from_the_server(served):
         info = client.info()
         assert client.ready()
     assert info.num_items == served.info["num_items"]
-    assert info.scorer_backend == "onnxruntime" and info.raw["scorer_in_process"] is False  # behind BLS
+    assert info.scorer_backend == "onnxruntime" and info.raw["scorer_in_process"] is True  # in `retrieve`
     assert info.max_k == 1000
     assert info.defaults["seeds"] == served.info["defaults"]["seeds"] and info.limits["max_seeds"] == 50
     assert info.raw["unknown_ids"] == "skip"

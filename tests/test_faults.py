@@ -83,11 +83,12 @@ def stub_pid(server: TritonServer, model: str) -> int:
 # ---------------------------------------------------------------- a killed stub
 
 @pytest.mark.parametrize("model", ["retrieve", "scorer"])
-def test_killed_stub_under_load_is_recovered_by_the_supervisor(served, histories, tmp_path, model):
+def test_killed_stub_under_load_is_recovered_by_the_supervisor(served, tiny_run, histories, tmp_path, model):
     """Triton 2.51 neither restarts a dead Python stub nor reports the model unready (and a dead BLS target can
     take the whole server down); `nann serve`'s supervisor restarts tritonserver. In-flight requests fail with
-    an error, later ones succeed again."""
-    server = TritonServer(served.repo, log_path=tmp_path / "triton.log").start()
+    an error, later ones succeed again. `scorer`: the BLS target of an export with its scorer behind BLS."""
+    repo = served.repo if model == "retrieve" else fresh_repo(tiny_run, tmp_path / "repo", in_process=False)
+    server = TritonServer(repo, log_path=tmp_path / "triton.log").start()
     stop = threading.Event()
     messages: list[str] = []
     code: list[int] = []
@@ -141,8 +142,8 @@ def test_dead_stub_is_detected_and_not_repaired_by_triton(served, histories, tmp
 
 # ---------------------------------------------------------------- broken artifacts
 
-def fresh_repo(tiny_run, path: Path) -> Path:
-    export_repository(tiny_run.run, path, scorer="onnxruntime")
+def fresh_repo(tiny_run, path: Path, in_process: bool | None = None) -> Path:
+    export_repository(tiny_run.run, path, scorer="onnxruntime", in_process=in_process)
     return path
 
 
@@ -175,7 +176,7 @@ def test_nann_serve_refuses_a_broken_repository_naming_the_file(tiny_run, tmp_pa
 def test_artifact_broken_after_the_precheck_fails_the_load_inside_triton(tiny_run, tmp_path):
     repo = fresh_repo(tiny_run, tmp_path / "repo")
     verify_repository(repo)  # what `nann serve` checks first: fine
-    target = repo / "scorer" / "1" / "scorer.onnx"
+    target = repo / "retrieve" / "1" / "scorer.onnx"  # the scorer runs inside `retrieve`
     replace_file(target, target.read_bytes()[:-10] + b"0123456789")
     server = TritonServer(repo, log_path=tmp_path / "triton.log")
     with pytest.raises(UserError, match="tritonserver exited while loading"):
@@ -183,7 +184,7 @@ def test_artifact_broken_after_the_precheck_fails_the_load_inside_triton(tiny_ru
     server.stop()
     log = (tmp_path / "triton.log").read_text(errors="replace")
     assert f"artifact {target} does not match its sha256 checksum" in log
-    assert "scorer" in log and not server.running()
+    assert "retrieve" in log and not server.running()
 
 
 # ---------------------------------------------------------------- a new version while serving
@@ -205,14 +206,14 @@ def second_run(tiny_run, tmp_path_factory):
 
 def publish(new_run, repo, tmp_path, client, scorer_last: bool, limits=None) -> None:
     """`nann export` of new_run into repo (version 2; `limits`: its ServingLimits, None = the catalogue's).
-    scorer_last: the new `scorer` appears only once the new `retrieve` serves, the order in which `retrieve` meets
-    items its scorer does not know yet."""
+    scorer_last: an export behind BLS whose new `scorer` appears only once the new `retrieve` serves, the order in
+    which `retrieve` meets items its scorer does not know yet; else an export with the scorer inside `retrieve`."""
     if not scorer_last:
         export_repository(new_run, repo, scorer="onnxruntime", limits=limits)
         return
     staging = tmp_path / "staging"
     shutil.copytree(repo, staging)
-    export_repository(new_run, staging, scorer="onnxruntime", limits=limits)
+    export_repository(new_run, staging, scorer="onnxruntime", limits=limits, in_process=False)
     for model in ("encode", "retrieve", "nann", "scorer"):
         if model == "scorer":
             deadline = time.monotonic() + 120
@@ -228,8 +229,9 @@ def answers_across_a_switch(tiny_run, new_run, histories, tmp_path, scorer_last=
     """Serve tiny_run's export in poll mode with clients sending back to back, publish new_run into the same
     repository, and check: 0 failed requests, every answer the old or the new version's, every answer after the
     switch the new one's, and every history's answer afterwards the new one's (new_limits: the new version's
-    ServingLimits, None = the catalogue's). Returns the new version's answers (top k)."""
-    repo = fresh_repo(tiny_run, tmp_path / "repo")
+    ServingLimits, None = the catalogue's; scorer_last: both versions behind BLS, see `publish`). Returns the new
+    version's answers (top k)."""
+    repo = fresh_repo(tiny_run, tmp_path / "repo", in_process=False if scorer_last else None)
     before = OfflineRetriever(tiny_run.run)
     after = OfflineRetriever(new_run, limits=new_limits)
     old_params, new_params = parse_search(before.limits, k=k), parse_search(after.limits, k=k)
@@ -245,7 +247,7 @@ def answers_across_a_switch(tiny_run, new_run, histories, tmp_path, scorer_last=
             exported_at = time.monotonic()
             publish(new_run, repo, tmp_path, client, scorer_last, new_limits)
             deadline = time.monotonic() + 120
-            models = ("encode", "retrieve", "scorer", "nann")
+            models = ("encode", "retrieve", "nann") + (("scorer",) if scorer_last else ())
             while time.monotonic() < deadline and not all(
                     client.is_model_ready(m, "2") and not client.is_model_ready(m, "1") for m in models):
                 time.sleep(0.5)
@@ -272,17 +274,20 @@ def test_new_version_is_picked_up_without_failed_requests(tiny_run, second_run, 
 ADDED_K = 100
 
 
-def test_items_added_version_is_picked_up_and_serves_them(tiny_run, items_added, test_histories, tmp_path):
+@pytest.mark.parametrize("scorer_last", [False, True], ids=["in-process", "bls-scorer-last"])
+def test_items_added_version_is_picked_up_and_serves_them(tiny_run, items_added, test_histories, tmp_path,
+                                                          scorer_last):
     """`nann items add` then `nann export` while serving: the poll-mode server switches with 0 failed requests
-    and then returns the new items, even when the new `retrieve` serves seconds before the new `scorer` (its
-    scorer calls wait for it). Histories: those whose new answer holds a new item first."""
+    and then returns the new items, with the scorer inside `retrieve` (its version holds the new item table), and
+    behind BLS even when the new `retrieve` serves seconds before the new `scorer` (its scorer calls wait for it).
+    Histories: those whose new answer holds a new item first."""
     after = OfflineRetriever(items_added.run)
     params = parse_search(after.limits, k=ADDED_K)
     new = set(items_added.new_raw.tolist())
     holds_new = [bool(new & set(after.retrieve([h], [params])[0][0].tolist())) for h in test_histories]
     order = sorted(range(len(test_histories)), key=lambda i: not holds_new[i])
     histories = [test_histories[i] for i in order[:40]]
-    want_new = answers_across_a_switch(tiny_run, items_added.run, histories, tmp_path, scorer_last=True,
+    want_new = answers_across_a_switch(tiny_run, items_added.run, histories, tmp_path, scorer_last=scorer_last,
                                        k=ADDED_K)
     served_new = [answer for answer in want_new if new & set(answer)]
     print(f"{len(served_new)} of {len(histories)} users are now served new items")

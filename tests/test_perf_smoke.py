@@ -62,6 +62,9 @@ def test_comparison_numbers(perf_quick):
         assert _finite(scorer["reference"][backend]["gflops"]) and scorer["reference"][backend]["gflops"] > 0
     for shape in ("onnxruntime 1x16000", "onnxruntime 8x2000", "torch 1x16000", "torch 8x2000"):
         assert _finite(scorer["ours"][shape]["of_reference"]) and scorer["ours"][shape]["of_reference"] > 0, shape
+    rounds = res["scorer_rounds"]  # the walk's recorded scorer calls replayed against 8 x 2,000
+    assert rounds["calls"] > 0 and rounds["layout_padding"] >= 1.0
+    assert _finite(rounds["rounds_over_bound"]["median"]) and rounds["rounds_over_bound"]["median"] > 0
     offline = res["offline_throughput"]
     assert [r["batch"] for r in offline] == [1, 8, 16]
     for r in offline:
@@ -91,5 +94,11 @@ def test_load_numbers(perf_quick):
             assert _finite(r[n]) and r[n] > 0, (n, r)
     tag = f"_v{res['items_requested']}"
     for name in (f"load_batching_on{tag}.csv", f"load_batching_off{tag}.csv", f"load_batching_ratio{tag}.csv",
-                 f"latency_throughput{tag}.png"):
+                 f"latency_throughput{tag}.png", f"latency_throughput_placement{tag}.png"):
         assert (out / name).stat().st_size > 0, name
+    placed = res["placement"]  # the same run with its scorer behind BLS, side by side (once in --quick)
+    for name in ("in-process", "bls"):
+        assert sorted((r["repeat"], r["concurrency"]) for r in placed["runs"][name]) == [(0, 1), (0, 16)], name
+    assert [r["concurrency"] for r in placed["ratios"]] == [1, 16]
+    assert all(_finite(r["median"]) and r["median"] > 0 and r["pairs"] == 1 for r in placed["ratios"])
+    assert "Scorer inside `retrieve` (the export) vs behind BLS" in (out / "RESULTS.md").read_text()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from perf.graph_metric import items_for_target, subset_cache
-from perf.serving_params import with_setting
+from perf.serving_params import repositories, with_setting
 
 
 def test_items_for_target_interpolates_the_crossing():
@@ -99,6 +99,17 @@ def test_with_setting_swaps_the_candidate_grid(tmp_path):
         with_setting(repo, tmp_path / "x", ["retrieve"], "grid", "small")
 
 
+def test_placement_exports_the_run_once_per_place(tiny_run, tmp_path):
+    """`--param placement`: the scorer inside `retrieve` (no `scorer` model) and behind BLS, one export each."""
+    repos = repositories(tiny_run.run, tmp_path, ["retrieve"], "placement", ["in-process", "bls"], bls=False)
+    assert not (repos["in-process"] / "scorer").exists() and (repos["bls"] / "scorer" / "1").is_dir()
+    for place in ("in-process", "bls"):
+        config = (repos[place] / "retrieve" / "config.pbtxt").read_text()
+        assert f'key: "scorer" value: {{ string_value: "{place}" }}' in config
+    with pytest.raises(SystemExit, match="placement values are in-process, bls, not gpu"):
+        repositories(tiny_run.run, tmp_path / "x", ["retrieve"], "placement", ["gpu"], bls=False)
+
+
 @pytest.mark.serving
 @pytest.mark.timeout(300)
 def test_bls_floor_runs_against_a_real_server(capsys):
@@ -109,3 +120,34 @@ def test_bls_floor_runs_against_a_real_server(capsys):
     assert "A request without BLS calls:" in out
     rows = [line for line in out.splitlines() if line.startswith("| 8 |")]
     assert len(rows) == 2 and all(float(r.split("|")[3].split()[0]) > 0 for r in rows)
+
+
+def test_placement_ratios_pair_each_repeat_and_concurrency():
+    """In-process / BLS req/s are taken per alternating pair (same repeat), never across repeats."""
+    from perf.run import median_rows, placement_markdown, placement_ratios
+
+    def row(rep, c, rps):
+        return {"repeat": rep, "concurrency": c, "throughput_rps": rps, "p50_us": 1e6 / rps, "p99_us": 2e6 / rps}
+
+    runs = {"in-process": [row(0, 1, 90), row(0, 16, 300), row(1, 1, 60), row(1, 16, 200)],
+            "bls": [row(0, 1, 30), row(0, 16, 150), row(1, 1, 40), row(1, 16, 200)]}
+    ratios = placement_ratios(runs)
+    assert [(r["concurrency"], r["median"], r["spread"]) for r in ratios] == [(1, 2.25, [1.5, 3.0]),
+                                                                              (16, 1.5, [1.0, 2.0])]
+    assert [r["throughput_rps"] for r in median_rows(runs["bls"])] == [35, 175]
+    text = "\n".join(placement_markdown({"repeats": 2, "runs": runs, "ratios": ratios}))
+    assert "| in-process | 16 | 250.0 |" in text and "concurrency 16: **1.50** [1.00–2.00]" in text
+    assert placement_markdown(None) == []
+
+
+def test_scorer_rounds_layout_counts_the_padding_of_ragged_runs():
+    """[users, longest run] slots over candidates: two users with runs of 3 and 1 pad to 2 x 3 = 6 slots for 4."""
+    from perf.scorer_rounds import Call, layout
+
+    def call(owner, users):
+        return Call({"state": np.zeros((users, 2), np.float32)}, np.asarray(owner, np.int64),
+                    np.zeros((len(owner), 4), np.float32))
+
+    shape = layout([call([0, 0, 0, 1], 2), call([0, 1], 2)])
+    assert shape["calls"] == 2 and shape["candidates"] == 6 and shape["users_per_call"] == 2.0
+    assert shape["layout_padding"] == pytest.approx((6 + 2) / 6)

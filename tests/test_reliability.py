@@ -26,7 +26,7 @@ from pipeline_fixtures import send_together
 
 pytestmark = pytest.mark.serving
 
-MODELS = ("nann", "encode", "retrieve", "scorer")
+MODELS = ("nann", "encode", "retrieve")  # the shared export's: its scorer runs inside `retrieve`
 ROOT = Path(__file__).resolve().parents[1]
 BAD_INPUTS_TRIED: list[str] = []
 
@@ -228,7 +228,9 @@ def state_inputs(rows=1, seq=50, fill=0.1, nan_in=None):
     return out
 
 
-def test_scorer_called_directly_refuses_nan_state_and_bad_ids(client):
+def test_scorer_called_directly_refuses_nan_state_and_bad_ids(strict_tiny_grid):
+    client = strict_tiny_grid  # an export with the `scorer` model (behind BLS)
+
     def scorer_inputs(state, cand_ids, owner):
         return [tensor(n, v, "FP32") for n, v in state.items()] + [
             tensor("cand_ids", np.asarray(cand_ids, np.int64), "INT64"), tensor("owner", np.asarray(owner, np.int64), "INT64")]
@@ -331,19 +333,22 @@ TINY_GRID = CandidateGrid([1, 16, 32, 64], 64)
 
 @pytest.fixture(scope="module")
 def strict_tiny_grid(tiny_run, tmp_path_factory):
-    """A second export, served: a tiny grid (max 64 candidates per scorer call) and `--unknown-ids refuse`."""
+    """A second export, served: its scorer behind BLS (the `scorer` model), a tiny grid (max 64 candidates per scorer
+    call) and `--unknown-ids refuse`."""
     from nann.serving.export import export_repository
     from nann.serving.server import TritonServer
 
     repo = tmp_path_factory.mktemp("strict") / "repo"
-    export_repository(tiny_run.run, repo, scorer="onnxruntime", grid=TINY_GRID, unknown_ids="refuse")
+    export_repository(tiny_run.run, repo, scorer="onnxruntime", grid=TINY_GRID, unknown_ids="refuse",
+                      in_process=False)
     with TritonServer(repo) as server, grpcclient.InferenceServerClient(server.grpc_url) as c:
         yield c
 
 
 def test_rounds_larger_than_the_grid_maximum_are_split_not_refused(tiny_run, strict_tiny_grid, monkeypatch):
     """Big rounds become several scorer calls of at most 64 candidates, with the same answers: the server makes
-    exactly the scorer calls the offline engine makes with the same grid, and more than with the default grid."""
+    exactly the scorer calls (BLS calls to `scorer`) the offline engine makes with the same grid, and more than with
+    the default grid."""
     c = strict_tiny_grid
     data = PreparedData.load(str(tiny_run.data))
     histories = [data.vocab.dense_to_raw(data.test.history(i)) for i in range(4)]
@@ -351,10 +356,10 @@ def test_rounds_larger_than_the_grid_maximum_are_split_not_refused(tiny_run, str
     unsplit = OfflineRetriever(tiny_run.run)
     calls = {"tiny grid": 0, "default grid": 0}
     for name, retriever in (("tiny grid", offline), ("default grid", unsplit)):
-        def counting(*args, score=retriever.scorer.score, name=name):
+        def counting(*args, score=retriever.scorer.runtime.score, name=name):
             calls[name] += 1
             return score(*args)
-        monkeypatch.setattr(retriever.scorer, "score", counting)
+        monkeypatch.setattr(retriever.scorer.runtime, "score", counting)
     params = parse_search(offline.limits, k=50, ef=[20, 100, 300], rounds=[1, 2, 3])
     before = {m: c.get_inference_statistics(m, as_json=True)["model_stats"][0] for m in ("retrieve", "scorer")}
     for h in histories:  # one at a time: one execute() per request
@@ -411,7 +416,7 @@ def test_server_listens_on_loopback_only(served):
 
 def test_model_control_api_is_off_by_default(client, served):
     assert served.server.model_control_mode == "none"
-    for call in (lambda: client.unload_model("scorer"), lambda: client.load_model("nann")):
+    for call in (lambda: client.unload_model("retrieve"), lambda: client.load_model("nann")):
         with pytest.raises(InferenceServerException) as err:
             call()
         assert "not allowed" in err.value.message() or "explicit" in err.value.message(), err.value.message()

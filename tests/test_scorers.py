@@ -32,8 +32,8 @@ def test_the_command_line_offers_the_registered_runtimes():
 def test_the_grid_and_the_serving_place_are_the_runtimes():
     assert scorers.runtime("tensorrt").grid().sizes == CandidateGrid().sizes  # one optimization profile per size
     assert all(scorers.runtime(name).grid().sizes is None for name in scorers.cpu_in_python())  # any shape: unpadded
-    # every runtime is served behind BLS today (issue #26 moves the Python ones into `retrieve`'s process)
-    assert not any(r.in_process for r in scorers.RUNTIMES.values())
+    # a runtime that runs in Python is served inside `retrieve`'s process; TensorRT behind BLS, in its own backend
+    assert [name for name, r in scorers.RUNTIMES.items() if r.in_process] == scorers.in_python()
     assert scorers.runtime("tensorrt").encoder_runtime == "onnxruntime"
 
 
@@ -56,12 +56,35 @@ def test_a_new_runtime_is_one_registered_class(tiny_run, tmp_path, monkeypatch):
     assert (runtime.score(state, [0, 0], [4, 5]) == reference.score(state, [0, 0], [4, 5])).all()
     info = export_repository(tiny_run.run, tmp_path / "repo", scorer=PaddedOnnx.name)
     assert info["scorer_backend"] == PaddedOnnx.name and info["grid"]["sizes"] == list(CandidateGrid().sizes)
-    assert info["scorer_in_process"] is False
-    for model in ("encode", "scorer"):  # the Python models load it by name
+    assert info["scorer_in_process"] is True and info["models"] == ["encode", "retrieve", "nann"]
+    assert not (tmp_path / "repo" / "scorer").exists()  # nothing would call it
+    for model in ("encode", "retrieve"):  # the Python models load it by name
         config = (tmp_path / "repo" / model / "config.pbtxt").read_text()
         assert f'key: "backend" value: {{ string_value: "{PaddedOnnx.name}" }}' in config
     retrieve = (tmp_path / "repo" / "retrieve" / "config.pbtxt").read_text()
+    assert 'key: "scorer" value: { string_value: "in-process" }' in retrieve
     assert pbtxt_string(json.dumps(CandidateGrid().to_json())) in retrieve  # the engine pads to its grid
+
+
+def test_a_python_runtime_can_be_exported_behind_bls_and_tensorrt_cannot_run_in_process(tiny_run, tmp_path,
+                                                                                        monkeypatch):
+    from nann.scorers.tensorrt import TensorRT
+    from nann.serving.export import export_repository
+
+    repo = tmp_path / "repo"
+    export_repository(tiny_run.run, repo, scorer="onnxruntime")
+    info = export_repository(tiny_run.run, repo, scorer="onnxruntime", in_process=False)  # version 2, behind BLS
+    assert info["scorer_in_process"] is False and info["models"] == ["encode", "retrieve", "scorer", "nann"]
+    retrieve = (repo / "retrieve" / "config.pbtxt").read_text()
+    assert 'key: "scorer" value: { string_value: "bls" }' in retrieve and 'key: "backend"' not in retrieve
+    scorer = (repo / "scorer" / "config.pbtxt").read_text()
+    assert 'key: "backend" value: { string_value: "onnxruntime" }' in scorer and (repo / "scorer" / "2").is_dir()
+    info = export_repository(tiny_run.run, repo, scorer="onnxruntime")  # version 3, in `retrieve` again
+    assert info["unused_models"] == ["scorer"]  # version 2's `retrieve` calls it until version 3 serves
+    monkeypatch.setattr(TensorRT, "available", lambda self: True)  # refused before anything is built
+    with pytest.raises(UserError, match="the tensorrt scorer runs in its own Triton backend and cannot run inside "
+                                        "`retrieve`"):
+        export_repository(tiny_run.run, repo, scorer="tensorrt", in_process=True)
 
 
 def test_a_runtime_of_another_triton_backend_does_not_load_here(tiny_run):

@@ -1,4 +1,5 @@
-"""Triton model `retrieve`: beam search for all requests of one execute(), one BLS scorer call per round; the
+"""Triton model `retrieve`: beam search for all requests of one execute(), one scorer call per round: in this process
+(a Python scorer runtime, nann.serving.services.ScorerService) or a BLS call to `scorer` (parameter `scorer`); the
 repository's blocked set is watched (nann.serving.filters.BlockedWatcher), its size and version published as gauges."""
 import json
 import threading
@@ -12,7 +13,7 @@ from nann.engine.grid import CandidateGrid
 from nann.serving.filters import BLOCKED_GAUGES, BlockedWatcher
 from nann.serving.requests import REQUEST_INPUT_NAMES, RequestError, ServingLimits
 from nann.serving.retrieval import HIST_IDS, HISTORY, RetrieveService, state_dims
-from nann.serving.services import CANDIDATES_OUTSIDE, model_context, stack_states
+from nann.serving.services import CANDIDATES_OUTSIDE, in_process_scorer, model_context, stack_states
 
 SWITCH_WAIT_S = 20.0  # how long a scorer call waits for the new `scorer` of a version switch (score below)
 
@@ -35,6 +36,7 @@ class TritonPythonModel:
         self.service = RetrieveService(version_dir, ServingLimits.from_json(json.loads(params["limits"])),
                                        CandidateGrid.from_json(grid), dims)
         self.state_names = list(dims)
+        self.scorer = in_process_scorer(version_dir, params)  # None: the `scorer` model, through BLS
         # pb_utils gets PreferredMemory only once the model module is loaded: not at import time
         self.cpu_memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
         labels = {"model": args["model_name"], "version": args["model_version"]}
@@ -73,24 +75,8 @@ class TritonPythonModel:
                 responses[i] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
         if good:
-            state = [pb_utils.Tensor(name, value) for name, value in stack_states(states).items()]
-
-            def score(owner, ids):
-                inputs = state + [pb_utils.Tensor("cand_ids", ids.astype(np.int64)),
-                                  pb_utils.Tensor("owner", owner.astype(np.int64))]
-                give_up = time.monotonic() + SWITCH_WAIT_S
-                while True:
-                    reply = pb_utils.InferenceRequest(
-                        model_name="scorer", requested_output_names=["scores"], inputs=inputs,
-                        preferred_memory=self.cpu_memory).exec()  # a GPU (TensorRT) scorer's output lands in host memory
-                    if not reply.has_error():
-                        return pb_utils.get_output_tensor_by_name(reply, "scores").as_numpy()
-                    # items the scorer does not know: after `nann items add` this version of `retrieve` can be ready
-                    # before the new `scorer` (Triton switches model by model); wait for it instead of failing
-                    if CANDIDATES_OUTSIDE not in reply.error().message() or time.monotonic() > give_up:
-                        raise ScorerFailed(reply.error().message())
-                    time.sleep(0.05)
-
+            state = stack_states(states)
+            score = self.scorer.scores_for(state) if self.scorer else self._bls_scores_for(state)
             try:
                 answers = self.service.retrieve(parsed, score, self.blocked.current)
             except ScorerFailed as e:
@@ -102,3 +88,25 @@ class TritonPythonModel:
                     responses[i] = pb_utils.InferenceResponse(
                         [pb_utils.Tensor("item_ids", ids[None]), pb_utils.Tensor("scores", scores[None])])
         return responses
+
+    def _bls_scores_for(self, state):
+        """score_fn(owner, ids) calling the `scorer` model through BLS for the users of `state`."""
+        state = [pb_utils.Tensor(name, value) for name, value in state.items()]
+
+        def score(owner, ids):
+            inputs = state + [pb_utils.Tensor("cand_ids", ids.astype(np.int64)),
+                              pb_utils.Tensor("owner", owner.astype(np.int64))]
+            give_up = time.monotonic() + SWITCH_WAIT_S
+            while True:
+                reply = pb_utils.InferenceRequest(
+                    model_name="scorer", requested_output_names=["scores"], inputs=inputs,
+                    preferred_memory=self.cpu_memory).exec()  # a GPU (TensorRT) scorer's output lands in host memory
+                if not reply.has_error():
+                    return pb_utils.get_output_tensor_by_name(reply, "scores").as_numpy()
+                # items the scorer does not know: after `nann items add` this version of `retrieve` can be ready
+                # before the new `scorer` (Triton switches model by model); wait for it instead of failing
+                if CANDIDATES_OUTSIDE not in reply.error().message() or time.monotonic() > give_up:
+                    raise ScorerFailed(reply.error().message())
+                time.sleep(0.05)
+
+        return score

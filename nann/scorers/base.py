@@ -24,8 +24,8 @@ class ScorerRuntime:
     gpu: bool = False           # needs a GPU host; `nann export --scorer auto` takes an available one first
     padded_grid: bool = False   # the engine pads every scoring round to the candidate grid's fixed sizes (compiled
     #                             shapes, e.g. TensorRT's optimization profiles); False: rounds go unpadded, any size
-    in_process: bool = False    # served inside `retrieve`'s process, called each round; False: behind BLS, as the
-    #                             repository's `scorer` model (every runtime today)
+    in_process: bool = True     # served inside `retrieve`'s process, called each round (a runtime that runs in Python);
+    #                             False: behind BLS, as the repository's `scorer` model (a runtime of another backend)
     encoder: str = ""           # the runtime `encode` runs where this one scores, when not this one
     needs: str = ""             # what a host must have for it, when not every host has it
 
@@ -47,7 +47,9 @@ class ScorerRuntime:
         raise NotImplementedError
 
     def export_scorer(self, export) -> None:
-        """Write the repository's `scorer` model (`export`: a `nann.serving.export.RepositoryExport`): by default the
-        Python-backend model that loads this runtime (the config's `backend` parameter)."""
+        """Write the repository's `scorer` model, the BLS target of a scorer served outside `retrieve` (`export`: a
+        `nann.serving.export.RepositoryExport`): by default the Python-backend model that loads this runtime (the
+        config's `backend` parameter), which `nann export` writes only when asked to serve a Python runtime behind BLS
+        (`in_process=False`, for comparison)."""
         export.python_model("scorer")
 

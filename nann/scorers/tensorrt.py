@@ -102,6 +102,7 @@ class TensorRT(ScorerRuntime):
     name = "tensorrt"
     summary = "a TensorRT plan on a GPU, served by Triton's TensorRT backend"
     in_python = False
+    in_process = False
     gpu = True
     padded_grid = True
     encoder = "onnxruntime"

@@ -3,9 +3,10 @@
 Layout of REPO_DIR (model names are a contract):
     nann/          the ensemble (public entry point): encode → retrieve
     encode/        Python: validate, raw → dense ids, gather e_v, pad to max_seq, user_encoder.onnx
-    retrieve/      Python: Numba beam search, BLS to `scorer` once per round
-    scorer/        what the scorer runtime writes (`nann.scorers`): a Python model (ONNX Runtime or torch) on CPU
-                   hosts, a TensorRT plan on GPU hosts
+    retrieve/      Python: Numba beam search, one scorer call per round: a Python scorer runtime (ONNX Runtime,
+                   torch) in this process, else a BLS call to `scorer`
+    scorer/        only for a scorer behind BLS, what its runtime writes (`nann.scorers`): a TensorRT plan on GPU
+                   hosts (or, asked for with `in_process=False`, a Python model running a Python runtime)
 Each model gets a new version directory `N/` (N = newest + 1 when REPO_DIR already exists, so a running
 server can switch versions), its artifacts hard-linked from the run (copied across file systems) and a
 checksummed manifest verified at load. The models' `model.py` files and config templates: `nann.serving.templates`.
@@ -30,6 +31,7 @@ from nann.run_dir import RunDir
 from nann.scorers.base import ScorerRuntime
 from nann.serving.repository import model_versions, write_manifest
 from nann.serving.requests import REQUEST_INPUT_NAMES, REQUEST_INPUTS, ServingLimits
+from nann.serving.services import BLS, IN_PROCESS
 from nann.serving.templates import model_file, render, tensor_entries
 
 MODELS = ("encode", "retrieve", "scorer", "nann")
@@ -42,6 +44,14 @@ MAX_BATCH = 64
 # shorter measured better under load (500 us: p50 27.1 vs 28.0 ms at concurrency 1, 1.01x / 0.97x req/s at 8 / 16,
 # inside the run-to-run noise; 0: 0.94x at 16).
 QUEUE_DELAY_US = {"encode": 0, "retrieve": 2000}
+# The models that run a scorer runtime: (intra_op_threads, spinning) of each (0 threads: one per physical core, the
+# runtime's default; docs/OPERATIONS.md "Runtime threads"). `encode` encodes one user at a time: one thread, not
+# spinning, leaves the cores to the scorer. The `scorer` model's threads (behind BLS) spin for the next round, which
+# comes within a millisecond (1.2x the req/s of sleeping threads: perf/RESULTS.md "Serving parameters: spinning
+# (scorer)"). Inside `retrieve` the scorer shares the process with the walk: one thread (no pool, so `spinning` acts on
+# nothing) measured 1.36x the req/s of one per core at concurrency 16 (perf/RESULTS.md "Serving parameters:
+# intra_op_threads (retrieve)").
+RUNTIME_THREADS = {"encode": (1, False), "scorer": (0, True), "retrieve": (1, True)}
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -77,6 +87,25 @@ def step_map(kind: str, names) -> str:
 
 def pbtxt_string(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def parameters(values: dict[str, str]) -> str:
+    """config.pbtxt `parameters` entries of string values."""
+    return "\n".join(f'parameters: {{ key: "{key}" value: {{ string_value: "{pbtxt_string(value)}" }} }}'
+                     for key, value in values.items())
+
+
+def runtime_parameters(model: str, backend: str) -> dict[str, str]:
+    """The parameters of a model that loads a scorer runtime (`nann.serving.services.runtime_options` reads them)."""
+    threads, spinning = RUNTIME_THREADS[model]
+    return {"backend": backend, "intra_op_threads": str(threads), "spinning": str(spinning).lower()}
+
+
+def retrieve_scorer(runtime: ScorerRuntime, in_process: bool) -> str:
+    """`retrieve`'s parameters saying where its scorer runs: in its process (with the runtime's) or behind BLS."""
+    if not in_process:
+        return parameters({"scorer": BLS})
+    return parameters({"scorer": IN_PROCESS, **runtime_parameters("retrieve", runtime.name)})
 
 
 # (users, candidates per user) of the scorer calls `--scorer auto` times: a walk's round scores ~60 candidates per
@@ -177,11 +206,13 @@ class RepositoryExport:
 
 
 def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: ServingLimits | None = None,
-                      grid: CandidateGrid | None = None, env_path: str | None = None, unknown_ids: str = "skip") -> dict:
+                      grid: CandidateGrid | None = None, env_path: str | None = None, unknown_ids: str = "skip",
+                      in_process: bool | None = None) -> dict:
     """Write a new version of every model into `repo`; returns the export summary (also in nann_info).
 
     limits default to the catalogue's (`ServingLimits.for_catalogue`) with the run's max_seq and the `unknown_ids`
-    policy."""
+    policy. in_process: where the scorer runs, None = its runtime's choice (`ScorerRuntime.in_process`); False serves
+    a Python runtime behind BLS as its own `scorer` model (the layout before issue #26, kept to compare the two)."""
     run_dir, repo = Path(run_dir).resolve(), Path(repo).resolve()
     stale = [model for model in OBSOLETE_MODELS if (repo / model).is_dir()]
     if stale:
@@ -191,6 +222,10 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
     run.check_servable()
     config = run.read_config()
     runtime, speeds = choose_scorer(scorer, run_dir)
+    in_process = runtime.in_process if in_process is None else in_process
+    if in_process and not runtime.in_python:
+        raise UserError(f"the {runtime.name} scorer runs in its own Triton backend and cannot run inside `retrieve`: "
+                        "export it behind BLS (the default)")
     grid = grid or runtime.grid()
     version = next_version(repo)
     specs = state_specs(run_dir)
@@ -199,7 +234,10 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
     limits = limits or ServingLimits.for_catalogue(num_items, max_seq=int(config["max_seq"]), unknown_ids=unknown_ids)
     info = {
         "model_version": version, "num_items": num_items, "emb_dim": emb_dim, "scorer_backend": runtime.name,
-        "scorer_in_process": runtime.in_process,
+        "scorer_in_process": in_process,
+        "models": [m for m in MODELS if m != "scorer" or not in_process],
+        # a `scorer` of an earlier export behind BLS: its `retrieve` calls it until this version serves, none after
+        "unused_models": ["scorer"] if in_process and (repo / "scorer").is_dir() else [],
         "arch": config.get("arch"), "run": str(run_dir), "max_seq": limits.max_seq, **limits.published(),
         "grid": grid.to_json(),
         "cpu_scorer_candidates_per_s": {k: round(v) for k, v in speeds.items()},
@@ -207,7 +245,10 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
     values = dict(
         max_batch=MAX_BATCH, encode_queue_delay_us=QUEUE_DELAY_US["encode"],
         retrieve_queue_delay_us=QUEUE_DELAY_US["retrieve"], max_seq=limits.max_seq, emb_dim=emb_dim,
-        env_path=pbtxt_string(env_path or sys.prefix), runtime_backend=runtime.encoder_runtime,
+        env_path=pbtxt_string(env_path or sys.prefix),
+        encode_runtime=parameters(runtime_parameters("encode", runtime.encoder_runtime)),
+        scorer_runtime=parameters(runtime_parameters("scorer", runtime.name)),
+        retrieve_scorer=retrieve_scorer(runtime, in_process),
         limits=pbtxt_string(json.dumps(limits.to_json())), grid=pbtxt_string(json.dumps(info["grid"])),
         nann_info=pbtxt_string(json.dumps(info)),
         state_outputs=tensor_entries(specs, batched=True),
@@ -222,7 +263,8 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
     export = RepositoryExport(run, repo, version, values, specs, limits, grid)
     for model in ("encode", "retrieve"):
         export.python_model(model)
-    runtime.export_scorer(export)
+    if not in_process:
+        runtime.export_scorer(export)
     export.version_dir("nann")
     export.write_config("nann", render("nann/config.pbtxt.template", **values))
     return info
@@ -230,13 +272,17 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
 
 def main(args) -> int:
     info = export_repository(Path(args.run), Path(args.repo), args.scorer, env_path=args.env_path,
-                             unknown_ids=args.unknown_ids)
+                             unknown_ids=args.unknown_ids, in_process=False if args.bls else None)
     speeds = info["cpu_scorer_candidates_per_s"]
     if speeds:
         shapes = " and ".join(f"{users} x {per_user}" for users, per_user in ROUND_SHAPES)
         print(f"CPU scorer on round-sized calls ({shapes} candidates): "
               + ", ".join(f"{k} {v:,.0f} candidates/s" for k, v in speeds.items())
               + f" → {info['scorer_backend']}", file=sys.stderr)
+    where = "inside `retrieve`" if info["scorer_in_process"] else "behind BLS"
     print(f"exported version {info['model_version']} of {info['num_items']:,} items "
-          f"({info['scorer_backend']} scorer) to {args.repo}")
+          f"({info['scorer_backend']} scorer, {where}) to {args.repo}")
+    for model in info["unused_models"]:
+        print(f"note: {Path(args.repo) / model} (an earlier export's) is not called once version "
+              f"{info['model_version']} serves: remove it then", file=sys.stderr)
     return 0

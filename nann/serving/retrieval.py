@@ -1,8 +1,9 @@
 """Raw ids in, raw ids out: the retrieval pipeline shared by `nann retrieve`, evaluation and the Triton models.
 
-`beam search → top-k raw ids` is written once (`RetrieveService`); offline its scorer is the local runtime,
-inside Triton a BLS call. `OfflineRetriever` chains the very services the Triton models run, eligibility filters
-and the blocked set included (`nann.serving.filters`).
+`beam search → top-k raw ids` is written once (`RetrieveService`); its scorer is the runtime in this process
+(`ScorerService.scores_for`: offline, and inside `retrieve` for a Python runtime), or a BLS call to the `scorer` model
+(a runtime of another Triton backend). `OfflineRetriever` chains the very services the Triton models run, eligibility
+filters and the blocked set included (`nann.serving.filters`).
 """
 from __future__ import annotations
 
@@ -133,6 +134,5 @@ class OfflineRetriever:
         state = stack_states([e.state for e in encoded])
         requests = [self.service.request(p, e.hist_ids[0], h, f)
                     for p, e, h, f in zip(params, encoded, histories, filters or [NO_FILTERS] * len(histories))]
-        answers = self.service.retrieve(requests, lambda owner, ids: self.scorer.score(state, ids, owner),
-                                        self.blocked)
+        answers = self.service.retrieve(requests, self.scorer.scores_for(state), self.blocked)
         return [Answer(ids, scores, e.dropped) for (ids, scores), e in zip(answers, encoded)]

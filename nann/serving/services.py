@@ -97,11 +97,13 @@ class RequestEncoder:
                        np.array([[dropped]], dtype=np.int32))
 
 
+IN_PROCESS, BLS = "in-process", "bls"  # `retrieve`'s `scorer` parameter: where its scorer runs
 CANDIDATES_OUTSIDE = "cand_ids outside"  # the refusal of ids beyond the catalogue (`retrieve` waits on it in a switch)
 
 
 class ScorerService:
-    """Scores candidate ids for the users whose state rows it is given (the CPU `scorer` model)."""
+    """Scores candidate ids for the users whose state rows it is given: inside `retrieve` and the offline engine
+    (`scores_for`, each round), or as the `scorer` model behind BLS (`score`, checking what a caller sent)."""
 
     def __init__(self, version_dir: Path, backend: str = "onnxruntime", threads: int | None = None,
                  spinning: bool = True):
@@ -110,7 +112,13 @@ class ScorerService:
         self.runtime = ModelRuntime.load(version_dir, backend, threads, parts=("scorer",), spinning=spinning)
         self.state_names = list(self.runtime.state_names)
 
+    def scores_for(self, state: dict[str, np.ndarray]):
+        """The engine's score_fn(owner, ids) for the users of `state` (rows stacked by `stack_states`, already checked:
+        `retrieve` checks each request's, the offline engine encodes them), scored in this process."""
+        return lambda owner, ids: self.runtime.score(state, owner, ids)
+
     def score(self, state: dict[str, np.ndarray], cand_ids: np.ndarray, owner: np.ndarray) -> np.ndarray:
+        """The `scorer` model's call: refuses what the engine never sends (NaN state, ids or owners out of range)."""
         if cand_ids.shape != owner.shape:
             raise RequestError(f"cand_ids {list(cand_ids.shape)} and owner {list(owner.shape)} differ in shape")
         bad = [name for name, value in state.items() if not np.isfinite(value).all()]
@@ -122,3 +130,11 @@ class ScorerService:
         if owner.size and (owner.min() < 0 or owner.max() >= rows):
             raise RequestError(f"owner outside [0, {rows})")
         return self.runtime.score(state, owner, cand_ids)
+
+
+def in_process_scorer(version_dir: Path, params: dict[str, str]) -> ScorerService | None:
+    """`retrieve`'s scorer when its config's `scorer` parameter says it runs in its process (with the runtime options
+    beside it), else None: its scorer is the `scorer` model, called through BLS."""
+    if params["scorer"] not in (IN_PROCESS, BLS):
+        raise ValueError(f"parameter scorer is {params['scorer']!r}, not {IN_PROCESS!r} or {BLS!r}")
+    return ScorerService(version_dir, **runtime_options(params)) if params["scorer"] == IN_PROCESS else None
