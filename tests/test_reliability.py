@@ -319,7 +319,8 @@ def test_limits_are_published_in_nann_info(client):
     info = json.loads(config["parameters"]["nann_info"]["string_value"])
     published = ServingLimits().published()
     assert info["limits"] == published["limits"] and info["defaults"] == published["defaults"]
-    assert set(info["defaults"]) == {"k", "ef", "rounds", "frontier", "seeds"} and info["limits"]["max_seeds"] == 50
+    assert set(info["defaults"]) == {"k", "ef", "rounds", "frontier", "seeds", "patience"}
+    assert info["limits"]["max_seeds"] == 50
     assert info["limits"]["max_exclude"] == 10_000 and info["limits"]["max_categories"] == 1_000
     assert info["unknown_ids"] == "skip"
     assert info["max_seq"] == 50 and info["grid"] == {"sizes": None, "max_size": CandidateGrid().max_size}  # CPU: unpadded
