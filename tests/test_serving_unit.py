@@ -115,6 +115,8 @@ def test_search_frontier_and_seeds():
     ({"seeds": np.array([4])}, r"seeds=4 is outside \[0, 3\]"),
     ({"seeds": np.array([1, 1])}, "seeds must be a single value, got 2"),
     ({"seeds": np.array([True])}, "seeds must be an integer tensor"),
+    ({"patience": np.array([-1])}, r"patience=-1 is outside \[0, 4096\] \(0 = off\)"),
+    ({"patience": np.array([4097])}, r"patience=4097 is outside \[0, 4096\]"),
     ({"k": np.array([0])}, r"k=0 is outside \[1, 4\]"),
     ({"k": np.array([5])}, r"k=5 is outside"),
     ({"k": np.array([1, 2])}, "single value"),
