@@ -21,7 +21,8 @@ from pathlib import Path
 
 from nann.engine.params import SearchParams, default_search
 from perf.replay import ScoreCache
-from perf.search_quality import TARGET, _pt, build_graphs, mean_over_graphs, with_ef0
+from perf.search_quality import (TARGET, _pt, build_graphs, header, mean_over_graphs, run_arguments, score_caches,
+                                 with_ef0)
 
 EF_SWEEP = (200, 250, 300, 400, 600, 800, 1200)
 HNSW_SWEEP = (200, 250, 300, 400, 600, 800, 1600)
@@ -63,19 +64,13 @@ def measure(val: ScoreCache, test: ScoreCache, graphs, patiences: list[int]) -> 
 
 
 def markdown(res: dict, command: str, graph_seeds: str) -> str:
-    from perf.sections import provenance
-
     n = res["num_items"]
     p = default_search(n)
-    info = {"date": res["date"], "git_describe": res["commit"], "loadavg_at_start": res["loadavg"]}
-    lines = [provenance(command, info), "",
-             f"{n:,} items; validation users {res['val_users']}, test users {res['test_users']}; graph builds per "
-             f"setting: seeds {graph_seeds}. Model recall-all@200 (test) {res['recall_all']:.3f}. Search defaults: "
-             f"ef {list(p.ef)}, rounds {list(p.rounds)}, frontier {p.frontier}, seeds {p.seeds}, patience "
-             f"{p.patience} (`default_search({n})`). Patience counts layer-0 list entries expanded since a new item "
-             f"last entered the top 200 (frontier {p.frontier}: {p.frontier} entries per round).", "",
-             "Columns: coverage@200 mean [min–max over builds] | worst 5% of users | recall-Δ | items scored per "
-             "query [min–max over builds] | % of items | scoring rounds per query.", ""]
+    lines = header(res, command, graph_seeds,
+                   f". Search defaults: ef {list(p.ef)}, rounds {list(p.rounds)}, frontier {p.frontier}, seeds "
+                   f"{p.seeds}, patience {p.patience} (`default_search({n})`). Patience counts layer-0 list entries "
+                   f"expanded since a new item last entered the top 200 (frontier {p.frontier}: {p.frontier} entries "
+                   f"per round).")
     for g in res["graphs"]:
         r = g["result"]
         lines += [f"**Graph {g['spec']}**", "",
@@ -100,32 +95,18 @@ def markdown(res: dict, command: str, graph_seeds: str) -> str:
 
 
 def main(argv=None) -> int:
-    from nann.data.prepared import PreparedData
     from nann.engine.graph import HnswGraph
     from perf.run import machine_info
     from perf.sections import command_line, report
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, help="trained run directory (graphs and score caches go to RUN/quality)")
-    p.add_argument("--data", required=True, help="the prepared data the run was trained on")
-    p.add_argument("--name", required=True, help="section of perf/RESULTS.md to write (e.g. 'Stopping rule, 10k')")
-    p.add_argument("--graphs", default="l2:32:40",
-                   help="graph settings metric:M:efConstruction, comma-separated (default l2:32:40)")
-    p.add_argument("--graph-seeds", default="100,101,102", help="build seeds per setting (default 100,101,102)")
+    run_arguments(p, "Stopping rule, 10k items", "l2:32:40")
     p.add_argument("--patience", default="8,16,32,64,128", help="patience values to compare (default 8,16,32,64,128)")
-    p.add_argument("--val-users", type=int, default=300, help="validation users (default 300)")
-    p.add_argument("--test-users", type=int, default=300, help="test users (default 300)")
-    p.add_argument("--out", default="perf/results", help="directory for NAME.json (default perf/results)")
-    p.add_argument("--no-results-md", action="store_true", help="do not write the section of perf/RESULTS.md")
     args = p.parse_args(argv)
     run, data_dir = Path(args.run), Path(args.data)
     info = machine_info()
     command = command_line("perf.stopping_rule", argv)
-    data = PreparedData.load(str(data_dir))
-    qdir = run / "quality"
-    qdir.mkdir(parents=True, exist_ok=True)
-    val = ScoreCache.build(run, data.val, args.val_users, qdir / f"scores_val{args.val_users}.npy")
-    test = ScoreCache.build(run, data.test, args.test_users, qdir / f"scores_test{args.test_users}.npy")
+    _, val, test = score_caches(args)
     seeds = [int(s) for s in args.graph_seeds.split(",")]
     patiences = [int(s) for s in args.patience.split(",")]
     res = {"num_items": test.num_items, "date": info["date"], "commit": info["git_describe"],
