@@ -107,20 +107,25 @@ def _pt(r: dict, n: int) -> str:
             f"{r['items_scored']:,.0f} [{ss[0]:,.0f}–{ss[1]:,.0f}] | {r['scored_fraction'] * 100:.3f}% | {r['rounds']:.1f}")
 
 
+def header(res: dict, command: str, graph_seeds: str, about: str) -> list[str]:
+    """A section's first lines: provenance, catalogue and users, `about` (what was run), the columns of `_pt`."""
+    info = {"date": res["date"], "git_describe": res["commit"], "loadavg_at_start": res["loadavg"]}
+    return [provenance(command, info), "",
+            f"{res['num_items']:,} items; validation users {res['val_users']}, test users {res['test_users']}; graph "
+            f"builds per setting: seeds {graph_seeds}. Model recall-all@200 (test) {res['recall_all']:.3f}" + about, "",
+            "Columns: coverage@200 mean [min–max over builds] | worst 5% of users (5th percentile) | recall-Δ | "
+            "items scored per query [min–max over builds] | % of items | scoring rounds per query.", ""]
+
+
 def markdown(res: dict, args, command: str) -> str:
     n = res["num_items"]
     p = default_search(n)
     frontier = p.frontier if args.frontier is None else args.frontier
-    info = {"date": res["date"], "git_describe": res["commit"], "loadavg_at_start": res["loadavg"]}
-    lines = [provenance(command, info), "",
-             f"{n:,} items; validation users {res['val_users']}, test users {res['test_users']}; graph builds per "
-             f"setting: seeds {args.graph_seeds}. Model recall-all@200 (test) {res['recall_all']:.3f} vs popularity "
-             f"baseline {res['popularity_recall']:.3f}. Search defaults: ef {list(p.ef)}, rounds {list(p.rounds)}, "
-             f"frontier {p.frontier}, seeds {p.seeds} (`default_search({n})`); `nann graph`'s default metric at "
-             f"this size: {default_metric(n)}. Swept curves and the cheapest point: the defaults at frontier "
-             f"{frontier}, last-layer ef varied.", "",
-             "Columns: coverage@200 mean [min–max over builds] | worst 5% of users (5th percentile) | recall-Δ | "
-             "items scored per query [min–max over builds] | % of items | scoring rounds per query.", ""]
+    lines = header(res, command, args.graph_seeds,
+                   f" vs popularity baseline {res['popularity_recall']:.3f}. Search defaults: ef {list(p.ef)}, rounds "
+                   f"{list(p.rounds)}, frontier {p.frontier}, seeds {p.seeds} (`default_search({n})`); `nann graph`'s "
+                   f"default metric at this size: {default_metric(n)}. Swept curves and the cheapest point: the "
+                   f"defaults at frontier {frontier}, last-layer ef varied.")
     for g in res["graphs"]:
         r = g["result"]
         lines += [f"**Graph {g['spec']}** (build {g['build_seconds']} s per build incl. the metric)", "",
@@ -173,36 +178,50 @@ def plot(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+def run_arguments(p: argparse.ArgumentParser, example: str, graphs: str) -> None:
+    """The arguments of a benchmark on one run's cached scores (this one, perf.stopping_rule)."""
+    p.add_argument("--run", required=True, help="trained run directory (graphs and score caches go to RUN/quality)")
+    p.add_argument("--data", required=True, help="the prepared data the run was trained on")
+    p.add_argument("--name", required=True, help=f"section of perf/RESULTS.md to write (e.g. '{example}')")
+    p.add_argument("--graphs", default=graphs,
+                   help=f"graph settings metric:M:efConstruction, comma-separated (default {graphs})")
+    p.add_argument("--graph-seeds", default="100,101,102", help="build seeds per setting (default 100,101,102)")
+    p.add_argument("--val-users", type=int, default=300, help="validation users (default 300)")
+    p.add_argument("--test-users", type=int, default=300, help="test users (default 300)")
+    p.add_argument("--out", default="perf/results",
+                   help="directory for the NAME.json (and .png) outputs (default perf/results)")
+    p.add_argument("--no-results-md", action="store_true", help="do not write the section of perf/RESULTS.md")
+
+
+def score_caches(args):
+    """(prepared data, validation ScoreCache, test ScoreCache) of `run_arguments`' run, built once under RUN/quality."""
     from nann.data.prepared import PreparedData
+
+    run = Path(args.run)
+    data = PreparedData.load(str(args.data))
+    qdir = run / "quality"
+    qdir.mkdir(parents=True, exist_ok=True)
+    val = ScoreCache.build(run, data.val, args.val_users, qdir / f"scores_val{args.val_users}.npy")
+    test = ScoreCache.build(run, data.test, args.test_users, qdir / f"scores_test{args.test_users}.npy")
+    return data, val, test
+
+
+def main(argv=None) -> int:
     from nann.engine.graph import HnswGraph
     from nann.evaluate import popularity_recall
     from perf.run import machine_info
     from perf.sections import command_line, report
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, help="trained run directory (graphs and score caches go to RUN/quality)")
-    p.add_argument("--data", required=True, help="the prepared data the run was trained on")
-    p.add_argument("--name", required=True, help="section of perf/RESULTS.md to write (e.g. 'Search quality, 100k')")
-    p.add_argument("--graphs", default="score:32:100,l2:32:40",
-                   help="graph settings metric:M:efConstruction, comma-separated (default score:32:100,l2:32:40)")
-    p.add_argument("--graph-seeds", default="100,101,102", help="build seeds per setting (default 100,101,102)")
+    run_arguments(p, "Search quality, 100k", "score:32:100,l2:32:40")
     p.add_argument("--frontier", type=int, default=None,
                    help="frontier of the swept curves and the cheapest point (default: the catalogue's search "
                         "defaults', default_search; the defaults row always runs the defaults)")
-    p.add_argument("--val-users", type=int, default=300, help="validation users (default 300)")
-    p.add_argument("--test-users", type=int, default=300, help="test users (default 300)")
-    p.add_argument("--out", default="perf/results", help="directory for NAME.json / NAME.png (default perf/results)")
-    p.add_argument("--no-results-md", action="store_true", help="do not write the section of perf/RESULTS.md")
     args = p.parse_args(argv)
     run, data_dir = Path(args.run), Path(args.data)
     info = machine_info()
     command = command_line("perf.search_quality", argv)
-    data = PreparedData.load(str(data_dir))
-    qdir = run / "quality"
-    qdir.mkdir(parents=True, exist_ok=True)
-    val = ScoreCache.build(run, data.val, args.val_users, qdir / f"scores_val{args.val_users}.npy")
-    test = ScoreCache.build(run, data.test, args.test_users, qdir / f"scores_test{args.test_users}.npy")
+    data, val, test = score_caches(args)
     seeds = [int(s) for s in args.graph_seeds.split(",")]
     res = {"num_items": test.num_items, "date": info["date"], "commit": info["git_describe"],
            "loadavg": info["loadavg_at_start"], "val_users": val.num_users, "test_users": test.num_users,

@@ -42,6 +42,7 @@ def test_sync_and_async_equal_nann_retrieve(served, histories, capsys):
 
 
 @pytest.mark.parametrize("options", [{"rounds": [1, 2, 3, 10], "frontier": 4}, {"rounds": [1, 1, 1, 2], "seeds": 10},
+                                     {"rounds": [1, 2, 3, 64], "frontier": 4, "patience": 8},
                                      {"ef": [100, 200, 400], "rounds": [1, 1, 3], "frontier": 0, "seeds": 0}])
 def test_search_options_equal_offline_retriever(served, histories, options):
     from nann.serving.requests import parse_search

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from collections import deque
 
 import numpy as np
@@ -332,18 +333,20 @@ def test_brute_force_chunks(small):
     assert (a.ids == b.ids).all() and (b.ids == c.ids).all() and (a.scores == c.scores).all()
 
 
-def test_handmade_path_graph():
-    """A path 0-1-...-9 at layer 0, nodes {0, 5} at layer 1: beam follows the path one hop per round."""
-    n = 10
+def _path_graph(n=10):
+    """A path 0-1-...-(n-1) at layer 0, nodes {0, 5} at layer 1 (entry point 0)."""
     levels = np.zeros(n, np.int8)
     levels[[0, 5]] = 1
     nb0 = [[1]] + [[i - 1, i + 1] for i in range(1, n - 1)] + [[n - 2]]
-    p0 = np.cumsum([0] + [len(v) for v in nb0])
-    i0 = np.concatenate(nb0)
     p1 = np.zeros(n + 1, np.int64)
     p1[1:] = np.cumsum([1 if i in (0, 5) else 0 for i in range(n)])
-    i1 = np.array([5, 0])
-    g = HnswGraph.from_arrays(levels, [(p0, i0), (p1, i1)], entry_point=0)
+    return HnswGraph.from_arrays(levels, [(np.cumsum([0] + [len(v) for v in nb0]), np.concatenate(nb0)),
+                                          (p1, np.array([5, 0]))], entry_point=0)
+
+
+def test_handmade_path_graph():
+    """A path 0-1-...-9 at layer 0, nodes {0, 5} at layer 1: beam follows the path one hop per round."""
+    g = _path_graph()
     assert g.nodes_at_level(1).tolist() == [0, 5]
     score = lambda o, i: -np.abs(i - 9).astype(np.float32)  # noqa: E731  best item: 9
     r = beam_search(g, 1, score, SearchParams((1, 1), (1, 2), top_m=2))
@@ -365,6 +368,97 @@ def test_handmade_path_graph():
     assert h.ids[0].tolist() == [9]
 
 
+# ----------------------------------------------------------------------------- stopping rule
+def test_patience_stops_the_walk_once_its_answer_stops_changing():
+    """Best item 7 on the path, frontier 1 (one entry expanded per round): layer 0 finds it in round 2 (from 5:
+    {4, 6}, then {7}); round 3 (7 expanded: {8}) and round 4 (8 expanded: {9}) bring nothing better, so patience 1
+    stops after round 3 and 2 after round 4, both with the answer the unbounded walk (patience 0) has."""
+    g = _path_graph()
+    score = lambda o, i: -np.abs(i - 7).astype(np.float32)  # noqa: E731
+    runs = {s: beam_search(g, 1, score, SearchParams((1, 3), (1, 10), 1, frontier=1, patience=s))
+            for s in (0, 1, 2, 9)}
+    assert all(r.ids[0].tolist() == [7] for r in runs.values())
+    # scored: {0, 5} on layer 1, then {4, 6}, {7}, {8}, {9}; rounds count layer 1's too
+    assert (runs[1].n_scored[0], runs[1].rounds[0]) == (6, 4)
+    assert (runs[2].n_scored[0], runs[2].rounds[0]) == (7, 5) == (runs[0].n_scored[0], runs[0].rounds[0])
+    assert runs[9].n_scored[0] == runs[0].n_scored[0]
+    # an answer of 3 items changes for longer: 8 enters it in round 3, 9 never does
+    three = beam_search(g, 1, score, SearchParams((1, 3), (1, 10), 3, frontier=1, patience=1))
+    assert three.ids[0].tolist() == [7, 6, 8] and three.n_scored[0] == 7
+    # patience counts entries expanded, not rounds: best item 6, found in round 1; frontier 0 expands 6 and 4 in
+    # round 2 ({7, 3}, neither better), which spends a patience of 2 in one round
+    six = lambda o, i: -np.abs(i - 6).astype(np.float32)  # noqa: E731
+    wide = beam_search(g, 1, six, SearchParams((1, 3), (1, 10), 1, frontier=0, patience=2))
+    assert wide.ids[0].tolist() == [6] and (wide.n_scored[0], wide.rounds[0]) == (6, 3)
+    with pytest.raises(ValueError, match="patience must be >= 0"):
+        SearchParams(patience=-1)
+
+
+def test_patience_only_chooses_when_to_stop(small):
+    """A walk stopped by patience is the fixed-round walk stopped at the same round: for every user some layer-0
+    round cap without the rule gives the same answer at the same cost. A patience no walk can spend is the walk
+    without the rule, which with unbounded lists is brute force (eligible items only, with filters)."""
+    x, g, _ = small
+    n_users, m = 4, 30
+    score = dot_scorer(x, n_users, seed=21)
+    filters, _ = _filter_case(g.num_items, n_users, seed=6)
+    upper = (10_000,) * g.max_level
+    ref = brute_force(g.num_items, n_users, score, m, filters=filters)
+    p = SearchParams(upper + (60,), upper + (10_000,), m, frontier=3)
+    fixed = [beam_search(g, n_users, score, replace(p, rounds=upper + (cap,)), filters=filters)
+             for cap in range(1, 300)]
+    assert (fixed[-1].n_scored == beam_search(g, n_users, score, p, filters=filters).n_scored).all()  # caps enough
+    for patience in (3, 12, 40):
+        got = beam_search(g, n_users, score, replace(p, patience=patience), filters=filters)
+        assert (got.n_scored < fixed[-1].n_scored).any()
+        for r in range(n_users):
+            same = [f for f in fixed if f.n_scored[r] == got.n_scored[r]]
+            assert same and any((f.ids[r] == got.ids[r]).all() and (f.scores[r] == got.scores[r]).all() for f in same)
+    full = SearchParams(upper + (10_000,), upper + (10_000,), m, frontier=3, patience=g.num_items)
+    res = beam_search(g, n_users, score, full, filters=filters)
+    assert (res.ids == ref.ids).all() and (res.scores == ref.scores).all()
+    assert (res.n_scored == beam_search(g, n_users, score, replace(full, patience=0), filters=filters).n_scored).all()
+
+
+def test_merge_counts_the_new_items_of_each_answer():
+    from nann.engine import kernels as K
+
+    def keys(ids, scores):
+        return K.make_keys(np.asarray(scores, np.float32).view(np.uint32), np.asarray(ids, np.int32))
+
+    w_keys = np.zeros((2, 6), np.uint64)
+    w_flag = np.zeros((2, 6), np.uint8)
+    w_len = np.array([3, 0], np.int64)
+    w_keys[0, :3] = keys([1, 2, 3], [9.0, 8.0, 7.0])
+    cand = keys([4, 5, 6, 7], [8.5, 1.0, 9.5, 6.0])  # request 0: 4 (into its top 2) and 5; request 1: 6 and 7
+    cand[1] |= K.INELIGIBLE
+    entered = np.full(2, -1, np.int64)
+    K.merge(w_keys, w_flag, w_len, cand, np.array([0, 2, 4]), np.array([6, 6]), np.array([6, 6]),
+            np.zeros(6, np.uint64), np.zeros(6, np.uint8), np.array([2, 1]), entered)
+    assert entered.tolist() == [1, 1] and w_len.tolist() == [5, 2]
+    K.merge(w_keys, w_flag, w_len, keys([8], [0.5]), np.array([0, 1, 1]), np.array([6, 6]), np.array([6, 6]),
+            np.zeros(6, np.uint64), np.zeros(6, np.uint8), np.array([2, 1]), entered)
+    assert entered.tolist() == [0, 0]  # 8 lands below request 0's answer; request 1 got nothing
+
+
+def test_patience_batched_equals_single_and_cost_grows_with_it(medium):
+    x, _, g, _ = medium
+    n = 5
+    score = dot_scorer(x, n, seed=16)
+    rng = np.random.default_rng(5)
+    histories = [rng.integers(0, g.num_items, size=30) for _ in range(n)]
+    ps = [SearchParams((10, 50, 400), (1, 3, 64), 50, frontier=8, seeds=20, patience=s) for s in (0, 4, 8, 16, 64)]
+    batch = beam_search(g, n, score, ps, histories=histories)
+    for r in range(n):
+        one = beam_search(g, 1, lambda o, i, r=r: score(np.full_like(o, r), i), ps[r], histories=[histories[r]])
+        assert (one.ids[0] == batch.ids[r]).all() and (one.scores[0] == batch.scores[r]).all()
+        assert one.n_scored[0] == batch.n_scored[r] and one.rounds[0] == batch.rounds[r]
+    same = [beam_search(g, n, score, p, histories=histories) for p in ps]
+    scored = np.array([s.n_scored for s in same])  # [patience, user]
+    assert (np.diff(scored[1:], axis=0) >= 0).all() and (scored[1:] <= scored[0]).all()
+    assert (scored[1] < scored[0]).any()
+
+
 # ----------------------------------------------------------------------------- history seeds
 def _recording(score, n):
     """score_fn that records every (request, id) it is asked to score."""
@@ -379,14 +473,7 @@ def _recording(score, n):
 
 def test_seeds_on_a_path_graph_join_layer_0_and_are_scored_once():
     """Path 0-1-...-9, {0, 5} at layer 1, best item 9: a seed next to it gets the walk there in two rounds."""
-    n = 10
-    levels = np.zeros(n, np.int8)
-    levels[[0, 5]] = 1
-    nb0 = [[1]] + [[i - 1, i + 1] for i in range(1, n - 1)] + [[n - 2]]
-    p1 = np.zeros(n + 1, np.int64)
-    p1[1:] = np.cumsum([1 if i in (0, 5) else 0 for i in range(n)])
-    g = HnswGraph.from_arrays(levels, [(np.cumsum([0] + [len(v) for v in nb0]), np.concatenate(nb0)),
-                                       (p1, np.array([5, 0]))], entry_point=0)
+    g = _path_graph()
     score = lambda o, i: -np.abs(i - 9).astype(np.float32)  # noqa: E731
     p = SearchParams((1, 1), (1, 2), top_m=1, seeds=3)
     assert beam_search(g, 1, score, SearchParams((1, 1), (1, 2), top_m=1)).ids[0].tolist() == [7]

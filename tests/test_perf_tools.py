@@ -12,6 +12,7 @@ import pytest
 
 from perf.graph_metric import items_for_target, subset_cache
 from perf.serving_params import repositories, with_setting
+from perf.stopping_rule import cheapest
 
 
 def test_items_for_target_interpolates_the_crossing():
@@ -20,6 +21,13 @@ def test_items_for_target_interpolates_the_crossing():
     assert items_for_target(points) == pytest.approx(1.4)  # halfway between 1.2% and 1.6%
     assert items_for_target([{"coverage": 0.991, "scored_fraction": 0.02}]) == pytest.approx(2.0)
     assert items_for_target(points[:2]) is None
+
+
+def test_cheapest_is_the_fewest_items_among_the_points_reaching_the_target():
+    points = [{"coverage": 0.992, "items_scored": 900}, {"coverage": 0.989, "items_scored": 500},
+              {"coverage": 0.995, "items_scored": 700}, {"coverage": 0.999, "items_scored": 800}]
+    assert cheapest(points) == 2
+    assert cheapest(points[1:2]) is None
 
 
 def test_subset_keeps_every_history_item_and_remaps_ids():

@@ -37,11 +37,11 @@ def tensor(name, arr, dtype):
     return t
 
 
-def request(history, k=None, ef=None, rounds=None, seeds=None, history_dtype=np.int64, history_type="INT64",
-            batch=True):
+def request(history, k=None, ef=None, rounds=None, seeds=None, patience=None, history_dtype=np.int64,
+            history_type="INT64", batch=True):
     h = np.asarray(history, dtype=history_dtype)
     inputs = [tensor("history", h.reshape(1, -1) if batch and h.ndim == 1 else h, history_type)]
-    for name, value in (("k", k), ("ef", ef), ("rounds", rounds), ("seeds", seeds)):
+    for name, value in (("k", k), ("ef", ef), ("rounds", rounds), ("seeds", seeds), ("patience", patience)):
         if value is not None:
             inputs.append(tensor(name, np.asarray(value, dtype=np.int32).reshape(1, -1), "INT32"))
     return inputs
@@ -131,6 +131,7 @@ BAD = {  # name: (request builder given the users, regexes the message must matc
     "rounds wrong count": (lambda u: request(u[0], rounds=[1]), [r"got 4 and 1"]),
     "seeds=-1": (lambda u: request(u[0], seeds=-1), [r"seeds=-1 is outside \[0, 50\] \(0 = none\)"]),
     "seeds=51": (lambda u: request(u[0], seeds=51), [r"seeds=51 is outside \[0, 50\]"]),
+    "patience=4097": (lambda u: request(u[0], patience=4097), [r"patience=4097 is outside \[0, 4096\] \(0 = off\)"]),
     "two seeds values": (lambda u: request(u[0])[:1] + [tensor("seeds", np.array([[5, 6]], np.int32), "INT32")],
                          [r"unexpected shape for input 'seeds'"]),
     "seeds as INT64": (lambda u: request(u[0])[:1] + [tensor("seeds", np.array([[5]], np.int64), "INT64")],
@@ -321,7 +322,8 @@ def test_limits_are_published_in_nann_info(client):
     info = json.loads(config["parameters"]["nann_info"]["string_value"])
     published = ServingLimits().published()
     assert info["limits"] == published["limits"] and info["defaults"] == published["defaults"]
-    assert set(info["defaults"]) == {"k", "ef", "rounds", "frontier", "seeds"} and info["limits"]["max_seeds"] == 50
+    assert set(info["defaults"]) == {"k", "ef", "rounds", "frontier", "seeds", "patience"}
+    assert info["limits"]["max_seeds"] == 50
     assert info["limits"]["max_exclude"] == 10_000 and info["limits"]["max_categories"] == 1_000
     assert info["unknown_ids"] == "skip"
     assert info["max_seq"] == 50 and info["grid"] == {"sizes": None, "max_size": CandidateGrid().max_size}  # CPU: unpadded

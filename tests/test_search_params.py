@@ -18,7 +18,7 @@ USERS = 5
 
 
 def test_the_table_defines_the_defaults_the_bounds_and_the_paper_values():
-    assert [t.field for t in TUNABLES] == ["ef", "rounds", "top_m", "frontier", "seeds"]
+    assert [t.field for t in TUNABLES] == ["ef", "rounds", "top_m", "frontier", "seeds", "patience"]
     assert SearchParams() == SearchParams(**{t.field: t.paper for t in TUNABLES})
     assert DEFAULT_SEARCH == SearchParams(**{t.field: t.default for t in TUNABLES})
     assert RESULT_SIZE.name == "k" and RESULT_SIZE.field == "top_m"

@@ -115,6 +115,8 @@ def test_search_frontier_and_seeds():
     ({"seeds": np.array([4])}, r"seeds=4 is outside \[0, 3\]"),
     ({"seeds": np.array([1, 1])}, "seeds must be a single value, got 2"),
     ({"seeds": np.array([True])}, "seeds must be an integer tensor"),
+    ({"patience": np.array([-1])}, r"patience=-1 is outside \[0, 4096\] \(0 = off\)"),
+    ({"patience": np.array([4097])}, r"patience=4097 is outside \[0, 4096\]"),
     ({"k": np.array([0])}, r"k=0 is outside \[1, 4\]"),
     ({"k": np.array([5])}, r"k=5 is outside"),
     ({"k": np.array([1, 2])}, "single value"),
@@ -134,17 +136,19 @@ def test_limits_json_round_trip_and_published_info():
     assert ServingLimits.from_json(json.loads(json.dumps(STRICT.to_json()))).unknown_ids == "refuse"
     # a repository exported before frontier / seeds / unknown_ids existed: its limits lack the keys
     old = {key: value for key, value in LIMITS.to_json().items()
-           if not any(new in key for new in ("frontier", "seeds", "unknown_ids"))}
+           if not any(new in key for new in ("frontier", "seeds", "patience", "unknown_ids"))}
     assert ServingLimits.from_json(old).default("frontier") == ServingLimits().default("frontier")
     assert ServingLimits.from_json(old).default("seeds") == min(ServingLimits().default("seeds"), LIMITS.max_seq)
     # the search default seeds from at most the behaviours a model keeps
     assert ServingLimits(max_seq=3).default("seeds") == 3
     assert ServingLimits(max_seq=500).default("seeds") == DEFAULT_SEARCH.seeds
     assert ServingLimits.from_json(old).unknown_ids == "skip"
+    assert ServingLimits.from_json(old).default("patience") == DEFAULT_SEARCH.patience
     published = LIMITS.published()
-    assert published["defaults"] == {"k": 2, "ef": [4, 5], "rounds": [1, 2], "frontier": 3, "seeds": 1}
+    assert published["defaults"] == {"k": 2, "ef": [4, 5], "rounds": [1, 2], "frontier": 3, "seeds": 1,
+                                    "patience": 0}
     assert published["limits"] == {"max_history": 6, "max_k": 4, "max_ef": 10, "max_rounds": 3, "max_frontier": 8,
-                                   "max_seeds": 3, "max_exclude": 10_000, "max_categories": 1_000}
+                                   "max_seeds": 3, "max_patience": 4096, "max_exclude": 10_000, "max_categories": 1_000}
     assert published["unknown_ids"] == "skip" and STRICT.published()["unknown_ids"] == "refuse"
 
 
@@ -192,7 +196,8 @@ def test_config_rendering_helpers():
     entries = search_input_entries(ragged=False).splitlines()
     assert [line.split('"')[1] for line in entries] == list(REQUEST_INPUT_NAMES)
     assert entries[4] == '  { name: "seeds" data_type: TYPE_INT32 dims: [ 1 ] optional: true },'
-    assert entries[6] == '  { name: "exclude_history" data_type: TYPE_BOOL dims: [ 1 ] optional: true },'
+    assert entries[5] == '  { name: "patience" data_type: TYPE_INT32 dims: [ 1 ] optional: true },'
+    assert entries[7] == '  { name: "exclude_history" data_type: TYPE_BOOL dims: [ 1 ] optional: true },'
     assert entries[-1] == '  { name: "categories" data_type: TYPE_INT64 dims: [ -1 ] optional: true }'
     assert all(line.endswith("allow_ragged_batch: true },") or line.endswith("allow_ragged_batch: true }")
                for line in search_input_entries(ragged=True).splitlines())

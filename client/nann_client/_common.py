@@ -108,6 +108,7 @@ OPTIONS = (
     Option("rounds", _per_layer, dims=-1),
     Option("frontier", _single(0, "0 = unlimited")),
     Option("seeds", _single(0, "0 = none")),
+    Option("patience", _single(0, "0 = off")),
     Option("exclude", id_list, "INT64", dims=-1),
     Option("exclude_history", _flag, "BOOL"),
     Option("categories", lambda name, ids: id_list(name, ids, "category ids"), "INT64", dims=-1),

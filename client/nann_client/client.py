@@ -117,6 +117,8 @@ class NannClient:
                 frontier: at most this many beam-list entries expanded per round, best first; 0 = all of them.
                 seeds: the history's most recent distinct items that join the bottom layer as entry points;
                     0 = none.
+                patience: the bottom layer's walk stops once this many beam-list entries were expanded since a new
+                    item last entered the top k; 0 = off.
             **filters: eligibility filters, each None = not sent (no filter). The walk still passes through the
                 items a request may not get, so k eligible items come back whenever the walk meets k.
                 exclude: raw item ids the user may not get (e.g. already bought); ids the server does not know

@@ -55,9 +55,10 @@ class ServerInfo:
         emb_dim: item embedding size.
         scorer_backend: the scorer runtime, e.g. ``"onnxruntime"``, ``"torch"``, ``"tensorrt"``.
         defaults: default request parameters, ``{"k": int, "ef": [int...], "rounds": [int...], "frontier": int,
-            "seeds": int}`` (servers exported before `frontier` or `seeds` existed lack those keys).
+            "seeds": int, "patience": int}`` (servers exported before `frontier`, `seeds` or `patience` existed lack
+            those keys).
         limits: request limits, ``{"max_history", "max_k", "max_ef", "max_rounds", "max_frontier", "max_seeds",
-            "max_exclude", "max_categories"}`` (servers exported before the filters lack the last two).
+            "max_patience", "max_exclude", "max_categories"}`` (servers exported before the filters lack the last two).
         max_batch_size: the model's max_batch_size from its config.
         raw: the whole decoded `nann_info` object (may hold more keys than the above, e.g. ``"unknown_ids"``:
             ``"skip"`` — unknown history ids are dropped and counted — or ``"refuse"``).

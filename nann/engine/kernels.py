@@ -181,17 +181,21 @@ def reset_bitmaps(bitmap, touched, touched_n):
 
 
 @njit(cache=True)
-def merge(w_keys, w_flag, w_len, cand_keys, ptr, ef, cap, buf_keys, buf_flag):
+def merge(w_keys, w_flag, w_len, cand_keys, ptr, ef, cap, buf_keys, buf_flag, top, entered):
     """W <- the best of (W ∪ N) for every request, in place: entries in key order until ``ef[r]`` of them are eligible
     (or ``cap[r]`` entries in all). Without filters every entry is eligible and this is top-ef.
 
     W rows are sorted keys (w_len[r] valid); N of request r is cand_keys[ptr[r]:ptr[r+1]] (unsorted, disjoint
     from W). New entries get flag 1, kept entries keep their flag. Selection: partition to the best cap
     candidates, sort them, then a linear merge with W.
+
+    entered[r] is set to how many of N landed among the first ``top[r]`` eligible entries of the new W: the new items
+    of request r's answer (its top-k), what the walk's stopping rule reads.
     """
     for r in range(w_len.shape[0]):
         c = cap[r]
         n = ptr[r + 1] - ptr[r]
+        entered[r] = 0
         if n == 0:
             w_len[r] = _kept(w_keys[r], w_len[r], ef[r], c)
             continue
@@ -215,6 +219,8 @@ def merge(w_keys, w_flag, w_len, cand_keys, ptr, ef, cap, buf_keys, buf_flag):
                 buf_keys[o] = cs[j]
                 buf_flag[o] = 1
                 j += 1
+                if good < top[r] and (buf_keys[o] & INELIGIBLE) == 0:
+                    entered[r] += 1
             if (buf_keys[o] & INELIGIBLE) == 0:
                 good += 1
             o += 1
@@ -290,11 +296,11 @@ def eligible_top(w_keys, w_len, top_m, out):
 
 
 @njit(cache=True)
-def any_flag(w_flag, w_len, out):
+def count_flags(w_flag, w_len, out):
+    """out[r] = the entries of request r's list not yet expanded."""
     for r in range(w_len.shape[0]):
         f = 0
         for j in range(w_len[r]):
             if w_flag[r, j]:
-                f = 1
-                break
+                f += 1
         out[r] = f

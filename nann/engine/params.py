@@ -82,6 +82,11 @@ class SearchParams:
         0, default=50, low=0, zero="none",
         served_max=None,  # seeds come from the behaviours the model sees, the most recent max_seq
         help="the history's most recent distinct items that join layer 0 as entry points; 0 = none")
+    patience: int = tunable(
+        0, default=0, low=0, zero="off",
+        served_max=4096,  # as many as the longest list holds
+        help="layer 0's walk stops once this many list entries were expanded since a new item last entered its top "
+             "k; 0 = off (it stops when its list is expanded or its rounds are spent)")
 
     def __post_init__(self):
         for t in TUNABLES:

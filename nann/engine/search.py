@@ -173,6 +173,8 @@ class _Run:
         self.t_score = 0.0
         self.n_scored = np.zeros(self.n, dtype=np.int64)
         self.rounds = np.zeros(self.n, dtype=np.int32)
+        self.entered = np.zeros(self.n, dtype=np.int64)  # per request: new items of its top-k in the last merge
+        self._no_answer = np.zeros(self.n, dtype=np.int64)
         self.w_keys = np.zeros((self.n, w_cap), dtype=np.uint64)
         self.w_flag = np.zeros((self.n, w_cap), dtype=np.uint8)
         self.w_len = np.zeros(self.n, dtype=np.int64)
@@ -213,7 +215,9 @@ class _Run:
             out[bad] = -np.inf
         return out
 
-    def score_merge(self, owner, ids, ptr, ef) -> None:
+    def score_merge(self, owner, ids, ptr, ef, top: np.ndarray | None = None) -> None:
+        """Score the candidates and merge them into the lists; top: each request's answer size, whose new entries
+        the merge counts (`entered`); None counts nothing."""
         scores = self.score(owner, ids)
         keys = K.make_keys(scores.view(np.uint32), ids)
         if self.filters is not None:
@@ -222,21 +226,28 @@ class _Run:
                 keep = (keys & K.INELIGIBLE) == 0
                 keys = keys[keep]
                 ptr = np.concatenate([[0], np.cumsum(np.bincount(owner[keep], minlength=self.n))])
-        K.merge(self.w_keys, self.w_flag, self.w_len, keys, ptr, ef, ef * self.slack, self.buf_keys, self.buf_flag)
+        K.merge(self.w_keys, self.w_flag, self.w_len, keys, ptr, ef, ef * self.slack, self.buf_keys, self.buf_flag,
+                self._no_answer if top is None else top, self.entered)
 
     def run_layer(self, indptr, indices, ef, max_rounds, max_expand: np.ndarray,
-                  entry: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        """Rounds of expand → score → merge until every request is done (per-request round limits).
+                  entry: tuple[np.ndarray, np.ndarray] | None = None,
+                  stop: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Rounds of expand → score → merge until every request is done: its list is expanded, its rounds are spent
+        or (with `stop`) its answer has stopped changing.
 
-        entry = (ids, ptr): extra entry points per request, scored in the first round with its expansions."""
-        has = np.zeros(self.n, dtype=np.uint8)
+        entry = (ids, ptr): extra entry points per request, scored in the first round with its expansions.
+        stop = (top, patience): request r stops once the rounds since a new item last entered the first `top[r]`
+        eligible entries of its list (its answer) have expanded `patience[r]` entries."""
+        flagged = np.zeros(self.n, dtype=np.int64)
         no_entry = (_EMPTY_IDS, np.zeros(self.n + 1, dtype=np.int64))
+        top, patience = stop if stop is not None else (None, np.full(self.n, UNLIMITED, dtype=np.int64))
+        idle = np.zeros(self.n, dtype=np.int64)  # entries expanded since the answer last changed
         t = 0
         limit = int(max_rounds.max()) if self.n else 0
         while t < limit:
-            K.any_flag(self.w_flag, self.w_len, has)
+            K.count_flags(self.w_flag, self.w_len, flagged)
             extra = entry if (t == 0 and entry is not None) else no_entry
-            active = ((has != 0) | (np.diff(extra[1]) > 0)) & (t < max_rounds)
+            active = ((flagged > 0) | (np.diff(extra[1]) > 0)) & (t < max_rounds) & (idle < patience)
             if not active.any():
                 break
             owner, ids, ptr = K.expand(indptr, indices, self.w_keys, self.w_flag, self.w_len,
@@ -245,8 +256,11 @@ class _Run:
             cnt = np.diff(ptr)
             self.n_scored += cnt
             self.rounds += (cnt > 0).astype(np.int32)
+            self.entered[:] = 0
             if ids.shape[0]:
-                self.score_merge(owner, ids, ptr, ef)
+                self.score_merge(owner, ids, ptr, ef, top)
+            expanded = np.where(active, np.minimum(flagged, max_expand), 0)
+            idle = np.where(self.entered > 0, 0, idle + expanded)
             t += 1
         K.truncate(self.w_keys, self.w_len, ef, ef * self.slack)
 
@@ -323,6 +337,7 @@ def beam_search(graph, n_requests: int, score_fn: ScoreFn, params: SearchParams 
     rounds = np.array([p.rounds[drop:] for p in plist], dtype=np.int64)
     top_m = np.array([p.top_m for p in plist], dtype=np.int64)
     max_expand = np.array([p.frontier if p.frontier > 0 else UNLIMITED for p in plist], dtype=np.int64)
+    patience = np.array([p.patience if p.patience > 0 else UNLIMITED for p in plist], dtype=np.int64)
     seeds = history_seeds(histories, np.array([p.seeds for p in plist], dtype=np.int64), graph.num_items)
     w_cap = int(max(ef.max(), top_m.max()))
     run = _Run(graph.num_items, n, score_fn, grid, workspace or get_workspace(graph), w_cap, filters)
@@ -342,7 +357,7 @@ def beam_search(graph, n_requests: int, score_fn: ScoreFn, params: SearchParams 
                 run.w_flag[:] = 1
             indptr, indices = _layer_arrays(graph, level)
             run.run_layer(indptr, indices, ef[:, c].copy(), rounds[:, c].copy(), max_expand,
-                          seeds if level == 0 else None)
+                          seeds if level == 0 else None, (top_m, patience) if level == 0 else None)
         res = run.result(top_m, 0.0)
     finally:
         run.close()
