@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,12 +19,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from nann.cli import main as cli_main
-from nann.errors import UserError
 from nann.serving.export import export_repository
 from nann.serving.repository import ArtifactError, verify_repository
 from nann.serving.requests import parse_search
 from nann.serving.retrieval import OfflineRetriever
-from nann.serving.server import TritonServer, free_port, supervise
+from nann.serving.server import LoadFailed, TritonServer, free_port, supervise
 
 pytestmark = pytest.mark.serving
 
@@ -139,6 +140,27 @@ def test_dead_stub_is_detected_and_not_repaired_by_triton(served, histories, tmp
         assert len(infer(client, histories[0])) == 20 and server.dead_stubs() == []
 
 
+def test_supervisor_gives_up_naming_the_model_when_the_restart_fails_to_load(tiny_run, tmp_path):
+    """A stub dies and, meanwhile, an artifact of its model was damaged: the restart fails to load, and the supervisor
+    returns 1 at once, naming the model, with no tritonserver or stub of it left."""
+    repo = fresh_repo(tiny_run, tmp_path / "repo")
+    server = TritonServer(repo, log_path=tmp_path / "triton.log").start()
+    messages: list[str] = []
+    try:
+        target = repo / "encode" / "1" / "user_encoder.onnx"
+        replace_file(target, target.read_bytes()[:-1])
+        os.kill(stub_pid(server, "encode"), signal.SIGKILL)
+        started = time.monotonic()
+        code = supervise(server, lambda: False, interval=0.2, say=messages.append)
+        took = time.monotonic() - started
+    finally:
+        server.stop(5)
+    print(f"\nsupervisor gave up after {took:.1f} s: {messages}")
+    assert code == 1 and any("restart failed: model 'encode' failed to load" in m and str(target) in m
+                             for m in messages), messages
+    assert processes_of(repo) == []
+
+
 # ---------------------------------------------------------------- broken artifacts
 
 def fresh_repo(tiny_run, path: Path) -> Path:
@@ -172,18 +194,83 @@ def test_nann_serve_refuses_a_broken_repository_naming_the_file(tiny_run, tmp_pa
     assert {"missing": "is missing", "truncated": "truncated", "altered": "sha256"}[damage] in err
 
 
-def test_artifact_broken_after_the_precheck_fails_the_load_inside_triton(tiny_run, tmp_path):
+def failure_logged_at(log: Path) -> float:
+    """time.time() of the first `failed to load` line of a tritonserver log (glog stamp `E1206 04:06:10.044377`,
+    local time, no year)."""
+    line = next(line for line in log.read_text(errors="replace").splitlines() if "failed to load '" in line)
+    now = datetime.now()
+    stamp = datetime.strptime(f"{now.year}{line[1:21]}", "%Y%m%d %H:%M:%S.%f")
+    return (stamp if stamp <= now else stamp.replace(year=now.year - 1)).timestamp()
+
+
+def processes_of(path: Path) -> list[str]:
+    """Command lines of live processes that name `path` (a tritonserver on a repository, its stubs)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in argv:
+            found.append(argv)
+    return found
+
+
+def test_nann_serve_exits_soon_after_the_scorer_fails_to_load_inside_triton(tiny_run, tmp_path, capsys,
+                                                                           monkeypatch):
+    """The scorer's artifact changes after `nann serve`'s pre-check passed: its load fails inside Triton, and
+    `nann serve` exits non-zero within 15 s of that failure, naming the model and Triton's error, with no
+    tritonserver, stub or shared-memory region of it left (Triton itself would go on unloading the other models)."""
+    from nann.serving import repository
+
     repo = fresh_repo(tiny_run, tmp_path / "repo")
-    verify_repository(repo)  # what `nann serve` checks first: fine
     target = repo / "scorer" / "1" / "scorer.onnx"
-    replace_file(target, target.read_bytes()[:-10] + b"0123456789")
+
+    def check_then_break(path):
+        verify(path)
+        replace_file(target, target.read_bytes()[:-10] + b"0123456789")
+
+    verify = repository.verify_repository
+    monkeypatch.setattr(repository, "verify_repository", check_then_break)
+    port = free_port()
+    code = cli_main(["serve", "--repo", str(repo), "--grpc-port", str(port), "--http-port", str(free_port()),
+                     "--metrics-port", str(free_port())])
+    exited_at = time.time()
+    err = capsys.readouterr().err
+    after_failure = exited_at - failure_logged_at(tmp_path / "tritonserver.log")
+    print(f"\nnann serve exited {after_failure:.1f} s after Triton's failed load of `scorer`")
+    assert code != 0 and "model 'scorer' failed to load in tritonserver" in err, err
+    assert f"artifact {target} does not match its sha256 checksum" in err
+    assert after_failure < 15.0
+    assert processes_of(repo) == [] and not list(Path("/dev/shm").glob(f"nann{os.getpid()}_{port}_*"))
+
+
+FAILING_LOAD_MODELS = {  # a repository of two models: one fails to load, the other holds its unload for minutes
+    "broken": "class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('broken on purpose')\n",
+    "slow_to_unload": "import time\n\n\nclass TritonPythonModel:\n    def execute(self, requests):\n"
+                      "        return []\n\n    def finalize(self):\n        time.sleep(300)\n",
+}
+
+
+def test_failed_load_ends_the_start_while_triton_still_unloads_the_other_models(tmp_path):
+    """Triton reports a failed load, then waits for the other models to unload (up to its 30 s exit timeout, longer
+    under load) before it exits: the start must end at the failure, not at the exit (before: 31 s after it)."""
+    repo = tmp_path / "repo"
+    for name, source in FAILING_LOAD_MODELS.items():
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "model.py").write_text(source)
+        (repo / name / "config.pbtxt").write_text(
+            f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
+            'input [ { name: "x" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+            'output [ { name: "y" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+            f'parameters: {{ key: "EXECUTION_ENV_PATH" value: {{ string_value: "{sys.prefix}" }} }}\n')
     server = TritonServer(repo, log_path=tmp_path / "triton.log")
-    with pytest.raises(UserError, match="tritonserver exited while loading"):
+    with pytest.raises(LoadFailed, match="model 'broken' failed to load in tritonserver: .*broken on purpose") as err:
         server.start(timeout=120)
-    server.stop()
-    log = (tmp_path / "triton.log").read_text(errors="replace")
-    assert f"artifact {target} does not match its sha256 checksum" in log
-    assert "scorer" in log and not server.running()
+    after_failure = time.time() - failure_logged_at(tmp_path / "triton.log")
+    print(f"\nstart ended {after_failure:.1f} s after Triton's failed load")
+    assert err.value.model == "broken" and after_failure < 15.0
+    assert not server.running() and processes_of(repo) == []
 
 
 # ---------------------------------------------------------------- a new version while serving
