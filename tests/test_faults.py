@@ -273,6 +273,43 @@ def test_failed_load_ends_the_start_while_triton_still_unloads_the_other_models(
     assert not server.running() and processes_of(repo) == []
 
 
+# ---------------------------------------------------------------- past capacity
+
+def test_past_the_queue_bound_every_request_is_answered_or_refused_by_name(tiny_run, histories, tmp_path):
+    """`retrieve`'s queue bounded to 1 request: of 64 requests sent at once some are answered (correctly) and the
+    rest refused by name (the SDK's OverloadedError: UNAVAILABLE "Exceeds maximum queue size", not retried), none
+    lost or failed otherwise; then the server serves normally."""
+    import asyncio
+
+    from nann_client import AsyncNannClient, OverloadedError
+    from perf.overload import with_queue_policy
+
+    repo = fresh_repo(tiny_run, tmp_path / "repo")
+    cfg = repo / "retrieve" / "config.pbtxt"
+    cfg.write_text(with_queue_policy(cfg.read_text(), "max_queue_size=1"))
+    offline = OfflineRetriever(tiny_run.run)
+    want = {i: offline.retrieve([histories[i % len(histories)]], [parse_search(offline.limits)])[0].item_ids.tolist()
+            for i in range(64)}
+
+    async def at_once(url):
+        async with AsyncNannClient(url, retries=0, timeout=60) as client:
+            return await asyncio.gather(*(client.retrieve(histories[i % len(histories)]) for i in range(64)),
+                                        return_exceptions=True)
+
+    with TritonServer(repo, log_path=tmp_path / "triton.log") as server:
+        results = asyncio.run(at_once(server.grpc_url))
+        answered = {i: r.item_ids.tolist() for i, r in enumerate(results) if not isinstance(r, Exception)}
+        refused = [r for r in results if isinstance(r, OverloadedError)]
+        print(f"\n64 requests at once, queue bound 1: {len(answered)} answered, {len(refused)} refused")
+        assert len(answered) + len(refused) == 64, [r for r in results if isinstance(r, Exception)][:3]
+        assert answered and refused and all(answered[i] == want[i] for i in answered)
+        assert all("Exceeds maximum queue size" in str(e) and e.attempts == 1 for e in refused)
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            assert [infer(client, h).tolist() for h in histories[:5]] == \
+                [offline.retrieve([h], [parse_search(offline.limits, k=20)])[0].item_ids.tolist() for h in histories[:5]]
+        assert server.dead_stubs() == []
+
+
 # ---------------------------------------------------------------- a new version while serving
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from perf.graph_metric import items_for_target, subset_cache
 from perf.serving_params import with_setting
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_items_for_target_interpolates_the_crossing():
@@ -77,6 +80,36 @@ def test_with_setting_rewrites_copies_only(tmp_path):
     assert os.path.samefile(repo / "encode" / "1" / "model.py", a / "encode" / "1" / "model.py")
     with pytest.raises(SystemExit, match="no parameter or field"):
         with_setting(repo, tmp_path / "c", ["encode"], "no_such_setting", "1")
+
+
+def test_queue_policy_is_replaced_in_the_exported_dynamic_batcher(tmp_path):
+    """perf.overload rewrites the templates' `default_queue_policy` (nested in `dynamic_batching`), and
+    perf.load.without_dynamic_batching removes the whole block, nested policy included."""
+    from perf.load import block_span, without_dynamic_batching
+    from perf.overload import exported_policy, with_queue_policy
+
+    template = (ROOT / "model_repository" / "retrieve" / "config.pbtxt.template").read_text()
+    assert "default_timeout_microseconds: 500000" in template
+
+    def batcher(text):
+        start, end = block_span(text, "dynamic_batching")
+        return " ".join(text[start:end].split())
+
+    assert batcher(with_queue_policy(template, "none")) == \
+        "dynamic_batching { max_queue_delay_microseconds: $retrieve_queue_delay_us }"
+    assert batcher(with_queue_policy(template, "max_queue_size=64+default_timeout_microseconds=250000")) == (
+        "dynamic_batching { max_queue_delay_microseconds: $retrieve_queue_delay_us default_queue_policy { "
+        "max_queue_size: 64 default_timeout_microseconds: 250000 timeout_action: REJECT } }")
+    with pytest.raises(SystemExit, match="unknown queue policy field"):
+        with_queue_policy(template, "max_queue_depth=3")
+    repo = tmp_path / "repo"
+    (repo / "retrieve" / "1").mkdir(parents=True)
+    (repo / "retrieve" / "config.pbtxt").write_text(template)
+    assert exported_policy(repo, ["retrieve"]) == (
+        "retrieve: timeout_action: REJECT default_timeout_microseconds: 500000 max_queue_size: 512")
+    text = (without_dynamic_batching(repo, tmp_path / "off") / "retrieve" / "config.pbtxt").read_text()
+    assert block_span(text, "dynamic_batching") is None and "default_queue_policy" not in text
+    assert "instance_group [ { kind: KIND_CPU count: 1 } ]\nversion_policy" in text  # the rest kept
 
 
 def test_with_setting_swaps_the_candidate_grid(tmp_path):
