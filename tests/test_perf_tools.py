@@ -142,3 +142,22 @@ def test_bls_floor_runs_against_a_real_server(capsys):
     assert "A request without BLS calls:" in out
     rows = [line for line in out.splitlines() if line.startswith("| 8 |")]
     assert len(rows) == 2 and all(float(r.split("|")[3].split()[0]) > 0 for r in rows)
+
+
+def test_stress_counts_a_junit_report(tmp_path):
+    from perf.stress import junit_counts
+
+    report = tmp_path / "run.xml"
+    report.write_text(
+        '<testsuites><testsuite name="pytest" tests="4">'
+        '<testcase classname="tests.test_faults" name="test_ok" time="1.0"/>'
+        '<testcase classname="tests.test_faults" name="test_bad" time="1.0">'
+        '<failure message="AssertionError: 3 failed requests&#10;more">trace</failure></testcase>'
+        '<testcase classname="tests.test_serving" name="test_setup" time="0.1"><error message="fixture died"/></testcase>'
+        '<testcase classname="tests.test_tensorrt" name="test_gpu" time="0.0"><skipped message="no GPU"/></testcase>'
+        '</testsuite></testsuites>')
+    counts = junit_counts(report)
+    assert {k: counts[k] for k in ("passed", "failed", "errors", "skipped")} == \
+        {"passed": 1, "failed": 1, "errors": 1, "skipped": 1}
+    assert counts["failures"] == ["tests.test_faults::test_bad (failure): AssertionError: 3 failed requests",
+                                  "tests.test_serving::test_setup (error): fixture died"]
