@@ -5,8 +5,9 @@
 Exports RUN once (ONNX Runtime scorer) and makes one copy of the repository per queue policy: `exported` (the
 `default_queue_policy` of the templates, as `nann export` writes it), `none` (no policy: an unbounded queue), or
 Triton's fields joined by `+` (`max_queue_size=64+default_timeout_microseconds=500000`, timeout_action REJECT),
-set in the dynamic batchers of `--models` (default encode,retrieve). For each copy: a tritonserver on loopback,
-`--baseline` seconds at concurrency 1 (its p50), then `--seconds` at `--concurrency` (asyncio SDK clients, no
+set in the dynamic batchers of `--models` (default retrieve; the others keep the exported one). For each copy: a
+tritonserver on loopback, 2 s of warm-up and `--baseline` seconds at concurrency 1 (its p50), then `--seconds` at
+`--concurrency` (asyncio SDK clients, no
 retries: each sends its next request as soon as the last one is answered or refused), sampling the server's RSS
 (tritonserver + stubs) every second; then the load drops and one client sends at concurrency 1: the time from the
 drop to its first answer within 2x the baseline p50 is "normal service after". Every request is counted as answered,
@@ -240,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="perf/results/overload", help="repositories go here")
     p.add_argument("--policies", default="exported,none",
                    help="queue policies, comma-separated: exported, none, or FIELD=N+FIELD=N (default exported,none)")
-    p.add_argument("--models", default="encode,retrieve", help="models whose queue policy changes (default encode,retrieve)")
+    p.add_argument("--models", default="retrieve",
+                   help="models whose queue policy changes, comma-separated (default retrieve, where requests wait)")
     p.add_argument("--seconds", type=float, default=60.0, help="seconds of overload (default 60)")
     p.add_argument("--concurrency", type=int, default=256)
     p.add_argument("--baseline", type=float, default=5.0, help="seconds at concurrency 1 before (default 5)")
@@ -265,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
                                     args.timeout)
             reports[name]["warmup_s"] = args.warmup
         print(name, reports[name], file=sys.stderr)
-    described = (f"Run `{args.run}` ({len(items):,} items), exported with the ONNX Runtime scorer; queue policy set in "
-                 f"the dynamic batchers of {', '.join(f'`{m}`' for m in models)}. {args.concurrency} asyncio SDK "
+    others = sorted({"encode", "retrieve"} - set(models))
+    kept = f" ({exported_policy(exported, others)}, as exported, in every row)" if others else ""
+    described = (f"Run `{args.run}` ({len(items):,} items), exported with the ONNX Runtime scorer; the queue policy of "
+                 f"{', '.join(f'`{m}`' for m in models)} varies{kept}. {args.concurrency} asyncio SDK "
                  f"clients (no retries, {args.timeout:g} s timeout) for {args.seconds:g} s, each sending its next "
                  f"request as soon as the last is answered or refused; then the load drops and one client at "
                  f"concurrency 1 measures how soon an answer takes at most {NORMAL_FACTOR:g}x the baseline p50. RSS: "
