@@ -176,12 +176,13 @@ def main(argv: list[str] | None = None) -> int:
             results[variant] = race(repo, args.seconds, args.clients, args.calls)
             print(variant, results[variant], file=sys.stderr)
     lines = [provenance(command_line("perf.gauge_race", argv), info, cores=True), "",
-             f"Two Python models on the bundled tritonserver: `caller`'s thread sets two gauges every {args.pause_us:g} µs "
-             f"(after the last pair) while its "
+             f"Two Python models on the bundled tritonserver: `caller`'s thread sets two gauges, pausing "
+             f"{args.pause_us:g} µs after each pair, while its "
              f"execute() makes {args.calls} BLS calls per request to `callee` ({args.clients} clients, "
              f"{args.seconds:g} s per variant); `locked` holds one lock across the gauge sets and execute(), as "
              "model_repository/retrieve/model.py does.", "",
-             "| variant | requests | BLS calls | gauge sets | of them during an execute | tritonserver | failed requests |",
+             "| variant | requests | BLS calls | gauge sets | of them during an execute | tritonserver | "
+             "failed requests |",
              "|---|---|---|---|---|---|---|"]
     for variant, r in results.items():
         state = "alive" if r["alive"] else f"**exited (code {r['exit_code']})**"

@@ -1,14 +1,14 @@
 """Overload: a served repository past its capacity, with the queue policy of its generated configs or others.
 
-    python -m perf.overload --run RUN [--seconds 60] [--concurrency 256] [--policies exported,none]
+    python -m perf.overload --run RUN [--seconds 60] [--concurrency 256[,1024]] [--policies exported,none]
 
 Exports RUN once (ONNX Runtime scorer) and makes one copy of the repository per queue policy: `exported` (the
 `default_queue_policy` of the templates, as `nann export` writes it), `none` (no policy: an unbounded queue), or
 Triton's fields joined by `+` (`max_queue_size=64+default_timeout_microseconds=500000`, timeout_action REJECT),
 set in the dynamic batchers of `--models` (default retrieve; the others keep the exported one). For each copy: a
-tritonserver on loopback, 2 s of warm-up and `--baseline` seconds at concurrency 1 (its p50), then `--seconds` at
-`--concurrency` (asyncio SDK clients, no
-retries: each sends its next request as soon as the last one is answered or refused), sampling the server's RSS
+tritonserver on loopback; per concurrency of `--concurrency`: 2 s of warm-up and `--baseline` seconds at
+concurrency 1 (its p50), then `--seconds` at that concurrency (asyncio SDK clients, no retries: each sends its next
+request as soon as the last one is answered or refused), sampling the server's RSS
 (tritonserver + stubs) every second; then the load drops and one client sends at concurrency 1: the time from the
 drop to its first answer within 2x the baseline p50 is "normal service after". Every request is counted as answered,
 refused by name (`OverloadedError`) or failed otherwise. Writes the "Overload" section of perf/RESULTS.md.
@@ -202,25 +202,26 @@ def measure(server, histories: list, seconds: float, concurrency: int, baseline_
     }
 
 
-def markdown(reports: dict[str, dict], command: str, info: dict, described: str) -> str:
+def markdown(reports: dict[tuple[str, int], dict], command: str, info: dict, described: str) -> str:
     from perf.sections import provenance
 
     any_report = next(iter(reports.values()))
     lines = [provenance(command, info, cores=True), "", described, "",
-             "| queue policy | answered | refused (OverloadedError) | failed otherwise | answered/s | p50 ms | p99 ms | "
-             "max ms | RSS MB first → end (max change) | normal service after | p50 after ms | server up |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in reports.items():
+             "| queue policy | concurrency | answered | refused (OverloadedError) | failed otherwise | answered/s | "
+             "p50 ms | p99 ms | max ms | RSS MB first → end (max change) | normal service after | p50 after ms | "
+             "server up |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (name, concurrency), r in reports.items():
         rss = r["rss_mb"]
         change = f"{100 * r['rss_change']:.1f}%" if r["rss_change"] is not None else "n/a"
         normal = f"{r['normal_after_s']:.2f} s" if r["normal_after_s"] is not None else "**never (60 s)**"
-        lines.append(f"| {name} | {r['answered']:,} | {r['refused']:,} | **{r['failed']:,}** | {r['answered_per_s']:.1f} "
-                     f"| {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | {rss['first']:,.0f} → {rss['end']:,.0f} "
+        lines.append(f"| {name} | {concurrency} | {r['answered']:,} | {r['refused']:,} | **{r['failed']:,}** | "
+                     f"{r['answered_per_s']:.1f} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} | "
+                     f"{rss['first']:,.0f} → {rss['end']:,.0f} "
                      f"({change}) | {normal} | {r['p50_after_ms']} | {'yes' if r['alive_after'] else '**no**'} |")
-    failures = [f"{name}: {r['first_failures'][0]}" for name, r in reports.items() if r["first_failures"]]
+    failures = [f"{name} at {c}: {r['first_failures'][0]}" for (name, c), r in reports.items() if r["first_failures"]]
     messages = sorted({m for r in reports.values() for m in r["refusal_messages"]})
-    lines += ["", f"Baseline at concurrency 1 (p50 ms): "
-              + ", ".join(f"{name} {r['baseline_p50_ms']}" for name, r in reports.items())
+    lines += ["", f"Baseline at concurrency 1 before each row (p50 ms): "
+              + ", ".join(f"{r['baseline_p50_ms']}" for r in reports.values())
               + f"; latency and answered/s after the first {any_report['warmup_s']:g} s of the load."]
     if messages:
         lines += ["", "Refusals' messages (gRPC UNAVAILABLE): " + ", ".join(f"`{m}`" for m in messages)]
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="retrieve",
                    help="models whose queue policy changes, comma-separated (default retrieve, where requests wait)")
     p.add_argument("--seconds", type=float, default=60.0, help="seconds of overload (default 60)")
-    p.add_argument("--concurrency", type=int, default=256)
+    p.add_argument("--concurrency", default="256", help="concurrencies, comma-separated (default 256)")
     p.add_argument("--baseline", type=float, default=5.0, help="seconds at concurrency 1 before (default 5)")
     p.add_argument("--warmup", type=float, default=5.0, help="first seconds of the overload left out of rates and "
                                                              "latency, and before the first RSS sample (default 5)")
@@ -263,14 +264,14 @@ def main(argv: list[str] | None = None) -> int:
         repo = repository_with_policy(exported, work / f"policy{i}", models, spec)
         name = f"exported ({exported_policy(exported, models)})" if spec == "exported" else spec
         with TritonServer(repo) as server:
-            reports[name] = measure(server, histories, args.seconds, args.concurrency, args.baseline, args.warmup,
-                                    args.timeout)
-            reports[name]["warmup_s"] = args.warmup
-        print(name, reports[name], file=sys.stderr)
+            for concurrency in map(int, args.concurrency.split(",")):
+                reports[name, concurrency] = {**measure(server, histories, args.seconds, concurrency, args.baseline,
+                                                        args.warmup, args.timeout), "warmup_s": args.warmup}
+                print(name, reports[name, concurrency], file=sys.stderr)
     others = sorted({"encode", "retrieve"} - set(models))
     kept = f" ({exported_policy(exported, others)}, as exported, in every row)" if others else ""
     described = (f"Run `{args.run}` ({len(items):,} items), exported with the ONNX Runtime scorer; the queue policy of "
-                 f"{', '.join(f'`{m}`' for m in models)} varies{kept}. {args.concurrency} asyncio SDK "
+                 f"{', '.join(f'`{m}`' for m in models)} varies{kept}. Per row, that many asyncio SDK "
                  f"clients (no retries, {args.timeout:g} s timeout) for {args.seconds:g} s, each sending its next "
                  f"request as soon as the last is answered or refused; then the load drops and one client at "
                  f"concurrency 1 measures how soon an answer takes at most {NORMAL_FACTOR:g}x the baseline p50. RSS: "

@@ -246,7 +246,8 @@ def test_nann_serve_exits_soon_after_the_scorer_fails_to_load_inside_triton(tiny
 
 
 FAILING_LOAD_MODELS = {  # a repository of two models: one fails to load, the other holds its unload for minutes
-    "broken": "class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('broken on purpose')\n",
+    "broken": "class TritonPythonModel:\n    def initialize(self, args):\n"
+              "        raise RuntimeError('broken on purpose')\n",
     "slow_to_unload": "import time\n\n\nclass TritonPythonModel:\n    def execute(self, requests):\n"
                       "        return []\n\n    def finalize(self):\n        time.sleep(300)\n",
 }
@@ -304,9 +305,10 @@ def test_past_the_queue_bound_every_request_is_answered_or_refused_by_name(tiny_
         assert len(answered) + len(refused) == 64, [r for r in results if isinstance(r, Exception)][:3]
         assert answered and refused and all(answered[i] == want[i] for i in answered)
         assert all("Exceeds maximum queue size" in str(e) and e.attempts == 1 for e in refused)
+        params = parse_search(offline.limits, k=20)
         with grpcclient.InferenceServerClient(server.grpc_url) as client:
             assert [infer(client, h).tolist() for h in histories[:5]] == \
-                [offline.retrieve([h], [parse_search(offline.limits, k=20)])[0].item_ids.tolist() for h in histories[:5]]
+                [offline.retrieve([h], [params])[0].item_ids.tolist() for h in histories[:5]]
         assert server.dead_stubs() == []
 
 

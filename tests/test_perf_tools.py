@@ -89,7 +89,7 @@ def test_queue_policy_is_replaced_in_the_exported_dynamic_batcher(tmp_path):
     from perf.overload import exported_policy, with_queue_policy
 
     template = (ROOT / "model_repository" / "retrieve" / "config.pbtxt.template").read_text()
-    assert "default_timeout_microseconds: 2000000" in template
+    assert "default_queue_policy { max_queue_size: 128 }" in template
 
     def batcher(text):
         start, end = block_span(text, "dynamic_batching")
@@ -105,8 +105,7 @@ def test_queue_policy_is_replaced_in_the_exported_dynamic_batcher(tmp_path):
     repo = tmp_path / "repo"
     (repo / "retrieve" / "1").mkdir(parents=True)
     (repo / "retrieve" / "config.pbtxt").write_text(template)
-    assert exported_policy(repo, ["retrieve"]) == (
-        "retrieve: timeout_action: REJECT default_timeout_microseconds: 2000000 max_queue_size: 512")
+    assert exported_policy(repo, ["retrieve"]) == "retrieve: max_queue_size: 128"
     text = (without_dynamic_batching(repo, tmp_path / "off") / "retrieve" / "config.pbtxt").read_text()
     assert block_span(text, "dynamic_batching") is None and "default_queue_policy" not in text
     assert "instance_group [ { kind: KIND_CPU count: 1 } ]\nversion_policy" in text  # the rest kept

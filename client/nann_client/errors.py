@@ -57,10 +57,10 @@ class UnavailableError(NannError, ConnectionError):
 
 
 class OverloadedError(UnavailableError):
-    """The server is past its capacity and refused the request at once (gRPC UNAVAILABLE from the bounded queue of
-    its dynamic batchers: Triton's "Exceeds maximum queue size", or "Request timeout expired" for a request that
-    waited longer than the queue's timeout). Not retried: an overloaded server is helped by the caller's fallback,
-    not by more requests; the message names the URL and Triton's reason.
+    """The server is past its capacity and refused the request at once (gRPC UNAVAILABLE from the bounded queues of
+    its dynamic batchers: Triton's "Exceeds maximum queue size", or "Request timeout expired" where a queue timeout
+    is configured). Not retried: an overloaded server is helped by the caller's fallback, not by more requests; the
+    message names the URL and Triton's reason.
     """
 
 
