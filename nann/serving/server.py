@@ -37,7 +37,7 @@ TENSORRT_MODEL = re.compile(r'^\s*(platform:\s*"tensorrt_plan"|backend:\s*"tenso
 # Triton's log lines that decide a start: a model's load failed (the error up to its traceback, which the log shows as
 # a literal \n), or the server could not be created (printed once every model is loaded or failed and unloaded)
 MODEL_LOAD_FAILED = re.compile(
-    r"failed to load '(?P<model>[^']+)' version (?P<version>\d+): (?P<error>.*?)(?:\\n|\"?$)", re.MULTILINE)
+    r"failed to load '(?P<model>[^']+)' version \d+: (?P<error>.*?)(?:\\n|\"?$)", re.MULTILINE)
 SERVER_FAILED = re.compile(r"^error: creating server: (?P<error>.*)$", re.MULTILINE)
 
 
