@@ -1,15 +1,15 @@
 """Does setting a Python-backend gauge from a thread while execute() makes BLS calls crash tritonserver 2.51?
 
-    python -m perf.gauge_race [--seconds 120] [--variants unlocked,locked]
+    python -m perf.gauge_race [--seconds 120] [--variants unlocked,locked] [--hog 2]
 
 The interleaving that preceded a tritonserver SIGSEGV once in CI: the `retrieve` model's blocked-set watcher thread
 set its gauges while an execute() was in its BLS calls to `scorer` (model_repository/retrieve/model.py now holds a
 lock across both). This reproduces that interleaving as fast as it can happen, in a repository of two Python models
 (no NANN code): `caller`, whose thread sets two gauges back to back (unlocked: at any time; locked: never during an
 execute, as `retrieve` does) while its execute() makes `--calls` BLS calls per request to `callee`, driven by
-`--clients` client threads. Reports the BLS calls, the gauge sets and how many of them fell inside an execute, and
-whether the server survived (exit code, `Signal (11)` in its log). Writes the section "Gauge updates during BLS
-calls" of perf/RESULTS.md.
+`--clients` client threads beside `--hog` busy processes (perf.stress's). Reports the BLS calls, the gauge sets and
+how many of them fell inside an execute, and whether the server survived (exit code, `Signal (11)` in its log).
+Writes the section "Gauge updates during BLS calls" of perf/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from perf.run import machine_info
     from perf.sections import command_line, provenance, report
+    from perf.stress import start_hogs, stop_hogs
 
     p = argparse.ArgumentParser(prog="python -m perf.gauge_race", description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=120.0, help="seconds per variant (default 120)")
@@ -166,21 +167,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=20, help="BLS calls per request (default 20)")
     p.add_argument("--pause-us", type=float, default=200.0,
                    help="pause of the gauge thread between its pairs of sets, microseconds (default 200)")
+    p.add_argument("--hog", type=int, default=0, help="busy processes beside it (default 0)")
     p.add_argument("--no-results-md", action="store_true", help="do not write the section of perf/RESULTS.md")
     args = p.parse_args(argv)
     info = machine_info()
     results = {}
-    with tempfile.TemporaryDirectory(prefix="nann-gauge-race-") as work:
-        for variant in args.variants.split(","):
-            repo = write_repository(Path(work) / variant, locked=variant == "locked", pause_s=args.pause_us / 1e6)
-            results[variant] = race(repo, args.seconds, args.clients, args.calls)
-            print(variant, results[variant], file=sys.stderr)
+    hogs = start_hogs(args.hog)
+    try:
+        with tempfile.TemporaryDirectory(prefix="nann-gauge-race-") as work:
+            for variant in args.variants.split(","):
+                repo = write_repository(Path(work) / variant, locked=variant == "locked", pause_s=args.pause_us / 1e6)
+                results[variant] = race(repo, args.seconds, args.clients, args.calls)
+                print(variant, results[variant], file=sys.stderr)
+    finally:
+        stop_hogs(hogs)
     lines = [provenance(command_line("perf.gauge_race", argv), info, cores=True), "",
              f"Two Python models on the bundled tritonserver: `caller`'s thread sets two gauges, pausing "
-             f"{args.pause_us:g} µs after each pair, while its "
-             f"execute() makes {args.calls} BLS calls per request to `callee` ({args.clients} clients, "
-             f"{args.seconds:g} s per variant); `locked` holds one lock across the gauge sets and execute(), as "
-             "model_repository/retrieve/model.py does.", "",
+             f"{args.pause_us:g} µs after each pair, while its execute() makes {args.calls} BLS calls per request to "
+             f"`callee` ({args.clients} clients, {args.seconds:g} s per variant, beside {args.hog} busy processes); "
+             "`locked` holds one lock across the gauge sets and execute(), as model_repository/retrieve/model.py does.",
+             "",
              "| variant | requests | BLS calls | gauge sets | of them during an execute | tritonserver | "
              "failed requests |",
              "|---|---|---|---|---|---|---|"]
