@@ -44,7 +44,7 @@ class TritonPythonModel:
         # the watcher thread's gauge updates and execute() never talk to the server at the same time: execute() holds
         # this lock for its whole run and the gauges are set only under it, so by construction no gauge set falls
         # inside an execute's BLS calls, the interleaving that preceded a tritonserver SIGSEGV once in CI. Not
-        # reproduced without the lock: 495,054 such sets beside 2 busy processes, no crash (perf/RESULTS.md "Gauge
+        # reproduced without the lock: 406,296 such sets beside 2 busy processes, no crash (perf/RESULTS.md "Gauge
         # updates during BLS calls", python -m perf.gauge_race --hog 2)
         self.talking = threading.Lock()
 
