@@ -1,5 +1,6 @@
 """Faults against real tritonservers (each test has its own, so the shared `served` fixture is undisturbed):
-a killed Python stub under load, broken artifacts at load, a new model version while clients keep sending.
+a killed Python stub under load (and a restart that fails), broken artifacts at load and a load that fails inside
+Triton (the start ends at the failure), requests past the queue bound, a new model version while clients keep sending.
 """
 from __future__ import annotations
 
