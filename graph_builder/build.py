@@ -1,8 +1,8 @@
 """Build the HNSW graph over the item embeddings with hnswlib and export it to CSR arrays.
 
-Output (see docs/DESIGN.md, "Graph"): ``meta.json``, ``levels.npy`` int8 [N], and for every level l
-``layer{l}_indptr.npy`` int64 [N+1] / ``layer{l}_indices.npy`` int32 over dense item ids (rows of nodes
-that are not in layer l are empty).
+Output (see docs/DESIGN.md, "Graph"; the files: ``nann.run_dir.GraphDir``): the meta, the levels int8 [N], and for
+every level l the CSR arrays indptr int64 [N+1] / indices int32 over dense item ids (rows of nodes that are not in
+layer l are empty).
 
 The export reads hnswlib's raw structures through ``Index.__getstate__()`` (hnswlib 0.8):
 
@@ -16,12 +16,11 @@ The export reads hnswlib's raw structures through ``Index.__getstate__()`` (hnsw
 Internal ids are not the labels (items are added by several threads), so every id goes through the label
 of its internal id; we add items with labels = dense ids.
 
-The hnswlib index itself is saved beside the arrays (``hnsw_index.bin``, hnswlib's own binary format) so that
-``nann items add`` can insert new items into it (``extend_graph``) and export the grown graph again.
+The hnswlib index itself is saved beside the arrays (hnswlib's own binary format) so that ``nann items add`` can insert
+new items into it (``extend_graph``) and export the grown graph again.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -30,10 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M, SCORE_METRIC_MAX_ITEMS, default_metric
-from nann.engine.graph import HNSW_INDEX
 from nann.errors import UserError
-
-FORMAT_VERSION = 1
+from nann.run_dir import GraphDir, RunDir
 
 
 def _layer_csr(labels_k: np.ndarray, counts_k: np.ndarray, links_k: np.ndarray,
@@ -82,16 +79,18 @@ def export_index(index, out_dir, extra_meta: dict | None = None) -> dict:
     max_level = int(params["max_level"]) if n else 0
     entry_point = int(label_of_internal[int(params["enterpoint_node"])]) if n else 0
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = GraphDir(out_dir)
+    out.path.mkdir(parents=True, exist_ok=True)
+
+    def save_layer(level: int, indptr: np.ndarray, indices: np.ndarray) -> None:
+        for path, array in zip(out.layer_files(level), (indptr, indices)):
+            np.save(path, array)
 
     # layer 0
     head0 = np.ascontiguousarray(data0[:, :off_data]).view(np.uint32)  # [n, max_m0 + 1]
     counts0 = head0[:, 0] & 0xFFFF
     links0 = head0[:, 1:].view(np.int32)
-    indptr, indices = _layer_csr(label_of_internal, counts0, links0, label_of_internal, n)
-    np.save(out / "layer0_indptr.npy", indptr)
-    np.save(out / "layer0_indices.npy", indices)
+    save_layer(0, *_layer_csr(label_of_internal, counts0, links0, label_of_internal, n))
     del head0, links0, data0
 
     # upper layers
@@ -108,16 +107,10 @@ def export_index(index, out_dir, extra_meta: dict | None = None) -> dict:
         rows = words[(start[members] + (lev - 1) * block)[:, None] + np.arange(block)[None, :]]
         counts = rows[:, 0] & 0xFFFF
         links = rows[:, 1:].view(np.int32)
-        indptr, indices = _layer_csr(label_of_internal[members], counts, links, label_of_internal, n)
-        np.save(out / f"layer{lev}_indptr.npy", indptr)
-        np.save(out / f"layer{lev}_indices.npy", indices)
-    np.save(out / "levels.npy", levels)
-    meta = {"num_items": n, "max_level": max_level, "entry_point": entry_point,
-            "m": int(params["M"]), "ef_construction": int(params["ef_construction"]),
-            "format_version": FORMAT_VERSION, **(extra_meta or {})}
-    with open(out / "meta.json", "w") as f:  # written last: its presence marks a complete export
-        json.dump(meta, f, indent=1)
-    return meta
+        save_layer(lev, *_layer_csr(label_of_internal[members], counts, links, label_of_internal, n))
+    np.save(out.levels_file, levels)
+    return out.write_meta({"num_items": n, "max_level": max_level, "entry_point": entry_point, "m": int(params["M"]),
+                           "ef_construction": int(params["ef_construction"]), **(extra_meta or {})})
 
 
 def build_index(embeddings: np.ndarray, m: int = GRAPH_M, ef_construction: int = GRAPH_EF_CONSTRUCTION,
@@ -158,29 +151,29 @@ def extend_graph(graph_dir, embeddings: np.ndarray, out_dir, threads: int = 0, c
     with --metric score). hnswlib also relinks old nodes to them. Returns the new meta, plus "insert_seconds"."""
     import hnswlib
 
-    graph_dir, out = Path(graph_dir), Path(out_dir)
-    meta = json.loads((graph_dir / "meta.json").read_text())
-    if not (graph_dir / HNSW_INDEX).is_file():
-        raise UserError(f"{graph_dir} has no {HNSW_INDEX} (graphs built before `nann items add` existed): "
+    graph, out = GraphDir(graph_dir), GraphDir(out_dir)
+    meta = graph.read_meta()
+    if not graph.hnsw_index_file.is_file():
+        raise UserError(f"{graph.path} has no {GraphDir.HNSW_INDEX} (graphs built before `nann items add` existed): "
                         f"rebuild it with `nann graph`")
-    transform = np.load(graph_dir / "metric.npy", allow_pickle=False) if meta.get("metric") == "score" else None
+    transform = np.load(graph.metric_file, allow_pickle=False) if meta.get("metric") == "score" else None
     space = np.ascontiguousarray(embeddings if transform is None else embeddings @ transform, dtype=np.float32)
     index = hnswlib.Index(space="l2", dim=space.shape[1])
-    index.load_index(str(graph_dir / HNSW_INDEX))
+    index.load_index(str(graph.hnsw_index_file))
     n = index.get_current_count()
     if n != meta["num_items"]:
-        raise UserError(f"{graph_dir / HNSW_INDEX} holds {n} items, the graph {meta['num_items']}: rebuild it "
+        raise UserError(f"{graph.hnsw_index_file} holds {n} items, the graph {meta['num_items']}: rebuild it "
                         f"with `nann graph`")
     index.resize_index(n + space.shape[0])
     t0 = time.perf_counter()
     _add_items(index, space, n, threads, chunk, "hnsw insert", progress)
     seconds = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    index.save_index(str(out / HNSW_INDEX))
+    out.path.mkdir(parents=True, exist_ok=True)
+    index.save_index(str(out.hnsw_index_file))
     if transform is not None:
-        shutil.copy2(graph_dir / "metric.npy", out / "metric.npy")
+        shutil.copy2(graph.metric_file, out.metric_file)
     kept = {k: meta[k] for k in ("metric", "build_seconds") if k in meta}
-    new_meta = export_index(index, out, {**kept, "added_items": meta.get("added_items", 0) + space.shape[0]})
+    new_meta = export_index(index, out.path, {**kept, "added_items": meta.get("added_items", 0) + space.shape[0]})
     return {**new_meta, "insert_seconds": seconds}
 
 
@@ -189,19 +182,20 @@ def build_graph(embeddings: np.ndarray, out_dir, m: int = GRAPH_M, ef_constructi
     """Build hnswlib's HNSW (L2) over ``embeddings`` (dense ids = row numbers) and export it to ``out_dir``.
 
     transform: a [D, D'] matrix; the graph is built over ``embeddings @ transform`` (graph_builder.metric) and the
-    matrix is kept as ``metric.npy`` beside the graph (items added later go through it too)."""
+    matrix is kept beside the graph (GraphDir.METRIC; items added later go through it too)."""
     t0 = time.perf_counter()
     space = embeddings if transform is None else np.asarray(embeddings, dtype=np.float32) @ transform
     index = build_index(space, m=m, ef_construction=ef_construction, threads=threads, seed=seed)
     t1 = time.perf_counter()
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    out = GraphDir(out_dir)
+    out.path.mkdir(parents=True, exist_ok=True)
     if transform is not None:
-        np.save(Path(out_dir) / "metric.npy", transform.astype(np.float32))
-    index.save_index(str(Path(out_dir) / HNSW_INDEX))
-    meta = export_index(index, out_dir, {"metric": "l2" if transform is None else "score",
-                                         "build_seconds": round(t1 - t0, 1)})
+        np.save(out.metric_file, transform.astype(np.float32))
+    index.save_index(str(out.hnsw_index_file))
+    meta = export_index(index, out.path, {"metric": "l2" if transform is None else "score",
+                                          "build_seconds": round(t1 - t0, 1)})
     t2 = time.perf_counter()
-    levels = np.load(Path(out_dir) / "levels.npy")
+    levels = np.load(out.levels_file)
     counts = [int((levels >= lev).sum()) for lev in range(meta["max_level"] + 1)]
     print(f"graph: {meta['num_items']} items, M={m}, efConstruction={ef_construction}: "
           f"built in {t1 - t0:.1f} s, exported in {t2 - t1:.1f} s")
@@ -211,10 +205,10 @@ def build_graph(embeddings: np.ndarray, out_dir, m: int = GRAPH_M, ef_constructi
 
 
 def main(args) -> int:
-    run = Path(args.run)
-    emb_path = run / "item_embeddings.npy"
+    run = RunDir(args.run)
+    emb_path = run.item_embeddings_file
     if not emb_path.is_file():
-        raise UserError(f"{emb_path} not found: run `nann train --run {run}` first")
+        raise UserError(f"{emb_path} not found: run `nann train --run {run.path}` first")
     try:
         emb = np.load(emb_path, mmap_mode="r", allow_pickle=False)
     except Exception as e:  # noqa: BLE001
@@ -227,27 +221,15 @@ def main(args) -> int:
         metric = default_metric(emb.shape[0])
         print(f"metric: {metric} for {emb.shape[0]} items (--metric auto: score up to {SCORE_METRIC_MAX_ITEMS})")
     transform = score_metric(run, emb, args.data, args.seed, args.threads) if metric == "score" else None
-    staged = run / "graph.new"
-    shutil.rmtree(staged, ignore_errors=True)
-    build_graph(emb, staged, m=args.m, ef_construction=args.ef_construction, threads=args.threads,
+    staged = run.new_graph()  # built aside, then put in place: a rebuild never rewrites files a served version links
+    build_graph(emb, staged.path, m=args.m, ef_construction=args.ef_construction, threads=args.threads,
                 seed=args.seed, transform=transform)
-    replace_graph(staged, run / "graph")
-    print(f"  -> {run / 'graph'}")
+    run.replace_graph(staged)
+    print(f"  -> {run.graph.path}")
     return 0
 
 
-def replace_graph(staged: Path, graph_dir: Path) -> None:
-    """Put the complete graph directory ``staged`` in the place of ``graph_dir`` (two renames). The old files are
-    unlinked, never rewritten: an exported model version hard-links them and keeps serving them unchanged."""
-    old = graph_dir.with_name(graph_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if graph_dir.exists():
-        graph_dir.rename(old)
-    staged.rename(graph_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def score_metric(run: Path, emb: np.ndarray, data_dir: str | None, seed: int, threads: int = 0) -> np.ndarray:
+def score_metric(run: RunDir, emb: np.ndarray, data_dir: str | None, seed: int, threads: int = 0) -> np.ndarray:
     """graph_builder.metric's transform for a run, from its model and the training histories of its data."""
     import torch
 
@@ -257,8 +239,8 @@ def score_metric(run: Path, emb: np.ndarray, data_dir: str | None, seed: int, th
 
     if data_dir is None:
         try:
-            data_dir = json.loads((run / "config.json").read_text())["data_dir"]
-        except (OSError, KeyError, ValueError):
+            data_dir = run.read_config()["data_dir"]
+        except (UserError, KeyError, ValueError):
             data_dir = None
     if not data_dir or not Path(data_dir).is_dir():
         raise UserError(f"--metric score needs the run's training data to find what users rank high: pass "
@@ -266,10 +248,10 @@ def score_metric(run: Path, emb: np.ndarray, data_dir: str | None, seed: int, th
     if threads > 0:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    model = load_model(str(run))
+    model = load_model(str(run.path))
     if emb.shape[0] < model.cfg.num_items:  # more is a run extended by `nann items add`: valid
-        raise UserError(f"{run}/model.safetensors has {model.cfg.num_items} items but item_embeddings.npy only "
-                        f"{emb.shape[0]}: re-export the run (`nann train --run {run} --export-only`)")
+        raise UserError(f"{run.weights_file} has {model.cfg.num_items} items but {run.item_embeddings_file.name} only "
+                        f"{emb.shape[0]}: re-export the run (`nann train --run {run.path} --export-only`)")
     prepared = PreparedData.load(str(data_dir))
     histories = training_histories(prepared.train, model.cfg.max_seq, USERS, seed)
     transform = score_sensitivity(model, emb, histories, seed)

@@ -29,7 +29,7 @@ def score_sensitivity(model, item_embeddings: np.ndarray, histories: list[np.nda
     """G [D, D] with G Gᵀ = E[∇s ∇sᵀ] over the users' top items (see the module doc)."""
     import torch
 
-    from nann.model import build_split
+    from nann.model_split import build_split
     from nann.runtime import pad_histories
 
     rng = np.random.default_rng(seed)

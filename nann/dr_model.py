@@ -11,13 +11,11 @@ softmax, so ``log p(c | x) = Σ_d log p(c_d | x, c_<d)``.
 
 Reranker: ``score(x, v) = <W h, e'_v> + b_v`` trained with a sampled softmax (unigram negatives, logQ correction).
 
-Run directory: ``config.json`` ("arch": "deep-retrieval"), ``model.safetensors``, ``item_paths.npy`` int32
-[N, J, D] (node of each layer of each item's paths), ``train_log.jsonl``.
+Run directory (``nann.run_dir``): the config ("arch": "deep-retrieval"), the weights, the item paths int32 [N, J, D]
+(node of each layer of each item's paths) and the training log.
 """
 from __future__ import annotations
 
-import json
-import os
 
 import numpy as np
 import torch
@@ -25,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nann.errors import UserError
+from nann.run_dir import RunDir
 
 ARCH = "deep-retrieval"
 
@@ -166,19 +165,16 @@ def load_dr(run_dir):
     """(model, config, item path codes int64 [N, J]) of a DR run directory."""
     from safetensors.torch import load_file
 
-    cfg_path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(cfg_path):
-        raise UserError(f"{run_dir} has no config.json: train it with `nann train --arch deep-retrieval`")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    run = RunDir(run_dir)
+    if not run.config_file.exists():
+        raise UserError(f"{run_dir} has no {run.config_file.name}: train it with `nann train --arch deep-retrieval`")
+    cfg = run.read_config()
     if cfg.get("arch") != ARCH:
         raise UserError(f"{run_dir} is a {cfg.get('arch')!r} run, not deep-retrieval")
-    for name in ("model.safetensors", "item_paths.npy"):
-        if not os.path.exists(os.path.join(run_dir, name)):
-            raise UserError(f"{run_dir} lacks {name}: re-run `nann train --arch deep-retrieval`")
+    run.require([run.weights_file, run.item_paths_file], "re-run `nann train --arch deep-retrieval`")
     model = DRModel(cfg["num_items"], cfg["num_categories"], layers=cfg["layers"], nodes=cfg["nodes"],
                     emb_dim=cfg["emb_dim"], hidden=cfg["hidden"], node_dim=cfg["node_dim"])
-    model.load_state_dict(load_file(os.path.join(run_dir, "model.safetensors")))
+    model.load_state_dict(load_file(run.weights_file))
     model.eval()
-    paths = np.load(os.path.join(run_dir, "item_paths.npy"), allow_pickle=False)
+    paths = np.load(run.item_paths_file, allow_pickle=False)
     return model, cfg, path_codes(paths, cfg["nodes"])

@@ -1,4 +1,5 @@
-"""Offline evaluation (`nann evaluate`) and offline retrieval (`nann retrieve`).
+"""Offline evaluation: the retrieval methods on a run's test users and the paper's metrics (`nann evaluate`'s
+library; the command itself is `nann_cli.evaluate`).
 
 Metrics at M (Section 5.1.2 of the paper), averaged over test users, each with one held-out target:
 recall-all (target in the brute-force top-M), recall-retrieval (target in the searched top-M),
@@ -9,48 +10,41 @@ eligible items.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from nann import scorers
 from nann.engine.graph import HnswGraph
 from nann.engine.grid import CandidateGrid
-from nann.engine.search import (DEFAULT_SEARCH, PAPER_SEARCH, SearchParams, beam_search, brute_force, default_search,
-                               hnsw_search)
+from nann.engine.params import DEFAULT_SEARCH, TUNABLES, WALK_TUNABLES, SearchParams, json_value
+from nann.engine.search import beam_search, brute_force, hnsw_search
 from nann.errors import UserError
-from nann.serving.filters import NOTHING_BLOCKED, Eligibility, read_ids
-from nann.serving.requests import (FILTER_INPUT_NAMES, NO_FILTERS, FilterRequest, RequestError, ServingLimits,
-                                   parse_filters)
+from nann.run_dir import RunDir
+from nann.serving.filters import NOTHING_BLOCKED, Eligibility
+from nann.serving.requests import NO_FILTERS, FilterRequest, RequestError
 
 BEAM_SWEEP_SCALES = (0.5, 0.67, 0.83, 1.0, 1.33, 2.0, 2.67)  # of the last layer's ef: the walk's budget dial
 HNSW_SWEEP_EF = (200, 300, 400, 800, 1600, 3200)  # the list holds max(ef0, top_m) items
-SEARCH_FLAGS = ("ef", "rounds", "frontier", "seeds")  # the search flags (SearchParams fields) `--paper` excludes
 
 
 @dataclass
 class MethodSpec:
-    """A retrieval method and its search parameters (beam: SearchParams' fields; hnsw: ef0 = ef[-1])."""
-    method: str                       # beam | hnsw | brute
-    ef: tuple[int, ...] = DEFAULT_SEARCH.ef
-    rounds: tuple[int, ...] = DEFAULT_SEARCH.rounds
-    top_m: int = DEFAULT_SEARCH.top_m
-    frontier: int = DEFAULT_SEARCH.frontier  # beam: entries expanded per round, 0 = all (SearchParams.frontier)
-    seeds: int = DEFAULT_SEARCH.seeds        # beam: history items joining layer 0 (SearchParams.seeds)
-
-    def params(self) -> SearchParams:
-        return SearchParams(self.ef, self.rounds, self.top_m, self.frontier, self.seeds)
+    """A retrieval method and its search: beam walks with all of `params`, hnsw with ef0 = params.ef[-1] and top_m,
+    brute force with top_m."""
+    method: str                           # beam | hnsw | brute
+    params: SearchParams = DEFAULT_SEARCH
 
     def label(self) -> str:
-        if self.method == "beam":
-            return f"beam ef={list(self.ef)} rounds={list(self.rounds)}" + \
-                (f" frontier={self.frontier}" if self.frontier else "") + (f" seeds={self.seeds}" if self.seeds else "")
+        if self.method == "beam":  # per-layer values always, the others where set
+            return " ".join(["beam"] + [f"{t.field}={json_value(v)}" for t in WALK_TUNABLES
+                                        if (v := getattr(self.params, t.field)) or t.per_layer])
         if self.method == "hnsw":
-            return f"hnsw ef0={self.ef[-1]}"
+            return f"hnsw ef0={self.params.ef[-1]}"
         return "brute"
 
 
@@ -63,14 +57,15 @@ class Evaluator:
     def __init__(self, run_dir: str | Path, data_dir: str | Path, users: int = 0, batch: int = 32,
                  backend: str = "onnxruntime", grid: CandidateGrid | None = None,
                  filters: FilterRequest = NO_FILTERS, blocked: np.ndarray | None = None):
-        from nann.data.prepared import PreparedData, Vocabulary
+        from nann.data.prepared import PreparedData
         from nann.runtime import ModelRuntime
 
         self.run_dir = Path(run_dir)
+        run = RunDir(self.run_dir)
         self.runtime = ModelRuntime.load(self.run_dir, backend=backend)
-        if not (self.run_dir / "graph" / "meta.json").exists():
+        if not run.graph.exists():
             raise UserError(f"{self.run_dir} has no graph: run `nann graph --run {self.run_dir}` first")
-        self.graph = HnswGraph.load(self.run_dir / "graph")
+        self.graph = HnswGraph.load(run.graph.path)
         prepared = PreparedData.load(str(data_dir))
         test = prepared.test
         self.item_counts = prepared.item_counts
@@ -79,9 +74,9 @@ class Evaluator:
                             f"rebuild it with `nann graph --run {self.run_dir}`")
         self.test = test.subset(users) if users and users < len(test) else test
         self.batch = batch
-        self.grid = grid or CandidateGrid.for_backend(backend)
+        self.grid = grid or scorers.runtime(backend).grid()
         self._brute: dict[int, np.ndarray] = {}
-        self.eligibility = Eligibility(Vocabulary.load(str(self.run_dir)))
+        self.eligibility = Eligibility(run.vocabulary())
         self.filters = filters
         self.blocked = NOTHING_BLOCKED if blocked is None else self.eligibility.blocked(blocked)
 
@@ -100,19 +95,19 @@ class Evaluator:
 
     def search(self, spec: MethodSpec) -> tuple[np.ndarray, np.ndarray, float]:
         """(top-M ids [U, M], items scored per user [U], seconds per query)."""
-        ids = np.full((len(self.test), spec.top_m), -1, dtype=np.int64)
+        top_m = spec.params.top_m
+        ids = np.full((len(self.test), top_m), -1, dtype=np.int64)
         scored = np.zeros(len(self.test), dtype=np.int64)
         t0 = time.perf_counter()
         for idx, histories, filters, score_fn in self._batches(spec.label()):
             if spec.method == "beam":
-                res = beam_search(self.graph, len(idx), score_fn, spec.params(), self.grid, histories=histories,
+                res = beam_search(self.graph, len(idx), score_fn, spec.params, self.grid, histories=histories,
                                   filters=filters)
             elif spec.method == "hnsw":
-                res = hnsw_search(self.graph, len(idx), score_fn, spec.ef[-1], spec.top_m, self.grid)
+                res = hnsw_search(self.graph, len(idx), score_fn, spec.params.ef[-1], top_m, self.grid)
             else:
-                res = brute_force(self.runtime.num_items, len(idx), score_fn, spec.top_m, grid=self.grid,
-                                  filters=filters)
-            ids[idx, : res.ids.shape[1]] = res.ids[:, : spec.top_m]
+                res = brute_force(self.runtime.num_items, len(idx), score_fn, top_m, grid=self.grid, filters=filters)
+            ids[idx, : res.ids.shape[1]] = res.ids[:, : top_m]
             scored[idx] = res.n_scored
         return ids, scored, (time.perf_counter() - t0) / max(1, len(self.test))
 
@@ -121,18 +116,17 @@ class Evaluator:
 
     def brute_top(self, top_m: int) -> np.ndarray:
         if top_m not in self._brute:
-            self._brute[top_m] = self.search(MethodSpec("brute", top_m=top_m))[0]
+            self._brute[top_m] = self.search(MethodSpec("brute", replace(DEFAULT_SEARCH, top_m=top_m)))[0]
         return self._brute[top_m]
 
     def evaluate(self, spec: MethodSpec) -> dict:
-        exact = self.brute_top(spec.top_m)
+        exact = self.brute_top(spec.params.top_m)
         found, scored, seconds = (exact, np.full(len(self.test), self.runtime.num_items), 0.0) \
             if spec.method == "brute" else self.search(spec)
         return {**metrics(found, exact, self.test.targets, scored, self.runtime.num_items),
-                "method": spec.method, "ef": list(spec.ef), "rounds": list(spec.rounds), "top_m": spec.top_m,
-                "frontier": spec.frontier, "seeds": spec.seeds,
+                "method": spec.method, **{t.field: json_value(getattr(spec.params, t.field)) for t in TUNABLES},
                 "seconds_per_query": seconds, "num_items": self.runtime.num_items,
-                "popularity_recall": self.popularity_recall(spec.top_m),
+                "popularity_recall": self.popularity_recall(spec.params.top_m),
                 "filters": {"exclude": int(self.filters.exclude.size), "exclude_history": self.filters.exclude_history,
                             "categories": self.filters.categories.tolist(), "blocked_items": self.blocked.count}}
 
@@ -170,23 +164,10 @@ def metrics(found: np.ndarray, exact: np.ndarray, targets: np.ndarray, scored: n
 def sweep_specs(base: MethodSpec) -> list[MethodSpec]:
     """Search budgets from small to large around `base` (its other parameters, seeds included, kept): HNSW's ef0;
     beam's last-layer ef (the walk stops when its list is expanded, so that list's size sets the cost)."""
+    p = base.params
     if base.method == "hnsw":
-        return [replace(base, ef=(max(e, 1),), rounds=(1,)) for e in HNSW_SWEEP_EF]
-    return [replace(base, ef=base.ef[:-1] + (max(1, round(base.ef[-1] * s)),)) for s in BEAM_SWEEP_SCALES]
-
-
-def search_flags(args, top_m: int | None) -> dict:
-    """The SearchParams fields the command line sets (the rest keep the catalogue's defaults, `default_search`): the
-    given --ef/--rounds/--frontier/--seeds, or with --paper all of PAPER_SEARCH's, which excludes them; and top_m
-    when not None."""
-    given = {name: getattr(args, name) for name in SEARCH_FLAGS if getattr(args, name) is not None}
-    if args.paper:
-        if given:
-            raise UserError("--paper sets the paper's search parameters: drop " + ", ".join(f"--{n}" for n in given))
-        given = asdict(PAPER_SEARCH)
-    if top_m is not None:
-        given["top_m"] = top_m
-    return {name: tuple(v) if isinstance(v, list) else v for name, v in given.items()}
+        return [replace(base, params=replace(p, ef=(max(e, 1),), rounds=(1,))) for e in HNSW_SWEEP_EF]
+    return [replace(base, params=replace(p, ef=p.ef[:-1] + (max(1, round(p.ef[-1] * s)),))) for s in BEAM_SWEEP_SCALES]
 
 
 def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
@@ -210,14 +191,6 @@ def plot_curves(curves: dict[str, list[dict]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def print_metrics(m: dict) -> None:
-    print(f"{m['method']:>6}  users {m['users']}  recall-all@{m['top_m']} {m['recall_all']:.4f}  "
-          f"recall-retrieval {m['recall_retrieval']:.4f}  recall-Δ {m['recall_delta'] * 100:.2f}%  "
-          f"coverage {m['coverage']:.4f}  scored {m['scored_fraction'] * 100:.2f}% of |V|  "
-          f"{m['seconds_per_query'] * 1000:.1f} ms/query  (popularity baseline recall "
-          f"{m.get('popularity_recall', float('nan')):.4f})")
 
 
 def evaluate_dr(run_dir, data_dir, users: int = 0, top_m: int = 200, beam=None, batch: int = 64,
@@ -273,63 +246,3 @@ def evaluate_dr(run_dir, data_dir, users: int = 0, top_m: int = 200, beam=None, 
     return {**metrics(found, exact, test.targets, scored, cfg["num_items"]), "method": "dr", "beam": beam,
             "top_m": top_m, "seconds_per_query": elapsed / U, "num_items": cfg["num_items"],
             "layers": cfg["layers"], "nodes": cfg["nodes"], "paths": cfg["paths"], "alpha": cfg["alpha"]}
-
-
-def filter_flags(args, limits: ServingLimits) -> FilterRequest:
-    """The filters the command line sets (--exclude, --exclude-history, --categories), read as the server reads them."""
-    try:
-        return parse_filters(limits, **{name: getattr(args, name) for name in FILTER_INPUT_NAMES})
-    except RequestError as e:
-        raise UserError(str(e)) from None
-
-
-def main_evaluate(args) -> int:
-    flags = search_flags(args, args.top_m)
-    filters = filter_flags(args, ServingLimits())
-    if args.method in ("hnsw", "dr") and (filters.restricts or args.blocked):
-        raise UserError(f"eligibility filters apply to --method beam and brute, not {args.method}")
-    if args.method == "dr":
-        m = evaluate_dr(args.run, args.data, users=args.users, top_m=flags.get("top_m", DEFAULT_SEARCH.top_m),
-                        beam=args.beam)
-        print_metrics(m)
-        if args.json:
-            Path(args.json).write_text(json.dumps(m, indent=1))
-        return 0
-    ev = Evaluator(args.run, args.data, users=args.users, batch=args.batch, backend=args.backend, filters=filters,
-                   blocked=read_ids(args.blocked) if args.blocked else None)
-    try:
-        params = replace(default_search(ev.runtime.num_items), **flags)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    base = MethodSpec(args.method, **asdict(params))
-    specs = sweep_specs(base) if args.sweep else [base]
-    results = []
-    for spec in specs:
-        m = ev.evaluate(spec)
-        print_metrics(m)
-        results.append(m)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results if args.sweep else results[0], indent=1))
-        if args.sweep:
-            plot_curves({base.method: results}, Path(args.json).with_suffix(".png"))
-    return 0
-
-
-def main_retrieve(args) -> int:
-    """`nann retrieve`: the served pipeline offline; the flags go through the server's own request parsing."""
-    from nann.query import parse_history, print_answer
-    from nann.serving.requests import SEARCH_INPUTS, parse_search
-    from nann.serving.retrieval import OfflineRetriever
-
-    history = np.array(parse_history(args.history), dtype=np.int64)
-    flags = search_flags(args, args.k)
-    retriever = OfflineRetriever(args.run, blocked=read_ids(args.blocked) if args.blocked else None)
-    filters = filter_flags(args, retriever.limits)
-    try:
-        params = parse_search(retriever.limits, **{s.name: flags[s.field] for s in SEARCH_INPUTS if s.field in flags})
-        answer, = retriever.retrieve([history], [params], [filters])
-    except RequestError as e:
-        raise UserError(str(e)) from None
-    print_answer(*answer, as_json=args.json)
-    return 0

@@ -1,5 +1,5 @@
-"""The NANN model (UserBehavior variant of the paper's appendix), its serving split and ``load_model`` (a run's
-trained model): shared by the trainer and the serving library.
+"""The NANN model (UserBehavior variant of the paper's appendix) and ``load_model`` (a run's trained model): the
+trainable model, shared by the trainer and the serving library; its serving split is ``nann.model_split``.
 
 Three architectures share one item network and one serving contract:
 
@@ -16,25 +16,10 @@ Three architectures share one item network and one serving contract:
 The element-wise products (``interactions``, on by default; DIN's activation unit does the same with [q, k, q-k, q*k])
 are there because an MLP over a plain concatenation learns a dot-product-like similarity poorly (Rendle et al. 2020):
 at the same training budget the plain-concat attention model scored well below the two-tower baseline. Runs whose
-config.json predates the field load with ``interactions=False`` (plain concat, no ``user_vec`` state).
+config predates the field load with ``interactions=False`` (plain concat, no ``user_vec`` state).
 
 The score is the raw logit ``s_u(e_v)`` (before any sigmoid and without the NCE correction). That same number is the
 training logit (before the ``-log(k q(v))`` correction), the brute-force score and the served score.
-
-Serving split (``build_split``): ``UserEncoder(hist_emb [B,L,D], hist_mask [B,L]) -> state tensors`` and
-``Scorer(*state [R,...], cand_emb [C,D], owner [C]) -> scores [C]``. Eval-mode BatchNorms are folded into the
-adjacent Linear layers, the user-only part of the first score layer (``W_u u + b``) goes into the state (with ``u``
-itself as ``user_vec`` for the products: per candidate ``u[owner] * e_v`` is 64 gathered floats and 64 multiplies,
-and the mixed blocks [attention, attention*e_v, u*e_v] of score layer 1 run as one [C,192]x[192,128] GEMM; the
-alternative, a per-user ``W_ue diag(u)`` [128,64] in the state, would gather 8,192 floats per candidate), the query's
-second projection is folded into the keys (``q.k = h1 . (W_q2^T k) + b_q2 . k``, with the 1/sqrt(d) scale), the
-candidate-only maps (query FC1 and the e_v block of score layer 1) run as one GEMM, and the additive mask plus the
-key-bias term form one ``attn_bias`` [B,L] tensor.
-
-Not done, on measurement: folding the attention output's block of score layer 1 into the values
-(``softmax(qK) (V W_a^T)``) saves 1,792 MACs per candidate at L=50 but doubles the per-candidate gather of ``values``
-(L x 128 instead of L x 64 floats); on CPU (torch and ONNX Runtime) the scorer is bound by that gather and ran 1.5-3x
-slower with the fold, so ``values`` stays the masked behaviour embeddings and W_a is one [C,64]x[64,128] GEMM.
 
 Items added after training (``nann items add``) have no trained id row: their e_v is ``item_embed_new``, the item
 network on concat(zero id embedding, category embedding) - the category-only path (see its docstring).
@@ -44,20 +29,17 @@ the mask, so an all-masked (empty) history gives attention output 0 and user vec
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nann.errors import UserError
+from nann.run_dir import RunDir
 
 ARCHS = ("attention", "mlp", "two-tower")
-MIXED_WEIGHTS = {"attn": "w_a", "attn*item": "w_ae", "user*item": "w_ue"}  # Scorer's score-layer-1 blocks
 MASK_NEG = -1.0e4  # additive attention mask; finite so fp16 engines and all-masked rows stay NaN-free
 
 
@@ -76,6 +58,9 @@ class ModelConfig:
     tower_hidden: list[int] = field(default_factory=lambda: [128])
     # score network input also holds element-wise interactions (u*e_v, and attention*e_v for attention)
     interactions: bool = True
+    # on the user side each behaviour's e_v is scaled and shifted by learned vectors of its recency rank
+    # (0 = the most recent): ``NANNModel.behaviours``
+    recency: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,6 +70,7 @@ class ModelConfig:
         keys = cls.__dataclass_fields__.keys()
         d = dict(d)
         d.setdefault("interactions", False)  # runs written before the field existed: plain concat input
+        d.setdefault("recency", False)       # likewise: behaviours without recency embeddings
         return cls(**{k: v for k, v in d.items() if k in keys})
 
     def score_blocks_in(self) -> list[str]:
@@ -96,7 +82,13 @@ class ModelConfig:
         return []
 
 
-def _prelu(x, a):
+def recency_rank(mask: torch.Tensor) -> torch.Tensor:
+    """int64 [B,L]: how many real behaviours follow each position (0 = the most recent), for any padding layout;
+    padded positions get the rank of the real behaviour before them (they are masked everywhere)."""
+    return (mask.sum(-1, keepdim=True) - torch.cumsum(mask, -1)).to(torch.int64)
+
+
+def prelu(x, a):
     """PReLU with per-feature slopes on the last axis (nn.PReLU treats axis 1 as the channel)."""
     return torch.where(x >= 0, x, x * a)
 
@@ -135,7 +127,7 @@ class Projection(nn.Module):
         self.l2 = nn.Linear(d, d)
 
     def forward(self, x):
-        return self.l2(_prelu(self.l1(x), self.act.weight))
+        return self.l2(prelu(self.l1(x), self.act.weight))
 
 
 class NANNModel(nn.Module):
@@ -155,6 +147,11 @@ class NANNModel(nn.Module):
         dims = [cfg.id_dim + cfg.cat_dim] + list(cfg.item_hidden)
         self.item_blocks = nn.ModuleList(DenseBlock(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.item_out = nn.Linear(dims[-1], D)
+        if cfg.recency:  # both start at zero: the behaviours start as plain e_v
+            self.recency_scale = nn.Embedding(cfg.max_seq, D)
+            self.recency_shift = nn.Embedding(cfg.max_seq, D)
+            nn.init.zeros_(self.recency_scale.weight)
+            nn.init.zeros_(self.recency_shift.weight)
         if cfg.arch == "attention":
             self.q_proj = Projection(D, cfg.attn_dim)
             self.k_proj = Projection(D, cfg.attn_dim)
@@ -207,11 +204,22 @@ class NANNModel(nn.Module):
         return torch.cat(out) if out else self.item_out.weight.new_zeros(0, self.cfg.emb_dim)
 
     # ---- the model's function (reference, unfolded) --------------------------------------------------------
+    def behaviours(self, hist_e: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The behaviour sequence as the user side sees it [B,L,D], masked: with ``recency``, e_v * (1 + scale[r]) +
+        shift[r] for recency rank r. Keys, values and the pooled user vector are all made of these (the scale
+        makes even the sum-pooled vector depend on the order); candidates stay plain e_v."""
+        if self.cfg.recency:
+            rank = recency_rank(mask).clamp(max=self.cfg.max_seq - 1)
+            hist_e = hist_e * (1.0 + self.recency_scale(rank)) + self.recency_shift(rank)
+        return hist_e * mask[..., None]
+
     def user_side(self, hist_e: torch.Tensor, mask: torch.Tensor):
-        """Per-user pieces: (sum-pooled user vector [B,D], keys [B,L,A] or None)."""
-        u = (hist_e * mask[..., None]).sum(1)
-        k = self.k_proj(hist_e) if self.cfg.arch == "attention" else None
-        return u, k
+        """Per-user pieces: (behaviours [B,L,D] (``behaviours``), sum-pooled user vector [B,D], keys [B,L,A] or
+        None)."""
+        h = self.behaviours(hist_e, mask)
+        u = h.sum(1)
+        k = self.k_proj(h) if self.cfg.arch == "attention" else None
+        return h, u, k
 
     def cand_side(self, u, k, hist_e, mask, cand_e) -> torch.Tensor:
         """Scores [B,K] for candidates cand_e [B,K,D] of users with pieces u [B,D], k [B,L,A]."""
@@ -238,8 +246,8 @@ class NANNModel(nn.Module):
         return self.score_out(x).squeeze(-1)
 
     def score_emb(self, hist_e, mask, cand_e) -> torch.Tensor:
-        u, k = self.user_side(hist_e, mask)
-        return self.cand_side(u, k, hist_e, mask, cand_e)
+        h, u, k = self.user_side(hist_e, mask)
+        return self.cand_side(u, k, h, mask, cand_e)
 
     def forward(self, hist_ids: torch.Tensor, hist_mask: torch.Tensor, cand_ids: torch.Tensor) -> torch.Tensor:
         """hist_ids [B,L] (any id where masked), hist_mask [B,L] float, cand_ids [B,K] -> logits [B,K]."""
@@ -247,262 +255,19 @@ class NANNModel(nn.Module):
 
     def score_owner(self, hist_e, mask, cand_e, owner) -> torch.Tensor:
         """Reference multi-user scoring without the rewrites: user pieces once per user, then per candidate."""
-        u, k = self.user_side(hist_e, mask)
+        h, u, k = self.user_side(hist_e, mask)
         kk = k[owner] if k is not None else None
-        return self.cand_side(u[owner], kk, hist_e[owner], mask[owner], cand_e[:, None, :]).squeeze(1)
-
-
-# ---- the serving split ------------------------------------------------------------------------------------------
-
-STATE_NAMES = {  # with interactions (the default); state_names(cfg) also covers runs without them
-    "attention": ["keys", "attn_bias", "values", "user_bias", "user_vec"],
-    "mlp": ["user_bias", "user_vec"],
-    "two-tower": ["user_vec"],
-}
-
-
-def state_names(cfg: ModelConfig) -> list[str]:
-    names = list(STATE_NAMES[cfg.arch])
-    if cfg.arch != "two-tower" and not cfg.interactions:
-        names.remove("user_vec")
-    return names
-
-
-def state_shapes(cfg: ModelConfig) -> dict[str, list]:
-    D, A, H = cfg.emb_dim, cfg.attn_dim, (cfg.score_hidden[0] if cfg.score_hidden else 0)
-    shapes = {"keys": ["B", "L", A], "attn_bias": ["B", "L"], "values": ["B", "L", D], "user_bias": ["B", H],
-              "user_vec": ["B", D]}
-    return {n: shapes[n] for n in state_names(cfg)}
-
-
-class UserEncoder(nn.Module):
-    """hist_emb [B,L,D], hist_mask [B,L] -> the user-state tensors (order: STATE_NAMES[arch])."""
-
-    def __init__(self, model: NANNModel):
-        super().__init__()
-        cfg = model.cfg
-        self.arch = cfg.arch
-        self.interactions = cfg.interactions
-        D = cfg.emb_dim
-        with torch.no_grad():
-            if self.arch == "two-tower":
-                tower = [blk.folded() for blk in model.tower_blocks]
-                for i, (w, b, a) in enumerate(tower):
-                    self.register_buffer(f"tw{i}", w); self.register_buffer(f"tb{i}", b); self.register_buffer(f"ta{i}", a)
-                self.n_tower = len(tower)
-                self.register_buffer("tow_w", model.tower_out.weight.detach().clone())
-                self.register_buffer("tow_b", model.tower_out.bias.detach().clone())
-                return
-            w1, b1, _ = model.score_blocks[0].folded()
-            self.register_buffer("wu", w1[:, :D].clone())
-            self.register_buffer("b1", b1)
-            if self.arch == "attention":
-                kp, qp = model.k_proj, model.q_proj
-                scale = 1.0 / math.sqrt(cfg.attn_dim)
-                self.register_buffer("k1w", kp.l1.weight.detach().clone()); self.register_buffer("k1b", kp.l1.bias.detach().clone())
-                self.register_buffer("ka", kp.act.weight.detach().clone())
-                self.register_buffer("k2w", kp.l2.weight.detach().clone()); self.register_buffer("k2b", kp.l2.bias.detach().clone())
-                # q.k = (Wq2 h + bq2).k = h.(Wq2^T k) + bq2.k  -> keys' = k Wq2, bias = bq2.k (both scaled)
-                self.register_buffer("q2w", (qp.l2.weight.detach() * scale).clone())
-                self.register_buffer("q2b", (qp.l2.bias.detach() * scale).clone())
-
-    def forward(self, hist_emb: torch.Tensor, hist_mask: torch.Tensor):
-        m = hist_mask
-        u = (hist_emb * m[..., None]).sum(1)
-        if self.arch == "two-tower":
-            x = u
-            for i in range(self.n_tower):
-                x = _prelu(F.linear(x, getattr(self, f"tw{i}"), getattr(self, f"tb{i}")), getattr(self, f"ta{i}"))
-            return (F.linear(x, self.tow_w, self.tow_b),)
-        user_bias = F.linear(u, self.wu, self.b1)
-        uv = (u,) if self.interactions else ()
-        if self.arch == "mlp":
-            return (user_bias, *uv)
-        k = F.linear(_prelu(F.linear(hist_emb, self.k1w, self.k1b), self.ka), self.k2w, self.k2b)  # [B,L,A]
-        keys = torch.matmul(k, self.q2w)                                                     # [B,L,A]
-        attn_bias = torch.matmul(k, self.q2b) + (m - 1.0) * (-MASK_NEG)                       # [B,L]
-        values = hist_emb * m[..., None]                                                     # [B,L,D]
-        return (keys, attn_bias, values, user_bias, *uv)
-
-
-class Scorer(nn.Module):
-    """(*state [R,...], cand_emb [C,D], owner [C]) -> scores [C]. ``owner`` must be non-decreasing: each user's
-    candidates form one contiguous run, as the engine sends them (``nann.engine.grid`` pads with the last owner).
-
-    Gather-free. The target attention, the only part that needs a user's [L, ·] keys and values, runs as batched
-    GEMMs over a [R, Cmax] layout of the runs (``segment_layout``; Cmax = the longest run, the shorter runs padded
-    with rows whose results are dropped), so no candidate copies its user's 2·L·64 floats of keys and values.
-    Everything else is row-wise over all C candidates as plain GEMMs. Score layer 1 is split by input block: W_u u + b
-    (user-only, in the state as ``user_bias``), W_e e_v (item-only) and one GEMM per block that mixes user and item:
-    attn, attn*e_v, u*e_v (attention) or u*e_v (mlp), with ``u = user_vec[owner]`` (64 floats per candidate) and
-    ``user_bias[owner]`` the only per-candidate user rows. PReLUs whose slopes are all <= 1 run as max(x, a*x)."""
-
-    def __init__(self, model: NANNModel):
-        super().__init__()
-        cfg = model.cfg
-        self.arch = cfg.arch
-        self.interactions = cfg.interactions
-        D = self.D = cfg.emb_dim
-        self.n_state = len(state_names(cfg))
-        if self.arch == "two-tower":
-            return
-        with torch.no_grad():
-            w1, _, a1 = model.score_blocks[0].folded()
-            blocks = cfg.score_blocks_in()
-
-            def blk(name):
-                i = blocks.index(name) * D
-                return w1[:, i:i + D]
-
-            self.register_buffer("we", blk("item").clone())
-            if self.arch == "attention":
-                qp = model.q_proj
-                self.A = cfg.attn_dim
-                self.register_buffer("wq", qp.l1.weight.detach().clone())
-                self.register_buffer("bq", qp.l1.bias.detach().clone())
-                self.register_buffer("qa", qp.act.weight.detach().clone())
-            self.register_buffer("act1", a1)
-            # the blocks of score layer 1 whose input mixes user and candidate, one [H, D] matrix each: separate
-            # GEMMs summed ran 1.2x faster than one GEMM over their concatenation (no copy into a [C, 3D] input)
-            self.mixed = [n for n in blocks if n not in ("user", "item")]
-            for n in self.mixed:
-                self.register_buffer(MIXED_WEIGHTS[n], blk(n).clone())
-            rest = [blk.folded() for blk in model.score_blocks[1:]]
-            self.n_rest = len(rest)
-            for i, (w, b, a) in enumerate(rest):
-                self.register_buffer(f"rw{i}", w); self.register_buffer(f"rb{i}", b); self.register_buffer(f"ra{i}", a)
-            self.register_buffer("wo", model.score_out.weight.detach()[0].clone())
-            self.register_buffer("bo", model.score_out.bias.detach().clone())
-            slopes = [b for n, b in self.named_buffers() if n in ("qa", "act1") or n.startswith("ra")]
-            # PReLU with per-feature slopes a <= 1 equals max(x, a*x): two vectorised element-wise ops, where the
-            # runtimes' broadcasting PRelu kernels took a quarter of the scorer's time (ONNX Runtime profile)
-            self.slopes_at_most_one = all(float(b.max()) <= 1.0 for b in slopes)
-
-    def _act(self, x, a):
-        return torch.maximum(x, x * a) if self.slopes_at_most_one else F.prelu(x, a)
-
-    def _head(self, z):
-        x = self._act(z, self.act1)
-        for i in range(self.n_rest):
-            x = self._act(F.linear(x, getattr(self, f"rw{i}"), getattr(self, f"rb{i}")), getattr(self, f"ra{i}"))
-        return torch.matmul(x, self.wo) + self.bo
-
-    def _first(self, state, yq, e, owner, ye=None):
-        """Score layer 1 pre-activation: yq = W_q1 e_v + b (attention's query input; None for mlp), e = e_v [C,D],
-        ye = W_e e_v when precomputed (``cand_pre``). Every block accumulates into z with addmm (z + x Wᵀ in one
-        BLAS call, in place; ONNX Gemm with a C input) instead of a GEMM and an add."""
-        attention = self.arch == "attention"
-        user_bias = state[3] if attention else state[0]
-        z = user_bias[owner] + ye if ye is not None else torch.addmm(user_bias[owner], e, self.we.t())
-        if attention:
-            att = segment_attention(self._act(yq, self.qa), state[0], state[1], state[2], owner)   # [C,D]
-            z = z.addmm_(att, self.w_a.t())
-            if self.interactions:
-                z = z.addmm_(att * e, self.w_ae.t())
-        if "user*item" in self.mixed:
-            z = z.addmm_(state[4 if attention else 1][owner] * e, self.w_ue.t())
-        return z
-
-    def forward(self, *args):
-        state, cand_emb, owner = args[:self.n_state], args[self.n_state], args[self.n_state + 1]
-        if self.arch == "two-tower":
-            return (state[0][owner] * cand_emb).sum(-1)
-        yq = F.linear(cand_emb, self.wq, self.bq) if self.arch == "attention" else None
-        return self._head(self._first(state, yq, cand_emb, owner))
-
-    def cand_pre(self, cand_emb):
-        """The candidate-only part (item-only; can be computed once for all items): the linear maps, followed by
-        e_v itself when the score network has interaction inputs."""
-        if self.arch == "two-tower":
-            return cand_emb
-        parts = ([F.linear(cand_emb, self.wq, self.bq)] if self.arch == "attention" else []) + \
-            [F.linear(cand_emb, self.we)] + ([cand_emb] if self.interactions else [])
-        return torch.cat(parts, dim=-1)
-
-    def score_one_pre(self, state, y):
-        """Scores of one user (state rows [1,...]) for candidates given by their ``cand_pre`` rows y: the trainer's
-        validation scores every item with ``cand_pre`` computed once. Same function as forward."""
-        if self.arch == "two-tower":
-            return y @ state[0][0]
-        a = self.A if self.arch == "attention" else 0
-        h = self.we.shape[0]
-        owner = torch.zeros(y.shape[0], dtype=torch.int64, device=y.device)
-        return self._head(self._first(state, y[:, :a] if a else None, y[:, a + h:], owner, ye=y[:, a:a + h]))
-
-
-def segment_layout(owner: torch.Tensor, n_users: torch.Tensor):
-    """The [R, Cmax] layout of candidate runs for a non-decreasing ``owner`` [C] (R = n_users.shape[0]).
-
-    Returns (rows [R, Cmax]: the candidate row that fills each slot, row 0 for the padding slots;
-    slot [C]: each candidate's position in the flattened [R*Cmax] layout). Written with tensor ops only, so the
-    ONNX export keeps R, C and Cmax dynamic (ScatterElements, CumSum, ReduceMax, Range)."""
-    counts = torch.zeros_like(n_users, dtype=torch.int64).scatter_add(0, owner, torch.ones_like(owner))
-    starts = torch.cumsum(counts, 0) - counts
-    cmax = counts.max()
-    j = torch.arange(cmax, device=owner.device)[None, :]                            # [1,Cmax]
-    rows = torch.where(j < counts[:, None], starts[:, None] + j, torch.zeros_like(j))
-    index = torch.cumsum(torch.ones_like(owner), 0) - 1                             # 0..C-1
-    slot = owner * cmax + (index - starts[owner])
-    return rows, slot
-
-
-def segment_attention(q1, keys, attn_bias, values, owner):
-    """Target attention of candidate queries q1 [C,A] over their owners' keys [R,L,A] / values [R,L,D] (with
-    attn_bias [R,L] holding the query bias term and the mask) as batched GEMMs; returns [C,D]."""
-    rows, slot = segment_layout(owner, attn_bias[:, 0])
-    logits = torch.matmul(q1[rows], keys.transpose(1, 2)) + attn_bias[:, None, :]  # [R,Cmax,L]
-    out = torch.matmul(torch.softmax(logits, dim=-1), values)                      # [R,Cmax,D]
-    return out.reshape(-1, out.shape[-1])[slot]
-
-
-class NaiveScorer(nn.Module):
-    """The scorer *before* the rewrites (for benchmarks): inputs hist_emb [R,L,D], hist_mask [R,L], cand_emb, owner.
-
-    User pieces (sum-pool, keys) once per user; per candidate: two-layer query projection, attention over raw values,
-    the full first score layer over concat(user, attention, e_v), unfolded BatchNorms."""
-
-    def __init__(self, model: NANNModel):
-        super().__init__()
-        self.model = model.eval()
-
-    def forward(self, hist_emb, hist_mask, cand_emb, owner):
-        return self.model.score_owner(hist_emb, hist_mask, cand_emb, owner)
-
-
-def build_split(model: NANNModel) -> tuple[UserEncoder, Scorer]:
-    model.eval()
-    return UserEncoder(model).eval(), Scorer(model).eval()
+        return self.cand_side(u[owner], kk, h[owner], mask[owner], cand_e[:, None, :]).squeeze(1)
 
 
 def load_model(run_dir: str, map_location="cpu") -> NANNModel:
-    """The trained model of a run (config.json + model.safetensors), in eval mode."""
+    """The trained model of a run (its config and weights), in eval mode."""
     from safetensors.torch import load_file
 
-    cfg_path, w_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "model.safetensors")
-    for p in (cfg_path, w_path):
-        if not os.path.exists(p):
+    run = RunDir(run_dir)
+    for p in (run.config_file, run.weights_file):
+        if not p.exists():
             raise UserError(f"{p} not found: is {run_dir} a finished training run?")
-    with open(cfg_path) as f:
-        cfg = ModelConfig.from_dict(json.load(f))
-    model = NANNModel(cfg)
-    model.load_state_dict(load_file(w_path, device=str(map_location)))
+    model = NANNModel(ModelConfig.from_dict(run.read_config()))
+    model.load_state_dict(load_file(run.weights_file, device=str(map_location)))
     return model.eval()
-
-
-def per_candidate_macs(cfg: ModelConfig, L: int | None = None) -> dict[str, int]:
-    """Multiply-accumulates per candidate, before and after the rewrites (history length L)."""
-    L = L or cfg.max_seq
-    D, A = cfg.emb_dim, cfg.attn_dim
-    if cfg.arch == "two-tower":
-        return {"before": D, "after": D}
-    sh = list(cfg.score_hidden)
-    rest = sum(a * b for a, b in zip(sh[:-1], sh[1:])) + sh[-1]
-    n_in = len(cfg.score_blocks_in())
-    n_prod = n_in - (3 if cfg.arch == "attention" else 2)  # element-wise products (D multiplies each)
-    first = n_in * D * sh[0] + n_prod * D  # the full first score layer over the concatenated input
-    if cfg.arch == "mlp":
-        return {"before": first + rest, "after": first - D * sh[0] + rest}  # W_u u hoisted into user_bias
-    attn = L * A + L * D
-    before = 2 * A * D + attn + first + rest
-    after = A * D + attn + first - D * sh[0] + rest  # values not folded with W_a (see module doc)
-    return {"before": before, "after": after}

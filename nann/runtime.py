@@ -1,24 +1,23 @@
 """Runs a trained run's serving split: ``encode(histories)`` -> user state, ``score(state, owner, ids)`` -> scores.
 
-Backends: ``onnxruntime`` (user_encoder.onnx + scorer.onnx; does not import torch) and ``torch``
-(rebuilds the same split from ``config.json`` + ``model.safetensors``; no ONNX). Both compute the model's raw logit
-``s_u(e_v)``, the number the trainer trains and brute force ranks by.
+Backends: the scorer runtimes that run in a Python process (``nann.scorers``): ``onnxruntime`` (the run's user encoder
+and scorer ONNX files; does not import torch) and ``torch`` (rebuilds the same split from the run's config and
+weights; no ONNX). Both compute the model's raw logit ``s_u(e_v)``, the number the trainer trains and brute force
+ranks by.
 
 Empty history: ``encode`` accepts it and returns the state of an all-masked row (attention output 0, sum-pool 0;
 finite scores): serving's cold-start state for a new user.
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import Sequence
 
 import numpy as np
 
+from nann import scorers
 from nann.errors import UserError
-
-BACKENDS = ("onnxruntime", "torch")
-PARTS = ("encoder", "scorer")  # the halves of the serving split a runtime can load
+from nann.run_dir import RunDir
+from nann.scorers.base import PARTS
 
 
 def pad_histories(histories: Sequence[np.ndarray], max_seq: int,
@@ -50,44 +49,19 @@ class ModelRuntime:
         torch is first imported here, as libgomp reads OMP_WAIT_POLICY once)."""
         self.run_dir = run_dir
         self.backend = backend
-        io_path = os.path.join(run_dir, "onnx_io.json")
-        emb_path = os.path.join(run_dir, "item_embeddings.npy")
-        for p in (io_path, emb_path):
-            if not os.path.exists(p):
-                raise UserError(f"{p} not found: is {run_dir} a finished training run (nann train --run)?")
-        with open(io_path) as f:
-            self.io = json.load(f)
-        self.item_embeddings = np.load(emb_path, mmap_mode="r")
+        run = RunDir(run_dir)
+        run.check_trained()
+        self.io = run.read_onnx_io()
+        self.item_embeddings = run.item_embeddings()
         self.num_items, self.emb_dim = (int(x) for x in self.item_embeddings.shape)
         self.max_seq = int(self.io["max_seq"])
         self.arch = self.io.get("arch")
         self.state_names = [s["name"] for s in self.io["state"]]
-        if backend == "onnxruntime":
-            import onnxruntime as ort
-
-            so = ort.SessionOptions()
-            if threads:
-                so.intra_op_num_threads = int(threads)
-                so.inter_op_num_threads = 1
-            if not spinning:
-                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            files = {"encoder": self.io["user_encoder"]["file"], "scorer": self.io["scorer"]["file"]}
-            self._parts = {part: ort.InferenceSession(os.path.join(run_dir, files[part]), so,
-                                                      providers=["CPUExecutionProvider"]) for part in parts}
-        elif backend == "torch":
-            if not spinning:
-                os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-            import torch
-
-            from nann.model import build_split, load_model
-
-            if threads:
-                torch.set_num_threads(int(threads))
-            self._torch = torch
-            split = dict(zip(PARTS, build_split(load_model(run_dir, map_location="cpu"))))
-            self._parts = {part: split[part] for part in parts}
-        else:
-            raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+        runtime = scorers.runtime(backend)
+        if not runtime.in_python:
+            raise UserError(f"the {backend} scorer runs in its own Triton backend, not in this process: use "
+                            f"{' or '.join(scorers.in_python())} here")
+        self._parts = runtime.load(run, self.io, parts, threads, spinning)
 
     @classmethod
     def load(cls, run_dir, backend: str = "onnxruntime", threads: int | None = None, parts: Sequence[str] = PARTS,
@@ -95,7 +69,7 @@ class ModelRuntime:
         return cls(str(run_dir), backend, threads, parts, spinning)
 
     def _part(self, name: str):
-        """The encoder's or the scorer's ONNX Runtime session (torch module)."""
+        """The encoder or the scorer, as the runtime loaded it (`nann.scorers.base.Part`)."""
         if name not in self._parts:
             raise RuntimeError(f"this runtime of {self.run_dir} was loaded without its {name} "
                                f"(parts {list(self._parts)})")
@@ -121,14 +95,7 @@ class ModelRuntime:
     def encode_padded(self, hist_emb, hist_mask) -> dict[str, np.ndarray]:
         hist_emb = np.ascontiguousarray(hist_emb, dtype=np.float32)
         hist_mask = np.ascontiguousarray(hist_mask, dtype=np.float32)
-        encoder = self._part("encoder")
-        if self.backend == "onnxruntime":
-            outs = encoder.run(self.state_names, {"hist_emb": hist_emb, "hist_mask": hist_mask})
-        else:
-            t = self._torch
-            with t.no_grad():
-                outs = [o.numpy() for o in encoder(t.from_numpy(hist_emb), t.from_numpy(hist_mask))]
-        return dict(zip(self.state_names, outs))
+        return dict(zip(self.state_names, self._part("encoder")(hist_emb, hist_mask)))
 
     # ---- candidate side -----------------------------------------------------------------------------------
     def score(self, state: dict[str, np.ndarray], owner: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -146,13 +113,5 @@ class ModelRuntime:
             scores = np.empty(owner.shape[0], dtype=np.float32)
             scores[order] = self.score_emb(state, owner[order], cand_emb[order])
             return scores
-        scorer = self._part("scorer")
         st = [np.ascontiguousarray(state[n], dtype=np.float32) for n in self.state_names]
-        if self.backend == "onnxruntime":
-            feed = dict(zip(self.state_names, st))
-            feed["cand_emb"] = cand_emb
-            feed["owner"] = owner
-            return scorer.run(["scores"], feed)[0]
-        t = self._torch
-        with t.no_grad():
-            return scorer(*[t.from_numpy(s) for s in st], t.from_numpy(cand_emb), t.from_numpy(owner)).numpy()
+        return self._part("scorer")(st, cand_emb, owner)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nann.run_dir import RunDir
 from perf.run import machine_info
 from perf.sections import command_line, provenance, report
 
@@ -31,40 +32,37 @@ SECTION = "Adding items (nann items add)"
 NOTE = ("New items of one category share one e_v, so the graph gets that many copies of each point (\"per category\"); "
         "hnswlib inserts such duplicates more slowly, which is why items/s falls as the count grows. Coverage counts "
         "tied copies as one key (module doc of perf/bench_items_add.py).")
-RUN_FILES = ("config.json", "model.safetensors", "items.npy", "item_category.npy", "categories.npy",
-             "item_embeddings.npy", "item_embeddings_fp16.npy", "scorer_ids.onnx", "scorer.onnx", "user_encoder.onnx",
-             "onnx_io.json")
 
 
 def make_base(run: Path, data: str, base: Path, threads: int) -> str:
     """WORK/base (kept for later calls): the run's serving files and graph. Returns a note for the results when
     the graph had to be rebuilt, else ''."""
-    from nann.engine.graph import HNSW_INDEX
-    from nann.steps import run_step
+    from nann_cli.steps import run_step
 
-    meta = json.loads((run / "graph" / "meta.json").read_text())
-    if not (base / "graph" / HNSW_INDEX).is_file():
+    source, copy = RunDir(run), RunDir(base)
+    meta = source.graph.read_meta()
+    if not copy.graph.hnsw_index_file.is_file():
         shutil.rmtree(base, ignore_errors=True)
         base.mkdir(parents=True)
-        for name in RUN_FILES:
-            shutil.copy2(run / name, base / name)
-        if (run / "graph" / HNSW_INDEX).is_file():
-            shutil.copytree(run / "graph", base / "graph")
+        for path in source.artifact_files():
+            shutil.copy2(path, copy.path / path.name)
+        if source.graph.hnsw_index_file.is_file():
+            shutil.copytree(source.graph.path, copy.graph.path)
         else:
             run_step("graph", ["graph", "--run", base, "--data", data, "--m", meta["m"], "--ef-construction",
                                meta["ef_construction"], "--threads", threads, "--metric", meta.get("metric", "l2")])
-    if (run / "graph" / HNSW_INDEX).is_file():
+    if source.graph.hnsw_index_file.is_file():
         return ""
-    built = json.loads((base / "graph" / "meta.json").read_text())
+    built = copy.graph.read_meta()
     return (f"; its graph predates the kept hnswlib index, so the base copy's graph was rebuilt with the same M, "
             f"efConstruction and metric ({built['metric']}; {built['build_seconds']} s)")
 
 
 def write_new_items(base: Path, size: int, path: Path, seed: int = 0) -> float:
     """The CSV of `size` new items; returns the mean number of them per category used (they share its e_v)."""
-    items, categories = np.load(base / "items.npy"), np.load(base / "categories.npy")
-    cats = np.random.default_rng(seed).choice(categories[np.load(base / "item_category.npy")], size)
-    raw = int(items.max()) + 1 + np.arange(size)
+    vocab = RunDir(base).vocabulary()
+    cats = np.random.default_rng(seed).choice(vocab.categories[vocab.item_category], size)
+    raw = int(vocab.items.max()) + 1 + np.arange(size)
     np.savetxt(path, np.stack([raw, cats], axis=1), fmt="%d", delimiter=",")
     return size / np.unique(cats).shape[0]
 
@@ -75,8 +73,8 @@ def coverage(run: Path, data: str, users: int, num_old: int) -> dict:
 
     ev = Evaluator(run, data, users=users)
     spec = MethodSpec("beam")
-    found, exact = ev.search(spec)[0], ev.brute_top(spec.top_m)
-    category = np.load(run / "item_category.npy")
+    found, exact = ev.search(spec)[0], ev.brute_top(spec.params.top_m)
+    category = RunDir(run).vocabulary().item_category
 
     def keys(ids):
         return Counter(("new", int(category[i])) if i >= num_old else int(i) for i in ids if i >= 0)
@@ -113,7 +111,7 @@ def main(argv=None) -> int:
     info = machine_info()
     base = work / "base"
     rebuilt = make_base(run, args.data, base, args.threads)
-    num_old = int(np.load(base / "items.npy").shape[0])
+    num_old = RunDir(base).vocabulary_size()
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         target, csv = work / f"add_{size}", work / f"new_{size}.csv"
@@ -132,7 +130,7 @@ def main(argv=None) -> int:
     command = command_line("perf.bench_items_add", argv, env=("OMP_NUM_THREADS",))
     md = "\n".join([
         provenance(command, info, cores=True), "",
-        f"Run `{run}`: {num_old:,} items, graph M={json.loads((base / 'graph' / 'meta.json').read_text())['m']}; "
+        f"Run `{run}`: {num_old:,} items, graph M={RunDir(base).graph.read_meta()['m']}; "
         f"{args.threads} insertion thread(s){rebuilt}.", "",
         "| new items | per category | model load + e_v s | graph insertion s | items/s | files + CSR export s | "
         "total s | coverage@200 | new items in exact top-200 | of them found |",

@@ -30,10 +30,11 @@ LABELS = ("Numba bitmap, 1 query per call", "Numba bitmap, {batch} queries per c
 
 def get_graph(items: int, dim: int, m: int, efc: int, seed: int):
     from nann.engine.graph import HnswGraph
+    from nann.run_dir import GraphDir
 
     d = RESULTS / f"graph_{items}_d{dim}_m{m}_efc{efc}_s{seed}"
     x = np.random.default_rng(seed).standard_normal((items, dim)).astype(np.float32)
-    if not (d / "meta.json").is_file():
+    if not GraphDir(d).exists():
         from graph_builder.build import build_graph
         build_graph(x, d, m=m, ef_construction=efc, seed=seed)
     return x, HnswGraph.load(d)

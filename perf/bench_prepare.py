@@ -1,12 +1,14 @@
-"""Peak memory of `nann data prepare` on Parquet beside the UserBehavior CSV of the same rows (a measurement,
-not a test).
+"""Peak memory of `nann data prepare` on Parquet and on a headerless `::` file (MovieLens 1M's layout) beside the
+UserBehavior CSV of the same rows (a measurement, not a test).
 
     python -m perf.bench_prepare [--rows 10000000] [--work DIR] [--no-results-md]
 
 Writes the same random interactions (rows / 100 users, 1M items, 5000 categories, timestamps over 9 days) as a
-Parquet file (row groups of 1M rows) and as a headerless UserBehavior CSV, then runs `nann data prepare` on each in
-a fresh process and prints, per format, the file size, the process's peak RSS (VmHWM) after imports and at the
-end, and the wall time. Writes the "Data prepare: formats and memory" section of perf/RESULTS.md.
+Parquet file (row groups of 1M rows), as a headerless UserBehavior CSV (read by its fast path, and by column
+position through pyarrow's CSV reader) and as the same text with `::` for the commas (by position), then runs `nann
+data prepare` on each in a fresh process and prints, per input, the file size, the process's peak RSS (VmHWM)
+after imports and at the end, and the wall time. Writes the "Data prepare: formats and
+memory" section of perf/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -27,7 +29,10 @@ import pyarrow.parquet as pq
 from perf.sections import command_line, provenance, report
 
 SECTION = "Data prepare: formats and memory"
-LABELS = {"parquet": "Parquet (`--input --columns ...`)", "userbehavior_csv": "UserBehavior CSV (`--csv`)"}
+LABELS = {"parquet": "Parquet (`--input --columns ...`)", "userbehavior_csv": "UserBehavior CSV (`--csv`)",
+          "comma_by_position": "the same CSV by position (`--input --columns user=1,...`: pyarrow's reader)",
+          "double_colon": "`::` for the commas, by position (delimiter rewritten as it streams)"}
+BY_POSITION = "user=1,item=2,category=3,behavior=4,time=5"
 CHUNK_ROWS = 1_000_000
 START = 1_511_568_000  # 2017-11-25 UTC
 # peak RSS from /proc (VmHWM): getrusage's ru_maxrss would carry over the parent's peak across exec
@@ -36,7 +41,7 @@ import sys
 def peak_kib():
     return next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
 import numpy, pyarrow, pyarrow.parquet, pyarrow.csv
-from nann.cli import main
+from nann_cli.main import main
 base = peak_kib()
 rc = main(sys.argv[1:])
 print("RSS_KB", base, peak_kib(), rc)
@@ -63,6 +68,13 @@ def write_inputs(rows: int, parquet_path: str, csv_path: str, seed: int = 0) -> 
             cw.write_table(table)
 
 
+def write_double_colon(csv_path: str, path: str) -> None:
+    """The UserBehavior CSV with '::' for every comma, block by block (no field holds a comma)."""
+    with open(csv_path, "rb") as src, open(path, "wb") as dst:
+        while block := src.read(16 << 20):
+            dst.write(block.replace(b",", b"::"))
+
+
 def measure(input_args: list[str], out: str) -> dict:
     """Run `nann data prepare` in a fresh process; its peak RSS (MiB) after imports and at the end, wall time."""
     t0 = time.perf_counter()
@@ -81,10 +93,12 @@ def markdown(res: dict, command: str, info: dict) -> str:
     rows = res["rows"]
     above = {name: (r["peak_rss_mib"] - r["rss_after_imports_mib"]) * 2**20 / rows for name, r in res["runs"].items()}
     pq_, csv = res["runs"]["parquet"], res["runs"]["userbehavior_csv"]
+    comma, dat = res["runs"]["comma_by_position"], res["runs"]["double_colon"]
     return "\n".join([
         provenance(command, info, cores=True), "",
         f"The same {rows:,} random interactions ({max(rows // 100, 3):,} users, 1M items, 5,000 categories, 9 days) "
-        f"as Parquet (row groups of {CHUNK_ROWS:,} rows) and as a headerless UserBehavior CSV; `nann data prepare` "
+        f"as Parquet (row groups of {CHUNK_ROWS:,} rows), as a headerless UserBehavior CSV (read twice: its fast path, "
+        "and by column position through pyarrow) and as that text with `::` for the commas; `nann data prepare` "
         "on each in a fresh process; peak RSS is the process's VmHWM (after the imports, and over the whole run).", "",
         "| input | file MiB | RSS after imports MiB | peak RSS MiB | peak above imports, bytes/row | wall s |",
         "|---|---|---|---|---|---|",
@@ -93,7 +107,10 @@ def markdown(res: dict, command: str, info: dict) -> str:
         "", f"From a file {csv['file_mib'] / pq_['file_mib']:.1f}× smaller, Parquet peaks at "
         f"{pq_['peak_rss_mib'] / 1024:.2f} GiB vs {csv['peak_rss_mib'] / 1024:.2f} GiB for the CSV "
         f"({above['parquet']:,.0f} vs {above['userbehavior_csv']:,.0f} bytes a row above the imports) and takes "
-        f"{pq_['wall_s'] / csv['wall_s']:.2f}× the CSV's wall time."])
+        f"{pq_['wall_s'] / csv['wall_s']:.2f}× the CSV's wall time. The `::` file, rewritten to one delimiter byte "
+        f"as it streams, peaks at {dat['peak_rss_mib'] / 1024:.2f} GiB vs {comma['peak_rss_mib'] / 1024:.2f} GiB "
+        f"for the same CSV by position ({above['double_colon']:,.0f} vs {above['comma_by_position']:,.0f} bytes a "
+        f"row) and takes {dat['wall_s'] / comma['wall_s']:.2f}× its wall time."])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,13 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(work, exist_ok=True)
     try:
         parquet_path, csv_path = os.path.join(work, "interactions.parquet"), os.path.join(work, "UserBehavior.csv")
+        dat_path = os.path.join(work, "interactions.dat")
         t0 = time.perf_counter()
         write_inputs(args.rows, parquet_path, csv_path)
-        print(f"wrote {args.rows:,} rows twice in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        write_double_colon(csv_path, dat_path)
+        print(f"wrote {args.rows:,} rows three times in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
         runs = {"parquet": (parquet_path, ["--input", parquet_path, "--columns",
                                            "user=user_id,item=item_id,category=category_id,behavior=behavior_type,"
                                            "time=timestamp"]),
-                "userbehavior_csv": (csv_path, ["--csv", csv_path])}
+                "userbehavior_csv": (csv_path, ["--csv", csv_path]),
+                "comma_by_position": (csv_path, ["--input", csv_path, "--columns", BY_POSITION]),
+                "double_colon": (dat_path, ["--input", dat_path, "--columns", BY_POSITION])}
         results = {}
         for name, (path, input_args) in runs.items():
             r = measure(input_args, os.path.join(work, f"data_{name}"))

@@ -2,7 +2,8 @@
 
     python -m perf.bench_train [--work DIR] [--samples 421000] [--repeats 1]
 
-Data: `nann data synth --users 8000 --items 20000 --seed 7` (where the slowdown was reported), prepared as usual.
+Data: `nann data synth --users 8000 --items 20000 --seed 7` (where the slowdown was reported), prepared with
+held-out users (`--split users`, the split the figures were measured on).
 Each variant runs `nann train --negatives 20 --max-samples SAMPLES --batch-size 256 --denormals {keep,flush}`
 (the same threads, seed and samples); steps/s come from the run's train_log.jsonl (every 50 steps), reported for
 the first and the last quarter of the epoch, since denormals appear as training goes on (tiny FGSM gradients and
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nann.steps import run_step
+from nann.run_dir import RunDir
+from nann_cli.steps import run_step
 from perf.run import machine_info
 from perf.sections import command_line, provenance, report
 
@@ -46,8 +48,8 @@ def main(argv=None) -> int:
     info = machine_info()
     raw, data = work / "raw", work / "data"
     run_step("synth", ["data", "synth", "--out", str(raw), *SYNTH], raw / "UserBehavior.csv")
-    run_step("prepare", ["data", "prepare", "--csv", str(raw / "UserBehavior.csv"), "--out", str(data)],
-             data / "stats.json")
+    run_step("prepare", ["data", "prepare", "--csv", str(raw / "UserBehavior.csv"), "--out", str(data),
+                         "--split", "users"], data / "stats.json")
     results = {}
     for mode in ("keep", "flush"):
         run = work / f"run_{mode}"
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
                                                "--max-samples", str(args.samples), "--batch-size", str(BATCH),
                                                "--eval-users", "20", "--threads", str(args.threads),
                                                "--denormals", mode], None)
-        results[mode] = steps_per_s(run / "train_log.jsonl")
+        results[mode] = steps_per_s(RunDir(run).train_log_file)
     ratio = results["flush"]["last_quarter"] / results["keep"]["last_quarter"]
     md = "\n".join([
         provenance(command_line("perf.bench_train", argv), info), "",

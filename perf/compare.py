@@ -1,7 +1,7 @@
 """Side-by-side retrieval benchmark: same data, same test users, same machine, one run.
 
 For one item count |V| it synthesises and prepares data and trains three models through the project's CLI
-(`nann.cli.main`; steps whose outputs exist are skipped, so a rerun only measures):
+(`nann_cli.main.main`; steps whose outputs exist are skipped, so a rerun only measures):
   (a) `nann`      — the attention model with FGSM (NANN),
   (b) `sl2g`      — the attention model without FGSM (`--fgsm-eps 0`),
   (c) `two_tower` — `--arch two-tower` (user vector · item vector),
@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nann.engine.params import PAPER_SEARCH, default_search
-from nann.steps import run_step
+from nann.engine.params import DEFAULT_SEARCH, PAPER_SEARCH, default_search
+from nann.run_dir import RunDir
+from nann_cli.steps import run_step
 
 TOP_M = 200
 PAPER_ROUNDS = PAPER_SEARCH.rounds
@@ -104,16 +105,17 @@ def prepare(work: Path, sc: Scale) -> tuple[dict, list]:
     log: list = []
     _cli("synth", ["data", "synth", "--out", str(raw), "--users", str(sc.users), "--items", str(sc.items),
                    "--categories", str(sc.categories), "--seed", "0"], raw / "UserBehavior.csv", log)
-    _cli("prepare", ["data", "prepare", "--csv", str(raw / "UserBehavior.csv"), "--out", str(data),
-                     "--test-users", str(sc.test_users), "--val-users", str(sc.val_users)], data / "meta.json", log)
+    _cli("prepare", ["data", "prepare", "--csv", str(raw / "UserBehavior.csv"), "--out", str(data),  # the paper's split
+                     "--split", "users", "--test-users", str(sc.test_users), "--val-users", str(sc.val_users)],
+         data / "meta.json", log)
     runs = {}
     for name, extra in MODELS.items():
         run = work / f"run_{name}"
         _cli(f"train {name}", ["train", "--data", str(data), "--run", str(run), *sc.train, *extra],
-             run / "item_embeddings.npy", log)
+             RunDir(run).item_embeddings_file, log)
         runs[name] = run
     for name in GRAPHS:
-        _cli(f"graph {name}", ["graph", "--run", str(runs[name]), *sc.graph], runs[name] / "graph" / "meta.json", log)
+        _cli(f"graph {name}", ["graph", "--run", str(runs[name]), *sc.graph], RunDir(runs[name]).graph.meta_file, log)
     return {"data": data, **runs}, log
 
 
@@ -159,7 +161,7 @@ def two_tower(run: Path, data: Path, n_users: int, nann_exact: np.ndarray, targe
     if rt.state_names != ["user_vec"]:
         raise RuntimeError(f"{run} is not a two-tower run (state {rt.state_names})")
     test = PreparedData.load(str(data)).test
-    vecs = np.ascontiguousarray(np.load(run / "item_embeddings.npy"), dtype=np.float32)
+    vecs = np.ascontiguousarray(RunDir(run).item_embeddings(mmap=False), dtype=np.float32)
     n, d = vecs.shape
     t0 = time.perf_counter()
     index = hnswlib.Index(space="ip", dim=d)
@@ -255,11 +257,11 @@ def compare(work: Path, sc: Scale) -> dict:
                          (BEAM_PAPER, replace(PAPER_SEARCH, top_m=TOP_M)),
                          (BEAM_FRONTIER,
                           replace(PAPER_SEARCH, rounds=FRONTIER_ROUNDS, frontier=FRONTIER, top_m=TOP_M))):
-        found, scored, _ = ev.search(MethodSpec("beam", **asdict(params)))
+        found, scored, _ = ev.search(MethodSpec("beam", params))
         add(name, "nann", found, exact, scored,
             lat(lambda f, h: beam_search(ev.graph, 1, f, params, ev.grid, histories=[h]), ev,
                 sc.eval_users), ev)
-    hnsw = MethodSpec("hnsw", (HNSW_EF0,), (1,), TOP_M)
+    hnsw = MethodSpec("hnsw", replace(DEFAULT_SEARCH, ef=(HNSW_EF0,), rounds=(1,), top_m=TOP_M))
     found, scored, _ = ev.search(hnsw)
     add(f"NANN-HNSW (ef0 {HNSW_EF0})", "nann", found, exact, scored,
         lat(lambda f, h: hnsw_search(ev.graph, 1, f, HNSW_EF0, TOP_M, ev.grid), ev, sc.hnsw_latency_users), ev)

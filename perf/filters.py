@@ -43,7 +43,7 @@ def blocked_sets(num_items: int, fractions: list[float], seed: int) -> list[tupl
 
 
 def wait_for_version(metrics_url: str, version: int, timeout: float = 60.0) -> None:
-    from nann.query import metric_value
+    from nann_cli.query import metric_value
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -65,16 +65,17 @@ def measure(args) -> dict:
     from graph_builder.build import build_graph, score_metric
     from nann.data.prepared import PreparedData
     from nann.engine.graph import HnswGraph
+    from nann.run_dir import GraphDir, RunDir
 
     run, work = Path(args.run), Path(args.run) / "quality" / "graph_metric"
     work.mkdir(parents=True, exist_ok=True)
     split = PreparedData.load(args.data).val
     val = ScoreCache.build(run, split, args.users, run / "quality" / f"scores_val{args.users}.npy")
     full, histories, targets = val.scores, val.histories, val.targets
-    emb = np.load(run / "item_embeddings.npy").astype(np.float32)
+    emb = RunDir(run).item_embeddings(mmap=False).astype(np.float32)
     transform_path = work / "score_transform.npy"
     if not transform_path.is_file():
-        np.save(transform_path, score_metric(run, emb, args.data, 100))
+        np.save(transform_path, score_metric(RunDir(run), emb, args.data, 100))
     transform = np.load(transform_path, allow_pickle=False)
     seeds = [int(s) for s in args.graph_seeds.split(",")]
     rows = []
@@ -87,7 +88,7 @@ def measure(args) -> dict:
             graphs = []
             for seed in seeds:
                 d = work / f"{ids.size}_{metric}_s{seed}"
-                if not (d / "meta.json").is_file():
+                if not GraphDir(d).exists():
                     build_graph(emb[ids], d, seed=seed, transform=transform if metric == "score" else None)
                 graphs.append(HnswGraph.load(d))
             print(f"[graph_metric] {ids.size} items, {metric}: replaying", file=sys.stderr)

@@ -16,15 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from nann.data.prepared import PreparedData
-from nann.engine.params import default_search
+from nann.engine.params import DEFAULT_SEARCH, default_search
 from nann.evaluate import Evaluator, MethodSpec, plot_curves, sweep_specs
-from nann.steps import run_step
+from nann.run_dir import RunDir
+from nann_cli.steps import run_step
 from perf.run import machine_info
 from perf.sections import command_line, provenance, update_section
 
@@ -35,8 +36,8 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 def ensure_run(data: Path, run: Path, arch: str, fgsm_eps: float, train_args: list[str], extra=()) -> Path:
     run_step(f"train {run.name}", ["train", "--data", data, "--run", run, "--arch", arch, "--fgsm-eps", fgsm_eps,
-                                    *train_args, *extra], run / "scorer.onnx")
-    run_step(f"graph {run.name}", ["graph", "--run", run], run / "graph" / "meta.json")
+                                    *train_args, *extra], RunDir(run).scorer_file)
+    run_step(f"graph {run.name}", ["graph", "--run", run], RunDir(run).graph.meta_file)
     return run
 
 
@@ -131,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     note = (f"Data {data}; every model `nann train {args.train_args}` (FGSM ε {args.fgsm_eps:g} where 'yes'), "
             f"`nann graph` defaults; {args.users} test users, M = 200.")
     # the catalogue's search defaults (default_search; every run here has the same items)
-    served = MethodSpec("beam", **asdict(default_search(PreparedData.load(str(data)).vocab.num_items)))
-    hnsw = MethodSpec("hnsw", (400,), (1,))
+    served = MethodSpec("beam", default_search(PreparedData.load(str(data)).vocab.num_items))
+    hnsw = MethodSpec("hnsw", replace(DEFAULT_SEARCH, ef=(400,), rounds=(1,)))
     if not args.skip_table:
         results = []
         for (arch, fgsm), run in runs.items():
@@ -151,9 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_figure:
         nann_eval = evaluator(ensure_run(data, runs[("attention", True)], "attention", args.fgsm_eps, train_args))
         sl2g_eval = evaluator(ensure_run(data, runs[("attention", False)], "attention", 0.0, train_args))
+        unseeded = replace(served, params=replace(served.params, seeds=0))
         curves = {
             "NANN beam, seeded (defaults; last-layer ef swept)": [nann_eval.evaluate(s) for s in sweep_specs(served)],
-            "NANN beam, no seeds": [nann_eval.evaluate(s) for s in sweep_specs(replace(served, seeds=0))],
+            "NANN beam, no seeds": [nann_eval.evaluate(s) for s in sweep_specs(unseeded)],
             "NANN-HNSW (FGSM)": [nann_eval.evaluate(s) for s in sweep_specs(hnsw)],
             "SL2G (no FGSM)": [sl2g_eval.evaluate(s) for s in sweep_specs(hnsw)],
         }

@@ -114,6 +114,13 @@ class ScoreCache:
                users: np.ndarray | None = None, batch: int = 64) -> UserQuality:
         """Run the engine for ``users`` (default: all) against the cached scores; their per-user quality."""
         users = np.arange(self.num_users) if users is None else np.sort(np.asarray(users))
+        return self.quality(*self.search(graph, params, method, ef0, users, batch), users)
+
+    def search(self, graph, params: SearchParams | None = None, method: str = "beam", ef0: int = 400,
+               users: np.ndarray | None = None, batch: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The engine's answers for ``users`` (sorted; default: all) against the cached scores: (top-M dense ids
+        [U, M], -1 padding; items scored [U]; rounds [U])."""
+        users = np.arange(self.num_users) if users is None else users
         found = np.full((users.shape[0], self.top_m), -1, dtype=np.int64)
         scored = np.zeros(users.shape[0], dtype=np.int64)
         rounds = np.zeros(users.shape[0], dtype=np.int64)
@@ -135,7 +142,7 @@ class ScoreCache:
             found[s:s + len(idx), :res.ids.shape[1]] = res.ids[:, :self.top_m]
             scored[s:s + len(idx)] = res.n_scored
             rounds[s:s + len(idx)] = res.rounds
-        return self.quality(found, scored, rounds, users)
+        return found, scored, rounds
 
     def quality(self, found: np.ndarray, scored: np.ndarray, rounds: np.ndarray, users: np.ndarray) -> UserQuality:
         exact, targets = self.exact[users], self.targets[users, None]

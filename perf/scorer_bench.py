@@ -84,10 +84,12 @@ def reference_bound(seconds: float, repeats: int, candidates: int = 16_384) -> d
 
 def our_scorer(run_dir: Path, seconds: float, repeats: int) -> dict:
     """Candidates/s of the run's scorer through ModelRuntime, per backend and shape."""
-    from nann.model import ModelConfig, per_candidate_macs
+    from nann.model import ModelConfig
+    from nann.model_split import per_candidate_macs
+    from nann.run_dir import RunDir
     from nann.runtime import ModelRuntime
 
-    cfg = ModelConfig.from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
+    cfg = ModelConfig.from_dict(RunDir(run_dir).read_config())
     macs = per_candidate_macs(cfg)["after"]
     rng = np.random.default_rng(0)
     out = {"macs_per_candidate": macs}

@@ -48,20 +48,21 @@ def graph_dir(run: Path, metric: str, m: int, efc: int, seed: int) -> Path:
 def build_graphs(run: Path, data: Path, spec: tuple[str, int, int], seeds: list[int]) -> list[dict]:
     """Build (or reuse) one graph per seed; returns [{"dir", "seconds"}]."""
     from graph_builder.build import build_graph, score_metric
+    from nann.run_dir import GraphDir, RunDir
 
     metric, m, efc = spec
-    emb = np.load(run / "item_embeddings.npy").astype(np.float32)
+    emb = RunDir(run).item_embeddings(mmap=False).astype(np.float32)
     out = []
     for seed in seeds:
         d = graph_dir(run, metric, m, efc, seed)
-        if not (d / "meta.json").is_file():
+        graph = GraphDir(d)
+        if not graph.exists():
             t0 = time.perf_counter()
-            transform = score_metric(run, emb, str(data), seed) if metric == "score" else None
+            transform = score_metric(RunDir(run), emb, str(data), seed) if metric == "score" else None
             build_graph(emb, d, m=m, ef_construction=efc, seed=seed, transform=transform)
-            meta = json.loads((d / "meta.json").read_text())
-            meta["total_seconds"] = round(time.perf_counter() - t0, 1)  # metric + hnswlib build + export
-            (d / "meta.json").write_text(json.dumps(meta, indent=1))
-        meta = json.loads((d / "meta.json").read_text())
+            # metric + hnswlib build + export
+            graph.write_meta({**graph.read_meta(), "total_seconds": round(time.perf_counter() - t0, 1)})
+        meta = graph.read_meta()
         out.append({"dir": d, "seconds": meta.get("total_seconds", meta.get("build_seconds"))})
     return out
 

@@ -60,9 +60,10 @@ def process_tree_rss(pid: int) -> int:
 
 def repo_item_ids(repo: Path) -> np.ndarray:
     """Raw item ids the served index knows (the newest version of the `retrieve` model)."""
+    from nann.run_dir import RunDir
     from nann.serving.repository import model_versions
 
-    return np.load(model_versions(repo / "retrieve")[-1] / "items.npy", allow_pickle=False)
+    return RunDir(model_versions(repo / "retrieve")[-1]).vocabulary().items
 
 
 def random_histories(item_ids: np.ndarray, count: int = 512, seed: int = 0, max_len: int = 60) -> list[list[int]]:

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
 
 
 def run_cli(*argv: str) -> None:
@@ -20,7 +20,7 @@ def tiny_run(tmp_path_factory) -> SimpleNamespace:
     raw, data, run = work / "raw", work / "data", work / "run"
     run_cli("data", "synth", "--out", raw, "--users", 800, "--items", 3000, "--categories", 40, "--seed", 1)
     run_cli("data", "prepare", "--csv", raw / "UserBehavior.csv", "--out", data, "--test-users", 120,
-            "--val-users", 40)
+            "--val-users", 40, "--split", "users")  # held-out users, as the tests using this run were written for
     run_cli("train", "--data", data, "--run", run, "--epochs", 1, "--negatives", 10, "--max-samples", 8000,
             "--batch-size", 256, "--eval-users", 50)
     run_cli("graph", "--run", run, "--m", 8, "--ef-construction", 40)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from nann.cli import _build_parser
+from nann_cli.main import _build_parser
 
 
 def options(parser: argparse.ArgumentParser, path: tuple[str, ...] = ("nann",)):

@@ -168,6 +168,25 @@ def test_options_sent_only_when_given():
     assert empty.datatype() == "INT64" and empty.shape() == [1, 0]
 
 
+def test_the_sdk_options_are_the_served_inputs():
+    """The SDK keeps its own table of the optional inputs (it installs without the server package): it names, types
+    and shapes them as the server's REQUEST_INPUTS, takes the server's default search, and takes a search tunable's
+    least served value but refuses the one below."""
+    from nann_client import _common
+
+    from nann.engine.params import TUNABLES
+    from nann.serving.requests import REQUEST_INPUTS, ServingLimits
+
+    assert [(o.name, o.datatype, o.dims) for o in _common.OPTIONS] == [(i.name, i.dtype, i.dims) for i in REQUEST_INPUTS]
+    options, limits = {o.name: o for o in _common.OPTIONS}, ServingLimits()
+    for t in TUNABLES:
+        option, default = options[t.name], limits.default(t.name)
+        assert option.check(t.name, default).shape == ((1, len(default)) if t.per_layer else (1, 1))
+        option.check(t.name, [t.request_low] if t.per_layer else t.request_low)
+        with pytest.raises(InvalidRequestError):
+            option.check(t.name, [t.request_low - 1] if t.per_layer else t.request_low - 1)
+
+
 def test_filters_are_built_as_the_server_expects_and_checked_locally():
     from nann_client import _common
 
@@ -471,7 +490,7 @@ def test_stopped_server_unavailable_with_retries_then_recovers(tmp_path):
 # ------------------------------------------------------------------ nann query
 
 def run_cli(argv, capsys):
-    from nann.cli import main
+    from nann_cli.main import main
 
     code = main(argv)
     out, err = capsys.readouterr()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from nann_client import AsyncNannClient, InvalidRequestError, NannClient
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
 
 pytestmark = pytest.mark.serving
 
@@ -98,7 +98,7 @@ def test_info_comes_from_the_server(served):
         info = client.info()
         assert client.ready()
     assert info.num_items == served.info["num_items"]
-    assert info.scorer_backend == "onnxruntime"
+    assert info.scorer_backend == "onnxruntime" and info.raw["scorer_in_process"] is False  # behind BLS
     assert info.max_k == 1000
     assert info.defaults["seeds"] == served.info["defaults"]["seeds"] and info.limits["max_seeds"] == 50
     assert info.raw["unknown_ids"] == "skip"

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nann.cli import main as cli_main
-from nann.data import tabular
+from nann_cli.main import main as cli_main
+from nann.data import delimited, tabular
 from nann.data.inputs import read_input
 from nann.data.prepare import prepare_arrays
 from nann.data.string_ids import string_id
@@ -55,7 +55,8 @@ def file_for(tmp_path, fmt, rows, header=HEADER):
 
 
 def prepare(path, out, *extra):
-    args = ["data", "prepare", "--input", str(path), "--out", str(out), "--min-behaviors", "3", "--max-seq", "4",
+    args = ["data", "prepare", "--input", str(path), "--out", str(out), "--split", "users", "--min-behaviors", "3",
+            "--max-seq", "4",
             "--test-users", "4", "--val-users", "4", *map(str, extra)]
     assert cli_main(args) == 0
     return out
@@ -160,7 +161,7 @@ BAD_TEXT_ROWS = [  # (line in the file with the header, kind)
 @pytest.mark.parametrize("fmt", ["csv", "tsv"])
 @pytest.mark.parametrize("block", [32, 1 << 20])
 def test_malformed_rows_counted_in_delimited_text(tmp_path, monkeypatch, fmt, block):
-    monkeypatch.setattr(tabular, "CSV_BLOCK_BYTES", block)  # small blocks: line numbers across blocks
+    monkeypatch.setattr(delimited, "BLOCK_BYTES", block)  # small blocks: line numbers across blocks
     sep = "\t" if fmt == "tsv" else ","
     text = "\n".join([sep.join(HEADER)] + [line.replace(",", sep) for line, _ in BAD_TEXT_ROWS]) + "\n"
     path = tmp_path / f"bad.{fmt}"
@@ -219,7 +220,7 @@ def test_stable_order_when_timestamps_span_too_wide_to_pack():
     item = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
     ts = np.array([2 ** 62, 0, 7, 9, 7, 9, 0, 7, 3, 3])
     o = prepare_arrays(user, item, np.zeros_like(item), ts, max_seq=5, min_behaviors=2, val_users=0,
-                       test_users=0, seed=0)
+                       test_users=0, seed=0, split="users")
     tr = o["train"]
     seqs = [o["items"][tr["items"][tr["offsets"][k]:tr["offsets"][k + 1]]].tolist() for k in range(3)]
     assert seqs == [[9, 10], [7, 3, 5, 8, 1], [2, 4, 6]]
@@ -291,7 +292,7 @@ def test_format_detection_and_option_errors(tmp_path, capsys):
         ((hdr, "--columns", "user=uid,thing=iid,time=ts"), "ROLE=COLUMN"),
         ((hdr, "--columns", MAPPING, "--min-rating", "3"), "--min-rating needs a rating column"),
         ((hdr, "--columns", MAPPING, "--hash-ids", "movie"), "--hash-ids takes roles"),
-        ((ub, "--columns", MAPPING, "--format", "userbehavior"), "--columns apply to header CSV"),
+        ((ub, "--columns", MAPPING, "--format", "userbehavior"), "--columns apply to delimited text"),
         ((hdr, "--columns", MAPPING, "--format", "parquet"), "cannot read .* as parquet"),
         ((str(tmp_path / "nope.csv"),), "input file not found"),
     ]

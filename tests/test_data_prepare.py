@@ -32,9 +32,10 @@ def write_csv(path, rows=ROWS):
 
 
 def prep_args(csv, out, **kw):
-    a = dict(csv=csv, input=None, format="auto", columns=None, delimiter=None, hash_ids=None, min_rating=None,
-             time_window=None, out=str(out), max_seq=2, min_behaviors=3, test_users=10_000, val_users=10_000,
-             max_malformed=0.01, seed=0)
+    a = dict(csv=csv, input=None, format="auto", columns=None, delimiter=None, encoding=None, no_header=False,
+             hash_ids=None, min_rating=None, time_window=None, items=None, item_columns=None, item_delimiter=None,
+             category_separator="|", out=str(out), split="users", max_seq=2, min_behaviors=3, test_users=10_000,
+             val_users=10_000, max_malformed=0.01, seed=0)
     a.update(kw)
     return argparse.Namespace(**a)
 
@@ -83,7 +84,7 @@ def test_split_rules_exact(tmp_path, seed):
             counts[ITEMS.index(it)] += 1
     np.testing.assert_array_equal(d.item_counts, counts)
     meta = json.loads((out / "meta.json").read_text())
-    assert meta == {"format_version": 1, "max_seq": 2, "min_behaviors": 3, "seed": seed}
+    assert meta == {"format_version": 1, "max_seq": 2, "min_behaviors": 3, "seed": seed, "split": "users"}
     st = d.stats
     assert (st["users"], st["items"], st["categories"], st["rows"], st["valid_rows"]) == (4, 5, 3, 24, 24)
     assert st["train_users"] + st["val_users"] + st["test_users"] == 4
@@ -102,7 +103,8 @@ def test_targets_all_users_max_seq_and_lengths():
     users, items, ts = map(np.array, (users, items, ts))
     perm = rng.permutation(users.shape[0])
     u, i, t = users[perm], items[perm], ts[perm]
-    o = prepare_arrays(u, i, np.zeros_like(i), t, max_seq=5, min_behaviors=4, val_users=15, test_users=15, seed=3)
+    o = prepare_arrays(u, i, np.zeros_like(i), t, max_seq=5, min_behaviors=4, val_users=15, test_users=15, seed=3,
+                       split="users")
     vocab = o["items"]
     assert o["counts"]["users"] == sum(1 for k in range(200) if 2 + k % 39 >= 4)
     # reference: stable sort by time within each user (file order = perm order)

@@ -2,7 +2,7 @@ import hashlib
 
 import numpy as np
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
 from nann.data.reader import read_user_behavior
 from nann.data.synth import WINDOW_SECONDS, WINDOW_START, synthesize
 

@@ -167,7 +167,7 @@ def test_load_dr_rejects_other_runs(tmp_path):
 
 
 def test_cli_trains_and_evaluates_deep_retrieval(tmp_path, capsys):
-    from nann.cli import main as cli_main
+    from nann_cli.main import main as cli_main
 
     data, run = tmp_path / "data", tmp_path / "run"
     data.mkdir()

@@ -75,11 +75,13 @@ def test_grid():
     assert CandidateGrid.unpadded(7).pad_size(5) == 5
 
 
-def test_grid_by_backend_and_its_json():
-    """TensorRT gets the padded grid (its profiles), the CPU runtimes an unpadded one; both survive the JSON the
-    export writes into `retrieve`'s config."""
-    padded, unpadded = CandidateGrid.for_backend("tensorrt"), CandidateGrid.for_backend("onnxruntime")
-    assert padded.sizes == CandidateGrid().sizes and CandidateGrid.for_backend("torch").sizes is None
+def test_grid_by_runtime_and_its_json():
+    """TensorRT gets the padded grid (its profiles), the CPU runtimes an unpadded one (nann.scorers); both survive the
+    JSON the export writes into `retrieve`'s config."""
+    from nann.scorers import runtime
+
+    padded, unpadded = runtime("tensorrt").grid(), runtime("onnxruntime").grid()
+    assert padded.sizes == CandidateGrid().sizes and runtime("torch").grid().sizes is None
     assert unpadded.sizes is None and unpadded.max_size == padded.max_size and unpadded.pad_size(59) == 59
     for g in (padded, unpadded, CandidateGrid([1, 16, 32, 64], 64)):
         back = CandidateGrid.from_json(json.loads(json.dumps(g.to_json())))
@@ -146,8 +148,9 @@ def test_default_search_widens_with_the_catalogue():
     assert searches[2].ef[-1] == 1190 and searches[2].frontier == 34  # 300 × (1M / 100k)^0.6, 16 × 10^(1/3)
     # a catalogue whose default list is longer than the usual request maximum can still be served by default
     limits = ServingLimits.for_catalogue(10_000_000)
-    assert limits.default_ef == searches[-1].ef and limits.max_ef >= searches[-1].ef[-1] > ServingLimits.max_ef
-    assert ServingLimits.for_catalogue(5_000, max_seq=3).default_seeds == 3
+    assert limits.defaults.ef == searches[-1].ef
+    assert limits.maximum("ef") >= searches[-1].ef[-1] > ServingLimits().maximum("ef")
+    assert ServingLimits.for_catalogue(5_000, max_seq=3).defaults.seeds == 3
 
 
 def test_batched_equals_single(medium):
@@ -280,13 +283,15 @@ def test_layers_dropped_or_ignored(small):
     assert (c.n_scored >= len(g.nodes_at_level(1))).all()
 
 
-def test_small_ef0_pads(small):
+def test_the_last_list_holds_top_m_whatever_its_ef(small):
+    """ef 5 on layer 0 with top_m 12 walks as ef 12 (SearchParams.walk_ef, hnswlib's max(ef, k)): 12 items come back,
+    the same as asking for ef 12."""
     x, g, _ = small
     score = dot_scorer(x, 2, seed=9)
     res = beam_search(g, 2, score, SearchParams((2, 3, 5), (1, 1, 1), top_m=12))
-    assert res.ids.shape == (2, 12)
-    assert (res.ids[:, 5:] == -1).all() and np.isneginf(res.scores[:, 5:]).all()
-    assert (res.ids[:, :5] >= 0).all()
+    wide = beam_search(g, 2, score, SearchParams((2, 3, 12), (1, 1, 1), top_m=12))
+    assert res.ids.shape == (2, 12) and (res.ids >= 0).all()
+    assert (res.ids == wide.ids).all() and (res.scores == wide.scores).all() and (res.n_scored == wide.n_scored).all()
 
 
 # ----------------------------------------------------------------------------- HNSW retrieval
@@ -342,12 +347,15 @@ def test_handmade_path_graph():
     assert g.nodes_at_level(1).tolist() == [0, 5]
     score = lambda o, i: -np.abs(i - 9).astype(np.float32)  # noqa: E731  best item: 9
     r = beam_search(g, 1, score, SearchParams((1, 1), (1, 2), top_m=2))
-    # layer 1: {0, 5} scored, ep = 5; layer 0, two rounds: {4, 6} -> W={6}, then {7} -> W={7}
-    assert r.ids[0].tolist() == [7, -1] and r.n_scored[0] == 5 and r.rounds[0] == 3
-    r = beam_search(g, 1, score, SearchParams((1, 1), (1, 10), top_m=3))
-    assert r.ids[0].tolist() == [9, -1, -1]
+    # layer 1: {0, 5} scored, ep = 5; layer 0 (its list holds top_m = 2), two rounds: {4, 6} -> W={6, 5}, then {7}
+    assert r.ids[0].tolist() == [7, 6] and r.n_scored[0] == 5 and r.rounds[0] == 3
     r = beam_search(g, 1, score, SearchParams((1, 3), (1, 10), top_m=3))
     assert r.ids[0].tolist() == [9, 8, 7] and r.n_scored[0] == 8   # {0,5}, {4,6}, {3,7}, {8}, {9}
+    narrow = beam_search(g, 1, score, SearchParams((1, 1), (1, 10), top_m=3))  # walks as ef 3
+    assert narrow.ids[0].tolist() == [9, 8, 7] and narrow.n_scored[0] == 8
+    # fewer items than top_m: -1 padding (0, scored on layer 1 and dropped there, is not scored again)
+    r = beam_search(g, 1, score, SearchParams((1, 1), (1, 10), top_m=12))
+    assert r.ids[0].tolist() == [9, 8, 7, 6, 5, 4, 3, 2, 1, -1, -1, -1] and np.isneginf(r.scores[0, 9:]).all()
     # frontier 1: only the best new entry is expanded per round, so 4 (behind the walk) never is
     r = beam_search(g, 1, score, SearchParams((1, 3), (1, 10), top_m=3, frontier=1))
     assert r.ids[0].tolist() == [9, 8, 7] and r.n_scored[0] == 7   # {0,5}, {4,6}, {7}, {8}, {9}

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
+from nann.errors import UserError
 from nann.serving.export import export_repository
 from nann.serving.repository import ArtifactError, verify_repository
 from nann.serving.requests import parse_search
@@ -324,8 +325,9 @@ def second_run(tiny_run, tmp_path_factory):
     run2 = tmp_path_factory.mktemp("run2") / "run"
     shutil.copytree(tiny_run.run, run2, ignore=shutil.ignore_patterns("graph", "checkpoint"))
     run_cli("graph", "--run", run2, "--m", 4, "--ef-construction", 12)
-    narrow = replace(OfflineRetriever(tiny_run.run).limits, default_ef=(1, 1, 1, 20), default_rounds=(1, 1, 1, 2),
-                     default_frontier=2, default_seeds=0)
+    limits = OfflineRetriever(tiny_run.run).limits
+    narrow = replace(limits, defaults=replace(limits.defaults, ef=(1, 1, 1, 20), rounds=(1, 1, 1, 2), frontier=2,
+                                              seeds=0))
     return SimpleNamespace(run=run2, limits=narrow)
 
 

@@ -164,7 +164,7 @@ def test_offline_retriever_with_filters_equals_brute_force_over_the_eligible_ite
     vocab = data.vocab
     rng = np.random.default_rng(0)
     blocked = rng.choice(vocab.items, vocab.num_items // 3, replace=False)
-    limits = ServingLimits(max_ef=10_000)  # an exhaustive walk: the answer must be exact
+    limits = ServingLimits(maxima={"ef": 10_000})  # an exhaustive walk: the answer must be exact
     offline = OfflineRetriever(run.run, limits=limits, blocked=np.concatenate([blocked, [123456789]]))
     params = parse_search(limits, k=25, ef=[5000] * 3, rounds=[64] * 3, frontier=0)
     cats = np.unique(vocab.categories[vocab.item_category])[:6]
@@ -179,8 +179,11 @@ def test_offline_retriever_with_filters_equals_brute_force_over_the_eligible_ite
 
 
 def test_evaluate_with_filters_measures_against_brute_force_over_the_eligible_items(tiny, tmp_path, capsys):
-    from nann.cli import main as cli_main
+    from dataclasses import replace
+
+    from nann.engine.params import DEFAULT_SEARCH
     from nann.evaluate import Evaluator, MethodSpec
+    from nann_cli.main import main as cli_main
 
     run, data, histories, _ = tiny
     blocked = data.vocab.items[::2]
@@ -188,7 +191,7 @@ def test_evaluate_with_filters_measures_against_brute_force_over_the_eligible_it
     exact = ev.brute_top(50)
     assert (exact >= 0).all() and not np.isin(exact, np.arange(0, data.vocab.num_items, 2)).any()
     assert not any(np.isin(exact[u], ev.test.history(u)).any() for u in range(12))
-    m = ev.evaluate(MethodSpec("beam", top_m=50))
+    m = ev.evaluate(MethodSpec("beam", replace(DEFAULT_SEARCH, top_m=50)))
     assert m["coverage"] > 0.8 and m["filters"]["blocked_items"] == blocked.size and m["filters"]["exclude_history"]
     np.save(tmp_path / "blocked.npy", blocked)
     assert cli_main(["evaluate", "--run", str(run.run), "--data", str(run.data), "--users", "12", "--top-m", "50",

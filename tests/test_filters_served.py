@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from nann_client import AsyncNannClient, NannClient
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
 from nann.serving.filters import write_blocked
 from nann.serving.requests import NO_FILTERS, parse_filters, parse_search
 from nann.serving.retrieval import OfflineRetriever

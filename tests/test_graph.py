@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from graph_builder.build import build_graph, build_index, export_index
-from nann.engine.graph import HNSW_INDEX, HnswGraph
+from nann.engine.graph import HnswGraph
+from nann.run_dir import GraphDir
 from nann.errors import UserError
 
 
@@ -117,7 +118,7 @@ def test_main_requires_embeddings(tmp_path):
     assert main(args) == 0  # a rebuild swaps in a new directory: files an export hard-links are never rewritten
     assert (tmp_path / "graph" / "layer0_indices.npy").stat().st_ino != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["graph", "item_embeddings.npy"]
-    assert (tmp_path / "graph" / HNSW_INDEX).is_file()
+    assert (tmp_path / "graph" / GraphDir.HNSW_INDEX).is_file()
 
 
 def test_main_auto_metric_follows_the_catalogue_size(tmp_path, capsys):

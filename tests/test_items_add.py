@@ -10,23 +10,25 @@ import shutil
 import numpy as np
 import pytest
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
 from nann.data.prepared import PreparedData, Vocabulary
-from nann.engine.graph import HNSW_INDEX, HnswGraph
+from nann.engine.graph import HnswGraph
 from nann.engine.search import brute_force
 from nann.errors import UserError
+from nann.run_dir import STAGING, GraphDir, RunDir
 from nann.runtime import ModelRuntime
-from nann.serving.export import check_run, export_repository
+from nann.serving.export import export_repository
 from nann.serving.repository import verify_repository
 from nann.serving.requests import ServingLimits, parse_search
 from nann.serving.retrieval import OfflineRetriever
 from trainer import add_items as add_module
 
+HNSW_INDEX = GraphDir.HNSW_INDEX
 K = 20
 # The widest search the limits allow: the walk then scores ~99% of the tiny run's items, so a new item in the
 # brute-force top-K is missed only if the graph does not link it (what these tests are about); the default search's
 # misses depend on the trained model and graph build, which differ between CPUs.
-WIDEST = {"ef": [ServingLimits().max_ef] * 3, "rounds": [ServingLimits().max_rounds] * 3, "frontier": 0}
+WIDEST = {"ef": [ServingLimits().maximum("ef")] * 3, "rounds": [ServingLimits().maximum("rounds")] * 3, "frontier": 0}
 
 
 def copy_run(run, dst):
@@ -74,7 +76,7 @@ def test_old_ids_keep_their_dense_ids(tiny_run, items_added):
     meta = json.loads((new / "graph" / "meta.json").read_text())
     assert meta["num_items"] == n + a and meta["added_items"] == a and meta["metric"] == "score"
     assert HnswGraph.load(new / "graph").num_items == n + a
-    check_run(new)
+    RunDir(new).check_servable()
 
 
 def test_new_items_get_the_category_only_e_v_in_both_tables(items_added):
@@ -181,6 +183,22 @@ def test_known_repeated_and_malformed_rows_are_counted(items_added, tmp_path, ca
     assert "nothing to add" in capsys.readouterr().out  # idempotent: a second run adds nothing
 
 
+def test_items_file_as_prepare_reads_it(items_added, tmp_path, capsys):
+    """A movies.dat-style file (`::`, no header, several '|'-separated categories: the first counts)."""
+    run = copy_run(items_added.run, tmp_path / "run")
+    cats = np.load(run / "categories.npy")
+    new = int(np.load(run / "items.npy").max()) + 1
+    rows = [f"{new + k}::Title {k}::{cats[k]}|{cats[-1]}" for k in range(3)] + [f"{new}::Again::{cats[-1]}"]
+    path = write_csv(tmp_path / "movies.dat", rows)
+    assert cli_main(["items", "add", "--run", str(run), "--csv", str(path), "--item-columns", "item=1,category=3"]) == 0
+    out = capsys.readouterr().out
+    assert "added 3 items" in out and "skipped 0 already in the vocabulary, 1 repeated in the file" in out
+    vocab = Vocabulary.load(str(run))
+    dense = vocab.raw_to_dense(new + np.arange(3))
+    assert (dense >= items_added.num_old + len(cats)).all()
+    np.testing.assert_array_equal(vocab.categories[vocab.category_of(dense)], cats[:3])
+
+
 def test_unknown_category_refuses_the_file_and_changes_nothing(items_added, tmp_path, capsys):
     run = copy_run(items_added.run, tmp_path / "run")
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
@@ -209,12 +227,12 @@ def test_an_interrupted_move_is_finished_by_the_next_call(items_added, tmp_path,
     def crash(*args):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(add_module, "replace_graph", crash)
+    monkeypatch.setattr(RunDir, "replace_graph", crash)
     with pytest.raises(RuntimeError, match="killed"):
         add_module.add_items(run, csv, progress=False)
     with pytest.raises(UserError, match="is inconsistent"):  # files moved, the graph not yet: export refuses
-        check_run(run)
+        RunDir(run).check_servable()
     monkeypatch.undo()
     assert add_module.add_items(run, csv, progress=False)["added"] == 0  # finishes the move, then finds it known
-    check_run(run)
-    assert HnswGraph.load(run / "graph").num_items == n + 1 and not (run / add_module.STAGED).exists()
+    RunDir(run).check_servable()
+    assert HnswGraph.load(run / "graph").num_items == n + 1 and not (run / STAGING).exists()

@@ -25,15 +25,15 @@ import numpy as np
 import pytest
 import torch
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
 from nann.serving.requests import ServingLimits
 
 K = 30
 TIE = 1e-5
 USERS = 24
 LIMITS = ServingLimits()  # what the `served` fixture exports with
-EF = (LIMITS.max_ef,) * len(LIMITS.default_ef)
-ROUNDS = (LIMITS.max_rounds,) * len(LIMITS.default_rounds)
+EF = (LIMITS.maximum("ef"),) * len(LIMITS.defaults.ef)
+ROUNDS = (LIMITS.maximum("rounds"),) * len(LIMITS.defaults.rounds)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,8 @@ def test_served_answers_match_the_oracle(served, oracle):
     """All users at once (the client sends them concurrently, so the server batches them as in production)."""
     from nann_client import NannClient
 
-    assert served.info["limits"]["max_ef"] == LIMITS.max_ef and served.info["limits"]["max_rounds"] == LIMITS.max_rounds
+    assert served.info["limits"]["max_ef"] == LIMITS.maximum("ef")
+    assert served.info["limits"]["max_rounds"] == LIMITS.maximum("rounds")
     with NannClient(served.server.grpc_url, timeout=120.0) as client:
         answers = client.retrieve_many([u.raw_history for u in oracle.users], K, ef=EF, rounds=ROUNDS, frontier=0)
     for i, answer in enumerate(answers):
@@ -117,11 +118,12 @@ def test_retrieve_command_matches_the_oracle(tiny_run, oracle, user, capsys):
 
 def test_evaluate_matches_the_oracle(tiny_run, oracle):
     """`nann evaluate`'s retrieved lists (Evaluator.search, dense ids) with the same search."""
+    from nann.engine.params import SearchParams
     from nann.evaluate import Evaluator, MethodSpec
 
     evaluator = Evaluator(tiny_run.run, tiny_run.data, users=len(oracle.users))
-    ids, scored, _ = evaluator.search(MethodSpec("beam", EF, ROUNDS, top_m=K, frontier=0))
-    assert LIMITS.max_ef >= len(oracle.raw_of), "the oracle's search is no longer exhaustive"
+    ids, scored, _ = evaluator.search(MethodSpec("beam", SearchParams(EF, ROUNDS, top_m=K, frontier=0)))
+    assert LIMITS.maximum("ef") >= len(oracle.raw_of), "the oracle's search is no longer exhaustive"
     assert scored.min() == len(oracle.raw_of), "the exhaustive walk did not score every item"
     for i in range(len(oracle.users)):
         assert_matches(oracle, i, ids[i], "nann evaluate", raw=False)

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
 
 pytestmark = [pytest.mark.slow, pytest.mark.serving, pytest.mark.timeout(600)]
 

@@ -96,7 +96,7 @@ def test_concurrent_requests_match_offline_and_are_batched(served, users, offlin
     assert executions < requests, "dynamic batching never put two requests into one execute()"
     # one scorer call for the exhaustive top layer + at most one per round, for each execute(), however many
     # requests it holds
-    assert scorer_calls <= executions * (1 + sum(offline.limits.default_rounds))
+    assert scorer_calls <= executions * (1 + sum(offline.limits.defaults.rounds))
 
 
 @pytest.mark.parametrize("history, k, ef, rounds, message", [

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 
 from nann.engine.grid import CandidateGrid
-from nann.engine.params import DEFAULT_SEARCH
+from nann.engine.params import DEFAULT_SEARCH, SearchParams
 from nann.errors import UserError
 from nann.runtime import ModelRuntime
-from nann.serving.export import export_repository, pbtxt_string, search_input_entries, step_map, tensor_entries
+from nann.scorers.tensorrt import profile_shapes
+from nann.serving.export import export_repository, pbtxt_string, search_input_entries, step_map
 from nann.serving.repository import ArtifactError, verify_manifest, write_manifest
 from nann.serving.requests import REQUEST_INPUT_NAMES, RequestError, ServingLimits, parse_history, parse_search
 from nann.serving.services import RequestEncoder, check_state, runtime_options
-from nann.serving.tensorrt_build import profile_shapes
+from nann.serving.templates import tensor_entries
 
 try:
     from tests.test_trainer_export import make_run
@@ -29,8 +30,9 @@ def raw_to_dense(raw):
     return np.where(RAW[pos] == raw, pos, -1)
 
 
-LIMITS = ServingLimits(max_seq=3, max_history=6, default_k=2, max_k=4, default_ef=(4, 5), default_rounds=(1, 2),
-                       max_ef=10, max_rounds=3, default_frontier=3, max_frontier=8, default_seeds=1)
+LIMITS = ServingLimits(max_seq=3, max_history=6,
+                       defaults=SearchParams(ef=(4, 5), rounds=(1, 2), top_m=2, frontier=3, seeds=1),
+                       maxima={"k": 4, "ef": 10, "rounds": 3, "frontier": 8})
 STRICT = ServingLimits(max_seq=3, max_history=6, unknown_ids="refuse")
 
 
@@ -78,8 +80,9 @@ def test_search_defaults_and_overrides():
     assert (p.ef, p.rounds, p.top_m, p.frontier, p.seeds) == ((4, 5), (1, 2), 2, 3, 1)
     p = parse_search(LIMITS, k=np.array([[3]], dtype=np.int32), ef=np.array([[2, 9]]), rounds=np.array([[3, 3]]))
     assert (p.ef, p.rounds, p.top_m) == ((2, 9), (3, 3), 3)
-    # the last layer's ef grows to k so the result list can hold k items
-    assert parse_search(LIMITS, k=np.array([4]), ef=np.array([2, 2])).ef == (2, 4)
+    # a k above the last layer's ef is a request as sent: the engine's last list grows to k (SearchParams.walk_ef)
+    p = parse_search(LIMITS, k=np.array([4]), ef=np.array([2, 2]))
+    assert p.ef == (2, 2) and p.walk_ef == (2, 4)
     # offline callers may pass plain ints and sequences
     assert parse_search(LIMITS, k=3, rounds=(2, 2)) == parse_search(LIMITS, k=np.array([3]), rounds=np.array([2, 2]))
     with pytest.raises(TypeError, match=r"unexpected search inputs \['sedes'\]"):
@@ -88,19 +91,19 @@ def test_search_defaults_and_overrides():
 
 def test_search_frontier_and_seeds():
     for name in ("frontier", "seeds"):
-        default = getattr(LIMITS, f"default_{name}")
+        default = LIMITS.default(name)
         assert getattr(parse_search(LIMITS), name) == default
         assert getattr(parse_search(LIMITS, **{name: np.array([], dtype=np.int32)}), name) == default
-        assert getattr(parse_search(ServingLimits()), name) == getattr(ServingLimits(), f"default_{name}")
+        assert getattr(parse_search(ServingLimits()), name) == ServingLimits().default(name)
         assert getattr(parse_search(LIMITS, **{name: np.array([0])}), name) == 0  # unlimited / none
     p = parse_search(LIMITS, k=np.array([3]), frontier=np.array([[5]], dtype=np.int32), seeds=np.array([[2]]))
     assert (p.top_m, p.frontier, p.seeds) == (3, 5, 2)
     assert parse_search(LIMITS, frontier=np.array([8])).frontier == 8
-    assert LIMITS.max_seeds == LIMITS.max_seq == 3 and parse_search(LIMITS, seeds=np.array([3])).seeds == 3
+    assert LIMITS.maximum("seeds") == LIMITS.max_seq == 3 and parse_search(LIMITS, seeds=np.array([3])).seeds == 3
     with pytest.raises(ValueError, match=r"default_frontier: frontier=9 is outside \[0, 8\]"):
-        ServingLimits(default_frontier=9, max_frontier=8)
+        ServingLimits(defaults=SearchParams(frontier=9), maxima={"frontier": 8})
     with pytest.raises(ValueError, match=r"default_seeds: seeds=4 is outside \[0, 3\]"):
-        ServingLimits(max_seq=3, default_seeds=4)
+        ServingLimits(max_seq=3, defaults=SearchParams(seeds=4))
 
 
 @pytest.mark.parametrize("inputs, message", [
@@ -132,10 +135,11 @@ def test_limits_json_round_trip_and_published_info():
     # a repository exported before frontier / seeds / unknown_ids existed: its limits lack the keys
     old = {key: value for key, value in LIMITS.to_json().items()
            if not any(new in key for new in ("frontier", "seeds", "unknown_ids"))}
-    assert ServingLimits.from_json(old).default_frontier == ServingLimits().default_frontier
-    assert ServingLimits.from_json(old).default_seeds == min(ServingLimits().default_seeds, LIMITS.max_seq)
+    assert ServingLimits.from_json(old).default("frontier") == ServingLimits().default("frontier")
+    assert ServingLimits.from_json(old).default("seeds") == min(ServingLimits().default("seeds"), LIMITS.max_seq)
     # the search default seeds from at most the behaviours a model keeps
-    assert ServingLimits(max_seq=3).default_seeds == 3 and ServingLimits(max_seq=500).default_seeds == DEFAULT_SEARCH.seeds
+    assert ServingLimits(max_seq=3).default("seeds") == 3
+    assert ServingLimits(max_seq=500).default("seeds") == DEFAULT_SEARCH.seeds
     assert ServingLimits.from_json(old).unknown_ids == "skip"
     published = LIMITS.published()
     assert published["defaults"] == {"k": 2, "ef": [4, 5], "rounds": [1, 2], "frontier": 3, "seeds": 1}

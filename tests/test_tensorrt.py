@@ -14,12 +14,12 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from nann.cli import main as cli_main
+from nann_cli.main import main as cli_main
 from nann.engine.grid import CandidateGrid
 from nann.errors import UserError
-from nann.serving.export import MAX_BATCH, export_repository, state_specs, tensorrt_scorer_config
+from nann.scorers.tensorrt import fixed_sequence_axis, profile_shapes, scorer_config
+from nann.serving.export import MAX_BATCH, export_repository, state_specs
 from nann.serving.server import TRITONSERVER_ENV, TritonServer, make_backend_dir, pytriton_server_root
-from nann.serving.tensorrt_build import fixed_sequence_axis, profile_shapes
 
 GRID = CandidateGrid([1, 64, 128, 256])
 DTYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
@@ -37,7 +37,7 @@ def run_specs(run: Path) -> list[dict]:
 
 def test_tensorrt_config_matches_the_scorer_ids_contract(tiny_run):
     io = json.loads((tiny_run.run / "onnx_io.json").read_text())
-    text = tensorrt_scorer_config(run_specs(tiny_run.run), len(GRID.sizes))
+    text = scorer_config(run_specs(tiny_run.run), len(GRID.sizes))
     assert "$" not in text
     cfg = parse_config(text)
     assert (cfg.name, cfg.platform, cfg.max_batch_size) == ("scorer", "tensorrt_plan", 0)
@@ -84,8 +84,8 @@ def trt_export(tiny_run, tmp_path_factory) -> SimpleNamespace:
 
     repo = tmp_path_factory.mktemp("trt") / "repo"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("nann.serving.export.tensorrt_available", lambda: True)
-        mp.setattr("nann.serving.tensorrt_build.build_scorer_plan", build_plan)
+        mp.setattr("nann.scorers.tensorrt.tensorrt_available", lambda: True)
+        mp.setattr("nann.scorers.tensorrt.build_scorer_plan", build_plan)
         info = export_repository(tiny_run.run, repo, scorer="tensorrt", grid=GRID)
     return SimpleNamespace(repo=repo, info=info, built=built, run=tiny_run.run)
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from trainer.export import write_run_artifacts
-from nann.model import ARCHS, STATE_NAMES, ModelConfig, NANNModel
+from nann.model import ARCHS, ModelConfig, NANNModel
+from nann.model_split import STATE_NAMES
 
 try:
     from tests.test_trainer_model import randomize_bn

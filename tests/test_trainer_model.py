@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from nann.model import ARCHS, ModelConfig, NANNModel, build_split, per_candidate_macs
+from nann.model import ARCHS, ModelConfig, NANNModel, recency_rank
+from nann.model_split import build_split, per_candidate_macs
 from trainer.train import bernoulli_kl_logits, compute_loss, fgsm_delta, make_optimizers
 
 
@@ -20,6 +21,9 @@ def randomize_bn(model: NANNModel, seed=0):
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
         if isinstance(m, torch.nn.PReLU):
             m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) * 0.5)
+    if model.cfg.recency:  # trained recency embeddings are not zero: make the parity checks see them
+        for table in (model.recency_scale, model.recency_shift):
+            table.weight.data.copy_(torch.randn(table.weight.shape, generator=g) * 0.5)
     return model.eval()
 
 
@@ -134,3 +138,32 @@ def test_macs_saved():
     cfg = ModelConfig(num_items=10, num_categories=2)
     m = per_candidate_macs(cfg)
     assert m["after"] < m["before"]
+
+
+def test_recency_rank_counts_the_behaviours_after_each_position_for_any_padding():
+    left = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0]])
+    right = torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0]])
+    assert recency_rank(left)[0, :3].tolist() == [2, 1, 0]
+    assert recency_rank(right)[0, 2:].tolist() == [2, 1, 0]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_recency_makes_the_order_of_the_history_matter(arch):
+    """With recency the same behaviours in another order score differently; without it they score alike (the
+    attention and sum-pooling see a set)."""
+    history = torch.tensor([[3, 17, 42, 8]])
+    reordered = history[:, [2, 0, 3, 1]]
+    mask, cand = torch.ones(1, 4), torch.arange(20)[None]
+    for recency, differs in ((True, True), (False, False)):
+        torch.manual_seed(0)
+        cfg = ModelConfig(num_items=120, num_categories=6, arch=arch, max_seq=12, recency=recency)
+        model = randomize_bn(NANNModel(cfg, torch.randint(0, 6, (120,))))
+        torch.nn.init.normal_(model.id_emb.weight, std=1.0)  # items told apart (at the init scale they are alike)
+        with torch.no_grad():
+            gap = (model(history, mask, cand) - model(reordered, mask, cand)).abs().max().item()
+        assert (gap > 1e-4) == differs, (recency, gap)
+
+
+def test_runs_written_before_recency_load_without_it():
+    cfg = ModelConfig.from_dict({"num_items": 10, "num_categories": 2, "arch": "attention"})
+    assert cfg.recency is False and not hasattr(NANNModel(cfg), "recency_scale")

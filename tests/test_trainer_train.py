@@ -10,13 +10,14 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from nann.cli import main as cli_main  # noqa: E402
+from nann_cli.main import main as cli_main  # noqa: E402
 from test_trainer_data import make_prepared  # noqa: E402
 
 
@@ -72,6 +73,44 @@ def test_train_writes_artifacts_and_resumes(data, tmp_path):
     assert np.isfinite(s).all()
 
 
+def test_train_prints_and_writes_the_baselines(data, tmp_path, capsys):
+    from trainer.train import denormals_flushed
+
+    run = tmp_path / "run"
+    before = denormals_flushed()
+    assert _cli(data, run, "--epochs", "1", "--max-samples", "640") == 0
+    assert denormals_flushed() == before  # training flushes denormals, then restores the process's setting
+    out = capsys.readouterr().out
+    assert "two-tower baseline" in out and "recall-all@200 on" in out
+    for name in ("attention", "popularity", "popularity (unseen)", "two-tower"):
+        assert f"  {name} " in out, name
+    summary = json.loads((run / "baselines.json").read_text())
+    assert set(summary["recall_all"]) == {"attention", "popularity", "popularity (unseen)", "two-tower"}
+    assert json.loads((run / "baseline" / "config.json").read_text())["arch"] == "two-tower"
+    assert _cli(data, tmp_path / "alone", "--epochs", "1", "--max-samples", "640", "--baseline", "none") == 0
+    assert not (tmp_path / "alone" / "baseline").exists()
+    assert "two-tower" not in json.loads((tmp_path / "alone" / "baselines.json").read_text())["recall_all"]
+
+
+def test_best_model_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
+    from trainer.train import BestModel
+
+    model = torch.nn.Linear(2, 1)
+    best = BestModel(str(tmp_path), patience=2)
+    for epoch, (value, weight) in enumerate([(0.3, 1.0), (0.5, 2.0), (0.4, 3.0), (0.45, 4.0)], start=1):
+        model.weight.data.fill_(weight)
+        best.update(model, value, epoch)
+        assert best.exhausted() == (epoch == 4)
+    assert (best.value, best.epoch, best.stale) == (0.5, 2, 2)
+    best.restore(model)
+    assert model.weight.data.eq(2.0).all()
+    again = BestModel.resume(str(tmp_path), {"best": best.state()}, patience=2)  # a resumed run
+    model.weight.data.fill_(9.0)
+    again.restore(model)
+    assert model.weight.data.eq(2.0).all() and again.exhausted()
+    assert not BestModel(str(tmp_path), patience=0, stale=10).exhausted()
+
+
 def test_user_errors(data, tmp_path, capsys):
     assert _cli(tmp_path / "nope", tmp_path / "r") == 2
     assert "error" in capsys.readouterr().err
@@ -114,7 +153,7 @@ def _ddp_worker(data, run, out):
 
     from trainer.train import train_run
 
-    model = train_run(_train_args(data, run, max_samples=480, batch_size=32))
+    model = train_run(_train_args(data, run, max_samples=480, batch_size=32)).model
     rank = int(os.environ["RANK"])
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
               os.path.join(out, f"rank{rank}.safetensors"))

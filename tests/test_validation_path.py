@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from nann.model import ARCHS, ModelConfig, NANNModel, build_split
+from nann.model import ARCHS, ModelConfig, NANNModel
+from nann.model_split import build_split
 from trainer.sampling import EvalSplit
 from trainer.train import recall_all
 

@@ -1,12 +1,13 @@
 """`nann items add`: new items in a trained run, without retraining.
 
-The input is a CSV of ``item_id,category_id`` (raw ids, int64; an optional header line). Per new item:
+The input is an items file as `nann data prepare --items` reads it (`nann.data.items`; by default a CSV of
+``item_id,category_id``, raw int64 ids, an optional header line). Per new item:
 
 * **e_v** from the item network through the model's category-only path (``NANNModel.item_embed_new``: a zero id
   embedding, since the new id has no trained row). A category the model does not know refuses the whole file:
   the category embedding is all a new item's e_v is made of, so an unknown one would leave it no content, and the
   model's category table cannot grow without training.
-* **dense id** N, N+1, ... in file order: old ids keep theirs, so items.npy is no longer sorted (``Vocabulary``
+* **dense id** N, N+1, ... in file order: old ids keep theirs, so the run's items are no longer sorted (``Vocabulary``
   looks up through a permutation).
 * **graph**: inserted into the hnswlib index kept beside the CSR arrays (``graph_builder.build.extend_graph``),
   whose arrays are then exported again (old nodes' lists change where hnswlib relinks them to new items).
@@ -14,70 +15,29 @@ The input is a CSV of ``item_id,category_id`` (raw ids, int64; an optional heade
 Items already in the vocabulary, and repeats of an id within the file (the first wins), are skipped and counted;
 malformed lines are counted by kind with their line numbers, as `nann data prepare` does.
 
-The run's files are replaced, never rewritten (items.npy, item_category.npy, item_embeddings.npy + _fp16,
-scorer_ids.onnx with the grown item table, onnx_io.json, graph/): an exported model version hard-links them and
-keeps serving its own. Everything is staged in ``RUN/items_add.staged/`` first and marked complete, then moved in;
-an interrupted move is finished by the next `nann items add`. model.safetensors and config.json stay as trained
-(config.json's num_items counts the trained items). `nann export` then publishes a new version.
+The run's files are replaced, never rewritten (the vocabulary, the item embeddings + fp16, the scorer with the item
+table inside, grown, its ONNX description, the graph): an exported model version hard-links them and keeps serving its
+own. Everything is staged first (``RunDir.begin_staging``) and marked complete, then moved in; an interrupted move is
+finished by the next `nann items add`. The weights and the config stay as trained (the config's num_items counts the
+trained items). `nann export` then publishes a new version.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from graph_builder.build import extend_graph, replace_graph
-from nann.data.interactions import RowAccounting, check_input_file
+from graph_builder.build import extend_graph
+from nann.data.items import read_items
 from nann.data.prepared import Vocabulary
-from nann.data.reader import parse_int
 from nann.errors import UserError
 from nann.model import ARCHS, load_model
+from nann.run_dir import ITEM_EMBEDDINGS, ITEM_EMBEDDINGS_FP16, RunDir
 from trainer.export import write_scorer_ids_table
 
-STAGED = "items_add.staged"
-COMPLETE = "COMPLETE"  # written into STAGED when every file is there: the move may start
-EMBEDDING_FILES = {"item_embeddings.npy": np.float32, "item_embeddings_fp16.npy": np.float16}
-RUN_FILES = ("config.json", "model.safetensors", "items.npy", "item_category.npy", "categories.npy",
-             "scorer_ids.onnx", "onnx_io.json", *EMBEDDING_FILES, "graph/meta.json")
-EXPECTED_ROW = "item row 'item_id,category_id' (raw int64 ids)"
+EMBEDDING_FILES = {ITEM_EMBEDDINGS: np.float32, ITEM_EMBEDDINGS_FP16: np.float16}
 SHOWN = 5  # ids named in a message
-
-
-def read_items_csv(path: str, max_malformed: float) -> tuple[np.ndarray, np.ndarray, str]:
-    """(raw item ids, raw category ids, malformed-lines report or '') of an items CSV, in file order.
-
-    Blank lines are ignored; a first line with no integer field is a header. Malformed lines (kinds of
-    nann.data.interactions: columns, missing, non_integer, negative_id) are skipped and counted."""
-    check_input_file(path)
-    acct = RowAccounting()
-    items, cats = [], []
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.rstrip(b"\r\n")
-            if not line.strip():
-                continue
-            parts = line.split(b",")
-            values = [parse_int(p) for p in parts]
-            if acct.rows == 0 and all(v is None for v in values):
-                continue  # the header
-            acct.rows += 1
-            kind = ("columns" if len(parts) != 2 else "missing" if not all(parts)
-                    else "non_integer" if None in values else "negative_id" if min(values) < 0 else None)
-            if kind:
-                acct.add_malformed(kind, number, line.decode(errors="replace"))
-            else:
-                items.append(values[0])
-                cats.append(values[1])
-    # an item row is an interaction row without user, behaviour and time: the shared accounting checks the shares
-    zeros = np.zeros(len(items), dtype=np.int64)
-    acct.keep(zeros, items, cats, zeros, zeros)
-    res = acct.result(path, expected=EXPECTED_ROW, max_malformed=max_malformed)
-    return res.item, res.category, res.summary()
 
 
 def _named(ids) -> str:
@@ -85,92 +45,66 @@ def _named(ids) -> str:
     return ", ".join(str(i) for i in ids[:SHOWN]) + (", …" if len(ids) > SHOWN else "")
 
 
-def new_items(vocab: Vocabulary, raw: np.ndarray, raw_cats: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(raw ids, dense categories) of the rows that add an item, in file order, and the counts skipped: ids
-    already known, repeats within the file. Raises UserError naming categories the model does not know."""
-    _, first = np.unique(raw, return_index=True)
-    first = np.sort(first)
-    known = vocab.raw_to_dense(raw[first]) >= 0
-    rows = first[~known]
-    cats = vocab.category_to_dense(raw_cats[rows])
+def new_items(vocab: Vocabulary, raw: np.ndarray, raw_cats: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(raw ids, dense categories) of the distinct items `raw` that the vocabulary lacks, in order, and how many it
+    has. Raises UserError naming categories the model does not know."""
+    known = vocab.raw_to_dense(raw) >= 0
+    cats = vocab.category_to_dense(raw_cats[~known])
     unknown = np.flatnonzero(cats < 0)
     if unknown.size:
         raise UserError(f"{unknown.size} new items have categories the model was not trained on (raw category ids "
-                        f"{_named(np.unique(raw_cats[rows[unknown]]))}): a new item's e_v comes from its category "
+                        f"{_named(np.unique(raw_cats[~known][unknown]))}): a new item's e_v comes from its category "
                         f"alone, so give them a known category or retrain; nothing was added")
-    skipped = {"known": int(known.sum()), "repeated": int(raw.shape[0] - first.shape[0])}
-    return raw[rows], cats, skipped
+    return raw[~known], cats, int(known.sum())
 
 
-def _check_run(run: Path) -> None:
-    missing = [name for name in RUN_FILES if not (run / name).is_file()]
-    if missing:
-        raise UserError(f"{run} lacks {', '.join(missing)}: `nann items add` needs a trained run with a graph "
-                        f"(`nann train`, `nann graph`)")
-    arch = json.loads((run / "config.json").read_text()).get("arch")
+def _check_run(run: RunDir) -> None:
+    run.require([run.config_file, run.weights_file, *run.vocabulary_files(), run.scorer_ids_file, run.onnx_io_file,
+                 run.item_embeddings_file, run.item_embeddings_fp16_file, run.graph.meta_file],
+                "`nann items add` needs a trained run with a graph (`nann train`, `nann graph`)")
+    arch = run.read_config().get("arch")
     if arch not in ARCHS:
-        raise UserError(f"{run} is a {arch} run: `nann items add` extends the item network's runs ({', '.join(ARCHS)})")
+        raise UserError(f"{run.path} is a {arch} run: `nann items add` extends the item network's runs "
+                        f"({', '.join(ARCHS)})")
 
 
-def _stage(run: Path, staged: Path, vocab: Vocabulary, raw: np.ndarray, cats: np.ndarray, emb: np.ndarray,
+def _stage(run: RunDir, staged: RunDir, vocab: Vocabulary, raw: np.ndarray, cats: np.ndarray, emb: np.ndarray,
            threads: int, progress: bool) -> dict:
     """Write the grown run's files into `staged` (graph included); returns the graph's new meta."""
-    np.save(staged / "items.npy", np.concatenate([vocab.items, raw]))
-    np.save(staged / "item_category.npy", np.concatenate([vocab.item_category, cats.astype(np.int32)]))
+    staged.write_vocabulary(np.concatenate([vocab.items, raw]),
+                            np.concatenate([vocab.item_category, cats.astype(np.int32)]))
     for name, dtype in EMBEDDING_FILES.items():
-        np.save(staged / name, np.concatenate([np.load(run / name, mmap_mode="r"), emb.astype(dtype)]))
-    table = np.load(staged / "item_embeddings.npy", mmap_mode="r")
-    write_scorer_ids_table(str(run / "scorer_ids.onnx"), str(staged / "scorer_ids.onnx"), table)
-    io = json.loads((run / "onnx_io.json").read_text())
-    io["num_items"] = int(table.shape[0])
-    (staged / "onnx_io.json").write_text(json.dumps(io, indent=1))
-    meta = extend_graph(run / "graph", emb, staged / "graph", threads=threads, progress=progress)
-    (staged / COMPLETE).touch()
-    return meta
+        np.save(staged.path / name, np.concatenate([np.load(run.path / name, mmap_mode="r"), emb.astype(dtype)]))
+    table = staged.item_embeddings()
+    write_scorer_ids_table(str(run.scorer_ids_file), str(staged.scorer_ids_file), table)
+    staged.write_onnx_io({**run.read_onnx_io(), "num_items": int(table.shape[0])})
+    return extend_graph(run.graph.path, emb, staged.graph.path, threads=threads, progress=progress)
 
 
-def _move_in(run: Path) -> None:
-    """Move a complete staging directory's files into the run (renames: each file replaced, never rewritten)."""
-    staged = run / STAGED
-    for path in sorted(staged.iterdir()):
-        if path.is_file() and path.name != COMPLETE:
-            os.replace(path, run / path.name)
-    if (staged / "graph").is_dir():
-        replace_graph(staged / "graph", run / "graph")
-    shutil.rmtree(staged)
-
-
-def finish_interrupted(run: Path) -> None:
-    """Finish the move of a complete staging directory, or drop an incomplete one (nothing of it was moved)."""
-    staged = run / STAGED
-    if (staged / COMPLETE).is_file():
-        print(f"finishing an interrupted `nann items add` of {run}", file=sys.stderr)
-        _move_in(run)
-    elif staged.exists():
-        shutil.rmtree(staged)
-
-
-def add_items(run_dir, csv_path, threads: int = 0, max_malformed: float = 0.01, progress: bool = True) -> dict:
-    """Add the CSV's new items to the run (module doc); returns counts and seconds per phase."""
-    run = Path(run_dir)
+def add_items(run_dir, csv_path, threads: int = 0, max_malformed: float = 0.01, progress: bool = True,
+              **items_file) -> dict:
+    """Add the items file's new items to the run (module doc); returns counts and seconds per phase. `items_file`:
+    how to read it (nann.data.items.read_items: columns, delimiter, encoding, no_header, separator)."""
+    run = RunDir(run_dir)
     _check_run(run)
-    finish_interrupted(run)
+    if run.finish_staging():
+        print(f"finished an interrupted `nann items add` of {run.path}", file=sys.stderr)
     t0 = time.perf_counter()
-    raw_all, raw_cats, report = read_items_csv(str(csv_path), max_malformed)
-    if report:
-        print(report, file=sys.stderr)
-    vocab = Vocabulary.load(str(run))
-    raw, cats, skipped = new_items(vocab, raw_all, raw_cats)
-    summary = {"first_dense_id": vocab.num_items, "added": int(raw.shape[0]), **skipped, "seconds": {}}
+    items_file.setdefault("columns", "item=1,category=2")
+    read = read_items(str(csv_path), max_malformed=max_malformed, **items_file)
+    if read.report:
+        print(read.report, file=sys.stderr)
+    vocab = run.vocabulary()
+    raw, cats, known = new_items(vocab, read.item, read.category)
+    summary = {"first_dense_id": vocab.num_items, "added": int(raw.shape[0]), "known": known,
+               "repeated": read.repeated, "seconds": {}}
     if not raw.shape[0]:
         return summary
     t1 = time.perf_counter()
-    emb = load_model(str(run)).new_item_embeddings(cats).cpu().numpy().astype(np.float32)
+    emb = load_model(str(run.path)).new_item_embeddings(cats).cpu().numpy().astype(np.float32)
     t2 = time.perf_counter()
-    staged = run / STAGED
-    staged.mkdir()
-    meta = _stage(run, staged, vocab, raw, cats, emb, threads, progress)
-    _move_in(run)
+    meta = _stage(run, run.begin_staging(), vocab, raw, cats, emb, threads, progress)
+    run.commit_staging()
     t3 = time.perf_counter()
     summary["seconds"] = {"read": t1 - t0, "embed": t2 - t1, "insert": meta["insert_seconds"],
                           "files_and_export": t3 - t2 - meta["insert_seconds"], "total": t3 - t0}
@@ -180,7 +114,9 @@ def add_items(run_dir, csv_path, threads: int = 0, max_malformed: float = 0.01, 
 def main(args) -> int:
     if not 0.0 <= args.max_malformed <= 1.0:
         raise UserError(f"--max-malformed is a share in [0, 1], got {args.max_malformed}")
-    s = add_items(args.run, args.csv, threads=args.threads, max_malformed=args.max_malformed)
+    s = add_items(args.run, args.csv, threads=args.threads, max_malformed=args.max_malformed, columns=args.item_columns,
+                  delimiter=args.delimiter, encoding=args.encoding, no_header=args.no_header,
+                  separator=args.category_separator)
     skipped = f"skipped {s['known']} already in the vocabulary, {s['repeated']} repeated in the file"
     if not s["added"]:
         print(f"nothing to add to {args.run} ({skipped})")

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from nann.dr_model import ARCH, DRModel, PathIndex, beam_search, code_paths, path_codes
 from nann.errors import UserError
+from nann.run_dir import RunDir
 from trainer.dr_mstep import accumulate_topk, assign_paths, random_codes
 from trainer.sampling import NoiseSampler, epoch_order, make_batch
 
@@ -37,7 +38,7 @@ def _path_stats(codes: np.ndarray) -> dict:
 
 
 def _log(run_dir: str, rec: dict, quiet: bool) -> None:
-    with open(os.path.join(run_dir, "train_log.jsonl"), "a") as f:
+    with open(RunDir(run_dir).train_log_file, "a") as f:
         f.write(json.dumps(rec) + "\n")
     if not quiet:
         print(f"[dr] {json.dumps(rec)}", file=sys.stderr)
@@ -113,10 +114,9 @@ def train_dr(data_dir, run_dir, *, layers=3, nodes=64, paths=3, beam=10, alpha=1
     data = PreparedData.load(str(data_dir))
     if nodes ** layers < paths:
         raise UserError(f"--nodes {nodes} and --layers {layers} give fewer than {paths} paths")
-    os.makedirs(run_dir, exist_ok=True)
-    log_path = os.path.join(run_dir, "train_log.jsonl")
-    if os.path.exists(log_path):
-        os.remove(log_path)
+    run = RunDir(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.train_log_file.unlink(missing_ok=True)
     N = data.num_items
     cfg = dict(arch=ARCH, layers=layers, nodes=nodes, paths=paths, beam=beam, alpha=alpha, epochs=epochs,
                em_iterations=em_iterations, batch_size=batch_size, max_samples=max_samples, seed=seed, lr=lr,
@@ -153,11 +153,10 @@ def train_dr(data_dir, run_dir, *, layers=3, nodes=64, paths=3, beam=10, alpha=1
 def _save(run_dir, model, cfg, codes):
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
-              os.path.join(run_dir, "model.safetensors"))
-    np.save(os.path.join(run_dir, "item_paths.npy"), code_paths(codes, cfg["nodes"], cfg["layers"]).astype(np.int32))
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=1)
+    run = RunDir(run_dir)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, run.weights_file)
+    np.save(run.item_paths_file, code_paths(codes, cfg["nodes"], cfg["layers"]).astype(np.int32))
+    run.write_config(cfg)
 
 
 def main_train(args) -> int:

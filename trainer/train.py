@@ -19,24 +19,27 @@ CPU, nccl on CUDA); each rank trains on its shard of the epoch's samples and DDP
 running statistics follow DDP's default (rank 0's are broadcast before each forward, and once more at the end);
 only rank 0 writes artifacts.
 
-Checkpoint (RUN_DIR/checkpoint/): model.safetensors, optimizer.safetensors (the moments of every optimizer, no
-pickle) and state.json (epoch, step within the epoch, global step, each optimizer's param_groups). A run
-directory with a checkpoint resumes: --epochs is the run's total number of epochs.
+Checkpoint (the run's checkpoint directory, ``nann.run_dir``): the weights, the moments of every optimizer (both
+safetensors, no pickle) and the state (epoch, step within the epoch, global step, each optimizer's param_groups). A
+run directory with a checkpoint resumes: --epochs is the run's total number of epochs.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
-import shutil
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from nann.errors import UserError
-from nann.model import ARCHS, ModelConfig, NANNModel, build_split, load_model
+from nann.model import ARCHS, ModelConfig, NANNModel, load_model
+from nann.model_split import build_split
+from nann.run_dir import CHECKPOINT_BEST, CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE, CHECKPOINT_WEIGHTS, RunDir
 from nann.runtime import pad_histories
 from trainer.sampling import NoiseSampler, epoch_order, load_data, make_batch, sample_positions
 
@@ -75,24 +78,28 @@ def bernoulli_kl_logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return p * (F.logsigmoid(a) - F.logsigmoid(b)) + (1 - p) * (F.logsigmoid(-a) - F.logsigmoid(-b))
 
 
-def compute_loss(model: NANNModel, hist_ids, mask, cand_ids, log_kq, eps: float):
+def compute_loss(model: NANNModel, hist_ids, mask, cand_ids, log_kq, eps: float, loss: str = "nce"):
     """hist_ids [B,L], mask [B,L], cand_ids [B,K] (column 0 = the positive), log_kq [B,K] = log(k q(cand)).
 
-    Returns (loss, nce, aux) with loss = nce + aux (averaged over the B positives)."""
+    loss "nce": binary NCE over the K labels; "softmax": sampled softmax (cross-entropy of the positive among the
+    K corrected logits). Returns (loss, main, aux) with loss = main + aux (averaged over the B positives)."""
     B, L = hist_ids.shape
     all_ids = torch.cat([hist_ids.reshape(-1), cand_ids.reshape(-1)])
     uniq, inv = torch.unique(all_ids, return_inverse=True)
     E = model.item_embed(uniq)  # each distinct item through the item network once (BatchNorm over distinct items)
     hist_e = E[inv[:B * L]].view(B, L, -1) * mask[..., None]
     cand_e = E[inv[B * L:]].view(B, cand_ids.shape[1], -1)
-    u, k = model.user_side(hist_e, mask)
-    s = model.cand_side(u, k, hist_e, mask, cand_e)
-    labels = torch.zeros_like(s)
-    labels[:, 0] = 1.0
-    nce = F.binary_cross_entropy_with_logits(s - log_kq, labels, reduction="sum") / B
+    h, u, k = model.user_side(hist_e, mask)
+    s = model.cand_side(u, k, h, mask, cand_e)
+    if loss == "softmax":
+        nce = F.cross_entropy(s - log_kq, torch.zeros(B, dtype=torch.int64, device=s.device), reduction="sum") / B
+    else:
+        labels = torch.zeros_like(s)
+        labels[:, 0] = 1.0
+        nce = F.binary_cross_entropy_with_logits(s - log_kq, labels, reduction="sum") / B
     if eps > 0:
         delta = fgsm_delta(s, cand_e, eps)
-        s_adv = model.cand_side(u, k, hist_e, mask, cand_e + delta)
+        s_adv = model.cand_side(u, k, h, mask, cand_e + delta)
         aux = bernoulli_kl_logits(s, s_adv).sum() / B
     else:
         aux = torch.zeros((), device=s.device)
@@ -102,23 +109,22 @@ def compute_loss(model: NANNModel, hist_ids, mask, cand_ids, log_kq, eps: float)
 class TrainingObjective(torch.nn.Module):
     """compute_loss as a module: DistributedDataParallel synchronises gradients of what its forward computes."""
 
-    def __init__(self, model: NANNModel, eps: float):
+    def __init__(self, model: NANNModel, eps: float, loss: str = "nce"):
         super().__init__()
-        self.model, self.eps = model, eps
+        self.model, self.eps, self.loss = model, eps, loss
 
     def forward(self, hist_ids, mask, cand_ids, log_kq):
-        return compute_loss(self.model, hist_ids, mask, cand_ids, log_kq, self.eps)
+        return compute_loss(self.model, hist_ids, mask, cand_ids, log_kq, self.eps, self.loss)
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def recall_all(model: NANNModel, split, n_users: int, max_seq: int, device, top_m: int = TOP_M,
-               item_emb: torch.Tensor | None = None) -> float:
-    """recall-all@M of the first n_users of split: brute-force score of every item with the split scorer."""
+def recall_hits(model: NANNModel, split, n_users: int, max_seq: int, device, top_m: int = TOP_M,
+                item_emb: torch.Tensor | None = None) -> np.ndarray:
+    """Per user of the first n_users of split: is its target in the brute-force top-M (bool [n])? Scores every
+    item with the split scorer."""
     n = min(n_users, len(split))
-    if n == 0:
-        return float("nan")
     was = model.training
     model.eval()
     enc, sc = build_split(model)
@@ -126,7 +132,7 @@ def recall_all(model: NANNModel, split, n_users: int, max_seq: int, device, top_
     E = model.all_item_embeddings() if item_emb is None else item_emb
     E = E.to(device)
     Y = sc.cand_pre(E)
-    hits = 0
+    hits = np.zeros(n, dtype=bool)
     ub = 64
     for s0 in range(0, n, ub):
         idx = range(s0, min(n, s0 + ub))
@@ -137,9 +143,16 @@ def recall_all(model: NANNModel, split, n_users: int, max_seq: int, device, top_
             st = tuple(x[j:j + 1] for x in state)
             scores = sc.score_one_pre(st, Y)
             top = torch.topk(scores, min(top_m, scores.shape[0])).indices
-            hits += int((top == int(split.targets[i])).any())
+            hits[i] = bool((top == int(split.targets[i])).any())
     model.train(was)
-    return hits / n
+    return hits
+
+
+def recall_all(model: NANNModel, split, n_users: int, max_seq: int, device, top_m: int = TOP_M,
+               item_emb: torch.Tensor | None = None) -> float:
+    """recall-all@M of the first n_users of split (``recall_hits`` averaged; nan for no users)."""
+    hits = recall_hits(model, split, n_users, max_seq, device, top_m, item_emb)
+    return float(hits.mean()) if len(hits) else float("nan")
 
 
 # ---- checkpoints -----------------------------------------------------------------------------------------------
@@ -175,10 +188,10 @@ def make_optimizers(model: NANNModel, lr: float, sparse: bool) -> dict[str, torc
             "sparse_adam": torch.optim.SparseAdam([t.weight for t in tables], lr=lr)}
 
 
-def save_checkpoint(run_dir, model, opts: dict, epoch, step_in_epoch, global_step):
-    ck = os.path.join(run_dir, "checkpoint")
-    os.makedirs(ck, exist_ok=True)
-    _save_safetensors(model.state_dict(), os.path.join(ck, "model.safetensors"))
+def save_checkpoint(run_dir, model, opts: dict, epoch, step_in_epoch, global_step, best_state: dict | None = None):
+    run = RunDir(run_dir)
+    run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    _save_safetensors(model.state_dict(), str(run.checkpoint_file(CHECKPOINT_WEIGHTS)))
     tens, groups = {}, {}
     for opt_name, opt in opts.items():
         osd = opt.state_dict()
@@ -186,25 +199,25 @@ def save_checkpoint(run_dir, model, opts: dict, epoch, step_in_epoch, global_ste
         for pid, st in osd["state"].items():
             for key, val in st.items():
                 tens[f"{opt_name}.{pid}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
-    _save_safetensors(tens or {"_empty": torch.zeros(1)}, os.path.join(ck, "optimizer.safetensors"))
+    _save_safetensors(tens or {"_empty": torch.zeros(1)}, str(run.checkpoint_file(CHECKPOINT_OPTIMIZER)))
     _write_json({"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-                 "optimizers": groups}, os.path.join(ck, "state.json"))
+                 "optimizers": groups, "best": best_state}, str(run.checkpoint_file(CHECKPOINT_STATE)))
 
 
 def load_checkpoint(run_dir, model, opts: dict, device):
     from safetensors.torch import load_file
 
-    ck = os.path.join(run_dir, "checkpoint")
-    if not os.path.exists(os.path.join(ck, "state.json")):
+    run = RunDir(run_dir)
+    if not run.checkpoint_file(CHECKPOINT_STATE).exists():
         return None
-    with open(os.path.join(ck, "state.json")) as f:
-        st = json.load(f)
+    st = json.loads(run.checkpoint_file(CHECKPOINT_STATE).read_text())
     if sorted(st.get("optimizers", {})) != sorted(opts):
-        raise UserError(f"the checkpoint in {ck} was written with optimizers {sorted(st.get('optimizers', {}))}, "
+        raise UserError(f"the checkpoint in {run.checkpoint_dir} was written with optimizers "
+                        f"{sorted(st.get('optimizers', {}))}, "
                         f"this run uses {sorted(opts)} (another version or device setup): use a new --run directory")
-    model.load_state_dict(load_file(os.path.join(ck, "model.safetensors"), device=str(device)))
+    model.load_state_dict(load_file(run.checkpoint_file(CHECKPOINT_WEIGHTS), device=str(device)))
     states: dict = {name: {} for name in opts}
-    for name, val in load_file(os.path.join(ck, "optimizer.safetensors")).items():
+    for name, val in load_file(run.checkpoint_file(CHECKPOINT_OPTIMIZER)).items():
         if name == "_empty":
             continue
         opt_name, pid, key = name.split(".", 2)
@@ -214,7 +227,60 @@ def load_checkpoint(run_dir, model, opts: dict, device):
     return st
 
 
+class BestModel:
+    """The weights of the epoch with the best validation recall, and early stopping: training ends after
+    ``patience`` epochs without a new best (0 = never early). The best weights live in memory and in
+    RUN/checkpoint/best.safetensors (a resumed run reloads them); the run's model is the best epoch's."""
+
+    def __init__(self, run_dir: str, patience: int, value: float = -1.0, epoch: int = 0, stale: int = 0):
+        self.path = str(RunDir(run_dir).checkpoint_file(CHECKPOINT_BEST))
+        self.patience, self.value, self.epoch, self.stale = patience, value, epoch, stale
+        self.weights: dict | None = None
+
+    @classmethod
+    def resume(cls, run_dir: str, checkpoint_state: dict | None, patience: int) -> "BestModel":
+        saved = (checkpoint_state or {}).get("best") or {}
+        best = cls(run_dir, patience, saved.get("value", -1.0), saved.get("epoch", 0), saved.get("stale", 0))
+        if saved and os.path.exists(best.path):
+            from safetensors.torch import load_file
+
+            best.weights = load_file(best.path)
+        return best
+
+    def state(self) -> dict:
+        return {"value": self.value, "epoch": self.epoch, "stale": self.stale}
+
+    def update(self, model: NANNModel, value: float, epoch: int) -> bool:
+        """Records this epoch's validation recall; True (and the weights kept) when it is a new best."""
+        if value > self.value:
+            self.value, self.epoch, self.stale = value, epoch, 0
+            self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            _save_safetensors(self.weights, self.path)
+            return True
+        self.stale += 1
+        return False
+
+    def exhausted(self) -> bool:
+        return self.patience > 0 and self.stale >= self.patience
+
+    def restore(self, model: NANNModel) -> None:
+        if self.weights is not None:
+            model.load_state_dict({k: v.to(next(model.parameters()).device) for k, v in self.weights.items()})
+
+
 # ---- data parallel ---------------------------------------------------------------------------------------------
+
+def _agree(flag: bool, world: int, device) -> bool:
+    """Rank 0's flag on every rank (each rank returns the same value)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
 
 def _broadcast_buffers(model):
     """Rank 0's BatchNorm statistics to every rank (DDP does this before each forward; this is the last one)."""
@@ -258,26 +324,67 @@ def main(args) -> int:
     if getattr(args, "export_only", False):
         reexport_run(args.run)
         return 0
-    train_run(args)
+    result = train_run(args)
+    baseline = None
+    if getattr(args, "baseline", "none") != "none" and args.arch != args.baseline:
+        path = str(RunDir(args.run).baseline.path)
+        if result.test_hits is not None:
+            print(f"training the {args.baseline} baseline on the same data into {path} (--baseline none skips it)",
+                  flush=True)
+        baseline = train_run(argparse.Namespace(**{**vars(args), "arch": args.baseline, "run": path}))
+    if result.test_hits is not None:
+        compare_with_baselines(args, result.test_hits, None if baseline is None else baseline.test_hits)
     return 0
 
 
+def compare_with_baselines(args, model_hits: np.ndarray, two_tower_hits: np.ndarray | None) -> dict:
+    """Prints the model's test recall beside popularity (plain, unseen-only) and the two-tower baseline, with
+    intervals and a verdict, and writes the numbers to RUN/baselines.json."""
+    from nann.baselines import Comparison, interval, popularity_hits, report
+
+    data = load_data(args.data)
+    n = len(model_hits)
+    histories = [data.test.history(i) for i in range(n)]
+    targets = data.test.targets[:n]
+    comparisons = [Comparison("popularity", popularity_hits(data.item_counts, histories, targets, TOP_M)),
+                   Comparison("popularity (unseen)",
+                              popularity_hits(data.item_counts, histories, targets, TOP_M, unseen=True))]
+    if two_tower_hits is not None:
+        comparisons.append(Comparison("two-tower", two_tower_hits))
+    print(report(args.arch, model_hits, comparisons, TOP_M), flush=True)
+    summary = {"users": n, "top_m": TOP_M, "model": args.arch,
+               "recall_all": {name: dict(zip(("mean", "low", "high"), interval(hits)))
+                              for name, hits in [(args.arch, model_hits)] + [(c.name, c.hits) for c in comparisons]}}
+    _write_json(summary, str(RunDir(args.run).baselines_file))
+    return summary
+
+
 def reexport_run(run_dir: str) -> None:
-    """Rewrite a finished run's serving artifacts (item embeddings, ONNX parts) from its model.safetensors, e.g.
+    """Rewrite a finished run's serving artifacts (item embeddings, ONNX parts) from its weights, e.g.
     after an upgrade changed the ONNX export; the weights and the training log stay as they are. Items added with
     `nann items add` are kept: their e_v is recomputed from their category, as that command computed it."""
-    from nann.data.prepared import Vocabulary
     from trainer.export import write_run_artifacts
 
     model = load_model(run_dir)
-    added = Vocabulary.load(run_dir).item_category[model.cfg.num_items:]
+    added = RunDir(run_dir).vocabulary().item_category[model.cfg.num_items:]
     write_run_artifacts(model, run_dir, added_categories=added)
     extended = f" ({model.cfg.num_items} trained items + {len(added)} added with `nann items add`)"
     print(f"re-exported the serving artifacts of {run_dir}" + (extended if len(added) else ""))
 
 
-def train_run(args) -> NANNModel:
-    """Trains (or resumes) the run; returns this rank's model."""
+@dataclass
+class TrainResult:
+    model: NANNModel               # this rank's model (the best epoch's)
+    test_hits: np.ndarray | None   # rank 0: per test user, is its target in the brute-force top-M; else None
+
+
+def denormals_flushed() -> bool:
+    """Whether this process flushes denormal floats to zero now (torch has a setter only)."""
+    return float(torch.tensor([1e-39], dtype=torch.float32) * 1.0) == 0.0
+
+
+def train_run(args) -> TrainResult:
+    """Trains (or resumes) the run."""
     world, rank, local_rank, local_world = _dist_info()
     if args.arch not in ARCHS:
         raise UserError(f"--arch must be one of {', '.join(ARCHS)}")
@@ -290,6 +397,7 @@ def train_run(args) -> NANNModel:
     torch.set_num_threads(training_threads(getattr(args, "threads", 0), local_world))
     # Tiny gradients (the FGSM term, rarely-seen embedding rows) become denormal floats, which CPUs process
     # 10-100x slower: flushing them to zero kept steps/s flat where it otherwise fell by a third (perf.bench_train).
+    flushed_before = denormals_flushed()
     torch.set_flush_denormal(getattr(args, "denormals", "flush") == "flush")
     if world > 1:
         import torch.distributed as dist
@@ -301,6 +409,7 @@ def train_run(args) -> NANNModel:
     try:
         return _train(args, device, world, rank)
     finally:
+        torch.set_flush_denormal(flushed_before)  # a process-wide setting: leave it as it was found
         if world > 1:
             import torch.distributed as dist
 
@@ -308,19 +417,20 @@ def train_run(args) -> NANNModel:
                 dist.destroy_process_group()
 
 
-def _train(args, device, world, rank) -> int:
+def _train(args, device, world, rank) -> TrainResult:
     is_main = rank == 0
     log = (lambda *a: print(*a, flush=True)) if is_main else (lambda *a: None)
     data = load_data(args.data)
     run_dir = args.run
-    os.makedirs(run_dir, exist_ok=True)
-    cfg_path = os.path.join(run_dir, "config.json")
+    run = RunDir(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
     cfg = ModelConfig(num_items=data.num_items, num_categories=data.num_categories, arch=args.arch,
-                      max_seq=data.max_seq, interactions=getattr(args, "interactions", True))
-    if os.path.exists(os.path.join(run_dir, "checkpoint", "state.json")) and os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            old = json.load(f)
+                      max_seq=data.max_seq, interactions=getattr(args, "interactions", True),
+                      recency=getattr(args, "recency", True))
+    if run.checkpoint_file(CHECKPOINT_STATE).exists() and run.config_file.exists():
+        old = run.read_config()
         if (old.get("arch") != cfg.arch or old.get("num_items") != cfg.num_items
+                or old.get("recency", False) != cfg.recency
                 or (cfg.arch != "two-tower" and old.get("interactions", False) != cfg.interactions)):
             raise UserError(f"{run_dir} holds a run of arch {old.get('arch')} over {old.get('num_items')} items; "
                             f"use a new --run directory")
@@ -330,7 +440,8 @@ def _train(args, device, world, rank) -> int:
     opts = make_optimizers(model, args.lr, sparse=not (world > 1 and device.type == "cuda"))
     st = load_checkpoint(run_dir, model, opts, device)
     start_epoch, start_step, global_step = (st["epoch"], st["step_in_epoch"], st["global_step"]) if st else (0, 0, 0)
-    objective = TrainingObjective(model, args.fgsm_eps)
+    best = BestModel.resume(run_dir, st, getattr(args, "patience", 0))
+    objective = TrainingObjective(model, args.fgsm_eps, getattr(args, "loss", "nce"))
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -342,7 +453,7 @@ def _train(args, device, world, rank) -> int:
                                   "batch_size": args.batch_size, "lr": args.lr, "max_samples": args.max_samples,
                                   "seed": args.seed, "world_size": world, "noise": "unigram (counts clipped at 1)",
                                   "aux_loss": "bernoulli_kl"}})
-        _write_json(conf, cfg_path)
+        _write_json(conf, str(run.config_file))
         if st:
             log(f"resuming {run_dir} at epoch {start_epoch}, step {start_step} (global step {global_step})")
 
@@ -353,8 +464,7 @@ def _train(args, device, world, rank) -> int:
     log_q = torch.from_numpy(noise.log_q).to(device)
     k = args.negatives
     log_k = math.log(k)
-    log_path = os.path.join(run_dir, "train_log.jsonl")
-    log_f = open(log_path, "a") if is_main else None
+    log_f = open(run.train_log_file, "a") if is_main else None
 
     def write_log(rec):
         if log_f:
@@ -402,39 +512,47 @@ def _train(args, device, world, rank) -> int:
                     r = recall_all(model, data.val, eval_users("val", device, args.eval_users), data.max_seq, device)
                     write_log({"kind": "val", "epoch": epoch, "step": global_step, "recall_all@200": r})
                     bar.write(f"step {global_step}: val recall-all@{TOP_M} = {r:.4f}")
-                    save_checkpoint(run_dir, model, opts, epoch, step + 1, global_step)
+                    save_checkpoint(run_dir, model, opts, epoch, step + 1, global_step, best.state())
                 model.train()
         bar.close()
+        stop = False
         if is_main:
-            save_checkpoint(run_dir, model, opts, epoch + 1, 0, global_step)
             r = recall_all(model, data.val, eval_users("val", device, args.eval_users), data.max_seq, device)
+            improved = best.update(model, r, epoch + 1)
+            save_checkpoint(run_dir, model, opts, epoch + 1, 0, global_step, best.state())
             write_log({"kind": "val", "epoch": epoch + 1, "step": global_step, "recall_all@200": r,
                        "elapsed_s": time.time() - t_start})
+            stop = best.exhausted()
             log(f"epoch {epoch + 1}: val recall-all@{TOP_M} = {r:.4f} "
-                f"({min(eval_users('val', device, args.eval_users), len(data.val))} users)")
+                f"({min(eval_users('val', device, args.eval_users), len(data.val))} users)"
+                + ("" if improved else f"; best {best.value:.4f} at epoch {best.epoch}")
+                + (f"; no gain in {best.patience} epochs: stopping" if stop else ""))
         start_step = 0
+        if _agree(stop, world, device):
+            break
+    if is_main:
+        best.restore(model)
+        write_log({"kind": "best", "epoch": best.epoch, "recall_all@200": best.value})
+        log(f"keeping the model of epoch {best.epoch} (val recall-all@{TOP_M} {best.value:.4f})")
     if world > 1:
         _broadcast_buffers(model)
-    if is_main:
-        finish_run(model, data, run_dir, device, write_log, log, args.eval_users)
+    hits = finish_run(model, data, run_dir, device, write_log, log, args.eval_users) if is_main else None
     if log_f:
         log_f.close()
-    return model
+    return TrainResult(model, hits)
 
 
 def finish_run(model: NANNModel, data, run_dir: str, device, write_log=lambda r: None, log=print,
-               eval_users_requested: int = 0) -> dict:
-    """Writes the final artifacts of a run and reports test recall-all@200."""
+               eval_users_requested: int = 0) -> np.ndarray:
+    """Writes the final artifacts of a run and reports test recall-all@200; returns the test users' hits."""
     from trainer.export import write_run_artifacts
 
     E = write_run_artifacts(model, run_dir)
     model.to(device)
-    for name in ("items.npy", "item_category.npy", "categories.npy"):
-        src = os.path.join(data.data_dir, name)
-        if os.path.exists(src):
-            shutil.copyfile(src, os.path.join(run_dir, name))
+    RunDir(run_dir).copy_vocabulary(data.data_dir)
     n = min(eval_users("test", device, eval_users_requested), len(data.test))
-    r = recall_all(model, data.test, n, data.max_seq, device, item_emb=E)
+    hits = recall_hits(model, data.test, n, data.max_seq, device, item_emb=E)
+    r = float(hits.mean()) if n else float("nan")
     write_log({"kind": "test", "recall_all@200": r, "users": n})
     log(f"test recall-all@{TOP_M} = {r:.4f} ({n} users, brute force over {data.num_items} items)")
-    return {"test_recall_all@200": r, "users": n}
+    return hits

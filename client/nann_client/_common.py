@@ -99,17 +99,20 @@ class Option:
     name: str
     check: Callable[[str, Any], np.ndarray]  # (name, value) → the wire array [1, n]; InvalidRequestError if bad
     datatype: str = "INT32"
+    dims: int = 1  # the input's dims in the model config: 1 = one value, -1 = a list
 
 
-OPTIONS = (  # the server's twin: nann.serving.requests.SEARCH_INPUTS + FILTER_INPUTS
+# The server's twin (nann.serving.requests.REQUEST_INPUTS: its search tunables, then its filters), kept here so that
+# the SDK installs without the server package; the server's tests tie the two (names, datatypes, dims, lower bounds).
+OPTIONS = (
     Option("k", _single(1)),
-    Option("ef", _per_layer),
-    Option("rounds", _per_layer),
+    Option("ef", _per_layer, dims=-1),
+    Option("rounds", _per_layer, dims=-1),
     Option("frontier", _single(0, "0 = unlimited")),
     Option("seeds", _single(0, "0 = none")),
-    Option("exclude", id_list, "INT64"),
+    Option("exclude", id_list, "INT64", dims=-1),
     Option("exclude_history", _flag, "BOOL"),
-    Option("categories", lambda name, ids: id_list(name, ids, "category ids"), "INT64"),
+    Option("categories", lambda name, ids: id_list(name, ids, "category ids"), "INT64", dims=-1),
 )
 OPTION_NAMES = tuple(o.name for o in OPTIONS)
 

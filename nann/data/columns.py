@@ -17,7 +17,7 @@ _INT64_MAX = (1 << 63) - 1
 _WHOLE_INT = r"-?[0-9]+"
 _SHORT_INT = r"^-?[0-9]{1,18}$"  # always fits int64
 _LONG_INT = r"^-?[0-9]{19,}$"  # may not: checked one by one
-_NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+NUMBER = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"  # decimal text: ratings; a first line with one is data
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _BAD_TIME = -1  # stands for an unparseable time; negative times are bad anyway
 
@@ -132,7 +132,7 @@ def ratings(values: pa.Array, column: str) -> tuple[np.ndarray, np.ndarray]:
         return r, ~np.isfinite(r)
     if not _is_text(values):
         raise _unsupported(column, values, "numbers")
-    ok = _matches(values, _NUMBER)
+    ok = _matches(values, NUMBER)
     return pc.cast(pc.if_else(pa.array(ok), values, "0"), pa.float64()).to_numpy(), ~ok
 
 

@@ -1,6 +1,6 @@
 """What every input reader returns, and the row accounting they share.
 
-A reader (UserBehavior CSV in `reader.py`, header CSV/TSV and Parquet in `tabular.py`) streams its file, keeps
+A reader (UserBehavior CSV in `reader.py`, delimited text and Parquet in `tabular.py`) streams its file, keeps
 the valid rows as compact arrays (33 bytes a row) and counts the rest with a `RowAccounting`. A row is malformed,
 and skipped, for the first of these kinds that applies:
 - ``columns``      wrong number of fields (delimited text);

@@ -1,25 +1,23 @@
-"""Header CSV / TSV and Parquet input of `nann data prepare`, with a column mapping (--columns).
+"""Delimited text (CSV / TSV / any delimiter, with a header or columns by position) and Parquet input of `nann data
+prepare`, with a column mapping (--columns).
 
 Both stream, so memory stays bounded by one batch plus the compact arrays of valid rows: delimited text goes
-through pyarrow's CSV reader in 4 MiB blocks, Parquet row group by row group (ParquetFile.iter_batches). Only the
-mapped columns are read: as text from CSV/TSV (so each value is checked on its own and a bad one makes only its
-row malformed), in their stored type from Parquet. Every batch then goes through the same conversion
-(`nann.data.columns`) and accounting (`nann.data.interactions`).
+through pyarrow's CSV reader in 4 MiB blocks (layout and streaming: `nann.data.delimited`), Parquet row group by
+row group (ParquetFile.iter_batches). Only the mapped columns are read: as text from delimited files (so each value
+is checked on its own and a bad one makes only its row malformed), in their stored type from Parquet. Every batch
+then goes through the same conversion (`nann.data.columns`) and accounting (`nann.data.interactions`).
 
 Defaults for the optional roles: no ``category`` column puts every item in one shared category (raw id 0); no
 ``behavior`` column makes every row ``pv``; no ``rating`` column keeps every row.
 """
 from __future__ import annotations
 
-import functools
-import os
-
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from nann.data import columns as col
+from nann.data import delimited
 from nann.data.interactions import (MALFORMED_KINDS, ReadResult, RowAccounting, check_input_file, progress_bar,
                                     timestamp_ok)
 from nann.data.string_ids import KeyRegistry
@@ -31,12 +29,11 @@ ID_ROLES = ("user", "item", "category")
 SHARED_CATEGORY = 0
 """Raw category id of every item when the input has no category column."""
 BATCH_ROWS = 1 << 18  # Parquet rows per batch
-CSV_BLOCK_BYTES = 4 << 20
-SNIFFED_DELIMITERS = (",", "\t", ";", "|")
 
 
 def parse_column_map(text: str | None) -> dict[str, str]:
-    """--columns 'user=COL,item=COL,time=COL[,category=COL][,behavior=COL][,rating=COL]' -> {role: column}."""
+    """--columns 'user=COL,item=COL,time=COL[,category=COL][,behavior=COL][,rating=COL]' -> {role: column}; COL is a
+    header name or a 1-based position (every one the same way)."""
     mapping: dict[str, str] = {}
     for part in (text or "").split(","):
         role, sep, name = (s.strip() for s in part.partition("="))
@@ -50,82 +47,30 @@ def parse_column_map(text: str | None) -> dict[str, str]:
     absent = [r for r in REQUIRED_ROLES if r not in mapping]
     if absent:
         raise UserError(f"--columns must map {', '.join(absent)} (e.g. --columns user=userId,item=movieId,"
-                        f"time=timestamp)")
+                        f"time=timestamp, or by position user=1,item=2,time=4)")
+    delimited.by_position(mapping.values())
     return mapping
 
 
-def first_line(path: str) -> bytes:
-    """The file's first line (at most 64 KiB, no newline)."""
-    with open(path, "rb") as f:
-        return f.read(1 << 16).split(b"\n", 1)[0].rstrip(b"\r")
-
-
-def resolve_delimiter(path: str, fmt: str, given: str | None) -> str:
-    """--delimiter if given ('tab' or '\\t' for a tab), a tab for TSV, else the most frequent of , TAB ; | in
-    the header line."""
-    if given:
-        delimiter = "\t" if given in ("tab", "\\t") else given
-        if len(delimiter) != 1:
-            raise UserError(f"--delimiter must be one character (or 'tab'), got {given!r}")
-        return delimiter
-    if fmt == "tsv":
-        return "\t"
-    header = first_line(path).decode("utf-8", "replace")
-    best = max(SNIFFED_DELIMITERS, key=header.count)
-    if not header.count(best):
-        raise UserError(f"cannot tell the delimiter of {path} from its header {header[:100]!r}; pass --delimiter")
-    return best
-
-
-def _delimited_options(delimiter: str, on_invalid_row=None):
-    read = pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False)  # serial: rows get their number
-    parse = pa_csv.ParseOptions(delimiter=delimiter, ignore_empty_lines=False, invalid_row_handler=on_invalid_row)
-    return read, parse
-
-
-def file_columns(path: str, fmt: str, delimiter: str | None = None) -> list[str]:
-    """Column names of a header CSV/TSV or Parquet file."""
+def parquet_columns(path: str) -> list[str]:
     try:
-        if fmt == "parquet":
-            return list(pq.ParquetFile(path).schema_arrow.names)
-        read, parse = _delimited_options(resolve_delimiter(path, fmt, delimiter), lambda row: "skip")
-        with pa_csv.open_csv(path, read_options=read, parse_options=parse) as reader:
-            return list(reader.schema.names)
+        return list(pq.ParquetFile(path).schema_arrow.names)
     except (pa.ArrowException, OSError) as e:
-        raise UserError(f"cannot read {path} as {fmt}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot read {path} as parquet: {str(e).splitlines()[0]}") from None
 
 
-def _delimited_batches(path: str, delimiter: str, names: list[str], acct: RowAccounting, progress: bool):
-    """(batch, position) pairs of a header CSV/TSV, mapped columns as text; position(i) is row i's line number.
-    Rows with the wrong number of fields are counted here (kind ``columns``)."""
-    invalid: list[int] = []  # line numbers of those rows, while they may still matter for an example's position
-
-    def on_invalid_row(row) -> str:
-        acct.rows += 1
-        acct.add_malformed("columns", row.number, row.text)
-        if not acct.examples_settled(row.number):
-            invalid.append(row.number)
-        return "skip"
-
-    def line_number(i: int, base: int) -> int:
-        # records are the header (line 1), then data rows and invalid rows in file order
-        skipped = np.asarray(invalid, dtype=np.int64) - np.arange(len(invalid))
-        return base + i + 2 + int(np.searchsorted(skipped, base + i + 2, side="right"))
-
-    read, parse = _delimited_options(delimiter, on_invalid_row)
-    convert = pa_csv.ConvertOptions(include_columns=names, column_types={n: pa.string() for n in names})
-    delivered = 0  # data rows handed out so far
-    with open(path, "rb") as f, progress_bar(path, os.path.getsize(path), "B", progress) as bar:
-        try:
-            reader = pa_csv.open_csv(f, read_options=read, parse_options=parse, convert_options=convert)
-            for batch in reader:
-                settled = acct.examples_settled(delivered + 2)
-                position = None if settled else functools.partial(line_number, base=delivered)
-                yield batch, position
-                delivered += batch.num_rows
-                bar.update(f.tell() - bar.n)
-        except pa.ArrowException as e:
-            raise UserError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+def _parquet_mapping(path: str, mapping: dict[str, str]) -> dict[str, str]:
+    """The mapping with positions replaced by the Parquet file's column names; unknown columns refused."""
+    present = parquet_columns(path)
+    if delimited.by_position(mapping.values()):
+        if max(int(c) for c in mapping.values()) > len(present):
+            raise UserError(f"{path} has {len(present)} columns; --columns names a position past them")
+        mapping = {role: present[int(c) - 1] for role, c in mapping.items()}
+    unknown = [name for name in mapping.values() if name not in present]
+    if unknown:
+        raise UserError(f"{path} has no column {', '.join(map(repr, unknown))}; its columns: "
+                        f"{', '.join(present)}")
+    return mapping
 
 
 def _parquet_batches(path: str, names: list[str], progress: bool):
@@ -191,29 +136,29 @@ class _BatchConverter:
 
 
 def read_tabular(path: str, fmt: str, mapping: dict[str, str], *, delimiter: str | None = None,
-                 hash_ids: tuple[str, ...] = (), min_rating: float | None = None,
-                 time_window: tuple[int, int] | None = None, max_malformed: float | None = 0.01,
-                 progress: bool = True) -> ReadResult:
-    """Read a header CSV / TSV (fmt 'csv' / 'tsv') or Parquet file whose columns `mapping` names by role.
-    `hash_ids` roles hold string keys (nann.data.string_ids); rows rated below `min_rating` are dropped."""
+                 encoding: str | None = None, no_header: bool = False, hash_ids: tuple[str, ...] = (),
+                 min_rating: float | None = None, time_window: tuple[int, int] | None = None,
+                 max_malformed: float | None = 0.01, progress: bool = True) -> ReadResult:
+    """Read a delimited (fmt 'csv' / 'tsv': `nann.data.delimited` says how) or Parquet file whose columns `mapping`
+    names by role. `hash_ids` roles hold string keys (nann.data.string_ids); rows rated below `min_rating` are
+    dropped."""
     check_input_file(path)
     for role in hash_ids:
         if role not in mapping:
             raise UserError(f"--hash-ids {role}: --columns maps no {role} column")
     if min_rating is not None and "rating" not in mapping:
         raise UserError("--min-rating needs a rating column: add rating=COLUMN to --columns")
-    delimiter = None if fmt == "parquet" else resolve_delimiter(path, fmt, delimiter)
-    present = file_columns(path, fmt, delimiter)
-    unknown = [name for name in mapping.values() if name not in present]
-    if unknown:
-        raise UserError(f"{path} has no column {', '.join(map(repr, unknown))}; its columns: "
-                        f"{', '.join(present)}")
-    names = list(dict.fromkeys(mapping.values()))
     acct = RowAccounting("row" if fmt == "parquet" else "line")
+    if fmt == "parquet":
+        mapping = _parquet_mapping(path, mapping)
+        batches = _parquet_batches(path, list(dict.fromkeys(mapping.values())), progress)
+    else:
+        layout = delimited.layout_of(path, fmt, mapping.values(), delimiter=delimiter, encoding=encoding,
+                                     no_header=no_header)
+        delimited.check_columns(path, layout, mapping.values())
+        batches = delimited.batches(path, layout, list(dict.fromkeys(mapping.values())), acct, progress)
     registries = {role: KeyRegistry(role, mapping[role]) for role in hash_ids}
     converter = _BatchConverter(mapping, registries, min_rating, time_window, blank_rows_ignored=fmt != "parquet")
-    batches = (_parquet_batches(path, names, progress) if fmt == "parquet"
-               else _delimited_batches(path, delimiter, names, acct, progress))
     for batch, position in batches:
         converter.add(batch, position, acct)
     hint = ("; if the ids are strings (ASINs, UUIDs...), pass --hash-ids"

@@ -1,20 +1,16 @@
 """The exported HNSW graph (docs/DESIGN.md, "Graph"), memory-mapped.
 
-``HnswGraph.load(graph_dir)`` maps ``levels.npy`` and every ``layer{l}_indptr/indices.npy`` with
-``np.load(mmap_mode="r")``: opening a graph of millions of items costs a few file opens, not a copy.
+``HnswGraph.load(graph_dir)`` maps the levels and every layer's CSR arrays (their files: ``nann.run_dir.GraphDir``)
+with ``np.load(mmap_mode="r")``: opening a graph of millions of items costs a few file opens, not a copy.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from nann.errors import UserError
-
-FORMAT_VERSION = 1
-_META_KEYS = ("num_items", "max_level", "entry_point", "format_version")
-HNSW_INDEX = "hnsw_index.bin"  # the builder's hnswlib index beside the arrays, for `nann items add`; never served
+from nann.run_dir import GraphDir
 
 
 class HnswGraph:
@@ -44,24 +40,15 @@ class HnswGraph:
 
     @classmethod
     def load(cls, graph_dir, mmap: bool = True) -> "HnswGraph":
-        d = Path(graph_dir)
-        meta_path = d / "meta.json"
-        if not meta_path.is_file():
-            raise UserError(f"graph not found: {meta_path} is missing (run `nann graph --run RUN_DIR` first)")
+        files = GraphDir(graph_dir)
+        meta = files.read_meta()
         try:
-            meta = json.loads(meta_path.read_text())
-            missing = [k for k in _META_KEYS if k not in meta]
-            if missing:
-                raise ValueError(f"missing keys {missing}")
-            if int(meta["format_version"]) != FORMAT_VERSION:
-                raise ValueError(f"format_version {meta['format_version']} (this code reads {FORMAT_VERSION})")
             n, max_level, ep = int(meta["num_items"]), int(meta["max_level"]), int(meta["entry_point"])
-        except (ValueError, TypeError, json.JSONDecodeError) as e:
-            raise UserError(f"corrupt graph metadata {meta_path}: {e}") from None
+        except (ValueError, TypeError) as e:
+            raise UserError(f"corrupt graph metadata {files.meta_file}: {e}") from None
         mode = "r" if mmap else None
 
-        def _load(name: str, dtype, shape0: int | None) -> np.ndarray:
-            p = d / name
+        def _load(p: Path, dtype, shape0: int | None) -> np.ndarray:
             if not p.is_file():
                 raise UserError(f"graph file missing: {p} (rebuild with `nann graph`)")
             try:
@@ -73,18 +60,19 @@ class HnswGraph:
                                 f"got {a.dtype} {list(a.shape)}")
             return a
 
-        levels = _load("levels.npy", np.int8, n)
+        levels = _load(files.levels_file, np.int8, n)
         layers = []
         for lev in range(max_level + 1):
-            indptr = _load(f"layer{lev}_indptr.npy", np.int64, n + 1)
-            indices = _load(f"layer{lev}_indices.npy", np.int32, None)
+            indptr_file, indices_file = files.layer_files(lev)
+            indptr = _load(indptr_file, np.int64, n + 1)
+            indices = _load(indices_file, np.int32, None)
             if n and (int(indptr[0]) != 0 or int(indptr[-1]) != indices.shape[0]):
-                raise UserError(f"corrupt graph file {d / f'layer{lev}_indptr.npy'}: does not match "
-                                f"layer{lev}_indices.npy ({int(indptr[-1])} vs {indices.shape[0]} links)")
+                raise UserError(f"corrupt graph file {indptr_file}: does not match {indices_file.name} "
+                                f"({int(indptr[-1])} vs {indices.shape[0]} links)")
             layers.append((indptr, indices))
         if not (0 <= ep < max(n, 1)):
-            raise UserError(f"corrupt graph metadata {meta_path}: entry_point {ep} out of range")
-        return cls(levels, layers, ep, meta=meta, path=d)
+            raise UserError(f"corrupt graph metadata {files.meta_file}: entry_point {ep} out of range")
+        return cls(levels, layers, ep, meta=meta, path=files.path)
 
     def _check(self) -> None:
         n = self.num_items

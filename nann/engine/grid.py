@@ -6,7 +6,7 @@ Only TensorRT needs the fixed shapes (one optimization profile per size). ONNX R
 shape, where padding only adds rows to score: a round of ~60 candidates per request went to the scorer as 200, and
 unpadded, the served path answered 1.17x the requests per second at concurrency 1 and 1.16x at 16 (perf/RESULTS.md,
 "Serving parameters: grid (retrieve)").
-``for_backend`` picks the grid by scorer backend."""
+Which grid a scorer runtime gets is the runtime's (``nann.scorers``: ``ScorerRuntime.grid``)."""
 from __future__ import annotations
 
 import bisect
@@ -46,11 +46,6 @@ class CandidateGrid:
         g.sizes = None  # type: ignore[assignment]
         g.max_size = int(max_size)
         return g
-
-    @classmethod
-    def for_backend(cls, backend: str) -> "CandidateGrid":
-        """The default grid of a scorer backend: padded for TensorRT, unpadded for the CPU runtimes."""
-        return cls() if backend == "tensorrt" else cls.unpadded()
 
     def to_json(self) -> dict:
         return {"sizes": None if self.sizes is None else list(self.sizes), "max_size": self.max_size}

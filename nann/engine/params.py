@@ -1,12 +1,59 @@
-"""Search parameters and THE search defaults, in a module light enough for the command line to import (no Numba)."""
+"""Search parameters: THE one definition of every search tunable and of the search defaults, in a module light enough
+for the command line to import (no Numba).
+
+A tunable is one field of `SearchParams`, declared with `tunable(...)`: its paper value (the class default), its
+default (`DEFAULT_SEARCH`), the least value the engine takes, the most a served request may ask and what it does.
+Everything else comes from `TUNABLES`: the served inputs and their checks (`nann.serving.requests.SEARCH_INPUTS`), the
+served defaults and limits that `nann_info` publishes (`ServingLimits`), the command line's flags (`nann_cli`) and the
+evaluator's methods (`nann.evaluate.MethodSpec` holds a SearchParams); a test ties the client SDK's own table to the
+served inputs. A new tunable is one field here plus its use in the engine.
+
+Resolving a search: `default_search(num_items)` gives a catalogue's defaults, `resolve` puts the given values over
+them (bounds checked by SearchParams), and the engine applies the one rule between tunables itself, for every caller:
+the last layer's list holds at least top_m entries (`SearchParams.walk_ef`; hnswlib's searchKnn takes max(ef, k)).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+_TUNABLE = "tunable"  # the key of a SearchParams field's metadata holding its Tunable spec
+
+
+@dataclass(frozen=True)
+class Tunable:
+    """One search parameter, a field of SearchParams: its values, bounds and help (see `tunable`)."""
+
+    field: str
+    paper: Any               # the paper's value (Section 5.1.3): the class default, PAPER_SEARCH's
+    default: Any             # DEFAULT_SEARCH's value (catalogues of up to SCALING_BASE_ITEMS items)
+    low: int                 # the least value the engine takes
+    served_max: int | None   # the most a served request may ask (ServingLimits.maxima); None: the model's max_seq
+    help: str                # what it does (the command line's help)
+    per_layer: bool = False  # one value per layer, top layer first
+    served_as: str = ""      # the served input's (and the flag's) name when it is not the field's
+    zero: str = ""           # what 0 means, where low is 0
+    served_low: int | None = None  # the least value a served request may send, where that is above `low`
+
+    @property
+    def name(self) -> str:
+        """The served input's name, also the command line's flag."""
+        return self.served_as or self.field
+
+    @property
+    def request_low(self) -> int:
+        return self.low if self.served_low is None else self.served_low
+
+
+def tunable(paper, **spec) -> Any:
+    """A SearchParams field that is a tunable: `paper` is its class default, `spec` the rest of its `Tunable`."""
+    return field(default=paper, metadata={_TUNABLE: spec})
 
 
 @dataclass(frozen=True)
 class SearchParams:
-    """Beam-retrieval parameters, one entry per layer, TOP layer first (paper default shown).
+    """Beam-retrieval parameters; the class defaults are the paper's (PAPER_SEARCH). Per-layer tunables have one value
+    per layer, TOP layer first, and as many values as each other.
 
     frontier: at most this many of a request's unexpanded list entries are expanded per round, best first (the
     rest wait for a later round); 0 expands all of them, Algorithm 2 as written. The paper's reference code
@@ -16,36 +63,59 @@ class SearchParams:
     seeds: the request's most recent distinct behaviours (at most this many; 0 = none) join layer 0 as extra entry
     points beside the descent's result: they are scored in the first layer-0 round and expanded like any other
     list entry. A user's own items sit in the regions of the graph where that user's top items live."""
-    ef: tuple[int, ...] = (100, 200, 400)
-    rounds: tuple[int, ...] = (1, 1, 3)
-    top_m: int = 200
-    frontier: int = 0
-    seeds: int = 0
+    ef: tuple[int, ...] = tunable(
+        (100, 200, 400), default=(10, 10, 50, 300), low=1, per_layer=True,
+        served_max=4096,  # ef beyond a small catalogue's size makes the walk exhaustive (an oracle's search)
+        help="beam list size per layer, top layer first")
+    rounds: tuple[int, ...] = tunable(
+        (1, 1, 3), default=(1, 2, 3, 64), low=0, served_low=1, per_layer=True,
+        served_max=64,  # a narrow frontier needs more layer-0 rounds (e.g. frontier 32, rounds {1,3,40})
+        help="most search rounds per layer, top layer first; a layer also ends when nothing is left to expand")
+    top_m: int = tunable(200, default=200, low=1, served_as="k", served_max=1000, help="items to return")
+    frontier: int = tunable(
+        0, default=16, low=0, zero="unlimited",
+        # a beam list never holds more than max(ef, k) <= the most ef entries, so any frontier at or above that expands
+        # the whole list, the same as 0; the maximum only keeps requests to sane values
+        served_max=2000,
+        help="beam: list entries expanded per round, best first; 0 = every new entry")
+    seeds: int = tunable(
+        0, default=50, low=0, zero="none",
+        served_max=None,  # seeds come from the behaviours the model sees, the most recent max_seq
+        help="the history's most recent distinct items that join layer 0 as entry points; 0 = none")
 
     def __post_init__(self):
-        object.__setattr__(self, "ef", tuple(int(x) for x in self.ef))
-        object.__setattr__(self, "rounds", tuple(int(x) for x in self.rounds))
-        if not self.ef or len(self.ef) != len(self.rounds):
-            raise ValueError(f"ef {self.ef} and rounds {self.rounds} need the same, non-zero length")
-        if min(self.ef) < 1:
-            raise ValueError(f"ef must be >= 1, got {self.ef}")
-        if min(self.rounds) < 0:
-            raise ValueError(f"rounds must be >= 0, got {self.rounds}")
-        if int(self.top_m) < 1:
-            raise ValueError(f"top_m must be >= 1, got {self.top_m}")
-        if int(self.frontier) < 0:
-            raise ValueError(f"frontier must be >= 0 (0 = unlimited), got {self.frontier}")
-        if int(self.seeds) < 0:
-            raise ValueError(f"seeds must be >= 0 (0 = none), got {self.seeds}")
+        for t in TUNABLES:
+            value = getattr(self, t.field)
+            value = tuple(int(x) for x in value) if t.per_layer else int(value)
+            object.__setattr__(self, t.field, value)
+        layered = {t.field: getattr(self, t.field) for t in TUNABLES if t.per_layer}
+        if not all(layered.values()) or len({len(v) for v in layered.values()}) > 1:
+            raise ValueError(" and ".join(f"{name} {v}" for name, v in layered.items())
+                             + " need the same, non-zero length")
+        for t in TUNABLES:
+            value = getattr(self, t.field)
+            if (min(value) if t.per_layer else value) < t.low:
+                raise ValueError(f"{t.field} must be >= {t.low}" + (f" (0 = {t.zero})" if t.zero else "")
+                                 + f", got {value}")
 
+    @property
+    def walk_ef(self) -> tuple[int, ...]:
+        """ef as the engine walks it: the last layer's list holds at least top_m entries, so that the search can return
+        top_m items (hnswlib's searchKnn takes max(ef, k) the same way)."""
+        return self.ef[:-1] + (max(self.ef[-1], self.top_m),)
+
+
+TUNABLES = tuple(Tunable(f.name, f.default, **f.metadata[_TUNABLE]) for f in fields(SearchParams))
+RESULT_SIZE = next(t for t in TUNABLES if t.field == "top_m")  # how many items; every other tunable shapes the walk
+WALK_TUNABLES = tuple(t for t in TUNABLES if t is not RESULT_SIZE)
 
 # The paper's Beam-retrieval parameters (Section 5.1.3): one flag away (`--paper`) wherever search runs.
-PAPER_SEARCH = SearchParams(ef=(100, 200, 400), rounds=(1, 1, 3), top_m=200, frontier=0, seeds=0)
+PAPER_SEARCH = SearchParams()
 # The search defaults up to SCALING_BASE_ITEMS items: a narrow descent (the start layer holds a handful of nodes;
 # small beams on the layers above 0, whose only job is entry points next to the seeds), then a walk on layer 0
 # that stops when its list is expanded (the 64 rounds are a cap, not a count). perf/RESULTS.md, "Search quality"
 # at 2k, 10k, 100k and 1M items, shows how they were chosen.
-DEFAULT_SEARCH = SearchParams(ef=(10, 10, 50, 300), rounds=(1, 2, 3, 64), top_m=200, frontier=16, seeds=50)
+DEFAULT_SEARCH = SearchParams(**{t.field: t.default for t in TUNABLES})
 SCALING_BASE_ITEMS = 100_000
 # Beyond SCALING_BASE_ITEMS: last-layer ef ∝ (items / base)^EF_EXPONENT, frontier ∝ (items / base)^(1/3). The
 # exponent is the one that puts the cheapest measured point reaching coverage 0.99 at 803k items (validation
@@ -62,3 +132,14 @@ def default_search(num_items: int) -> SearchParams:
     last_ef = int(round(DEFAULT_SEARCH.ef[-1] * scale ** EF_EXPONENT, -1))
     return replace(DEFAULT_SEARCH, ef=DEFAULT_SEARCH.ef[:-1] + (last_ef,),
                    frontier=int(round(DEFAULT_SEARCH.frontier * scale ** (1 / 3))))
+
+
+def json_value(value):
+    """A tunable's value as JSON holds it: per-layer tuples as lists."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def resolve(num_items: int, **given) -> SearchParams:
+    """The search over a catalogue of ``num_items``: its defaults (`default_search`) with the `given` fields (per-layer
+    values as any sequence); ValueError names a value out of bounds."""
+    return replace(default_search(num_items), **given)

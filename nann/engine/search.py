@@ -14,8 +14,10 @@ order by (score desc, id asc), so results do not depend on batching, padding or 
 Layers and parameters: ``SearchParams.ef`` / ``rounds`` list one value per layer, TOP layer first; with k
 entries the search starts at layer k-1, whose nodes (all nodes of level >= k-1) are scored exhaustively in
 one batch. A graph with fewer levels than asked drops the leading (top) entries; layers above k-1 of a taller
-graph are ignored. The visited bitmap of a request lives for the whole search (across layers), so an item is
-scored at most once per request. NaN scores are treated as -inf.
+graph are ignored. The last layer's list holds at least top_m entries whatever its ef (``SearchParams.walk_ef``, as
+hnswlib's searchKnn takes max(ef, k)), so every caller asking for top_m items gets them. The visited bitmap of a
+request lives for the whole search (across layers), so an item is scored at most once per request. NaN scores are
+treated as -inf.
 """
 from __future__ import annotations
 
@@ -304,6 +306,9 @@ def beam_search(graph, n_requests: int, score_fn: ScoreFn, params: SearchParams 
                 histories: Sequence[np.ndarray] | None = None, filters: Filters | None = None) -> SearchResult:
     """Beam retrieval (Algorithm 1 with Algorithm 2 per layer) for a batch of requests.
 
+    Every request's last layer walks with a list of at least its top_m entries (``SearchParams.walk_ef``), so it
+    returns top_m items whatever ef it asked for.
+
     histories: each request's behaviours (dense ids, oldest first), the source of ``SearchParams.seeds``.
     filters: items requests may not return (``Filters``); a restricted request's list holds up to FILTER_SLACK × ef
     entries so that ef of them can be eligible, and its result is its best top_m eligible items."""
@@ -314,7 +319,7 @@ def beam_search(graph, n_requests: int, score_fn: ScoreFn, params: SearchParams 
         e = np.zeros((0, 0))
         return SearchResult(e.astype(np.int32), e.astype(np.float32), np.zeros(0, np.int64), np.zeros(0, np.int32))
     start, drop = effective_layers(graph, len(plist[0].ef))
-    ef = np.array([p.ef[drop:] for p in plist], dtype=np.int64)          # [n, start+1], column c = layer start-c
+    ef = np.array([p.walk_ef[drop:] for p in plist], dtype=np.int64)     # [n, start+1], column c = layer start-c
     rounds = np.array([p.rounds[drop:] for p in plist], dtype=np.int64)
     top_m = np.array([p.top_m for p in plist], dtype=np.int64)
     max_expand = np.array([p.frontier if p.frontier > 0 else UNLIMITED for p in plist], dtype=np.int64)

@@ -4,10 +4,11 @@ Layout of REPO_DIR (model names are a contract):
     nann/          the ensemble (public entry point): encode → retrieve
     encode/        Python: validate, raw → dense ids, gather e_v, pad to max_seq, user_encoder.onnx
     retrieve/      Python: Numba beam search, BLS to `scorer` once per round
-    scorer/        Python (ONNX Runtime or torch) on CPU hosts, TensorRT plan on GPU hosts
+    scorer/        what the scorer runtime writes (`nann.scorers`): a Python model (ONNX Runtime or torch) on CPU
+                   hosts, a TensorRT plan on GPU hosts
 Each model gets a new version directory `N/` (N = newest + 1 when REPO_DIR already exists, so a running
 server can switch versions), its artifacts hard-linked from the run (copied across file systems) and a
-checksummed manifest verified at load.
+checksummed manifest verified at load. The models' `model.py` files and config templates: `nann.serving.templates`.
 """
 from __future__ import annotations
 
@@ -19,23 +20,20 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from string import Template
 
 import numpy as np
 
-from nann.engine.graph import HNSW_INDEX
+from nann import scorers
 from nann.engine.grid import CandidateGrid
 from nann.errors import UserError
+from nann.run_dir import RunDir
+from nann.scorers.base import ScorerRuntime
 from nann.serving.repository import model_versions, write_manifest
 from nann.serving.requests import REQUEST_INPUT_NAMES, REQUEST_INPUTS, ServingLimits
+from nann.serving.templates import model_file, render, tensor_entries
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "model_repository"
-PYTHON_MODELS = ("encode", "retrieve", "scorer")
+MODELS = ("encode", "retrieve", "scorer", "nann")
 OBSOLETE_MODELS = ("preprocess", "user_encoder")  # an older layout's models, merged into `encode`
-RUN_FILES = ("config.json", "onnx_io.json", "item_embeddings.npy", "user_encoder.onnx", "scorer.onnx",
-             "model.safetensors", "items.npy", "item_category.npy", "categories.npy")
-GRAPH_FILES = ("meta.json", "levels.npy")
-TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 MAX_BATCH = 64
 # dynamic batchers' max_queue_delay_microseconds (perf/RESULTS.md "Serving parameters: max_queue_delay_microseconds
 # (encode)" and "(retrieve)"): `encode` runs one user at a time, so waiting for a batch only delays it (0 against 2 ms:
@@ -44,21 +42,6 @@ MAX_BATCH = 64
 # shorter measured better under load (500 us: p50 27.1 vs 28.0 ms at concurrency 1, 1.01x / 0.97x req/s at 8 / 16,
 # inside the run-to-run noise; 0: 0.94x at 16).
 QUEUE_DELAY_US = {"encode": 0, "retrieve": 2000}
-
-
-def check_run(run_dir: Path) -> None:
-    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
-    if missing:
-        raise UserError(f"run {run_dir} lacks {', '.join(missing)}: run `nann train --run {run_dir}` first")
-    if not all((run_dir / "graph" / name).is_file() for name in GRAPH_FILES):
-        raise UserError(f"run {run_dir} has no graph: run `nann graph --run {run_dir}` first")
-    counts = {"items.npy": np.load(run_dir / "items.npy", mmap_mode="r").shape[0],
-              "item_embeddings.npy": np.load(run_dir / "item_embeddings.npy", mmap_mode="r").shape[0],
-              "graph": json.loads((run_dir / "graph" / "meta.json").read_text())["num_items"]}
-    if len(set(counts.values())) > 1:
-        raise UserError(f"run {run_dir} is inconsistent (" + ", ".join(f"{k}: {v} items" for k, v in counts.items())
-                        + f"): rebuild the graph with `nann graph --run {run_dir}`, or repeat an interrupted "
-                          f"`nann items add`")
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -71,21 +54,12 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 def state_specs(run_dir: Path) -> list[dict]:
     """The user-state tensors as [{"name", "dtype", "dims"}] with dims excluding the leading batch axis."""
-    io = json.loads((run_dir / "onnx_io.json").read_text())
+    io = RunDir(run_dir).read_onnx_io()
     specs = []
     for s in io["state"]:
         dims = [d if isinstance(d, int) and d > 0 else -1 for d in s["shape"][1:]]
         specs.append({"name": s["name"], "dtype": s.get("dtype", "float32"), "dims": dims})
     return specs
-
-
-def tensor_entries(specs: list[dict], batched: bool, indent: str = "  ") -> str:
-    lines = []
-    for s in specs:
-        dims = s["dims"] if batched else [-1] + s["dims"]
-        lines.append(f'{indent}{{ name: "{s["name"]}" data_type: {TRITON_TYPES[s["dtype"]]} '
-                     f'dims: [ {", ".join(str(d) for d in dims)} ] }}')
-    return ",\n".join(lines)
 
 
 def search_input_entries(ragged: bool) -> str:
@@ -111,8 +85,8 @@ ROUND_SHAPES = ((1, 64), (8, 64))
 
 
 def measure_cpu_backends(run_dir: Path, shapes=ROUND_SHAPES, calls: int = 50, repeats: int = 5) -> dict[str, float]:
-    """Candidates per second of each CPU runtime on this run's model at the walk's call sizes: every shape's
-    candidates over the sum of their median call times. The call size decides: on the 100k perf run ONNX Runtime
+    """Candidates per second of each CPU runtime (`nann.scorers.cpu_in_python`) on this run's model at the walk's
+    call sizes: every shape's candidates over the sum of their median call times. The call size decides: on the 100k perf run ONNX Runtime
     scored 1 x 64 2.8x and 8 x 64 1.3x faster than torch, torch 8 x 1,024 1.07x faster than ONNX Runtime; served,
     torch gave 0.70x the req/s at concurrency 1 and 0.89x at 16 (perf/RESULTS.md "Serving parameters: backend
     (scorer)"), where timing 8,192 candidates in one call had chosen torch."""
@@ -120,7 +94,7 @@ def measure_cpu_backends(run_dir: Path, shapes=ROUND_SHAPES, calls: int = 50, re
 
     rng = np.random.default_rng(0)
     speeds = {}
-    for backend in ("onnxruntime", "torch"):
+    for backend in scorers.cpu_in_python():
         runtime = ModelRuntime.load(run_dir, backend=backend)
         state = runtime.encode([rng.integers(0, runtime.num_items, size=runtime.max_seq)
                                 for _ in range(max(u for u, _ in shapes))])
@@ -142,41 +116,64 @@ def measure_cpu_backends(run_dir: Path, shapes=ROUND_SHAPES, calls: int = 50, re
     return speeds
 
 
-def tensorrt_available() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
-def choose_scorer(requested: str, run_dir: Path) -> tuple[str, dict]:
-    if requested == "tensorrt" and not tensorrt_available():
-        raise UserError("--scorer tensorrt needs the tensorrt package and a CUDA GPU on this host; "
-                        "use --scorer auto or onnxruntime on CPU hosts")
+def choose_scorer(requested: str, run_dir: Path) -> tuple[ScorerRuntime, dict]:
+    """The scorer runtime of an export and, for `auto`, the CPU runtimes' measured speeds: auto takes the first
+    available GPU runtime (`nann.scorers.RUNTIMES` order), else the faster CPU runtime on this run's model."""
     if requested != "auto":
-        return requested, {}
-    if tensorrt_available():
-        return "tensorrt", {}
+        chosen = scorers.runtime(requested)
+        if not chosen.available():
+            raise UserError(f"--scorer {chosen.name} needs {chosen.needs}; use --scorer auto or "
+                            f"{' or '.join(scorers.cpu_in_python())} on CPU hosts")
+        return chosen, {}
+    gpu = [r for r in scorers.RUNTIMES.values() if r.gpu and r.available()]
+    if gpu:
+        return gpu[0], {}
     speeds = measure_cpu_backends(run_dir)
-    return max(speeds, key=speeds.get), speeds
+    return scorers.runtime(max(speeds, key=speeds.get)), speeds
 
 
 def next_version(repo: Path) -> int:
-    versions = [int(v.name) for m in PYTHON_MODELS + ("nann",) if (repo / m).is_dir() for v in model_versions(repo / m)]
+    versions = [int(v.name) for m in MODELS if (repo / m).is_dir() for v in model_versions(repo / m)]
     return max(versions, default=0) + 1
 
 
-def render(template: str, **values) -> str:
-    return Template((TEMPLATES / template).read_text()).substitute(**values)
+class RepositoryExport:
+    """One export under way: a new `version` of the models of `repo` from `run`, rendered with `values`; what a scorer
+    runtime's export hook (`ScorerRuntime.export_scorer`) writes with."""
 
+    def __init__(self, run: RunDir, repo: Path, version: int, values: dict, specs: list[dict], limits: ServingLimits,
+                 grid: CandidateGrid):
+        self.run, self.repo, self.version, self.values = run, repo, version, values
+        self.specs, self.limits, self.grid = specs, limits, grid  # the user state, the served limits, the grid
+        self.max_batch = MAX_BATCH
 
-def tensorrt_scorer_config(specs: list[dict], profiles: int) -> str:
-    """config.pbtxt of the TensorRT `scorer` for state `specs` (fixed inner dims) and a plan with `profiles`
-    optimization profiles (one per candidate-grid size); renders without TensorRT or a plan."""
-    return render("scorer_tensorrt/config.pbtxt.template", state_inputs_unbatched=tensor_entries(specs, batched=False),
-                  profiles=", ".join(f'"{p}"' for p in range(profiles)))
+    def version_dir(self, model: str) -> Path:
+        """The model's new, empty version directory."""
+        path = self.repo / model / str(self.version)
+        path.mkdir(parents=True)
+        return path
+
+    def manifest(self, model: str, version_dir: Path) -> None:
+        write_manifest(version_dir, {"run": str(self.run.path), "model": model})
+
+    def write_config(self, model: str, text: str) -> None:
+        (self.repo / model / "config.pbtxt").write_text(text)
+
+    def python_model(self, model: str) -> None:
+        """A Python-backend model: its model.py, the run's served files (and the graph, for `retrieve`), its config."""
+        version_dir = self.version_dir(model)
+        (version_dir / "model.py").write_bytes(model_file(model))
+        # compiled now, so the stub finds its bytecode and writes nothing into the version directory at load
+        # (a new __pycache__ there made poll mode reload every model right after start)
+        py_compile.compile(str(version_dir / "model.py"), doraise=True)
+        served = RunDir(version_dir)
+        for path in self.run.served_files():
+            link_or_copy(path, served.path / path.name)
+        if model == "retrieve":
+            for path in self.run.graph.served_files():  # all but the builder's index (for `nann items add`)
+                link_or_copy(path, served.graph.path / path.name)
+        self.manifest(model, version_dir)
+        self.write_config(model, render(f"{model}/config.pbtxt.template", **self.values))
 
 
 def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: ServingLimits | None = None,
@@ -190,18 +187,19 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
     if stale:
         raise UserError(f"{repo} holds {' and '.join(stale)} of an older layout (merged into `encode` since): "
                         "export into a fresh repository")
-    check_run(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    backend, speeds = choose_scorer(scorer, run_dir)
-    grid = grid or CandidateGrid.for_backend(backend)
-    runtime_backend = backend if backend != "tensorrt" else "onnxruntime"
+    run = RunDir(run_dir)
+    run.check_servable()
+    config = run.read_config()
+    runtime, speeds = choose_scorer(scorer, run_dir)
+    grid = grid or runtime.grid()
     version = next_version(repo)
     specs = state_specs(run_dir)
-    emb_dim = int(np.load(run_dir / "item_embeddings.npy", mmap_mode="r").shape[1])
-    num_items = int(np.load(run_dir / "items.npy", mmap_mode="r").shape[0])
+    emb_dim = int(run.item_embeddings().shape[1])
+    num_items = run.vocabulary_size()
     limits = limits or ServingLimits.for_catalogue(num_items, max_seq=int(config["max_seq"]), unknown_ids=unknown_ids)
     info = {
-        "model_version": version, "num_items": num_items, "emb_dim": emb_dim, "scorer_backend": backend,
+        "model_version": version, "num_items": num_items, "emb_dim": emb_dim, "scorer_backend": runtime.name,
+        "scorer_in_process": runtime.in_process,
         "arch": config.get("arch"), "run": str(run_dir), "max_seq": limits.max_seq, **limits.published(),
         "grid": grid.to_json(),
         "cpu_scorer_candidates_per_s": {k: round(v) for k, v in speeds.items()},
@@ -209,7 +207,7 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
     values = dict(
         max_batch=MAX_BATCH, encode_queue_delay_us=QUEUE_DELAY_US["encode"],
         retrieve_queue_delay_us=QUEUE_DELAY_US["retrieve"], max_seq=limits.max_seq, emb_dim=emb_dim,
-        env_path=pbtxt_string(env_path or sys.prefix), runtime_backend=runtime_backend,
+        env_path=pbtxt_string(env_path or sys.prefix), runtime_backend=runtime.encoder_runtime,
         limits=pbtxt_string(json.dumps(limits.to_json())), grid=pbtxt_string(json.dumps(info["grid"])),
         nann_info=pbtxt_string(json.dumps(info)),
         state_outputs=tensor_entries(specs, batched=True),
@@ -221,35 +219,12 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
         search_input_map=step_map("input_map", REQUEST_INPUT_NAMES),
     )
     repo.mkdir(parents=True, exist_ok=True)
-    for model in PYTHON_MODELS:
-        if model == "scorer" and backend == "tensorrt":
-            continue
-        version_dir = repo / model / str(version)
-        version_dir.mkdir(parents=True)
-        shutil.copy2(TEMPLATES / model / "model.py", version_dir / "model.py")
-        # compiled now, so the stub finds its bytecode and writes nothing into the version directory at load
-        # (a new __pycache__ there made poll mode reload every model right after start)
-        py_compile.compile(str(version_dir / "model.py"), doraise=True)
-        for name in RUN_FILES:
-            link_or_copy(run_dir / name, version_dir / name)
-        if model == "retrieve":
-            for path in (run_dir / "graph").iterdir():
-                if path.name != HNSW_INDEX:  # the builder's index (for `nann items add`): not served
-                    link_or_copy(path, version_dir / "graph" / path.name)
-        write_manifest(version_dir, {"run": str(run_dir), "model": model})
-        (repo / model / "config.pbtxt").write_text(render(f"{model}/config.pbtxt.template", **values))
-    if backend == "tensorrt":
-        from nann.serving.tensorrt_build import build_scorer_plan, fixed_sequence_axis
-
-        version_dir = repo / "scorer" / str(version)
-        version_dir.mkdir(parents=True)
-        trt_specs = fixed_sequence_axis(specs, limits.max_seq)
-        profiles = build_scorer_plan(run_dir / "scorer_ids.onnx", version_dir / "model.plan", trt_specs, grid,
-                                     MAX_BATCH)
-        write_manifest(version_dir, {"run": str(run_dir), "model": "scorer"})
-        (repo / "scorer" / "config.pbtxt").write_text(tensorrt_scorer_config(trt_specs, profiles))
-    (repo / "nann" / str(version)).mkdir(parents=True)
-    (repo / "nann" / "config.pbtxt").write_text(render("nann/config.pbtxt.template", **values))
+    export = RepositoryExport(run, repo, version, values, specs, limits, grid)
+    for model in ("encode", "retrieve"):
+        export.python_model(model)
+    runtime.export_scorer(export)
+    export.version_dir("nann")
+    export.write_config("nann", render("nann/config.pbtxt.template", **values))
     return info
 
 

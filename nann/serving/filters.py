@@ -221,22 +221,3 @@ class Eligibility:
         return Filters.build(len(requests), blocked=blocked.bitmap if blocked.count else None,
                              exclude=[r.exclude for r in requests], categories=[r.categories for r in requests],
                              item_category=self.vocab.item_category)
-
-
-# ------------------------------------------------------------------------------------------ `nann items block`
-def main_block(args) -> int:
-    """`nann items block`: replace the repository's blocked set; a running server picks it up within a second."""
-    from nann.serving.repository import model_versions
-
-    repo = Path(args.repo)
-    ids = np.zeros(0, dtype=np.int64) if args.clear else read_ids(args.ids)
-    pointer = write_blocked(repo, ids)
-    versions = model_versions(repo / "retrieve") if (repo / "retrieve").is_dir() else []
-    known = ""
-    if versions:
-        from nann.data.prepared import Vocabulary
-
-        count = Eligibility(Vocabulary.load(str(versions[-1]))).blocked(ids).count
-        known = f"; {count:,} of them in the index of model version {versions[-1].name}"
-    print(f"blocked set version {pointer['version']}: {pointer['count']:,} item ids ({repo / pointer['file']}){known}")
-    return 0

@@ -3,18 +3,19 @@
 Every check raises `RequestError` with a message that names the problem; the Triton models turn it into
 an INVALID_ARG error for that one request while the rest of the batch goes on.
 
-The optional per-request inputs of the `nann` ensemble are two tables, `SEARCH_INPUTS` (search parameters) and
-`FILTER_INPUTS` (eligibility filters): the model configs, the parsing here and `nann_info`'s defaults and limits
-are all generated from them.
+The optional per-request inputs of the `nann` ensemble are two tables, `SEARCH_INPUTS` (the search tunables of
+`nann.engine.params`, one input each) and `FILTER_INPUTS` (eligibility filters): the model configs, the parsing here
+and `nann_info`'s defaults and limits are all generated from them.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, NamedTuple
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
-from nann.engine.search import DEFAULT_SEARCH, SearchParams, default_search
+from nann.engine.params import (DEFAULT_SEARCH, RESULT_SIZE, TUNABLES, WALK_TUNABLES, SearchParams, Tunable,
+                                default_search, json_value)
 
 INT_KINDS = "iu"
 MAX_LAYERS = 8  # per-layer values a request may send (an HNSW graph of 10M items at M=32 has ~6 levels)
@@ -27,40 +28,29 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class ServingLimits:
-    """Defaults and configured maxima of the served search (from the `retrieve` model's config).
-
-    Every optional input X of `SEARCH_INPUTS` has its `default_X` and `max_X` here."""
+    """What the served search allows (from the `retrieve` model's config): the model's history sizes, the search a
+    request gets for the inputs it does not send (`defaults`), the most it may ask of each search input (`maxima`, by
+    input name; a tunable's served maximum unless given here, seeds at most max_seq), the unknown-id policy and the
+    filters' list sizes. The config holds them flat (`to_json`: default_X and max_X of every search input X)."""
 
     max_seq: int = 50
     max_history: int = 1000
-    default_k: int = DEFAULT_SEARCH.top_m
-    max_k: int = 1000
-    default_ef: tuple[int, ...] = DEFAULT_SEARCH.ef
-    default_rounds: tuple[int, ...] = DEFAULT_SEARCH.rounds
-    max_ef: int = 4096   # ef beyond a small catalogue's size makes the walk exhaustive (an oracle's search)
-    max_rounds: int = 64   # a narrow frontier needs more layer-0 rounds (e.g. frontier 32, rounds {1,3,40})
-    # List entries expanded per round, best first (SearchParams.frontier); 0 = all new entries (Algorithm 2).
-    default_frontier: int = DEFAULT_SEARCH.frontier
-    # A beam list never holds more than max(ef, k) <= max_ef entries, so any frontier at or above max_ef
-    # expands the whole list, the same as 0; the maximum only keeps requests to sane values.
-    max_frontier: int = 2000
-    # The most recent distinct behaviours that join layer 0 as entry points (SearchParams.seeds); 0 = none.
-    # None: the search default, at most max_seq (a model with shorter histories has fewer behaviours to seed from).
-    default_seeds: int | None = None
+    defaults: SearchParams | None = None     # None: DEFAULT_SEARCH, seeds at most max_seq
+    maxima: Mapping[str, int] | None = None  # search input name → the most a request may ask
     # History ids the index does not know: "skip" drops (and counts) them, "refuse" refuses the request.
     unknown_ids: str = "skip"
     # Eligibility filters (FILTER_INPUTS): raw item ids a request may exclude, raw categories it may allow.
     max_exclude: int = 10_000
     max_categories: int = 1_000
 
-    @property
-    def max_seeds(self) -> int:
-        """Seeds come from the behaviours the model sees, the most recent max_seq."""
-        return self.max_seq
-
     def __post_init__(self):
-        if self.default_seeds is None:
-            object.__setattr__(self, "default_seeds", min(DEFAULT_SEARCH.seeds, self.max_seq))
+        if self.defaults is None:
+            object.__setattr__(self, "defaults", _within_history(DEFAULT_SEARCH, self.max_seq))
+        given = dict(self.maxima or {})
+        unknown = sorted(set(given) - set(_BOUNDED))
+        if unknown:
+            raise ValueError(f"maxima for {unknown}: only {', '.join(_BOUNDED)} have one")
+        object.__setattr__(self, "maxima", {name: int(given.get(name, t.served_max)) for name, t in _BOUNDED.items()})
         for spec in SEARCH_INPUTS:
             try:
                 spec.read(spec.name, None, self)
@@ -69,38 +59,58 @@ class ServingLimits:
         if self.unknown_ids not in UNKNOWN_ID_POLICIES:
             raise ValueError(f"unknown_ids={self.unknown_ids!r} is not one of {', '.join(UNKNOWN_ID_POLICIES)}")
 
+    def default(self, name: str):
+        """The value a request gets for the search input `name` when it does not send it."""
+        return getattr(self.defaults, _BY_NAME[name].field)
+
+    def maximum(self, name: str) -> int:
+        """The most a request may ask of the search input `name`."""
+        return self.maxima[name] if name in self.maxima else self.max_seq
+
     def to_json(self) -> dict:
-        return {key: _plain(value) for key, value in asdict(self).items()}
+        return {"max_seq": self.max_seq, "max_history": self.max_history,
+                **{f"default_{s.name}": json_value(self.default(s.name)) for s in SEARCH_INPUTS},
+                **{f"max_{name}": value for name, value in self.maxima.items()},
+                "unknown_ids": self.unknown_ids, "max_exclude": self.max_exclude, "max_categories": self.max_categories}
 
     @classmethod
     def from_json(cls, d: dict) -> "ServingLimits":
+        """From `to_json`'s form; keys an older export lacks take their defaults."""
         d = dict(d)
-        for key in ("default_ef", "default_rounds"):
-            if key in d:
-                d[key] = tuple(int(x) for x in d[key])
-        return cls(**d)
+        given = {t.field: d.pop(f"default_{t.name}") for t in TUNABLES if f"default_{t.name}" in d}
+        maxima = {name: d.pop(f"max_{name}") for name in _BOUNDED if f"max_{name}" in d}
+        defaults = replace(_within_history(DEFAULT_SEARCH, d.get("max_seq", cls.max_seq)), **given)
+        return cls(defaults=defaults, maxima=maxima, **d)
 
     @classmethod
     def for_catalogue(cls, num_items: int, **fields) -> "ServingLimits":
-        """Limits whose search defaults are `default_search(num_items)` (max_ef raised to the default's ef when
-        it is larger); `fields` set the rest."""
-        p = default_search(num_items)
-        return cls(**{"default_ef": p.ef, "default_rounds": p.rounds, "default_frontier": p.frontier,
-                      "max_ef": max(cls.max_ef, max(p.ef)), **fields})
+        """Limits whose search defaults are `default_search(num_items)` (seeds at most max_seq), with the maxima raised
+        to the defaults where these are larger; `fields` set the rest."""
+        p = _within_history(default_search(num_items), fields.get("max_seq", cls.max_seq))
+        maxima = {name: max(t.served_max, _largest(getattr(p, t.field))) for name, t in _BOUNDED.items()}
+        return cls(defaults=p, maxima=maxima, **fields)
 
     def published(self) -> dict:
         """The defaults, limits and unknown-id policy as `nann_info` publishes them."""
         return {
-            "defaults": {s.name: _plain(getattr(self, f"default_{s.name}")) for s in SEARCH_INPUTS},
-            "limits": {"max_history": self.max_history, **{f"max_{s.name}": getattr(self, f"max_{s.name}")
-                                                           for s in SEARCH_INPUTS + LIST_FILTERS}},
+            "defaults": {s.name: json_value(self.default(s.name)) for s in SEARCH_INPUTS},
+            "limits": {"max_history": self.max_history,
+                       **{f"max_{s.name}": self.maximum(s.name) for s in SEARCH_INPUTS},
+                       **{f"max_{f.name}": getattr(self, f"max_{f.name}") for f in LIST_FILTERS}},
             "unknown_ids": self.unknown_ids,
         }
 
 
-def _plain(value):
-    """JSON's form of a limit: tuples (per-layer values) as lists."""
-    return list(value) if isinstance(value, tuple) else value
+def _within_history(params: SearchParams, max_seq: int) -> SearchParams:
+    """`params` with the tunables bounded by the model's history (seeds: a model with shorter histories has fewer
+    behaviours to seed from) at most max_seq."""
+    bounded = [t.field for t in TUNABLES if t.served_max is None]
+    return replace(params, **{name: min(getattr(params, name), max_seq) for name in bounded})
+
+
+def _largest(value) -> int:
+    """The largest of a tunable's value (one per layer, or one)."""
+    return max(value) if isinstance(value, tuple) else value
 
 
 def _one_row(name: str, arr: np.ndarray) -> np.ndarray:
@@ -153,11 +163,11 @@ Reader = Callable[[str, Any, ServingLimits], Any]
 
 
 def _bounded(low: int, note: str = "") -> Reader:
-    """One integer in [low, limits.max_NAME]; limits.default_NAME when not sent."""
+    """One integer in [low, limits.maximum(NAME)]; limits.default(NAME) when not sent."""
     def read(name: str, value, limits: ServingLimits) -> int:
-        high = getattr(limits, f"max_{name}")
+        high = limits.maximum(name)
         if value is None or np.asarray(value).size == 0:
-            value = getattr(limits, f"default_{name}")
+            value = limits.default(name)
         row = int_row(name, value)
         if row.size != 1:
             raise RequestError(f"{name} must be a single value, got {row.size}")
@@ -168,10 +178,10 @@ def _bounded(low: int, note: str = "") -> Reader:
 
 
 def _per_layer(low: int) -> Reader:
-    """One integer per layer (top first; 1 … MAX_LAYERS of them, limits.default_NAME when not sent), each in
-    [low, limits.max_NAME]."""
+    """One integer per layer (top first; 1 … MAX_LAYERS of them, limits.default(NAME) when not sent), each in
+    [low, limits.maximum(NAME)]."""
     def read(name: str, value, limits: ServingLimits) -> tuple[int, ...]:
-        default, high = getattr(limits, f"default_{name}"), getattr(limits, f"max_{name}")
+        default, high = limits.default(name), limits.maximum(name)
         row = int_row(name, default if value is None or np.asarray(value).size == 0 else value)
         if not 1 <= row.size <= MAX_LAYERS:
             raise RequestError(f"{name} needs 1 to {MAX_LAYERS} values (one per layer, top first), got {row.size}")
@@ -183,7 +193,7 @@ def _per_layer(low: int) -> Reader:
 
 @dataclass(frozen=True)
 class SearchInput:
-    """An optional per-request input of the `nann` ensemble, passed through to `retrieve`.
+    """An optional per-request input of the `nann` ensemble carrying one search tunable, passed through to `retrieve`.
 
     read(name, value or None when not sent, limits) → the value of SearchParams' `field`, refusing bad input
     with RequestError; dims are Triton's (1: one value, -1: a list)."""
@@ -194,15 +204,19 @@ class SearchInput:
     dims: int = 1
     dtype: str = "INT32"
 
+    @classmethod
+    def of(cls, tunable: Tunable) -> "SearchInput":
+        """The input of a tunable (`nann.engine.params.TUNABLES`): its name, its bounds, one value or one per layer."""
+        if tunable.per_layer:
+            return cls(tunable.name, tunable.field, _per_layer(tunable.request_low), dims=-1)
+        note = f"0 = {tunable.zero}" if tunable.zero else ""
+        return cls(tunable.name, tunable.field, _bounded(tunable.request_low, note))
 
-SEARCH_INPUTS = (
-    SearchInput("k", "top_m", _bounded(1)),
-    SearchInput("ef", "ef", _per_layer(1), dims=-1),
-    SearchInput("rounds", "rounds", _per_layer(1), dims=-1),
-    SearchInput("frontier", "frontier", _bounded(0, "0 = unlimited")),
-    SearchInput("seeds", "seeds", _bounded(0, "0 = none")),
-)
+
+SEARCH_INPUTS = tuple(SearchInput.of(t) for t in (RESULT_SIZE, *WALK_TUNABLES))
 SEARCH_INPUT_NAMES = tuple(s.name for s in SEARCH_INPUTS)
+_BY_NAME = {t.name: t for t in TUNABLES}
+_BOUNDED = {t.name: t for t in TUNABLES if t.served_max is not None}  # the others are bounded by max_seq
 
 
 def _ids(what: str) -> Reader:
@@ -275,17 +289,16 @@ def parse_filters(limits: ServingLimits, **inputs) -> FilterRequest:
 
 def parse_search(limits: ServingLimits, **inputs) -> SearchParams:
     """Per-request search parameters from the optional inputs (`SEARCH_INPUTS` by name; None, empty or missing =
-    the limits' default), bounded by the limits.
-
-    The last layer's ef is raised to k when k is larger, so the result list can hold k items.
+    the limits' default), bounded by the limits. (A k above the last layer's ef is fine: the engine's last list holds
+    at least k entries, `SearchParams.walk_ef`.)
     """
     unexpected = sorted(set(inputs) - set(SEARCH_INPUT_NAMES))
     if unexpected:
         raise TypeError(f"unexpected search inputs {unexpected} (known: {', '.join(SEARCH_INPUT_NAMES)})")
     fields = {s.field: s.read(s.name, inputs.get(s.name), limits) for s in SEARCH_INPUTS}
-    if len(fields["ef"]) != len(fields["rounds"]):
-        raise RequestError(f"ef and rounds need one value per layer each, got {len(fields['ef'])} and "
-                           f"{len(fields['rounds'])} (send both, top layer first; the defaults have "
-                           f"{len(limits.default_ef)} layers)")
-    fields["ef"] = fields["ef"][:-1] + (max(fields["ef"][-1], fields["top_m"]),)
+    layers = {s.name: len(fields[s.field]) for s in SEARCH_INPUTS if s.dims == -1}
+    if len(set(layers.values())) > 1:
+        raise RequestError(f"{' and '.join(layers)} need one value per layer each, got "
+                           f"{' and '.join(map(str, layers.values()))} (send {'both' if len(layers) == 2 else 'all'}, "
+                           f"top layer first; the defaults have {len(limits.default(next(iter(layers))))} layers)")
     return SearchParams(**fields)

@@ -11,9 +11,11 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from nann import scorers
 from nann.engine.graph import HnswGraph
 from nann.engine.grid import CandidateGrid
 from nann.engine.search import SearchParams, beam_search
+from nann.run_dir import RunDir
 from nann.serving.filters import NOTHING_BLOCKED, BlockedSet, DenseFilter, Eligibility
 from nann.serving.requests import (FILTER_INPUT_NAMES, NO_FILTERS, REQUEST_INPUT_NAMES, SEARCH_INPUT_NAMES,
                                    FilterRequest, ServingLimits, bounded_ids, int_row, parse_filters, parse_search)
@@ -53,10 +55,9 @@ class RetrieveService:
     def __init__(self, artifact_dir: Path, limits: ServingLimits, grid: CandidateGrid,
                  state_dims: dict[str, list[int]] | None = None):
         """state_dims: each state input's dims from the model config (-1 = the sequence axis, max_seq long)."""
-        from nann.data.prepared import Vocabulary
-
-        self.graph = HnswGraph.load(Path(artifact_dir) / "graph")
-        vocab = Vocabulary.load(artifact_dir)
+        artifacts = RunDir(artifact_dir)
+        self.graph = HnswGraph.load(artifacts.graph.path)
+        vocab = artifacts.vocabulary()
         self.item_raw_ids = vocab.dense_to_raw(np.arange(vocab.num_items)).astype(np.int64)
         self.eligibility = Eligibility(vocab)
         self.limits = limits
@@ -120,7 +121,7 @@ class OfflineRetriever:
         self.limits = limits or ServingLimits.for_catalogue(self.scorer.runtime.num_items,
                                                             max_seq=self.scorer.runtime.max_seq)
         self.encoder = RequestEncoder(run_dir, self.limits, backend)
-        self.service = RetrieveService(run_dir, self.limits, grid or CandidateGrid.for_backend(backend))
+        self.service = RetrieveService(run_dir, self.limits, grid or scorers.runtime(backend).grid())
         self.blocked = NOTHING_BLOCKED if blocked is None else self.service.eligibility.blocked(blocked)
 
     def retrieve(self, raw_histories: Sequence[np.ndarray], params: Sequence[SearchParams],

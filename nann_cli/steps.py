@@ -10,7 +10,7 @@ from nann.errors import UserError
 
 def run_step(title: str, argv: list[str], done: Path | None = None) -> float | None:
     """`nann ARGV` unless `done` exists; returns its seconds (None when skipped), raises UserError on failure."""
-    from nann.cli import main as cli_main
+    from nann_cli.main import main as cli_main
 
     if done is not None and Path(done).exists():
         print(f"== {title}: already done ({done})", file=sys.stderr)

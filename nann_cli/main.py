@@ -6,7 +6,8 @@ import importlib
 import sys
 
 from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M, SCORE_METRIC_MAX_ITEMS
-from nann.engine.params import DEFAULT_SEARCH, PAPER_SEARCH, SCALING_BASE_ITEMS
+from nann import scorers
+from nann.engine.params import DEFAULT_SEARCH, RESULT_SIZE, SCALING_BASE_ITEMS, WALK_TUNABLES, Tunable, default_search
 from nann.errors import UserError
 
 
@@ -18,32 +19,36 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _add_search_flags(s: argparse.ArgumentParser, served: bool, paper: bool) -> None:
-    """The per-request search flags (None = not given: the defaults apply); --paper selects the paper's.
-    served: the defaults are the server's (nann query) rather than the catalogue's (`default_search`)."""
-    def default(field: str) -> str:
-        value = getattr(DEFAULT_SEARCH, field)
-        value = ",".join(map(str, value)) if isinstance(value, tuple) else value
-        scaled = f" up to {SCALING_BASE_ITEMS:,} items, wider above" if field in ("ef", "frontier") else ""
-        return "default: the server's" if served else f"default {value}{scaled}"
+def search_flag(tunable: Tunable) -> str:
+    """The command line's flag of a search tunable: its served name (`--k` for top_m)."""
+    return "--" + tunable.name.replace("_", "-")
 
-    s.add_argument("--ef", type=_int_list, default=None,
-                   help=f"beam list size per layer, top layer first ({default('ef')})")
-    s.add_argument("--rounds", type=_int_list, default=None,
-                   help=f"most search rounds per layer, top layer first; a layer also ends when nothing is left to "
-                        f"expand ({default('rounds')})")
-    s.add_argument("--frontier", type=int, default=None,
-                   help=f"beam: list entries expanded per round, best first; 0 = every new entry "
-                        f"({default('frontier')})")
-    s.add_argument("--seeds", type=int, default=None,
-                   help=f"the history's most recent distinct items that join layer 0 as entry points; 0 = none "
-                        f"({default('seeds')})")
+
+def _text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _add_search_flags(s: argparse.ArgumentParser, served: bool, paper: bool, result_flag: str = "--k",
+                      result_help: str = "") -> None:
+    """One flag per search tunable (`nann.engine.params.TUNABLES`; dest: the SearchParams field; None = not given: the
+    defaults apply), the result size first as `result_flag`; --paper selects the paper's walk. served: the defaults
+    are the server's (nann query) rather than the catalogue's (`default_search`)."""
+    larger = default_search(10 * SCALING_BASE_ITEMS)
+
+    def default(t: Tunable) -> str:
+        value = getattr(DEFAULT_SEARCH, t.field)
+        scaled = f" up to {SCALING_BASE_ITEMS:,} items, wider above" if getattr(larger, t.field) != value else ""
+        return "default: the server's" if served else f"default {_text(value)}{scaled}"
+
+    for t in (RESULT_SIZE, *WALK_TUNABLES):
+        flag, what = (result_flag, result_help or t.help) if t is RESULT_SIZE else (search_flag(t), t.help)
+        s.add_argument(flag, dest=t.field, type=_int_list if t.per_layer else int, default=None,
+                       metavar=flag.lstrip("-").replace("-", "_").upper(), help=f"{what} ({default(t)})")
     if paper:
-        p = PAPER_SEARCH
+        walk = ", ".join(f"{t.name} {_text(t.paper)}" for t in WALK_TUNABLES)
         s.add_argument("--paper", action="store_true",
-                       help=f"the paper's search parameters (ef {','.join(map(str, p.ef))}, rounds "
-                            f"{','.join(map(str, p.rounds))}, frontier 0, no seeds) instead of the defaults; not with "
-                            "the four above")
+                       help=f"the paper's search parameters ({walk}) instead of the defaults; not with "
+                            + ", ".join(search_flag(t) for t in WALK_TUNABLES))
 
 
 def _add_filter_flags(s: argparse.ArgumentParser, blocked: bool) -> None:
@@ -62,6 +67,20 @@ def _add_filter_flags(s: argparse.ArgumentParser, blocked: bool) -> None:
                             "line, or a .npy int64 array (default: none)")
 
 
+def _add_items_file_flags(s: argparse.ArgumentParser, delimiter_flag: str, default_columns: str | None) -> None:
+    """How an items file is read (nann.data.items): its columns, delimiter and category separator."""
+    s.add_argument("--item-columns", metavar="item=COL,category=COL", default=default_columns,
+                   help="the items file's id and category columns, by header name or 1-based position; "
+                        "category=flags:A-B takes the first set one-hot flag of columns A..B (its 0-based index), "
+                        f"e.g. item=movieId,category=genres or item=1,category=flags:6-24 (default: "
+                        f"{default_columns or 'none'})")
+    s.add_argument(delimiter_flag, default=None, help="the items file's field separator, any string (default: "
+                                                      "sniffed from its first line, as --delimiter)")
+    s.add_argument("--category-separator", default="|",
+                   help="a category field holding several values (genres 'Animation|Comedy') gives the first, "
+                        "split on this; '' keeps the whole text (default '|')")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nann", description="NANN Serve: neural-metric retrieval on Triton.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -77,27 +96,35 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same file (default 0)")
     s.set_defaults(handler="nann.data.synth:main")
 
-    s = dsub.add_parser("prepare", help="split interaction logs (UserBehavior CSV, header CSV/TSV, Parquet) "
+    s = dsub.add_parser("prepare", help="split interaction logs (UserBehavior CSV, delimited text, Parquet) "
                                         "into train/val/test arrays")
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", metavar="FILE", help="interaction file: UserBehavior CSV, header CSV or TSV, "
-                                                     "or Parquet (see --format)")
+    src.add_argument("--input", metavar="FILE", help="interaction file: UserBehavior CSV, delimited text (CSV, TSV, "
+                                                     "'::'...; with a header or not), or Parquet (see --format)")
     src.add_argument("--csv", metavar="FILE", help="UserBehavior CSV (no header): the same as --input FILE "
                                                    "--format userbehavior")
     s.add_argument("--format", choices=["auto", "userbehavior", "csv", "tsv", "parquet"], default="auto",
                    help="input format (default auto: .parquet/.pq or Parquet magic -> parquet, .tsv/.tab -> tsv, "
                         "a first line that is a UserBehavior row and no --columns -> userbehavior, else csv)")
     s.add_argument("--columns", metavar="ROLE=COL,...",
-                   help="header CSV/TSV and Parquet: which column holds what, e.g. "
-                        "user=userId,item=movieId,time=timestamp (required roles: user, item, time; optional: "
-                        "category, behavior, rating). Without category every item gets one shared category (0): "
+                   help="delimited text and Parquet: which column holds what, by header name or 1-based "
+                        "position, e.g. user=userId,item=movieId,time=timestamp or user=1,item=2,rating=3,time=4 "
+                        "(required roles: user, item, time; optional: category, behavior, rating). By position, "
+                        "the first line is a header unless a field of it is a number or an ISO date (see "
+                        "--no-header). Without category every item gets one shared category (0): "
                         "the item input is concat(id embedding, category embedding) and cold items lean on the "
                         "category, so a per-item category would only be a second id embedding with nothing to "
                         "share, while a shared one is a harmless constant. Without behavior every row is pv. "
                         "Time: unix seconds, or ISO-8601 text or a timestamp/date type (no zone = UTC). "
                         "(default: none; needed for those formats)")
-    s.add_argument("--delimiter", help="field separator of CSV/TSV input, one character or 'tab' (default: tab "
-                                       "for tsv, else the most frequent of , tab ; | in the header line)")
+    s.add_argument("--delimiter", help="field separator of delimited input, any string ('::' for MovieLens 1M) or "
+                                       "'tab' (default: tab for tsv, else '::' if it occurs at least as often as the "
+                                       "most frequent of , tab ; | in the first line, else that one)")
+    s.add_argument("--encoding", default=None,
+                   help="text encoding of the input and items files, e.g. latin-1 (default utf-8)")
+    s.add_argument("--no-header", action="store_true",
+                   help="files read by position have no header line, whatever their first line holds (default: "
+                        "a first line with no number and no ISO date is a header)")
     s.add_argument("--hash-ids", metavar="ROLES",
                    help="comma-separated id roles (user, item, category) whose values are strings (ASINs, UUIDs): "
                         "each maps to a stable int64 (BLAKE2b, nann.data.string_ids.string_id) and "
@@ -108,14 +135,24 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time-window", metavar="START,END", default=None,
                    help="treat timestamps outside [START, END) as malformed; unix seconds or ISO-8601 dates, e.g. "
                         "2000-01-01,2100-01-01 (default: off, any timestamp >= 0 is valid)")
+    s.add_argument("--items", metavar="FILE", default=None,
+                   help="an items file giving each item its category, joined by item id (it wins over the log's "
+                        "category column; items it lacks share one unknown category); needs --item-columns")
+    _add_items_file_flags(s, "--item-delimiter", None)
     s.add_argument("--out", required=True, help="output data directory")
+    s.add_argument("--split", choices=["auto", "users", "last"], default="auto",
+                   help="users: held-out users, the ceil(l/2)-th behaviour their target (the paper's); last: "
+                        "leave-last-out, every user's last behaviour its test target, the one before validation, "
+                        "the rest trains; auto: users when at least 10,000 users have --min-behaviors, else last "
+                        "(default auto)")
     s.add_argument("--max-seq", type=int, default=50, help="behaviours kept before a target (default 50)")
-    s.add_argument("--min-behaviors", type=int, default=10,
-                   help="drop users with fewer valid behaviours (default 10)")
+    s.add_argument("--min-behaviors", type=int, default=None,
+                   help="drop users with fewer valid behaviours (default 10 for --split users, 5 for last)")
     s.add_argument("--test-users", type=int, default=10_000,
-                   help="test users (default 10000; at most a tenth of the users)")
+                   help="test users (default 10000; split users: at most a tenth of the users; last: a sample "
+                        "of the users, who keep training)")
     s.add_argument("--val-users", type=int, default=10_000,
-                   help="validation users (default 10000; at most a tenth of the users)")
+                   help="validation users (default 10000; as --test-users)")
     s.add_argument("--max-malformed", type=float, default=0.01,
                    help="fail if more than this share of rows is malformed (default 0.01)")
     s.add_argument("--seed", type=int, default=0, help="seed of the val/test user draw (default 0)")
@@ -129,15 +166,24 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", choices=["attention", "mlp", "two-tower", "deep-retrieval"], default="attention",
                    help="attention (default: target attention, the paper's model), mlp (DNN w/o attention), "
                         "two-tower (inner product), deep-retrieval (the DR baseline)")
+    s.add_argument("--baseline", choices=["two-tower", "none"], default="two-tower",
+                   help="also train this baseline on the same data (into RUN/baseline) and print the model's test "
+                        "recall beside it and popularity, with intervals (default two-tower; none skips it)")
     s.add_argument("--fgsm-eps", type=float, default=3e-4,
                    help="FGSM step ε of the adversarial auxiliary task on e_v (default 3e-4, the paper's; 0 turns it "
                         "off)")
     s.add_argument("--no-interactions", dest="interactions", action="store_false",
                    help="score network input without the element-wise products (an ablation; default: with them)")
+    s.add_argument("--no-recency", dest="recency", action="store_false",
+                   help="behaviours without recency embeddings (an ablation; default: with them)")
+    s.add_argument("--loss", choices=["nce", "softmax"], default="nce", help="nce (default) or sampled softmax")
     s.add_argument("--negatives", type=int, default=199,
                    help="NCE noise items per positive, from the unigram distribution (default 199, the paper's)")
     s.add_argument("--epochs", type=int, default=1,
                    help="passes over the training samples (default 1); on resume, the run's total")
+    s.add_argument("--patience", type=int, default=2,
+                   help="stop after this many epochs without a better validation recall; the run keeps the best "
+                        "epoch's model (default 2; 0 = train every epoch)")
     s.add_argument("--batch-size", type=int, default=256, help="positives per step (default 256)")
     s.add_argument("--lr", type=float, default=3e-3,
                    help="Adam and SparseAdam learning rate (default 3e-3, the paper's; 1e-3 is steadier beyond ~1,000 "
@@ -186,12 +232,17 @@ def _build_parser() -> argparse.ArgumentParser:
     what.add_argument("--ids", metavar="FILE", help="the new blocked set: raw item ids, one per line (# comments "
                                                     "allowed), or a .npy int64 array; it replaces the old set")
     what.add_argument("--clear", action="store_true", help="unblock every item")
-    s.set_defaults(handler="nann.serving.filters:main_block")
+    s.set_defaults(handler="nann_cli.items:main_block")
     s = isub.add_parser("add", help="add new items to a run: e_v from their category, inserted into the graph")
     s.add_argument("--run", required=True, help="a trained run with a graph (its files are replaced, never rewritten)")
     s.add_argument("--csv", required=True, metavar="FILE",
-                   help="item_id,category_id per line (raw int64 ids, optional header); ids already in the run are "
-                        "skipped and counted; a category the model was not trained on refuses the file")
+                   help="an items file, as `nann data prepare --items` reads (default columns: item_id,category_id "
+                        "per line, raw int64 ids, optional header); ids already in the run are skipped and counted; "
+                        "a category the model was not trained on refuses the file")
+    _add_items_file_flags(s, "--delimiter", "item=1,category=2")
+    s.add_argument("--encoding", default=None, help="the items file's text encoding, e.g. latin-1 (default utf-8)")
+    s.add_argument("--no-header", action="store_true", help="the items file has no header line (default: a first "
+                                                            "line with no number and no ISO date is a header)")
     s.add_argument("--threads", type=int, default=0, help="graph insertion threads (default 0: all cores)")
     s.add_argument("--max-malformed", type=float, default=0.01,
                    help="fail if more than this share of lines is malformed (default 0.01)")
@@ -203,36 +254,36 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", choices=["beam", "hnsw", "brute", "dr"], default="beam",
                    help="beam (default: NANN's beam walk), hnsw (HNSW retrieval with the neural score), brute "
                         "(exact), dr (a Deep Retrieval run)")
-    _add_search_flags(s, served=False, paper=True)
+    _add_search_flags(s, served=False, paper=True, result_flag="--top-m",
+                      result_help="M of the metrics: the items each search returns")
     _add_filter_flags(s, blocked=True)
-    s.add_argument("--top-m", type=int, default=None,
-                   help="M of the metrics (default: the top_m of the search, DEFAULT_SEARCH or PAPER_SEARCH)")
     s.add_argument("--beam", type=int, default=None, help="--method dr: beam width (default: the run's)")
     s.add_argument("--users", type=int, default=0, help="evaluate at most this many test users (0 = all)")
     s.add_argument("--batch", type=int, default=32,
                    help="requests advanced together, one scorer call per round for all (default 32)")
-    s.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime",
-                   help="scorer runtime: onnxruntime (default; what the CPU server runs) or torch")
+    s.add_argument("--backend", choices=scorers.in_python(), default="onnxruntime",
+                   help="scorer runtime: " + ", ".join(f"{name} ({scorers.runtime(name).summary})"
+                                                       for name in scorers.in_python())
+                        + " (default onnxruntime: what the CPU server runs)")
     s.add_argument("--sweep", action="store_true", help="vary the search budget and write curves")
     s.add_argument("--json", help="also write the metrics as JSON to this file (default: print only)")
-    s.set_defaults(handler="nann.evaluate:main_evaluate")
+    s.set_defaults(handler="nann_cli.evaluate:main_evaluate")
 
     s = sub.add_parser("retrieve", help="top-k items for one history, offline (no server)")
     s.add_argument("--run", required=True, help="trained run directory with a graph (`nann graph`)")
     s.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first ('' = a new user)")
-    s.add_argument("--k", type=int, default=None, help=f"items to return (default {DEFAULT_SEARCH.top_m})")
     _add_search_flags(s, served=False, paper=True)
     _add_filter_flags(s, blocked=True)
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    s.set_defaults(handler="nann.evaluate:main_retrieve")
+    s.set_defaults(handler="nann_cli.evaluate:main_retrieve")
 
     s = sub.add_parser("export", help="assemble a Triton model repository from a run")
     s.add_argument("--run", required=True, help="trained run directory with a graph")
     s.add_argument("--repo", required=True,
                    help="model repository to write; an existing one gets a new version of every model")
-    s.add_argument("--scorer", choices=["auto", "tensorrt", "onnxruntime", "torch"], default="auto",
-                   help="auto (default: tensorrt on a GPU host with TensorRT, else the faster CPU runtime measured on "
-                        "this run), tensorrt, onnxruntime or torch")
+    s.add_argument("--scorer", choices=["auto", *scorers.RUNTIMES], default="auto",
+                   help="auto (default: the first GPU runtime this host has, else the faster CPU runtime measured on "
+                        "this run), " + ", ".join(f"{name} ({r.summary})" for name, r in scorers.RUNTIMES.items()))
     s.add_argument("--unknown-ids", choices=["skip", "refuse"], default="skip",
                    help="history ids the index does not know: skip (default: dropped, counted in the response and "
                         "the metrics) or refuse the request (INVALID_ARG naming them)")
@@ -263,7 +314,6 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--url", required=True, help="HOST:PORT of Triton's gRPC endpoint")
     s.add_argument("--history", default=None, help="comma-separated raw item ids, oldest first ('' = a new user); "
                                                    "required unless --info")
-    s.add_argument("--k", type=int, default=None, help="items to return (default: the server's)")
     _add_search_flags(s, served=True, paper=False)
     _add_filter_flags(s, blocked=False)
     s.add_argument("--info", action="store_true",
@@ -273,7 +323,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="Triton's metrics endpoint for --info (default: http://HOST:8002/metrics, HOST from --url)")
     s.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer (default 10)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    s.set_defaults(handler="nann.query:main")
+    s.set_defaults(handler="nann_cli.query:main")
 
     s = sub.add_parser("perf", help="load tests and side-by-side retrieval benchmarks (writes perf/results/)")
     s.add_argument("--quick", action="store_true", help="small data and short intervals (a few minutes; CI smoke test)")
@@ -285,7 +335,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the whole pipeline on embedded synthetic data")
     s.add_argument("--workdir", default="demo",
                    help="work directory; steps whose output exists there are skipped (default demo)")
-    s.set_defaults(handler="nann.demo:main")
+    s.set_defaults(handler="nann_cli.demo:main")
     return p
 
 

@@ -1,9 +1,10 @@
-"""TensorRT engine for the scorer on GPU hosts: the paper's XLA auto-padding as optimization profiles.
+"""The TensorRT scorer runtime on GPU hosts: a plan of the scorer served by Triton's TensorRT backend, behind BLS,
+with the paper's XLA auto-padding as optimization profiles.
 
-`scorer_ids.onnx` (item table inside, candidates passed as ids) is compiled with one optimization profile
+The run's scorer with the item table inside (candidates passed as ids) is compiled with one optimization profile
 per candidate-grid size: profile i fixes the candidate axis to exactly grid size i (min = opt = max), and
-the user-state axis R ranges over 1..max_batch. `retrieve` pads every round to a grid size, so exactly one
-profile matches each call, the way XLA compiled one program per padded size.
+the user-state axis R ranges over 1..max_batch. `retrieve` pads every round to a grid size (`padded_grid`), so exactly
+one profile matches each call, the way XLA compiled one program per padded size. `encode` runs ONNX Runtime.
 
 TensorRT cannot be installed on the CPU machines this project is developed on: `build_scorer_plan` runs only
 where `tensorrt` (10 or newer: the scorer has INT64 inputs) imports and a CUDA device is present; the profiles
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from nann.engine.grid import CandidateGrid
 from nann.errors import UserError
+from nann.scorers.base import ScorerRuntime
+from nann.serving.templates import render, tensor_entries
 
 CANDIDATE_INPUTS = ("cand_ids", "owner")
 
@@ -54,7 +57,7 @@ def build_scorer_plan(onnx_path: Path, plan_path: Path, state_specs: list[dict],
         raise UserError(f"TensorRT {trt.__version__} cannot take the scorer's INT64 inputs: TensorRT 10 or newer is "
                         "needed (pip install 'nann-serve[gpu]', or an NGC container from 24.05 on)")
     if not Path(onnx_path).is_file():
-        raise UserError(f"{onnx_path} is missing: re-run `nann train` (it exports scorer_ids.onnx)")
+        raise UserError(f"{onnx_path} is missing: re-run `nann train` (it exports it)")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
@@ -76,3 +79,46 @@ def build_scorer_plan(onnx_path: Path, plan_path: Path, state_specs: list[dict],
         raise UserError(f"TensorRT failed to build an engine from {onnx_path}")
     Path(plan_path).write_bytes(bytes(plan))
     return len(shapes)
+
+
+def tensorrt_available() -> bool:
+    """Whether this host has the tensorrt package and a CUDA GPU."""
+    try:
+        import tensorrt  # noqa: F401
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def scorer_config(specs: list[dict], profiles: int) -> str:
+    """config.pbtxt of the TensorRT `scorer` for state `specs` (fixed inner dims) and a plan with `profiles`
+    optimization profiles (one per candidate-grid size); renders without TensorRT or a plan."""
+    return render("scorer_tensorrt/config.pbtxt.template", state_inputs_unbatched=tensor_entries(specs, batched=False),
+                  profiles=", ".join(f'"{p}"' for p in range(profiles)))
+
+
+class TensorRT(ScorerRuntime):
+    name = "tensorrt"
+    summary = "a TensorRT plan on a GPU, served by Triton's TensorRT backend"
+    in_python = False
+    gpu = True
+    padded_grid = True
+    encoder = "onnxruntime"
+    needs = "the tensorrt package and a CUDA GPU on this host"
+
+    def available(self) -> bool:
+        return tensorrt_available()
+
+    def export_scorer(self, export) -> None:
+        """The `scorer` model as a plan of the run's scorer with the item table inside; the state's history axis fixed
+        to max_seq (encode pads to it), one profile per grid size."""
+        specs = fixed_sequence_axis(export.specs, export.limits.max_seq)
+        version_dir = export.version_dir("scorer")
+        profiles = build_scorer_plan(export.run.scorer_ids_file, version_dir / "model.plan", specs, export.grid,
+                                     export.max_batch)
+        export.manifest("scorer", version_dir)
+        export.write_config("scorer", scorer_config(specs, profiles))
+
+
+RUNTIME = TensorRT()

@@ -7,6 +7,7 @@ import re
 import sys
 import urllib.request
 
+from nann.engine.params import TUNABLES
 from nann.errors import UserError
 
 
@@ -83,8 +84,8 @@ def main(args) -> int:
     if args.history is None and not args.info:
         raise UserError("--history is required (or --info)")
     history = None if args.info else parse_history(args.history)
-    if args.k is not None and args.k <= 0:
-        raise UserError(f"--k must be a positive integer, got {args.k}")
+    if args.top_m is not None and args.top_m <= 0:
+        raise UserError(f"--k must be a positive integer, got {args.top_m}")
     if args.timeout is not None and args.timeout <= 0:
         raise UserError(f"--timeout must be > 0 seconds, got {args.timeout}")
     timeout = 10.0 if args.timeout is None else args.timeout
@@ -100,8 +101,8 @@ def main(args) -> int:
                 print(json.dumps({"model_version": info.model_version, **info.raw,
                                   "blocked": blocked_info(metrics_url, timeout)}, indent=1))
                 return 0
-            result = client.retrieve(history, k=args.k, ef=args.ef, rounds=args.rounds, frontier=args.frontier,
-                                     seeds=args.seeds, exclude=args.exclude,
+            search = {t.name: getattr(args, t.field) for t in TUNABLES}
+            result = client.retrieve(history, **search, exclude=args.exclude,
                                      exclude_history=args.exclude_history or None, categories=args.categories)
     except InvalidRequestError as e:
         raise UserError(f"invalid request: {one_line(e)}") from None

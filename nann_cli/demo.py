@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nann.steps import run_step
+from nann.run_dir import RunDir
+from nann_cli.steps import run_step
 
 SYNTH = ["--users", "20000", "--items", "100000", "--categories", "500", "--seed", "0"]
 PREPARE = ["--test-users", "1000", "--val-users", "500"]
@@ -65,8 +66,8 @@ def main(args) -> int:
     run_step("synthesise data", ["data", "synth", "--out", str(work / "raw"), *SYNTH], work / "raw" / "UserBehavior.csv")
     run_step("prepare", ["data", "prepare", "--csv", str(work / "raw" / "UserBehavior.csv"), "--out", str(data), *PREPARE],
           data / "stats.json")
-    run_step("train", ["train", "--data", str(data), "--run", str(run), *TRAIN], run / "scorer.onnx")
-    run_step("graph", ["graph", "--run", str(run)], run / "graph" / "meta.json")
+    run_step("train", ["train", "--data", str(data), "--run", str(run), *TRAIN], RunDir(run).scorer_file)
+    run_step("graph", ["graph", "--run", str(run)], RunDir(run).graph.meta_file)
     run_step("evaluate", ["evaluate", "--run", str(run), "--data", str(data), "--users", EVAL_USERS,
                        "--json", str(work / "evaluate.json")])
     if not (repo / "nann" / "config.pbtxt").exists():

@@ -1,0 +1,31 @@
+"""The Triton models' `model.py` files and `config.pbtxt` templates: the package data `nann.serving.model_repository`
+(the repository's top-level model_repository/ directory, mapped there by pyproject.toml), so an installed copy of the
+library exports as a source checkout does."""
+from __future__ import annotations
+
+from importlib import resources
+from string import Template
+
+TEMPLATES = resources.files("nann.serving.model_repository")
+TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
+
+
+def render(template: str, **values) -> str:
+    """A config template (e.g. "retrieve/config.pbtxt.template") with its $fields filled in."""
+    return Template(TEMPLATES.joinpath(template).read_text()).substitute(**values)
+
+
+def model_file(model: str) -> bytes:
+    """The `model.py` of a Python-backend model."""
+    return TEMPLATES.joinpath(model, "model.py").read_bytes()
+
+
+def tensor_entries(specs: list[dict], batched: bool, indent: str = "  ") -> str:
+    """config.pbtxt input / output entries of tensors [{"name", "dtype", "dims"}] (dims without the batch axis;
+    unbatched: with a leading -1)."""
+    lines = []
+    for s in specs:
+        dims = s["dims"] if batched else [-1] + s["dims"]
+        lines.append(f'{indent}{{ name: "{s["name"]}" data_type: {TRITON_TYPES[s["dtype"]]} '
+                     f'dims: [ {", ".join(str(d) for d in dims)} ] }}')
+    return ",\n".join(lines)

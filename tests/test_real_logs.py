@@ -1,0 +1,81 @@
+"""perf/real_logs.py: the fetch-and-verify of public logs (from a git snapshot made here) and the sets' readers."""
+import hashlib
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from perf import real_logs
+from perf.real_logs import SETS, LogSet, Source, order_to_rows, prepare_argv, sequences_to_rows
+
+MIRROR = Path(real_logs.DEFAULT_MIRROR)
+
+
+def git(*args, cwd):
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    """A mirror holding owner+name/repo: a bare clone of a repository with one commit of data/log.txt."""
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "log.txt").write_bytes(b"0 made up\n1 2 3\n4 5 6\n")
+    git("init", "-q", cwd=work)
+    git("add", ".", cwd=work)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "data", cwd=work)
+    commit = git("rev-parse", "HEAD", cwd=work)
+    git("clone", "-q", "--bare", str(work), str(tmp_path / "mirror" / "owner+name" / "repo"), cwd=tmp_path)
+    published = b"1 2 3\n4 5 6\n"
+    source = Source("owner/name", commit, "data/log.txt", len(published), hashlib.sha256(published).hexdigest(),
+                    skip_lines=1)
+    return tmp_path / "mirror", source, published
+
+
+def test_fetch_writes_the_verified_file(mirror, tmp_path, monkeypatch, capsys):
+    path, source, published = mirror
+    monkeypatch.setattr(real_logs, "SETS", {"toy": LogSet(files={"log.txt": source}, prepare=[])})
+    assert real_logs.main(["fetch", "--out", str(tmp_path / "raw"), "--mirror", str(path)]) == 0
+    assert (tmp_path / "raw" / "toy" / "log.txt").read_bytes() == published
+    assert "toy/log.txt: 12 bytes, sha256 verified (owner/name@" in capsys.readouterr().out
+    bad = replace(source, sha256="0" * 64)
+    monkeypatch.setattr(real_logs, "SETS", {"toy": LogSet(files={"log.txt": bad}, prepare=[])})
+    assert real_logs.main(["fetch", "--out", str(tmp_path / "raw2"), "--mirror", str(path)]) == 2
+    assert f"is 12 bytes, sha256 {source.sha256}; expected 12 bytes, sha256 {'0' * 64}" in capsys.readouterr().err
+    assert not (tmp_path / "raw2" / "toy" / "log.txt").exists()
+    assert real_logs.main(["fetch", "--out", str(tmp_path / "raw"), "--sets", "nope"]) == 2
+
+
+def test_sequences_to_rows(tmp_path):
+    (tmp_path / "items.txt").write_text("1 7 8 9\n2 8\n")
+    (tmp_path / "times.txt").write_text("1 100 100 200\n2 50\n")
+    sequences_to_rows(tmp_path, "items.txt", "times.txt", tmp_path / "rows.csv")
+    assert (tmp_path / "rows.csv").read_text() == "1,7,100\n1,8,100\n1,9,200\n2,8,50\n"
+    (tmp_path / "times.txt").write_text("1 100 100 200\n2 50 60\n")
+    with pytest.raises(real_logs.UserError, match="differ at line 2"):
+        sequences_to_rows(tmp_path, "items.txt", "times.txt", tmp_path / "rows.csv")
+
+
+def test_order_to_rows_times_by_position(tmp_path):
+    (tmp_path / "items.txt").write_text("1 7 8 9\n2 8\n")
+    order_to_rows(tmp_path, "items.txt", tmp_path / "rows.csv")
+    assert (tmp_path / "rows.csv").read_text() == "1,7,0\n1,8,1\n1,9,2\n2,8,0\n"
+
+
+def test_every_set_prepares_with_its_column_mapping_only(tmp_path):
+    for name, log_set in SETS.items():
+        argv = prepare_argv(name, tmp_path / "raw", tmp_path / "out")
+        assert argv[:3] == ["data", "prepare", "--input"] and argv[-2:] == ["--out", str(tmp_path / "out" / name)]
+        assert not any("{" in a for a in argv), argv
+        flags = {a for a in argv if a.startswith("--")}
+        assert flags <= {"--input", "--columns", "--items", "--item-columns", "--out"}, (name, flags)
+        assert (log_set.reader is None) == argv[3].startswith(str(tmp_path / "raw")), name
+
+
+@pytest.mark.skipif(not all((MIRROR / s.repo.replace("/", "+") / "repo").is_dir()
+                            for ls in SETS.values() for s in ls.files.values()),
+                    reason=f"the sets' snapshots are not in {MIRROR} on this machine")
+def test_the_committed_table_matches_the_snapshots(tmp_path):
+    assert real_logs.main(["fetch", "--out", str(tmp_path)]) == 0
+    assert sum(1 for _ in (tmp_path / "ml-100k" / "u.data").open()) == 100_000
