@@ -130,6 +130,19 @@ def linked_copy(repo: str | Path, dst: str | Path) -> Path:
     return dst
 
 
+def block_span(text: str, name: str) -> tuple[int, int] | None:
+    """(start, end) of the first `NAME { ... }` block of a config.pbtxt text, nested blocks included; None if none."""
+    found = re.search(rf"\b{re.escape(name)}\s*\{{", text)
+    if found is None:
+        return None
+    depth = 0
+    for end in range(found.end() - 1, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[end], 0)
+        if depth == 0:
+            return found.start(), end + 1
+    raise ValueError(f"the {name} block is not closed")
+
+
 def without_dynamic_batching(repo: str | Path, dst: str | Path) -> Path:
     """Copy of an exported repository whose batched models have no `dynamic_batching` block."""
     dst = linked_copy(repo, dst)
@@ -138,8 +151,9 @@ def without_dynamic_batching(repo: str | Path, dst: str | Path) -> Path:
         if not cfg.is_file():
             continue
         text = cfg.read_text()
-        new = re.sub(r"^\s*dynamic_batching\s*\{[^{}]*\}\s*\n", "", text, flags=re.M)
-        if "dynamic_batching" in new:
+        span = block_span(text, "dynamic_batching")
+        new = text if span is None else text[:span[0]] + text[span[1]:].removeprefix("\n")
+        if block_span(new, "dynamic_batching"):
             raise RuntimeError(f"could not remove the dynamic_batching block of {cfg}")
         cfg.unlink()  # it may be a hard link into the original repository
         cfg.write_text(new)

@@ -21,8 +21,10 @@ def tiny_run(tmp_path_factory) -> SimpleNamespace:
     run_cli("data", "synth", "--out", raw, "--users", 800, "--items", 3000, "--categories", 40, "--seed", 1)
     run_cli("data", "prepare", "--csv", raw / "UserBehavior.csv", "--out", data, "--test-users", 120,
             "--val-users", 40, "--split", "users")  # held-out users, as the tests using this run were written for
+    # one torch thread: torch's threads spin, so beside busy processes (perf.stress, a shared CI machine) two threads
+    # on 2 cores collapse (over 10x slower than one). The two-tower baseline is trained too (test_evaluate_baselines).
     run_cli("train", "--data", data, "--run", run, "--epochs", 1, "--negatives", 10, "--max-samples", 8000,
-            "--batch-size", 256, "--eval-users", 50)
+            "--batch-size", 256, "--eval-users", 50, "--threads", 1)
     run_cli("graph", "--run", run, "--m", 8, "--ef-construction", 40)
     return SimpleNamespace(work=work, data=data, run=run)
 

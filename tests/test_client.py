@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nann_client import (AsyncNannClient, InvalidRequestError, NannClient, NannError, RequestTimeoutError,
-                         RetrievalResult, ServerError, ServerInfo, UnavailableError)
+from nann_client import (AsyncNannClient, InvalidRequestError, NannClient, NannError, OverloadedError,
+                         RequestTimeoutError, RetrievalResult, ServerError, ServerInfo, UnavailableError)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_REPO = Path(__file__).resolve().parent / "fake_nann_repo"
@@ -230,6 +230,12 @@ def test_error_translation():
     assert _common.is_transient(InferenceServerException("x", status="StatusCode.UNAVAILABLE"))
     assert not _common.is_transient(InferenceServerException("x", status="StatusCode.INVALID_ARGUMENT"))
     assert not _common.is_transient(InferenceServerException("x", status="StatusCode.DEADLINE_EXCEEDED"))
+    for refusal in ("in ensemble 'nann', Request timeout expired",
+                    "in ensemble 'nann', [request id: <id_unknown>] Exceeds maximum queue size"):
+        e = tr("StatusCode.UNAVAILABLE", refusal)  # the bounded queue of a dynamic batcher: named, not retried
+        assert type(e) is OverloadedError and isinstance(e, UnavailableError) and e.status == "UNAVAILABLE"
+        assert "h:1 is overloaded" in str(e) and refusal.split(", ", 1)[1] in str(e)
+        assert not _common.is_transient(InferenceServerException(refusal, status="StatusCode.UNAVAILABLE"))
     e = tr("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", timeout=0.5)
     assert type(e) is RequestTimeoutError and "0.5 s" in str(e)
     e = tr("StatusCode.INTERNAL", "in ensemble 'nann', boom")

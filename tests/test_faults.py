@@ -1,14 +1,17 @@
 """Faults against real tritonservers (each test has its own, so the shared `served` fixture is undisturbed):
-a killed Python stub under load, broken artifacts at load, a new model version while clients keep sending.
+a killed Python stub under load (and a restart that fails), broken artifacts at load and a load that fails inside
+Triton (the start ends at the failure), requests past the queue bound, a new model version while clients keep sending.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,7 +25,7 @@ from nann.serving.export import export_repository
 from nann.serving.repository import ArtifactError, verify_repository
 from nann.serving.requests import parse_search
 from nann.serving.retrieval import OfflineRetriever
-from nann.serving.server import TritonServer, free_port, supervise
+from nann.serving.server import LoadFailed, TritonServer, free_port, supervise
 
 pytestmark = pytest.mark.serving
 
@@ -140,6 +143,27 @@ def test_dead_stub_is_detected_and_not_repaired_by_triton(served, histories, tmp
         assert len(infer(client, histories[0])) == 20 and server.dead_stubs() == []
 
 
+def test_supervisor_gives_up_naming_the_model_when_the_restart_fails_to_load(tiny_run, tmp_path):
+    """A stub dies and, meanwhile, an artifact of its model was damaged: the restart fails to load, and the supervisor
+    returns 1 at once, naming the model, with no tritonserver or stub of it left."""
+    repo = fresh_repo(tiny_run, tmp_path / "repo")
+    server = TritonServer(repo, log_path=tmp_path / "triton.log").start()
+    messages: list[str] = []
+    try:
+        target = repo / "encode" / "1" / "user_encoder.onnx"
+        replace_file(target, target.read_bytes()[:-1])
+        os.kill(stub_pid(server, "encode"), signal.SIGKILL)
+        started = time.monotonic()
+        code = supervise(server, lambda: False, interval=0.2, say=messages.append)
+        took = time.monotonic() - started
+    finally:
+        server.stop(5)
+    print(f"\nsupervisor gave up after {took:.1f} s: {messages}")
+    assert code == 1 and any("restart failed: model 'encode' failed to load" in m and str(target) in m
+                             for m in messages), messages
+    assert processes_of(repo) == []
+
+
 # ---------------------------------------------------------------- broken artifacts
 
 def fresh_repo(tiny_run, path: Path, in_process: bool | None = None) -> Path:
@@ -173,18 +197,122 @@ def test_nann_serve_refuses_a_broken_repository_naming_the_file(tiny_run, tmp_pa
     assert {"missing": "is missing", "truncated": "truncated", "altered": "sha256"}[damage] in err
 
 
-def test_artifact_broken_after_the_precheck_fails_the_load_inside_triton(tiny_run, tmp_path):
+def failure_logged_at(log: Path) -> float:
+    """time.time() of the first `failed to load` line of a tritonserver log (glog stamp `E1206 04:06:10.044377`,
+    local time, no year)."""
+    line = next(line for line in log.read_text(errors="replace").splitlines() if "failed to load '" in line)
+    now = datetime.now()
+    stamp = datetime.strptime(f"{now.year}{line[1:21]}", "%Y%m%d %H:%M:%S.%f")
+    return (stamp if stamp <= now else stamp.replace(year=now.year - 1)).timestamp()
+
+
+def processes_of(path: Path) -> list[str]:
+    """Command lines of live processes that name `path` (a tritonserver on a repository, its stubs)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in argv:
+            found.append(argv)
+    return found
+
+
+def test_nann_serve_exits_soon_after_the_scorer_fails_to_load_inside_triton(tiny_run, tmp_path, capsys,
+                                                                           monkeypatch):
+    """The scorer's artifact (inside `retrieve`) changes after `nann serve`'s pre-check passed: its load fails inside
+    Triton, and `nann serve` exits non-zero within 15 s of that failure, naming the model and Triton's error, with no
+    tritonserver, stub or shared-memory region of it left (Triton itself would go on unloading the other models)."""
+    from nann.serving import repository
+
     repo = fresh_repo(tiny_run, tmp_path / "repo")
-    verify_repository(repo)  # what `nann serve` checks first: fine
     target = repo / "retrieve" / "1" / "scorer.onnx"  # the scorer runs inside `retrieve`
-    replace_file(target, target.read_bytes()[:-10] + b"0123456789")
+
+    def check_then_break(path):
+        verify(path)
+        replace_file(target, target.read_bytes()[:-10] + b"0123456789")
+
+    verify = repository.verify_repository
+    monkeypatch.setattr(repository, "verify_repository", check_then_break)
+    port = free_port()
+    code = cli_main(["serve", "--repo", str(repo), "--grpc-port", str(port), "--http-port", str(free_port()),
+                     "--metrics-port", str(free_port())])
+    exited_at = time.time()
+    err = capsys.readouterr().err
+    after_failure = exited_at - failure_logged_at(tmp_path / "tritonserver.log")
+    print(f"\nnann serve exited {after_failure:.1f} s after Triton's failed load of `retrieve`")
+    assert code != 0 and "model 'retrieve' failed to load in tritonserver" in err, err
+    assert f"artifact {target} does not match its sha256 checksum" in err
+    assert after_failure < 15.0
+    assert processes_of(repo) == [] and not list(Path("/dev/shm").glob(f"nann{os.getpid()}_{port}_*"))
+
+
+FAILING_LOAD_MODELS = {  # a repository of two models: one fails to load, the other holds its unload for minutes
+    "broken": "class TritonPythonModel:\n    def initialize(self, args):\n"
+              "        raise RuntimeError('broken on purpose')\n",
+    "slow_to_unload": "import time\n\n\nclass TritonPythonModel:\n    def execute(self, requests):\n"
+                      "        return []\n\n    def finalize(self):\n        time.sleep(300)\n",
+}
+
+
+def test_failed_load_ends_the_start_while_triton_still_unloads_the_other_models(tmp_path):
+    """Triton reports a failed load, then waits for the other models to unload (up to its 30 s exit timeout, longer
+    under load) before it exits: the start must end at the failure, not at the exit (before: 31 s after it)."""
+    repo = tmp_path / "repo"
+    for name, source in FAILING_LOAD_MODELS.items():
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "model.py").write_text(source)
+        (repo / name / "config.pbtxt").write_text(
+            f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n'
+            'input [ { name: "x" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+            'output [ { name: "y" data_type: TYPE_INT32 dims: [ 1 ] } ]\n'
+            f'parameters: {{ key: "EXECUTION_ENV_PATH" value: {{ string_value: "{sys.prefix}" }} }}\n')
     server = TritonServer(repo, log_path=tmp_path / "triton.log")
-    with pytest.raises(UserError, match="tritonserver exited while loading"):
+    with pytest.raises(LoadFailed, match="model 'broken' failed to load in tritonserver: .*broken on purpose") as err:
         server.start(timeout=120)
-    server.stop()
-    log = (tmp_path / "triton.log").read_text(errors="replace")
-    assert f"artifact {target} does not match its sha256 checksum" in log
-    assert "retrieve" in log and not server.running()
+    after_failure = time.time() - failure_logged_at(tmp_path / "triton.log")
+    print(f"\nstart ended {after_failure:.1f} s after Triton's failed load")
+    assert err.value.model == "broken" and after_failure < 15.0
+    assert not server.running() and processes_of(repo) == []
+
+
+# ---------------------------------------------------------------- past capacity
+
+def test_past_the_queue_bound_every_request_is_answered_or_refused_by_name(tiny_run, histories, tmp_path):
+    """`retrieve`'s queue bounded to 1 request: of 64 requests sent at once some are answered (correctly) and the
+    rest refused by name (the SDK's OverloadedError: UNAVAILABLE "Exceeds maximum queue size", not retried), none
+    lost or failed otherwise; then the server serves normally."""
+    import asyncio
+
+    from nann_client import AsyncNannClient, OverloadedError
+    from perf.overload import with_queue_policy
+
+    repo = fresh_repo(tiny_run, tmp_path / "repo")
+    cfg = repo / "retrieve" / "config.pbtxt"
+    cfg.write_text(with_queue_policy(cfg.read_text(), "max_queue_size=1"))
+    offline = OfflineRetriever(tiny_run.run)
+    want = {i: offline.retrieve([histories[i % len(histories)]], [parse_search(offline.limits)])[0].item_ids.tolist()
+            for i in range(64)}
+
+    async def at_once(url):
+        async with AsyncNannClient(url, retries=0, timeout=60) as client:
+            return await asyncio.gather(*(client.retrieve(histories[i % len(histories)]) for i in range(64)),
+                                        return_exceptions=True)
+
+    with TritonServer(repo, log_path=tmp_path / "triton.log") as server:
+        results = asyncio.run(at_once(server.grpc_url))
+        answered = {i: r.item_ids.tolist() for i, r in enumerate(results) if not isinstance(r, Exception)}
+        refused = [r for r in results if isinstance(r, OverloadedError)]
+        print(f"\n64 requests at once, queue bound 1: {len(answered)} answered, {len(refused)} refused")
+        assert len(answered) + len(refused) == 64, [r for r in results if isinstance(r, Exception)][:3]
+        assert answered and refused and all(answered[i] == want[i] for i in answered)
+        assert all("Exceeds maximum queue size" in str(e) and e.attempts == 1 for e in refused)
+        params = parse_search(offline.limits, k=20)
+        with grpcclient.InferenceServerClient(server.grpc_url) as client:
+            assert [infer(client, h).tolist() for h in histories[:5]] == \
+                [offline.retrieve([h], [params])[0].item_ids.tolist() for h in histories[:5]]
+        assert server.dead_stubs() == []
 
 
 # ---------------------------------------------------------------- a new version while serving

@@ -32,8 +32,13 @@ def source_dir(package: str) -> Path:
     return ROOT / mapped if mapped else ROOT.joinpath(*package.split("."))
 
 
+# Not sources: perf/results holds the git-ignored outputs of perf tools (exported repositories with model.py files).
+NOT_SOURCES = ("__pycache__", "results")
+
+
 def modules(top: Path, under: str) -> set[str]:
-    return {str(Path(under) / p.relative_to(top)) for p in top.rglob("*.py") if "__pycache__" not in p.parts}
+    return {str(Path(under) / p.relative_to(top)) for p in top.rglob("*.py")
+            if not set(NOT_SOURCES) & set(p.relative_to(top).parts)}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +49,7 @@ def installed(tmp_path_factory) -> Path:
     src.mkdir()
     shutil.copy2(ROOT / "pyproject.toml", src)
     for top in {source_dir(p).relative_to(ROOT).parts[0] for p in SETUPTOOLS["packages"]}:
-        shutil.copytree(ROOT / top, src / top, ignore=shutil.ignore_patterns("__pycache__", "results"))
+        shutil.copytree(ROOT / top, src / top, ignore=shutil.ignore_patterns(*NOT_SOURCES))
     run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w",
         work / "wheel", src, cwd=work)
     env = work / "env"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ import pytest
 from perf.graph_metric import items_for_target, subset_cache
 from perf.serving_params import repositories, with_setting
 from perf.stopping_rule import cheapest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_items_for_target_interpolates_the_crossing():
@@ -87,6 +90,35 @@ def test_with_setting_rewrites_copies_only(tmp_path):
         with_setting(repo, tmp_path / "c", ["encode"], "no_such_setting", "1")
 
 
+def test_queue_policy_is_replaced_in_the_exported_dynamic_batcher(tmp_path):
+    """perf.overload rewrites the templates' `default_queue_policy` (nested in `dynamic_batching`), and
+    perf.load.without_dynamic_batching removes the whole block, nested policy included."""
+    from perf.load import block_span, without_dynamic_batching
+    from perf.overload import exported_policy, with_queue_policy
+
+    template = (ROOT / "model_repository" / "retrieve" / "config.pbtxt.template").read_text()
+    assert "default_queue_policy { max_queue_size: 128 }" in template
+
+    def batcher(text):
+        start, end = block_span(text, "dynamic_batching")
+        return " ".join(text[start:end].split())
+
+    assert batcher(with_queue_policy(template, "none")) == \
+        "dynamic_batching { max_queue_delay_microseconds: $retrieve_queue_delay_us }"
+    assert batcher(with_queue_policy(template, "max_queue_size=64+default_timeout_microseconds=250000")) == (
+        "dynamic_batching { max_queue_delay_microseconds: $retrieve_queue_delay_us default_queue_policy { "
+        "max_queue_size: 64 default_timeout_microseconds: 250000 timeout_action: REJECT } }")
+    with pytest.raises(SystemExit, match="unknown queue policy field"):
+        with_queue_policy(template, "max_queue_depth=3")
+    repo = tmp_path / "repo"
+    (repo / "retrieve" / "1").mkdir(parents=True)
+    (repo / "retrieve" / "config.pbtxt").write_text(template)
+    assert exported_policy(repo, ["retrieve"]) == "retrieve: max_queue_size: 128"
+    text = (without_dynamic_batching(repo, tmp_path / "off") / "retrieve" / "config.pbtxt").read_text()
+    assert block_span(text, "dynamic_batching") is None and "default_queue_policy" not in text
+    assert "instance_group [ { kind: KIND_CPU count: 1 } ]\nversion_policy" in text  # the rest kept
+
+
 def test_with_setting_swaps_the_candidate_grid(tmp_path):
     """`--param grid` takes the named grids and rewrites the escaped JSON string the export writes."""
     from nann.engine.grid import CandidateGrid
@@ -159,3 +191,22 @@ def test_scorer_rounds_layout_counts_the_padding_of_ragged_runs():
     shape = layout([call([0, 0, 0, 1], 2), call([0, 1], 2)])
     assert shape["calls"] == 2 and shape["candidates"] == 6 and shape["users_per_call"] == 2.0
     assert shape["layout_padding"] == pytest.approx((6 + 2) / 6)
+
+
+def test_stress_counts_a_junit_report(tmp_path):
+    from perf.stress import junit_counts
+
+    report = tmp_path / "run.xml"
+    report.write_text(
+        '<testsuites><testsuite name="pytest" tests="4">'
+        '<testcase classname="tests.test_faults" name="test_ok" time="1.0"/>'
+        '<testcase classname="tests.test_faults" name="test_bad" time="1.0">'
+        '<failure message="AssertionError: 3 failed requests&#10;more">trace</failure></testcase>'
+        '<testcase classname="tests.test_serving" name="test_setup" time="0.1"><error message="fixture died"/></testcase>'
+        '<testcase classname="tests.test_tensorrt" name="test_gpu" time="0.0"><skipped message="no GPU"/></testcase>'
+        '</testsuite></testsuites>')
+    counts = junit_counts(report)
+    assert {k: counts[k] for k in ("passed", "failed", "errors", "skipped")} == \
+        {"passed": 1, "failed": 1, "errors": 1, "skipped": 1}
+    assert counts["failures"] == ["tests.test_faults::test_bad (failure): AssertionError: 3 failed requests",
+                                  "tests.test_serving::test_setup (error): fixture died"]

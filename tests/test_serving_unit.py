@@ -297,3 +297,23 @@ def test_scorer_auto_times_both_runtimes_at_the_walks_call_sizes(encoder_run, mo
     for backend in speeds:
         shapes = {(users, tuple(counts), ordered) for b, users, counts, ordered in seen if b == backend}
         assert shapes == {(users, (per_user,) * users, True) for users, per_user in ROUND_SHAPES}
+
+
+def test_load_failure_is_read_from_tritonservers_log():
+    """The first failed model load names the model and Triton's error up to its traceback (a literal \\n in the log);
+    without one, a failed server creation; else nothing (e.g. a load still in progress)."""
+    from nann.serving.server import load_failure
+
+    loading = ('I1206 04:06:05.490783 8505 model_lifecycle.cc:472] "loading: scorer:1"\n'
+               'I1206 04:06:09.807497 8505 model_lifecycle.cc:839] "successfully loaded \'retrieve\'"\n')
+    failed = ('E1206 04:06:10.044377 8505 model_lifecycle.cc:642] "failed to load \'scorer\' version 1: Internal: '
+              'ArtifactError: artifact /r/scorer/1/scorer.onnx does not match its sha256 checksum\\n\\nAt:\\n  '
+              '/r/scorer/1/model.py(10): initialize\\n"\n'
+              'I1206 04:06:10.044394 8505 model_lifecycle.cc:777] "failed to load \'scorer\'"\n')
+    fatal = "error: creating server: Internal - failed to load all models\n"
+    assert load_failure(loading) is None
+    assert load_failure(loading + failed + fatal) == (
+        "scorer", "Internal: ArtifactError: artifact /r/scorer/1/scorer.onnx does not match its sha256 checksum")
+    assert load_failure('E1206 04:06:10.1 1 model_lifecycle.cc:642] "failed to load \'encode\' version 2: '
+                        'Invalid argument: bad config"\n') == ("encode", "Invalid argument: bad config")
+    assert load_failure(loading + fatal) == (None, "Internal - failed to load all models")

@@ -7,8 +7,8 @@
 """
 from nann_client.aio import AsyncNannClient
 from nann_client.client import NannClient
-from nann_client.errors import (InvalidRequestError, NannError, RequestTimeoutError, ServerError,
-                                UnavailableError)
+from nann_client.errors import (InvalidRequestError, NannError, OverloadedError, RequestTimeoutError,
+                                ServerError, UnavailableError)
 from nann_client.types import RetrievalResult, ServerInfo
 
 __version__ = "0.1.0"
@@ -21,6 +21,7 @@ __all__ = [
     "NannError",
     "InvalidRequestError",
     "UnavailableError",
+    "OverloadedError",
     "RequestTimeoutError",
     "ServerError",
     "__version__",

@@ -12,7 +12,7 @@ import numpy as np
 from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
-from nann_client.errors import (InvalidRequestError, NannError, RequestTimeoutError, ServerError,
+from nann_client.errors import (InvalidRequestError, NannError, OverloadedError, RequestTimeoutError, ServerError,
                                 UnavailableError)
 from nann_client.types import RetrievalResult, ServerInfo
 
@@ -20,6 +20,8 @@ HISTORY = "history"
 ITEM_IDS, SCORES, DROPPED = "item_ids", "scores", "dropped_ids"
 INFO_PARAMETER = "nann_info"
 TRANSIENT_STATUSES = frozenset({"UNAVAILABLE"})
+# Triton's messages (with status UNAVAILABLE) when a dynamic batcher's bounded queue refuses a request
+OVERLOAD_MESSAGES = ("Exceeds maximum queue size", "Request timeout expired")
 
 _INT64_MAX = np.iinfo(np.int64).max
 _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
@@ -221,10 +223,17 @@ def raw_message(exc: BaseException) -> Optional[str]:
     return None
 
 
+def is_overload(exc: BaseException) -> bool:
+    """gRPC UNAVAILABLE from a full (or timed-out) queue of the server: it is up, past its capacity."""
+    return (isinstance(exc, InferenceServerException) and status_name(exc) == "UNAVAILABLE"
+            and any(m in error_message(exc) for m in OVERLOAD_MESSAGES))
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Only gRPC UNAVAILABLE (which includes 'connection refused') and plain connection errors are retried."""
+    """Only gRPC UNAVAILABLE (which includes 'connection refused') and plain connection errors are retried; not an
+    overloaded server's refusal."""
     if isinstance(exc, InferenceServerException):
-        return status_name(exc) in TRANSIENT_STATUSES
+        return status_name(exc) in TRANSIENT_STATUSES and not is_overload(exc)
     return isinstance(exc, ConnectionError)
 
 
@@ -246,6 +255,9 @@ def _translate(exc: BaseException, *, url: str, attempts: int, timeout: Optional
     msg = error_message(exc)
     if status == "INVALID_ARGUMENT":
         return InvalidRequestError(msg, status=status)
+    if is_overload(exc):
+        return OverloadedError(f"NANN server at {url} is overloaded and refused the request: {one_line(msg)}",
+                               url=url, attempts=attempts, status=status)
     if is_transient(exc):
         return UnavailableError(
             f"NANN server at {url} is unavailable after {attempts} attempt{'s' if attempts != 1 else ''}: "

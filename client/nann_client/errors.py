@@ -11,6 +11,7 @@ __all__ = [
     "NannError",
     "InvalidRequestError",
     "UnavailableError",
+    "OverloadedError",
     "RequestTimeoutError",
     "ServerError",
 ]
@@ -53,6 +54,14 @@ class UnavailableError(NannError, ConnectionError):
         super().__init__(message, status=status)
         self.url = url
         self.attempts = attempts
+
+
+class OverloadedError(UnavailableError):
+    """The server is past its capacity and refused the request at once (gRPC UNAVAILABLE from the bounded queues of
+    its dynamic batchers: Triton's "Exceeds maximum queue size", or "Request timeout expired" where a queue timeout
+    is configured). Not retried: an overloaded server is helped by the caller's fallback, not by more requests; the
+    message names the URL and Triton's reason.
+    """
 
 
 class RequestTimeoutError(NannError, TimeoutError):

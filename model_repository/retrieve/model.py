@@ -43,8 +43,11 @@ class TritonPythonModel:
         self.families = {name: pb_utils.MetricFamily(name=name, kind=pb_utils.MetricFamily.GAUGE, description=text)
                          for name, (text, _) in BLOCKED_GAUGES.items()}  # kept alive as long as their metrics
         gauges = [(self.families[name].Metric(labels=labels), field) for name, (_, field) in BLOCKED_GAUGES.items()]
-        # the watcher thread's gauge updates and execute() never talk to the server at the same time: a gauge set
-        # during an execute's BLS calls preceded a tritonserver crash once (SIGSEGV in the Python backend's execute)
+        # the watcher thread's gauge updates and execute() never talk to the server at the same time: execute() holds
+        # this lock for its whole run and the gauges are set only under it, so by construction no gauge set falls
+        # inside an execute's BLS calls, the interleaving that preceded a tritonserver SIGSEGV once in CI. Not
+        # reproduced without the lock: 406,296 such sets beside 2 busy processes, no crash (perf/RESULTS.md "Gauge
+        # updates during BLS calls", python -m perf.gauge_race --hog 2)
         self.talking = threading.Lock()
 
         def publish(blocked):

@@ -8,6 +8,11 @@ for this interpreter; for another build: its own `backends/` folder, or `--backe
 repository whose models need a backend the server lacks (a TensorRT `scorer`) before starting anything,
 starts the server on the given ports (loopback by default), waits until the server and every model in the
 repository are ready, and stops it cleanly.
+
+A model that fails to load ends the start at once (Triton logs `failed to load 'MODEL' version N: ERROR`, then may
+spend a long time unloading the others, or hang, before it exits): the server and its stub processes are killed and
+`start` raises `LoadFailed` naming the model and Triton's error, so `nann serve` exits non-zero within a second or two
+of the failure instead of waiting out the readiness timeout.
 """
 from __future__ import annotations
 
@@ -29,6 +34,31 @@ from nann.errors import UserError
 PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 TRITONSERVER_ENV = "NANN_TRITONSERVER"
 TENSORRT_MODEL = re.compile(r'^\s*(platform:\s*"tensorrt_plan"|backend:\s*"tensorrt")', re.MULTILINE)
+# Triton's log lines that decide a start: a model's load failed (the error up to its traceback, which the log shows as
+# a literal \n), or the server could not be created (printed once every model is loaded or failed and unloaded)
+MODEL_LOAD_FAILED = re.compile(
+    r"failed to load '(?P<model>[^']+)' version \d+: (?P<error>.*?)(?:\\n|\"?$)", re.MULTILINE)
+SERVER_FAILED = re.compile(r"^error: creating server: (?P<error>.*)$", re.MULTILINE)
+
+
+class LoadFailed(UserError):
+    """tritonserver could not load the repository: `model` (None when Triton did not name one) and Triton's `error`."""
+
+    def __init__(self, model: str | None, error: str, log_path: Path | None, log_tail: str = ""):
+        self.model, self.error = model, error
+        what = f"model '{model}' failed to load in tritonserver" if model else "tritonserver failed to start"
+        super().__init__(f"{what}: {error}; tritonserver and its stub processes were stopped; its log: {log_path}"
+                         + (f"\n{log_tail}" if log_tail and not model else ""))
+
+
+def load_failure(log_text: str) -> tuple[str | None, str] | None:
+    """(model, Triton's error) of the first failed model load in a tritonserver log, else of a failed server creation;
+    None when the log shows neither."""
+    failed = MODEL_LOAD_FAILED.search(log_text)
+    if failed:
+        return failed["model"], failed["error"]
+    fatal = SERVER_FAILED.search(log_text)
+    return (None, fatal["error"]) if fatal else None
 
 
 def pytriton_server_root() -> Path:
@@ -99,6 +129,7 @@ class TritonServer:
     backend_directory: Path | None = None   # None: the bundled Python backend, or the other build's backends/
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _workdir: tempfile.TemporaryDirectory | None = field(default=None, init=False, repr=False)
+    _log_start: int = field(default=0, init=False, repr=False)  # where this start's part of the (appended) log begins
     expected_stubs: set = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -135,8 +166,12 @@ class TritonServer:
             raise UserError(f"{self.repo}'s {trt[0]} is a TensorRT plan; backend directory {self.backend_directory} "
                             "has no tensorrt/ backend: pass --backend-directory (a Triton build's backends/ folder)")
 
+    @property
+    def shm_prefix(self) -> str:
+        """The name prefix of this server's Python-backend shared-memory regions (/dev/shm)."""
+        return f"nann{os.getpid()}_{self.grpc_port}_"
+
     def command(self, backend_dir: Path) -> list[str]:
-        prefix = f"nann{os.getpid()}_{self.grpc_port}_"
         return [
             str(self.tritonserver or pytriton_server_root() / "bin" / "tritonserver"),
             f"--model-repository={self.repo}",
@@ -150,7 +185,7 @@ class TritonServer:
             "--exit-on-error=true",
             f"--backend-config=python,shm-default-byte-size={self.shm_default_mb * 1024 * 1024}",
             f"--backend-config=python,shm-growth-byte-size={4 * 1024 * 1024}",
-            f"--backend-config=python,shm-region-prefix-name={prefix}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *self.extra_args,
         ]
 
@@ -166,6 +201,7 @@ class TritonServer:
             self.log_path = Path(self._workdir.name) / "tritonserver.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # append: a restart keeps the log of the crash before it
+        self._log_start = log.tell()
         self._proc = subprocess.Popen(self.command(backend_dir), stdout=log, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
@@ -215,16 +251,32 @@ class TritonServer:
             return False
 
     def wait_ready(self, timeout: float) -> None:
+        """Return once the server and every model are ready; raise LoadFailed (after ending the server and its stubs)
+        as soon as the log shows a failed load or the process exits, UserError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._proc is None or self._proc.poll() is not None:
-                raise UserError(f"tritonserver exited while loading (code {self._proc and self._proc.returncode}); "
-                                f"its log: {self.log_path}\n{self.log_tail()}")
+            exited = self._proc is None or self._proc.poll() is not None
+            failure = self.load_failure()
+            if failure or exited:
+                code = self._proc and self._proc.returncode
+                self.stop(timeout=0)
+                raise LoadFailed(*(failure or (None, f"tritonserver exited while loading (code {code})")),
+                                 self.log_path, self.log_tail())
             if self.is_ready():
                 return
             time.sleep(0.25)
         self.stop()
         raise UserError(f"tritonserver was not ready after {timeout:.0f} s; its log: {self.log_path}\n{self.log_tail()}")
+
+    def load_failure(self) -> tuple[str | None, str] | None:
+        """(model, error) of a failed load in this start's complete log lines (`load_failure`), else None."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_start)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return None
+        return load_failure(text[:text.rfind("\n") + 1])
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -241,13 +293,22 @@ class TritonServer:
         return self._proc is not None and self._proc.poll() is None
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGINT)
+        """SIGINT, then after `timeout` seconds (0: at once) SIGKILL to the server's process group, which holds its stub
+        processes (also those a crashed server left behind); then the shared memory of a killed server is removed."""
+        if self._proc is not None:
+            if self._proc.poll() is None and timeout > 0:
+                self._proc.send_signal(signal.SIGINT)
             try:
                 self._proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                pass
+            try:
                 os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait()
+            except ProcessLookupError:  # the server exited and its stubs with it
+                pass
+            self._proc.wait()
+            for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+                region.unlink(missing_ok=True)
         self._proc = None
         if self._workdir is not None and self.log_path is not None and str(self.log_path).startswith(self._workdir.name):
             # keep the log of a temporary server readable after stop: move it next to the temp dir
