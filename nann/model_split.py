@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nann.model import MASK_NEG, ModelConfig, NANNModel, prelu, recency_rank
+from nann.model import DOT_PARAMS, MASK_NEG, ModelConfig, NANNModel, prelu, recency_rank
 
 MIXED_WEIGHTS = {"attn": "w_a", "attn*item": "w_ae", "user*item": "w_ue"}  # Scorer's score-layer-1 blocks
 
@@ -155,6 +155,9 @@ class Scorer(nn.Module):
                 self.register_buffer(f"rw{i}", w); self.register_buffer(f"rb{i}", b); self.register_buffer(f"ra{i}", a)
             self.register_buffer("wo", model.score_out.weight.detach()[0].clone())
             self.register_buffer("bo", model.score_out.bias.detach().clone())
+            self.dot_terms = cfg.dot_terms
+            for b in self.dot_terms:
+                self.register_buffer(f"dot_{DOT_PARAMS[b]}", model.dot_weights[DOT_PARAMS[b]].detach().clone())
             slopes = [b for n, b in self.named_buffers() if n in ("qa", "act1") or n.startswith("ra")]
             # PReLU with per-feature slopes a <= 1 equals max(x, a*x): two vectorised element-wise ops, where the
             # runtimes' broadcasting PRelu kernels took a quarter of the scorer's time (ONNX Runtime profile)
@@ -170,27 +173,39 @@ class Scorer(nn.Module):
         return torch.matmul(x, self.wo) + self.bo
 
     def _first(self, state, yq, e, owner, ye=None):
-        """Score layer 1 pre-activation: yq = W_q1 e_v + b (attention's query input; None for mlp), e = e_v [C,D],
-        ye = W_e e_v when precomputed (``cand_pre``). Every block accumulates into z with addmm (z + x Wᵀ in one
-        BLAS call, in place; ONNX Gemm with a C input) instead of a GEMM and an add."""
+        """Score layer 1 pre-activation and the dot terms' sum (None without them): yq = W_q1 e_v + b (attention's
+        query input; None for mlp), e = e_v [C,D], ye = W_e e_v when precomputed (``cand_pre``). Every block
+        accumulates into z with addmm (z + x Wᵀ in one BLAS call, in place; ONNX Gemm with a C input) instead of a
+        GEMM and an add."""
         attention = self.arch == "attention"
         user_bias = state[3] if attention else state[0]
         z = user_bias[owner] + ye if ye is not None else torch.addmm(user_bias[owner], e, self.we.t())
+        mixed = {}
         if attention:
             att = segment_attention(self._act(yq, self.qa), state[0], state[1], state[2], owner)   # [C,D]
             z = z.addmm_(att, self.w_a.t())
             if self.interactions:
-                z = z.addmm_(att * e, self.w_ae.t())
+                mixed["attn*item"] = att * e
+                z = z.addmm_(mixed["attn*item"], self.w_ae.t())
         if "user*item" in self.mixed:
-            z = z.addmm_(state[4 if attention else 1][owner] * e, self.w_ue.t())
-        return z
+            mixed["user*item"] = state[4 if attention else 1][owner] * e
+            z = z.addmm_(mixed["user*item"], self.w_ue.t())
+        dot = None
+        for b in self.dot_terms:
+            term = torch.matmul(mixed[b], getattr(self, f"dot_{DOT_PARAMS[b]}"))
+            dot = term if dot is None else dot + term
+        return z, dot
+
+    def _score(self, first):
+        z, dot = first
+        return self._head(z) if dot is None else self._head(z) + dot
 
     def forward(self, *args):
         state, cand_emb, owner = args[:self.n_state], args[self.n_state], args[self.n_state + 1]
         if self.arch == "two-tower":
             return (state[0][owner] * cand_emb).sum(-1)
         yq = F.linear(cand_emb, self.wq, self.bq) if self.arch == "attention" else None
-        return self._head(self._first(state, yq, cand_emb, owner))
+        return self._score(self._first(state, yq, cand_emb, owner))
 
     def cand_pre(self, cand_emb):
         """The candidate-only part (item-only; can be computed once for all items): the linear maps, followed by
@@ -209,7 +224,7 @@ class Scorer(nn.Module):
         a = self.A if self.arch == "attention" else 0
         h = self.we.shape[0]
         owner = torch.zeros(y.shape[0], dtype=torch.int64, device=y.device)
-        return self._head(self._first(state, y[:, :a] if a else None, y[:, a + h:], owner, ye=y[:, a:a + h]))
+        return self._score(self._first(state, y[:, :a] if a else None, y[:, a + h:], owner, ye=y[:, a:a + h]))
 
 
 def segment_layout(owner: torch.Tensor, n_users: torch.Tensor):
@@ -266,7 +281,8 @@ def per_candidate_macs(cfg: ModelConfig, L: int | None = None) -> dict[str, int]
     rest = sum(a * b for a, b in zip(sh[:-1], sh[1:])) + sh[-1]
     n_in = len(cfg.score_blocks_in())
     n_prod = n_in - (3 if cfg.arch == "attention" else 2)  # element-wise products (D multiplies each)
-    first = n_in * D * sh[0] + n_prod * D  # the full first score layer over the concatenated input
+    # the full first score layer over the concatenated input, and the dot terms' weighted sums
+    first = n_in * D * sh[0] + n_prod * D + len(cfg.dot_terms) * D
     if cfg.arch == "mlp":
         return {"before": first + rest, "after": first - D * sh[0] + rest}  # W_u u hoisted into user_bias
     attn = L * A + L * D

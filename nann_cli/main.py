@@ -178,6 +178,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="score network input without the element-wise products (an ablation; default: with them)")
     s.add_argument("--no-recency", dest="recency", action="store_false",
                    help="behaviours without recency embeddings (an ablation; default: with them)")
+    s.add_argument("--no-dot", dest="dot", action="store_false",
+                   help="the score network alone, without the inner products of e_v with the user vector and the "
+                        "attention output added to the score (an ablation; default: with them)")
     s.add_argument("--loss", choices=["nce", "softmax"], default="nce", help="nce (default) or sampled softmax")
     s.add_argument("--negatives", type=int, default=recipe.NEGATIVES,
                    help=f"NCE noise items per positive, from the unigram distribution (default {recipe.NEGATIVES}; the "

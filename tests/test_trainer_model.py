@@ -24,6 +24,8 @@ def randomize_bn(model: NANNModel, seed=0):
     if model.cfg.recency:  # trained recency embeddings are not zero: make the parity checks see them
         for table in (model.recency_scale, model.recency_shift):
             table.weight.data.copy_(torch.randn(table.weight.shape, generator=g) * 0.5)
+    for weights in getattr(model, "dot_weights", {}).values():  # trained: no longer ones
+        weights.data.copy_(torch.randn(weights.shape, generator=g))
     return model.eval()
 
 
@@ -167,3 +169,25 @@ def test_recency_makes_the_order_of_the_history_matter(arch):
 def test_runs_written_before_recency_load_without_it():
     cfg = ModelConfig.from_dict({"num_items": 10, "num_categories": 2, "arch": "attention"})
     assert cfg.recency is False and not hasattr(NANNModel(cfg), "recency_scale")
+
+
+def test_dot_terms_start_as_the_inner_product_of_e_v_with_the_user_vector():
+    """mlp with its score network's output zeroed scores <u, e_v> (u: the sum-pooled behaviours), as a two-tower
+    model without a tower would; attention adds <attention output, e_v>."""
+    torch.manual_seed(0)
+    model = NANNModel(ModelConfig(num_items=50, num_categories=3, arch="mlp", max_seq=8)).eval()
+    assert model.cfg.dot_terms == ["user*item"]
+    hist, mask, cand = torch.randint(0, 50, (4, 8)), torch.ones(4, 8), torch.randint(0, 50, (4, 5))
+    with torch.no_grad():
+        model.score_out.weight.zero_()
+        model.score_out.bias.zero_()
+        u = model.behaviours(model.item_embed(hist), mask).sum(1)
+        want = (u[:, None, :] * model.item_embed(cand)).sum(-1)
+        torch.testing.assert_close(model(hist, mask, cand), want)
+    assert ModelConfig(num_items=5, num_categories=1, arch="attention").dot_terms == ["attn*item", "user*item"]
+    assert ModelConfig(num_items=5, num_categories=1, arch="attention", interactions=False).dot_terms == []
+
+
+def test_runs_written_before_dot_load_without_it():
+    cfg = ModelConfig.from_dict({"num_items": 10, "num_categories": 2, "arch": "attention", "interactions": True})
+    assert cfg.dot is False and cfg.dot_terms == [] and len(NANNModel(cfg).dot_weights) == 0

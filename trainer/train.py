@@ -422,11 +422,11 @@ def _train(args, device, world, rank) -> TrainResult:
     run.path.mkdir(parents=True, exist_ok=True)
     cfg = ModelConfig(num_items=data.num_items, num_categories=data.num_categories, arch=args.arch,
                       max_seq=data.max_seq, interactions=getattr(args, "interactions", True),
-                      recency=getattr(args, "recency", True))
+                      recency=getattr(args, "recency", True), dot=getattr(args, "dot", True))
     if run.checkpoint_file(CHECKPOINT_STATE).exists() and run.config_file.exists():
         old = run.read_config()
         if (old.get("arch") != cfg.arch or old.get("num_items") != cfg.num_items
-                or old.get("recency", False) != cfg.recency
+                or old.get("recency", False) != cfg.recency or old.get("dot", False) != cfg.dot
                 or (cfg.arch != "two-tower" and old.get("interactions", False) != cfg.interactions)):
             raise UserError(f"{run_dir} holds a run of arch {old.get('arch')} over {old.get('num_items')} items; "
                             f"use a new --run directory")
