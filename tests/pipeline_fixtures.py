@@ -44,7 +44,32 @@ def items_added(tiny_run, tmp_path_factory) -> SimpleNamespace:
     new_raw = int(items.max()) + 1 + np.arange(categories.shape[0])
     csv.write_text("item_id,category_id\n" + "".join(f"{i},{c}\n" for i, c in zip(new_raw, categories)))
     run_cli("items", "add", "--run", run, "--csv", csv)
-    return SimpleNamespace(run=run, csv=csv, num_old=int(items.shape[0]), new_raw=new_raw, data=tiny_run.data)
+    return SimpleNamespace(run=run, csv=csv, num_old=int(items.shape[0]), new_raw=new_raw, data=tiny_run.data,
+                           k=added_items_depth(run, tiny_run.data, int(items.shape[0])))
+
+
+def added_items_depth(run: Path, data: Path, num_old: int, users: int = 6, step: int = 20) -> int:
+    """An answer size (a multiple of `step`, at most the served maximum) whose exact top holds an added item for at
+    least `users` test users. Added items have the category-only e_v, so where they rank depends on the trained model
+    (ranks ~25-60 of 2,962 once, none in any user's top 20 after a model change): tests that must see them served
+    ask for this many items instead of a fixed count."""
+    import numpy as np
+
+    from nann.data.prepared import PreparedData
+    from nann.runtime import ModelRuntime
+    from nann.serving.requests import ServingLimits
+
+    runtime = ModelRuntime.load(run)
+    test = PreparedData.load(str(data)).test
+    histories = [test.history(i) for i in range(len(test))]
+    state = runtime.encode(histories)
+    items = np.arange(runtime.num_items)
+    best_rank = []
+    for u in range(len(histories)):
+        scores = runtime.score(state, np.full(items.shape[0], u, np.int64), items)
+        best_rank.append(int((scores > scores[num_old:].max()).sum()))  # items above the best added one
+    needed = sorted(best_rank)[min(users, len(best_rank)) - 1] + 1
+    return int(min(ServingLimits().maximum("k"), -(-needed // step) * step))
 
 
 @pytest.fixture(scope="session")

@@ -398,10 +398,6 @@ def test_new_version_is_picked_up_without_failed_requests(tiny_run, second_run, 
     answers_across_a_switch(tiny_run, second_run.run, histories, tmp_path, new_limits=second_run.limits)
 
 
-# Added items (category-only e_v) rank ~25-60th of the tiny run's 2,962 items at best: a top 100 holds them.
-ADDED_K = 100
-
-
 @pytest.mark.parametrize("scorer_last", [False, True], ids=["in-process", "bls-scorer-last"])
 def test_items_added_version_is_picked_up_and_serves_them(tiny_run, items_added, test_histories, tmp_path,
                                                           scorer_last):
@@ -410,13 +406,13 @@ def test_items_added_version_is_picked_up_and_serves_them(tiny_run, items_added,
     behind BLS even when the new `retrieve` serves seconds before the new `scorer` (its scorer calls wait for it).
     Histories: those whose new answer holds a new item first."""
     after = OfflineRetriever(items_added.run)
-    params = parse_search(after.limits, k=ADDED_K)
+    params = parse_search(after.limits, k=items_added.k)
     new = set(items_added.new_raw.tolist())
     holds_new = [bool(new & set(after.retrieve([h], [params])[0][0].tolist())) for h in test_histories]
     order = sorted(range(len(test_histories)), key=lambda i: not holds_new[i])
     histories = [test_histories[i] for i in order[:40]]
     want_new = answers_across_a_switch(tiny_run, items_added.run, histories, tmp_path, scorer_last=scorer_last,
-                                       k=ADDED_K)
+                                       k=items_added.k)
     served_new = [answer for answer in want_new if new & set(answer)]
     print(f"{len(served_new)} of {len(histories)} users are now served new items")
     assert len(served_new) >= 3

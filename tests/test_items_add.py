@@ -24,9 +24,6 @@ from nann.serving.retrieval import OfflineRetriever
 from trainer import add_items as add_module
 
 HNSW_INDEX = GraphDir.HNSW_INDEX
-# Deep enough that added items (category-only e_v, near the score of an average trained item) reach some test users'
-# brute-force top-K under the tiny, barely trained model: their best ranks there are ~25-60 of 2,962 items.
-K = 100
 # The widest search the limits allow: the walk then scores ~99% of the tiny run's items, so a new item in the
 # brute-force top-K is missed only if the graph does not link it (what these tests are about); the default search's
 # misses depend on the trained model and graph build, which differ between CPUs.
@@ -110,12 +107,14 @@ def test_new_items_get_the_category_only_e_v_in_both_tables(items_added):
 
 @pytest.fixture(scope="module")
 def new_in_brute_top(items_added):
-    """(test user, raw history, new dense ids in its brute-force top-K) for every test user that has some."""
+    """(test user, raw history, new dense ids in its brute-force top k) for every test user that has some (k: deep
+    enough for several users, `items_added.k`)."""
     runtime = ModelRuntime.load(items_added.run)
     test = PreparedData.load(str(items_added.data)).test
     histories = [test.history(i) for i in range(len(test))]
     state = runtime.encode(histories)
-    exact = brute_force(runtime.num_items, len(histories), lambda o, i: runtime.score(state, o, i), K).ids
+    exact = brute_force(runtime.num_items, len(histories), lambda o, i: runtime.score(state, o, i),
+                        items_added.k).ids
     vocab = Vocabulary.load(str(items_added.run))
     found = [(u, vocab.dense_to_raw(histories[u]), set(exact[u][exact[u] >= items_added.num_old].tolist()))
              for u in range(len(histories))]
@@ -126,7 +125,7 @@ def test_new_items_are_retrieved_offline(items_added, new_in_brute_top):
     """A query whose brute-force top-K holds a new item finds it through the beam (widest search)."""
     assert len(new_in_brute_top) >= 3, "too few test users rank a new item high: the test would prove little"
     retriever = OfflineRetriever(items_added.run)
-    params = parse_search(retriever.limits, k=K, **WIDEST)
+    params = parse_search(retriever.limits, k=items_added.k, **WIDEST)
     vocab = Vocabulary.load(str(items_added.run))
     for _, history, want in new_in_brute_top:
         answer, = retriever.retrieve([history], [params])
@@ -136,7 +135,7 @@ def test_new_items_are_retrieved_offline(items_added, new_in_brute_top):
 def test_nann_retrieve_returns_a_new_item(items_added, new_in_brute_top, capsys):
     _, history, want = new_in_brute_top[0]
     code = cli_main(["retrieve", "--run", str(items_added.run), "--history", ",".join(map(str, history)),
-                     "--k", str(K), "--frontier", "0", "--json",
+                     "--k", str(items_added.k), "--frontier", "0", "--json",
                      "--ef", ",".join(map(str, WIDEST["ef"])), "--rounds", ",".join(map(str, WIDEST["rounds"]))])
     assert code == 0
     got = json.loads(capsys.readouterr().out)["item_ids"]
