@@ -65,6 +65,14 @@ class RetrieveService:
         self.grid = grid
         self.state_shapes = {name: (1, *(limits.max_seq if int(d) == -1 else int(d) for d in dims))
                              for name, dims in (state_dims or {}).items()}
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """One walk with the default search and a constant scorer, at load: the engine's Numba kernels are compiled
+        (or read from their cache) here, not in the first request, which paid it past a client's 10 s timeout on a
+        busy machine."""
+        self.retrieve([self.request(parse_search(self.limits), np.zeros(0, np.int64), None, NO_FILTERS)],
+                      lambda owner, ids: np.zeros(ids.shape[0], np.float32))
 
     def parse(self, state: dict[str, np.ndarray], hist_ids: np.ndarray, history: np.ndarray | None,
               inputs: Mapping[str, np.ndarray | None]) -> RetrieveRequest:
