@@ -1,0 +1,478 @@
+"""The GPU path, measured in one command on a GPU machine that has only its own install plus a small pack.
+
+    python -m perf.gpu_check --pack perf/results/gpu_pack --run demo/run    # here: the pack (<= 48 MiB)
+    python3 -m perf.gpu_check --from perf/results/gpu_pack --out $OUT       # there: the check (<= 8 minutes)
+    python -m perf.gpu_check --device cpu --quick                           # the same code on CPU, small (CI)
+    python -m perf.gpu_check --record gpu_check.md                          # a device run's section into RESULTS.md
+
+Prints the "GPU check" section of perf/RESULTS.md (docs/OPERATIONS.md, "GPU check"): (a) scores of the CUDA scorer
+(`nann.scorers.torch_cuda`, fp32 and half) against the torch model on CPU for the same users and candidates; (b)
+scorer candidates/s per candidate-grid size, eager vs captured CUDA graphs, fp32 vs half, beside the host's CPU
+scorer; (c, d) the offline engine (`OfflineRetriever`: walk on the host's CPU, scorer on the GPU, or the host's CPU
+scorer, side by side) at batch 1/16/64, at the served defaults and at the paper's operating point (~1.3% of the items
+scored: the last layer's ef scaled until the mean scored fraction is closest to it), on a random-weight catalogue of
+1M items with a kNN-layered graph built on the device (`graph_builder.knn_layers`; no hnswlib there) and on the packed
+100k demo run (a random-weight 100k run when no pack is given); (e) `nann train` samples/s on the device vs the host's
+CPU on the same synthetic data. Each part has a time budget and prints its elapsed time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from nann.engine.grid import CandidateGrid
+from nann.engine.params import SearchParams, default_search
+from nann.errors import UserError
+from nann.run_dir import RunDir
+from perf.gpu_runs import knn_graph, make_pack, random_histories, random_run, unpack_run
+from perf.run import machine_info
+from perf.sections import RESULTS, command_line, provenance, update_section
+
+SECTION = "GPU check"
+CPU_SCORER = "onnxruntime"  # the host's CPU scorer, the served default
+REFERENCE = "torch"         # the torch model on CPU: what the CUDA scorer must reproduce
+PAPER_FRACTION = 0.013      # the paper's operating point: ~17k of 1.3M items scored per query (Table 1)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and time budgets of one check (FULL on the device, QUICK on CPU in CI)."""
+
+    big_items: int                    # the random-weight catalogue
+    small_items: int                  # the demo run's stand-in when no pack is given
+    parity_users: int
+    parity_candidates: int            # per user
+    scorer_sizes: tuple[int, ...]     # grid sizes whose candidates/s are measured
+    scorer_seconds: float             # timing per (size, scorer)
+    tune_users: int                   # users whose mean scored fraction sets the operating point
+    tune_steps: int                   # bisection steps of its ef
+    batches: tuple[int, ...]          # the offline engine's batch sizes
+    engine_users: int                 # distinct histories the engine cycles through
+    engine_seconds: float             # timing per (catalogue, scorer, search, batch)
+    engine_least: int                 # timed batches per (catalogue, scorer, search, batch), at least
+    warm_largest: int                 # grid sizes up to this are scored once per batch size before timing
+    train_synth: tuple[str, ...]      # `nann data synth` arguments
+    train_args: tuple[str, ...]       # `nann train` arguments beside --device
+    budgets: dict                     # seconds per part
+    torch_threads: int = 0            # torch's CPU threads in this process (0: its default, one per core)
+
+
+FULL = Plan(big_items=1_000_000, small_items=100_000, parity_users=1000, parity_candidates=200,
+            scorer_sizes=(1, 200, 1000, 2000, 6000, 14800), scorer_seconds=0.3, tune_users=64, tune_steps=8,
+            batches=(1, 16, 64), engine_users=512, engine_seconds=5.0, engine_least=3, warm_largest=14800,
+            train_synth=("--users", "20000", "--items", "100000", "--categories", "500", "--seed", "0"),
+            train_args=("--max-samples", "38400", "--batch-size", "256", "--negatives", "20"),
+            budgets={"runs": 120, "parity": 30, "scorer": 45, "engine": 200, "train": 70})
+QUICK = Plan(big_items=20_000, small_items=3_000, parity_users=40, parity_candidates=50,
+             scorer_sizes=(1, 200, 1000), scorer_seconds=0.02, tune_users=4, tune_steps=3,
+             batches=(1, 16), engine_users=32, engine_seconds=0.0, engine_least=1, warm_largest=400,
+             train_synth=("--users", "600", "--items", "3000", "--categories", "30", "--seed", "0"),
+             train_args=("--max-samples", "800", "--batch-size", "16", "--negatives", "5", "--threads", "1"),
+             budgets={"runs": 15, "parity": 5, "scorer": 5, "engine": 30, "train": 15},
+             # one thread: on a small, busy machine (CI) torch's threads spin at each op's barrier waiting for a
+             # descheduled sibling, measured 50x slower per scorer call at 2 threads on 2 loaded cores
+             torch_threads=1)
+
+
+class Catalogue(NamedTuple):
+    name: str
+    run: RunDir
+    histories: list          # raw-id histories of its users
+    note: str                # what it is, for the section
+
+
+class Clock:
+    """Runs the parts: elapsed seconds of each against its budget, and the error of a part that failed (the others
+    still run and report: a device run is one try)."""
+
+    def __init__(self, budgets: dict):
+        self.budgets, self.elapsed, self.failed = budgets, {}, {}
+
+    def part(self, name: str, fn: Callable, *args):
+        """fn(*args), or None when it raised (traceback on stderr, the error kept for the section)."""
+        t0 = time.perf_counter()
+        print(f"== {name} (budget {self.budgets[name]} s)", file=sys.stderr, flush=True)
+        try:
+            out = fn(*args)
+        except Exception as e:  # noqa: BLE001  (reported in the section and the exit status)
+            traceback.print_exc()
+            self.failed[name], out = f"{type(e).__name__}: {e}", None
+        self.elapsed[name] = time.perf_counter() - t0
+        print(f"   {name}: {self.elapsed[name]:.1f} s", file=sys.stderr, flush=True)
+        return out
+
+    def table(self) -> list[str]:
+        def note(name):
+            return f"failed: {self.failed[name]}" if name in self.failed else (
+                "over budget" if self.elapsed[name] > self.budgets[name] else "")
+
+        return ["| part | budget s | elapsed s | |", "|---|---|---|---|",
+                *[f"| {name} | {self.budgets[name]} | {s:.1f} | {note(name)} |" for name, s in self.elapsed.items()],
+                f"| total | {sum(self.budgets.values())} | {sum(self.elapsed.values()):.1f} | |"]
+
+
+# ---- the runtimes --------------------------------------------------------------------------------------------------
+def gpu_variants(device: str) -> dict:
+    """The CUDA scorer's four variants by label (fp32/half x eager/graphs) on ``device``."""
+    from nann.scorers.torch_cuda import TorchCudaRuntime
+
+    return {f"{'half' if half else 'fp32'} {'graphs' if graphs else 'eager'}":
+            TorchCudaRuntime(device=device, half=half, graphs=graphs) for half in (False, True) for graphs in (False, True)}
+
+
+def load(run: RunDir, backend):
+    from nann.runtime import ModelRuntime
+
+    return ModelRuntime.load(run.path, backend=backend)
+
+
+def dense_histories(run: RunDir, raw: list) -> list[np.ndarray]:
+    vocab = run.vocabulary()
+    return [d[d >= 0] for d in (vocab.raw_to_dense(h) for h in raw)]
+
+
+def score_on_grid(rt, state: dict, owner: np.ndarray, ids: np.ndarray, grid: CandidateGrid) -> np.ndarray:
+    """The scores of (owner, ids) in the calls the engine makes: split at the grid's maximum, each padded to its size."""
+    out = np.empty(ids.shape[0], dtype=np.float32)
+    for s, e in grid.splits(ids.shape[0]):
+        po, pi, m = grid.pad(owner[s:e], ids[s:e])
+        out[s:e] = rt.score(state, po, pi)[:m]
+    return out
+
+
+# ---- (a) parity ----------------------------------------------------------------------------------------------------
+def parity(cat: Catalogue, device: str, plan: Plan) -> list[dict]:
+    """Each scorer's scores against the torch model on CPU, for the same users (encoded by each runtime) and
+    candidates: max |difference|, that over the largest |score|, and the users whose top 10 of their candidates
+    (as a set) is the reference's."""
+    users = dense_histories(cat.run, cat.histories[:plan.parity_users])
+    rng = np.random.default_rng(1)
+    n = RunDir(cat.run.path).vocabulary_size()
+    owner = np.repeat(np.arange(len(users)), plan.parity_candidates)
+    ids = rng.integers(0, n, owner.shape[0])
+    grid = CandidateGrid()
+
+    def scores(backend) -> np.ndarray:
+        rt = load(cat.run, backend)
+        return score_on_grid(rt, rt.encode(users), owner, ids, grid).reshape(len(users), -1)
+
+    ref = scores(REFERENCE)
+    top = np.sort(np.argsort(-ref, axis=1)[:, :10], axis=1)
+    variants = {CPU_SCORER: CPU_SCORER, **{k: v for k, v in gpu_variants(device).items() if k.endswith("graphs")}}
+    rows = []
+    for label, backend in variants.items():
+        got = scores(backend)
+        diff = np.abs(got - ref)
+        rows.append({"scorer": label, "users": len(users), "candidates": int(ids.shape[0]),
+                     "max_abs": float(diff.max()), "max_rel": float(diff.max() / np.abs(ref).max()),
+                     "top10_same": float((np.sort(np.argsort(-got, axis=1)[:, :10], axis=1) == top).all(1).mean())})
+    return rows
+
+
+# ---- (b) scorer candidates/s ---------------------------------------------------------------------------------------
+def timed(fn: Callable, seconds: float, least: int = 3) -> list[float]:
+    """Seconds of each call of ``fn`` after a warm-up call (a CUDA graph of its size is captured there): at least
+    ``least`` calls, more until ``seconds`` have passed."""
+    fn()
+    out, t_end = [], time.perf_counter() + seconds
+    while len(out) < least or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def scorer_rates(cat: Catalogue, device: str, plan: Plan) -> list[dict]:
+    """Candidates/s per grid size of each CUDA variant and the host's CPU scorer: min(size, 16) users per call,
+    random candidates, the median call."""
+    users = dense_histories(cat.run, cat.histories[:16])
+    rng = np.random.default_rng(2)
+    n = cat.run.vocabulary_size()
+    rows = {size: {"size": size, "users": min(size, len(users))} for size in plan.scorer_sizes}
+    for label, backend in {**gpu_variants(device), CPU_SCORER: CPU_SCORER}.items():
+        rt = load(cat.run, backend)
+        for size, row in rows.items():
+            state = rt.encode(users[:row["users"]])
+            owner = np.sort(rng.integers(0, row["users"], size)).astype(np.int32)
+            ids = rng.integers(0, n, size).astype(np.int32)
+            row[label] = size / statistics.median(timed(lambda: rt.score(state, owner, ids), plan.scorer_seconds))
+    return list(rows.values())
+
+
+# ---- (c, d) the offline engine -------------------------------------------------------------------------------------
+def retriever(cat: Catalogue, backend):
+    from nann.serving.retrieval import OfflineRetriever
+
+    return OfflineRetriever(cat.run.path, backend=backend)
+
+
+def scored_fraction(offline, encoded: list, params: SearchParams) -> float:
+    """The mean fraction of the catalogue the engine scores per request at ``params`` for the encoded users."""
+    from nann.engine.search import beam_search
+    from nann.serving.services import stack_states
+
+    graph = offline.service.graph
+    state = stack_states([e.state for e in encoded])
+    result = beam_search(graph, len(encoded), offline.scorer.scores_for(state), params, offline.service.grid,
+                         histories=[e.hist_ids[0] for e in encoded])
+    return float(result.n_scored.mean()) / graph.num_items
+
+
+def operating_point(offline, encoded: list, steps: int, target: float = PAPER_FRACTION) -> tuple:
+    """(params, fraction): the catalogue's defaults with the last layer's ef scaled (geometric bisection between
+    top_m and 16,384 or the catalogue's size) to the mean scored fraction closest to ``target``."""
+    base = default_search(offline.service.graph.num_items)
+    at = {}
+
+    def fraction(ef: int) -> float:
+        if ef not in at:
+            at[ef] = scored_fraction(offline, encoded, replace(base, ef=base.ef[:-1] + (ef,)))
+        return at[ef]
+
+    lo, hi = base.top_m, min(16_384, offline.service.graph.num_items)
+    for _ in range(steps):
+        mid = int(round((lo * hi) ** 0.5))
+        lo, hi = (mid, hi) if fraction(mid) < target else (lo, mid)
+    ef = min(at, key=lambda e: abs(at[e] - target))
+    return replace(base, ef=base.ef[:-1] + (ef,)), at[ef]
+
+
+def engine_row(offline, histories: list, params: SearchParams, batch: int, seconds: float, least: int) -> dict:
+    """req/s, p50 and p99 of a batch's latency (each request waits for its batch) over batches of distinct users."""
+    batches = [histories[i:i + batch] for i in range(0, len(histories) - batch + 1, batch)] or [histories[:batch]]
+    calls = iter(range(1 << 30))
+    lat = timed(lambda: offline.retrieve(batches[next(calls) % len(batches)], [params] * batch), seconds, least)
+    return {"req_s": batch * len(lat) / sum(lat), "p50_ms": 1e3 * float(np.percentile(lat, 50)),
+            "p99_ms": 1e3 * float(np.percentile(lat, 99)), "batches": len(lat)}
+
+
+def warm_grid(offline, histories: list, batch: int, largest: int) -> None:
+    """Every size of the scorer's grid up to ``largest`` scored once for a state of ``batch`` users, so that the
+    CUDA graphs of this state layout are captured here rather than in timed calls (a server warms up at load the
+    same way); nothing for an unpadded grid."""
+    from nann.serving.services import stack_states
+
+    state = stack_states([offline.encoder.encode(h).state for h in histories[:batch]])
+    for size in [s for s in offline.service.grid.sizes or () if s <= largest]:
+        offline.scorer.runtime.score(state, np.arange(size, dtype=np.int32) * batch // size, np.zeros(size, np.int32))
+
+
+def engine(cats: list[Catalogue], device: str, plan: Plan) -> list[dict]:
+    """Every (catalogue, search, batch) with the CUDA scorer (fp32, graphs), then with the host's CPU scorer (one
+    scorer in the process at a time: the other's idle threads do not compete with the walk); the operating point is
+    found with the CUDA scorer and used for both. Rows not reached within the part's budget say "skipped"."""
+    deadline = time.perf_counter() + plan.budgets["engine"]
+    rows = []
+    for cat in cats:
+        users = cat.histories[:plan.engine_users]
+        offline = retriever(cat, gpu_variants(device)["fp32 graphs"])
+        encoded = [offline.encoder.encode(h) for h in cat.histories[:plan.tune_users]]
+        defaults = default_search(offline.service.graph.num_items)
+        searches = {"defaults": (defaults, scored_fraction(offline, encoded, defaults)),
+                    "paper ~1.3%": operating_point(offline, encoded, plan.tune_steps)}
+        at = {(search, batch): {"catalogue": cat.name, "search": search, "ef": params.ef[-1], "scored": fraction,
+                                "batch": batch} for search, (params, fraction) in searches.items() for batch in plan.batches}
+        for side in ("gpu", "cpu"):
+            if side == "cpu":
+                offline = retriever(cat, CPU_SCORER)
+            for batch in plan.batches:
+                warm_grid(offline, users, batch, plan.warm_largest)
+                for search, (params, _) in searches.items():
+                    row = at[search, batch]
+                    row[side] = (engine_row(offline, users, params, batch, plan.engine_seconds, plan.engine_least)
+                                 if time.perf_counter() < deadline else None)
+            del offline
+        rows += at.values()
+    return rows
+
+
+# ---- (e) training --------------------------------------------------------------------------------------------------
+def train_rates(work: Path, device: str, plan: Plan) -> dict:
+    """`nann train` samples/s on ``device`` and on the host's CPU (once when the device is the host's CPU), same
+    synthetic data and arguments: the median of the train log's 50-step points after the first (which holds the
+    start-up), or the only one."""
+    from nann_cli.steps import run_step
+
+    raw, data = work / "train_raw", work / "train_data"
+    run_step("synth", ["data", "synth", "--out", raw, *plan.train_synth], raw / "UserBehavior.csv")
+    run_step("prepare", ["data", "prepare", "--csv", raw / "UserBehavior.csv", "--out", data], data / "stats.json")
+    rates = {}
+    for label, dev in {"device": device, "host cpu": "cpu"}.items():
+        if dev == device and label != "device":
+            continue
+        run = RunDir(work / f"train_{label.replace(' ', '_')}")
+        shutil.rmtree(run.path, ignore_errors=True)
+        run_step(f"train --device {dev}", ["train", "--data", data, "--run", run.path, "--device", dev, "--epochs", "1",
+                                           "--baseline", "none", "--eval-users", "20", *plan.train_args])
+        points = [r["samples_per_s"] for r in map(json.loads, run.train_log_file.read_text().splitlines())
+                  if r.get("kind") == "train"]
+        if not points:
+            raise UserError(f"{run.train_log_file} has no training speed point: train at least 50 steps")
+        rates[label] = statistics.median(points[1:] or points)
+    return rates
+
+
+# ---- the runs ------------------------------------------------------------------------------------------------------
+def catalogues(work: Path, pack: Path | None, device: str, plan: Plan) -> list[Catalogue]:
+    """The random-weight catalogue with its kNN-layered graph built on ``device``, and the packed demo run (a
+    random-weight stand-in without a pack)."""
+    def random_catalogue(name: str, items: int) -> Catalogue:
+        run = random_run(work / f"run_{name}", items)
+        t0 = time.perf_counter()
+        knn_graph(run, device)
+        hist = random_histories(np.arange(items), max(plan.parity_users, plan.engine_users), 50, seed=3)
+        return Catalogue(name, run, hist, f"{items:,} items, random weights (default ModelConfig), kNN-layered graph "
+                                          f"built with torch on {device} in {time.perf_counter() - t0:.0f} s "
+                                          f"(graph_builder.knn_layers; not hnswlib's), random histories")
+
+    big = random_catalogue(f"{plan.big_items // 1000}k", plan.big_items)
+    if pack is None:
+        return [big, random_catalogue(f"{plan.small_items // 1000}k", plan.small_items)]
+    run, hist, meta = unpack_run(pack, work / "run_demo")
+    users = len(hist)
+    hist += random_histories(run.vocabulary().items, max(0, plan.parity_users - users), 50, seed=4)
+    return [big, Catalogue("demo", run, hist, f"the pack of `{meta['run']}` ({meta['num_items']:,} items, trained; its "
+                                              f"`nann graph` graph), {users} of its test users"
+                                              + (f" + {len(hist) - users} random histories" if len(hist) > users else ""))]
+
+
+# ---- the section ---------------------------------------------------------------------------------------------------
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))} (torch {torch.__version__})"
+    return f"CPU ({device}; no CUDA graph capture there) (torch {torch.__version__})"
+
+
+def _parity_md(rows: list[dict]) -> list[str]:
+    return ["| scorer | users | candidates | max abs error | max abs error / max abs score | users with the same top 10 |",
+            "|---|---|---|---|---|---|",
+            *[f"| {r['scorer']} | {r['users']} | {r['candidates']:,} | {r['max_abs']:.2e} | {r['max_rel']:.2e} | "
+              f"{r['top10_same']:.3f} |" for r in rows]]
+
+
+def _scorer_md(rows: list[dict]) -> list[str]:
+    labels = [k for k in rows[0] if k not in ("size", "users")]
+    return ["| size | users | " + " | ".join(labels) + f" | fp32 graphs / {CPU_SCORER} |", "|---" * (len(labels) + 3) + "|",
+            *[f"| {r['size']} | {r['users']} | " + " | ".join(f"{r[k]:,.0f}" for k in labels)
+              + f" | {r['fp32 graphs'] / r[CPU_SCORER]:.1f}x |" for r in rows]]
+
+
+def _engine_md(rows: list[dict]) -> list[str]:
+    def side(m):
+        return f"{m['req_s']:.1f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} ({m['batches']})" if m else "skipped | | "
+
+    return ["| catalogue | search | last ef | % scored | batch | GPU req/s | GPU p50 ms | GPU p99 ms (batches) | "
+            "CPU req/s | CPU p50 ms | CPU p99 ms (batches) | GPU / CPU req/s |", "|---" * 12 + "|",
+            *[f"| {r['catalogue']} | {r['search']} | {r['ef']} | {100 * r['scored']:.2f} | {r['batch']} | "
+              f"{side(r['gpu'])} | {side(r['cpu'])} | "
+              + (f"{r['gpu']['req_s'] / r['cpu']['req_s']:.2f}x |" if r["gpu"] and r["cpu"] else " |") for r in rows]]
+
+
+def _train_md(rates: dict) -> list[str]:
+    return ["| device | samples/s |", "|---|---|", *[f"| {k} | {v:,.0f} |" for k, v in rates.items()],
+            *(["", f"Device / host CPU: {rates['device'] / rates['host cpu']:.2f}x."] if "host cpu" in rates else [])]
+
+
+def section(res: dict, plan: Plan) -> str:
+    """The markdown of the "GPU check" section; a part that failed says so with its error."""
+    info, failed = res["info"], res["failed"]
+
+    def part(name: str, render: Callable) -> list[str]:
+        return [f"Failed: `{failed[name]}`"] if name in failed else render(res[name])
+
+    return "\n".join([
+        provenance(res["command"], info, cores=True), "",
+        f"Device: **{res['device']}**; host CPU: {info['nproc']} cores ({info['cpu']}). Catalogues:",
+        *[f"- {c['name']}: {c['note']}" for c in res["catalogues"]], "",
+        f"(a) Parity against the torch model on CPU (`{REFERENCE}`), same users and candidates, each runtime "
+        "encoding its own users:", "", *part("parity", _parity_md), "",
+        f"(b) Scorer candidates/s per grid size ({res['catalogues'][0]['name']}; min(size, 16) users per call, median "
+        "call):", "", *part("scorer", _scorer_md), "",
+        "(c, d) Offline engine (`OfflineRetriever`: encode, walk on the host CPU, scorer), the CUDA scorer (fp32, "
+        f"captured graphs) vs the host's CPU scorer (`{CPU_SCORER}`), one after the other, same users; latency is the "
+        f"batch's; every grid size warmed up first. The paper's operating point (Table 1: ~17k of 1.3M items scored "
+        f"per query): the defaults with the last layer's ef set to the value whose mean scored fraction over "
+        f"{plan.tune_users} users is closest to {PAPER_FRACTION:.1%} ({plan.tune_steps} steps of geometric bisection):",
+        "", *part("engine", _engine_md), "",
+        "(e) `nann train` samples/s, same synthetic data (`nann data synth " + " ".join(plan.train_synth) + "`) and "
+        "arguments (`" + " ".join(plan.train_args) + "`), median of the 50-step log points after the first:", "",
+        *part("train", _train_md), "",
+        "Elapsed per part:", "", *res["clock"]])
+
+
+def check(args, plan: Plan) -> int:
+    """Every part, the section printed (and written under --out); 1 when a part failed."""
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: torch sees no CUDA device here (torch {torch.__version__}); "
+                        f"use --device cpu")
+    if plan.torch_threads:
+        torch.set_num_threads(plan.torch_threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    clock = Clock(plan.budgets)
+    res = {"command": command_line("perf.gpu_check", args.argv), "info": machine_info(),
+           "device": device_name(args.device)}
+    cats = clock.part("runs", catalogues, work, Path(args.from_pack) if args.from_pack else None, args.device, plan)
+    if cats is None:
+        raise UserError(f"could not make the runs: {clock.failed['runs']}")
+    res["catalogues"] = [{"name": c.name, "note": c.note} for c in cats]
+    res["parity"] = clock.part("parity", parity, cats[-1], args.device, plan)
+    res["scorer"] = clock.part("scorer", scorer_rates, cats[0], args.device, plan)
+    res["engine"] = clock.part("engine", engine, cats, args.device, plan)
+    res["train"] = clock.part("train", train_rates, work, args.device, plan)
+    res["failed"], res["clock"] = clock.failed, clock.table()
+    md = section(res, plan)
+    print(f"## {SECTION}\n\n{md}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "gpu_check.md").write_text(md + "\n")
+        (out / "gpu_check.json").write_text(json.dumps(res, indent=1, default=str))
+    return 1 if clock.failed else 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pack", metavar="DIR", help="make the pack into DIR (of --run and --data) and stop")
+    p.add_argument("--run", default="demo/run", help="with --pack: the trained run with a graph (default demo/run)")
+    p.add_argument("--data", help="with --pack: the run's prepared data (default: the one its config names)")
+    p.add_argument("--from", dest="from_pack", metavar="DIR", help="the pack (without: a random-weight demo stand-in)")
+    p.add_argument("--device", default="cuda", help="torch device of the CUDA scorer and the graph build (default cuda)")
+    p.add_argument("--quick", action="store_true", help="small sizes, short timings (CPU, CI)")
+    p.add_argument("--work", default="/tmp/nann_gpu_check", help="work directory (default /tmp/nann_gpu_check)")
+    p.add_argument("--out", help="also write the section (gpu_check.md) and every number (gpu_check.json) here")
+    p.add_argument("--record", metavar="FILE", help="put FILE (a device run's gpu_check.md) into perf/RESULTS.md and stop")
+    args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if args.record:
+            update_section(RESULTS, SECTION, Path(args.record).read_text())
+            print(f"section {SECTION!r} of {RESULTS} <- {args.record}")
+            return 0
+        if args.pack:
+            size = make_pack(args.run, args.data, args.pack)
+            print(f"pack {args.pack}: {size / 2**20:.1f} MiB (limit 48 MiB); on the device: "
+                  f"python3 -m perf.gpu_check --from {args.pack} --out $OUT")
+            return 0
+        return check(args, QUICK if args.quick else FULL)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

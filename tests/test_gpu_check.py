@@ -1,0 +1,74 @@
+"""`python -m perf.gpu_check` on CPU (`--device cpu --quick`): the device check's own code, so that it never rots
+where no GPU is; its kNN-layered graph builder; its pack. CUDA-graph capture and GPU timings need a GPU machine."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from graph_builder.knn_layers import build_knn_graph, knn
+from nann.engine.graph import HnswGraph
+from nann.errors import UserError
+from perf import gpu_check
+from perf.gpu_runs import PACK_META, make_pack
+
+
+def test_knn_is_exact_across_tiles():
+    x = np.random.default_rng(0).standard_normal((700, 8)).astype(np.float32)
+    got = knn(torch.from_numpy(x), 6, row_chunk=128, col_chunk=200).numpy()  # rows and columns over several tiles
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    assert np.array_equal(got, np.argsort(d, axis=1, kind="stable")[:, :6])
+
+
+def test_knn_graph_is_a_graph_the_engine_reads(tmp_path):
+    emb = np.random.default_rng(1).standard_normal((2000, 16)).astype(np.float32)
+    meta = build_knn_graph(emb, tmp_path / "graph", m=4, seed=3)
+    graph = HnswGraph.load(tmp_path / "graph")
+    assert meta["builder"] == "knn-layers" and graph.num_items == 2000 and graph.max_level >= 1
+    assert graph.levels[graph.entry_point] == graph.max_level
+    for level in range(graph.max_level + 1):
+        members = graph.nodes_at_level(level)
+        indptr, indices = graph.layer(level)
+        degree = np.diff(indptr)
+        assert (degree[members] == min(8 if level == 0 else 4, len(members) - 1)).all()
+        assert degree.sum() == degree[members].sum()  # rows of nodes outside the layer are empty
+        assert np.isin(indices, members).all()
+    first = graph.neighbours(0)
+    assert set(first) == set(np.argsort(((emb - emb[0]) ** 2).sum(1))[1:9])  # layer 0: the 2M nearest
+
+
+def test_the_pack_refuses_to_exceed_its_limit(tiny_run, tmp_path):
+    with pytest.raises(UserError, match="over the 0 MiB"):
+        make_pack(tiny_run.run, tiny_run.data, tmp_path / "pack", limit=1000)
+    assert not (tmp_path / "pack").exists()
+
+
+def test_quick_check_on_cpu_from_a_pack(tiny_run, tmp_path, capsys):
+    """The pack of a trained run, then the whole check on CPU from it: every part runs and reports; the CUDA scorer's
+    code (device cpu) scores as the torch model does."""
+    pack = tmp_path / "pack"
+    assert gpu_check.main(["--pack", str(pack), "--run", str(tiny_run.run), "--data", str(tiny_run.data)]) == 0
+    assert "MiB (limit 48 MiB)" in capsys.readouterr().out
+    assert json.loads((pack / PACK_META).read_text())["users"] > 0
+    code = gpu_check.main(["--device", "cpu", "--quick", "--from", str(pack), "--work", str(tmp_path / "work"),
+                           "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert code == 0 and res["failed"] == {}, res["failed"]
+    printed = out[out.index(f"## {gpu_check.SECTION}\n"):]  # the training steps print before it
+    assert (tmp_path / "out" / "gpu_check.md").read_text().strip() in printed and "Failed" not in printed
+    parity = {r["scorer"]: r for r in res["parity"]}
+    assert parity["fp32 graphs"]["max_rel"] <= 1e-5 and parity[gpu_check.CPU_SCORER]["max_rel"] <= 1e-5
+    assert parity["half graphs"]["max_rel"] <= 1e-2
+    assert [c["name"] for c in res["catalogues"]] == ["20k", "demo"]
+    assert all(r[k] > 0 for r in res["scorer"] for k in r)
+    assert {(r["catalogue"], r["search"], r["batch"]) for r in res["engine"]} == {
+        (c, s, b) for c in ("20k", "demo") for s in ("defaults", "paper ~1.3%") for b in gpu_check.QUICK.batches}
+    assert all(0 < r["scored"] <= 1 for r in res["engine"])
+    measured = [r[side] for r in res["engine"] for side in ("gpu", "cpu") if r[side]]  # None: past the part's budget
+    assert all(m["req_s"] > 0 and m["p99_ms"] >= m["p50_ms"] > 0 for m in measured)
+    assert all(r["gpu"] and r["cpu"] for r in res["engine"][:len(gpu_check.QUICK.batches)])
+    assert res["train"]["device"] > 0
