@@ -10,10 +10,11 @@ Prints the "GPU check" section of perf/RESULTS.md (docs/OPERATIONS.md, "GPU chec
 scorer candidates/s per candidate-grid size, eager vs captured CUDA graphs, fp32 vs half, beside the host's CPU
 scorer; (c, d) the offline engine (`OfflineRetriever`: walk on the host's CPU, scorer on the GPU, or the host's CPU
 scorer, side by side) at batch 1/16/64, at the served defaults and at the paper's operating point (~1.3% of the items
-scored: the last layer's ef scaled until the mean scored fraction is closest to it), on a random-weight catalogue of
-1M items with a kNN-layered graph built on the device (`graph_builder.knn_layers`; no hnswlib there) and on the packed
-100k demo run (a random-weight 100k run when no pack is given); (e) `nann train` samples/s on the device vs the host's
-CPU on the same synthetic data. Each part has a time budget and prints its elapsed time.
+scored: the defaults with layer 0's ef, or below top_m its rounds, bisected to it: `search_ladder`), on a
+random-weight catalogue of 1M items with a kNN-layered graph built on the device (`graph_builder.knn_layers`; no
+hnswlib there) and on the packed 100k demo run (a random-weight 100k run when no pack is given); (e) `nann train`
+samples/s on the device vs the host's CPU on the same synthetic data. Each part has a time budget and prints its
+elapsed time.
 """
 from __future__ import annotations
 
@@ -127,7 +128,8 @@ def gpu_variants(device: str) -> dict:
     from nann.scorers.torch_cuda import TorchCudaRuntime
 
     return {f"{'half' if half else 'fp32'} {'graphs' if graphs else 'eager'}":
-            TorchCudaRuntime(device=device, half=half, graphs=graphs) for half in (False, True) for graphs in (False, True)}
+            TorchCudaRuntime(device=device, half=half, graphs=graphs)
+            for half in (False, True) for graphs in (False, True)}
 
 
 def load(run: RunDir, backend):
@@ -142,7 +144,7 @@ def dense_histories(run: RunDir, raw: list) -> list[np.ndarray]:
 
 
 def score_on_grid(rt, state: dict, owner: np.ndarray, ids: np.ndarray, grid: CandidateGrid) -> np.ndarray:
-    """The scores of (owner, ids) in the calls the engine makes: split at the grid's maximum, each padded to its size."""
+    """The scores of (owner, ids) in the calls the engine makes: split at the grid's maximum, each padded."""
     out = np.empty(ids.shape[0], dtype=np.float32)
     for s, e in grid.splits(ids.shape[0]):
         po, pi, m = grid.pad(owner[s:e], ids[s:e])
@@ -228,23 +230,32 @@ def scored_fraction(offline, encoded: list, params: SearchParams) -> float:
     return float(result.n_scored.mean()) / graph.num_items
 
 
+def search_ladder(base: SearchParams, num_items: int, largest_ef: int = 16_384) -> list[SearchParams]:
+    """Searches from the cheapest to the widest, changing the last layer only: its rounds 1, 2, ... below the
+    default at ef = top_m (the least ef the walk takes), then its ef from top_m up to ``largest_ef`` (or the
+    catalogue's size) in geometric steps at the default rounds."""
+    def last(values: tuple, value: int) -> tuple:
+        return values[:-1] + (int(value),)
+
+    top = max(base.top_m, 1)
+    efs = np.unique(np.geomspace(top, max(top, min(largest_ef, num_items)), 48).round().astype(int))
+    return ([replace(base, ef=last(base.ef, top), rounds=last(base.rounds, r)) for r in range(1, base.rounds[-1])]
+            + [replace(base, ef=last(base.ef, ef)) for ef in efs])
+
+
 def operating_point(offline, encoded: list, steps: int, target: float = PAPER_FRACTION) -> tuple:
-    """(params, fraction): the catalogue's defaults with the last layer's ef scaled (geometric bisection between
-    top_m and 16,384 or the catalogue's size) to the mean scored fraction closest to ``target``."""
-    base = default_search(offline.service.graph.num_items)
-    at = {}
-
-    def fraction(ef: int) -> float:
-        if ef not in at:
-            at[ef] = scored_fraction(offline, encoded, replace(base, ef=base.ef[:-1] + (ef,)))
-        return at[ef]
-
-    lo, hi = base.top_m, min(16_384, offline.service.graph.num_items)
+    """(params, fraction): of the catalogue's defaults changed along `search_ladder`, the one whose mean scored
+    fraction for the encoded users is closest to ``target`` (bisection over the ladder, ``steps`` searches)."""
+    num_items = offline.service.graph.num_items
+    ladder = search_ladder(default_search(num_items), num_items)
+    at: dict[int, float] = {}
+    lo, hi = 0, len(ladder) - 1
     for _ in range(steps):
-        mid = int(round((lo * hi) ** 0.5))
-        lo, hi = (mid, hi) if fraction(mid) < target else (lo, mid)
-    ef = min(at, key=lambda e: abs(at[e] - target))
-    return replace(base, ef=base.ef[:-1] + (ef,)), at[ef]
+        mid = (lo + hi) // 2
+        at[mid] = scored_fraction(offline, encoded, ladder[mid])
+        lo, hi = (mid, hi) if at[mid] < target else (lo, mid)
+    best = min(at, key=lambda i: abs(at[i] - target))
+    return ladder[best], at[best]
 
 
 def engine_row(offline, histories: list, params: SearchParams, batch: int, seconds: float, least: int) -> dict:
@@ -280,8 +291,9 @@ def engine(cats: list[Catalogue], device: str, plan: Plan) -> list[dict]:
         defaults = default_search(offline.service.graph.num_items)
         searches = {"defaults": (defaults, scored_fraction(offline, encoded, defaults)),
                     "paper ~1.3%": operating_point(offline, encoded, plan.tune_steps)}
-        at = {(search, batch): {"catalogue": cat.name, "search": search, "ef": params.ef[-1], "scored": fraction,
-                                "batch": batch} for search, (params, fraction) in searches.items() for batch in plan.batches}
+        at = {(search, batch): {"catalogue": cat.name, "search": search, "ef": params.ef[-1],
+                                "rounds": params.rounds[-1], "scored": fraction, "batch": batch}
+              for search, (params, fraction) in searches.items() for batch in plan.batches}
         for side in ("gpu", "cpu"):
             if side == "cpu":
                 offline = retriever(cat, CPU_SCORER)
@@ -341,9 +353,9 @@ def catalogues(work: Path, pack: Path | None, device: str, plan: Plan) -> list[C
     run, hist, meta = unpack_run(pack, work / "run_demo")
     users = len(hist)
     hist += random_histories(run.vocabulary().items, max(0, plan.parity_users - users), 50, seed=4)
+    extra = f" + {len(hist) - users} random histories" if len(hist) > users else ""
     return [big, Catalogue("demo", run, hist, f"the pack of `{meta['run']}` ({meta['num_items']:,} items, trained; its "
-                                              f"`nann graph` graph), {users} of its test users"
-                                              + (f" + {len(hist) - users} random histories" if len(hist) > users else ""))]
+                                              f"`nann graph` graph), {users} of its test users{extra}")]
 
 
 # ---- the section ---------------------------------------------------------------------------------------------------
@@ -356,7 +368,8 @@ def device_name(device: str) -> str:
 
 
 def _parity_md(rows: list[dict]) -> list[str]:
-    return ["| scorer | users | candidates | max abs error | max abs error / max abs score | users with the same top 10 |",
+    return ["| scorer | users | candidates | max abs error | max abs error / max abs score | "
+            "users with the same top 10 |",
             "|---|---|---|---|---|---|",
             *[f"| {r['scorer']} | {r['users']} | {r['candidates']:,} | {r['max_abs']:.2e} | {r['max_rel']:.2e} | "
               f"{r['top10_same']:.3f} |" for r in rows]]
@@ -364,7 +377,8 @@ def _parity_md(rows: list[dict]) -> list[str]:
 
 def _scorer_md(rows: list[dict]) -> list[str]:
     labels = [k for k in rows[0] if k not in ("size", "users")]
-    return ["| size | users | " + " | ".join(labels) + f" | fp32 graphs / {CPU_SCORER} |", "|---" * (len(labels) + 3) + "|",
+    return ["| size | users | " + " | ".join(labels) + f" | fp32 graphs / {CPU_SCORER} |",
+            "|---" * (len(labels) + 3) + "|",
             *[f"| {r['size']} | {r['users']} | " + " | ".join(f"{r[k]:,.0f}" for k in labels)
               + f" | {r['fp32 graphs'] / r[CPU_SCORER]:.1f}x |" for r in rows]]
 
@@ -373,10 +387,11 @@ def _engine_md(rows: list[dict]) -> list[str]:
     def side(m):
         return f"{m['req_s']:.1f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} ({m['batches']})" if m else "skipped | | "
 
-    return ["| catalogue | search | last ef | % scored | batch | GPU req/s | GPU p50 ms | GPU p99 ms (batches) | "
-            "CPU req/s | CPU p50 ms | CPU p99 ms (batches) | GPU / CPU req/s |", "|---" * 12 + "|",
-            *[f"| {r['catalogue']} | {r['search']} | {r['ef']} | {100 * r['scored']:.2f} | {r['batch']} | "
-              f"{side(r['gpu'])} | {side(r['cpu'])} | "
+    return ["| catalogue | search | layer 0 ef, rounds | % scored | batch | GPU req/s | GPU p50 ms | "
+            "GPU p99 ms (batches) | CPU req/s | CPU p50 ms | CPU p99 ms (batches) | GPU / CPU req/s |",
+            "|---" * 12 + "|",
+            *[f"| {r['catalogue']} | {r['search']} | {r['ef']}, {r['rounds']} | {100 * r['scored']:.2f} | "
+              f"{r['batch']} | {side(r['gpu'])} | {side(r['cpu'])} | "
               + (f"{r['gpu']['req_s'] / r['cpu']['req_s']:.2f}x |" if r["gpu"] and r["cpu"] else " |") for r in rows]]
 
 
@@ -403,8 +418,9 @@ def section(res: dict, plan: Plan) -> str:
         "(c, d) Offline engine (`OfflineRetriever`: encode, walk on the host CPU, scorer), the CUDA scorer (fp32, "
         f"captured graphs) vs the host's CPU scorer (`{CPU_SCORER}`), one after the other, same users; latency is the "
         f"batch's; every grid size warmed up first. The paper's operating point (Table 1: ~17k of 1.3M items scored "
-        f"per query): the defaults with the last layer's ef set to the value whose mean scored fraction over "
-        f"{plan.tune_users} users is closest to {PAPER_FRACTION:.1%} ({plan.tune_steps} steps of geometric bisection):",
+        f"per query): the defaults with layer 0's list size (ef, from top_m up) or, below that, its rounds set to "
+        f"the value whose mean scored fraction over {plan.tune_users} users is closest to {PAPER_FRACTION:.1%} "
+        f"({plan.tune_steps} steps of bisection; `perf.gpu_check.search_ladder`):",
         "", *part("engine", _engine_md), "",
         "(e) `nann train` samples/s, same synthetic data (`nann data synth " + " ".join(plan.train_synth) + "`) and "
         "arguments (`" + " ".join(plan.train_args) + "`), median of the 50-step log points after the first:", "",
@@ -451,11 +467,13 @@ def main(argv=None) -> int:
     p.add_argument("--run", default="demo/run", help="with --pack: the trained run with a graph (default demo/run)")
     p.add_argument("--data", help="with --pack: the run's prepared data (default: the one its config names)")
     p.add_argument("--from", dest="from_pack", metavar="DIR", help="the pack (without: a random-weight demo stand-in)")
-    p.add_argument("--device", default="cuda", help="torch device of the CUDA scorer and the graph build (default cuda)")
+    p.add_argument("--device", default="cuda",
+                   help="torch device of the CUDA scorer and the graph build (default cuda)")
     p.add_argument("--quick", action="store_true", help="small sizes, short timings (CPU, CI)")
     p.add_argument("--work", default="/tmp/nann_gpu_check", help="work directory (default /tmp/nann_gpu_check)")
     p.add_argument("--out", help="also write the section (gpu_check.md) and every number (gpu_check.json) here")
-    p.add_argument("--record", metavar="FILE", help="put FILE (a device run's gpu_check.md) into perf/RESULTS.md and stop")
+    p.add_argument("--record", metavar="FILE",
+                   help="put FILE (a device run's gpu_check.md) into perf/RESULTS.md and stop")
     args = p.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     try:

@@ -90,8 +90,9 @@ def make_pack(run_dir, data_dir, pack_dir, limit: int = PACK_LIMIT) -> int:
     for p in files:
         shutil.copyfile(p, pack.path / p.relative_to(run.path))
     np.savez(pack.path / HISTORIES, items=items, offsets=np.cumsum([0] + [len(h) for h in histories]))
-    (pack.path / PACK_META).write_text(json.dumps({"run": str(run.path.resolve()), "data": str(Path(data_dir).resolve()),
-                                                   "num_items": run.vocabulary_size(), "users": len(histories)}))
+    meta = {"run": str(run.path.resolve()), "data": str(Path(data_dir).resolve()), "num_items": run.vocabulary_size(),
+            "users": len(histories)}
+    (pack.path / PACK_META).write_text(json.dumps(meta))
     return sum(p.stat().st_size for p in pack.path.rglob("*") if p.is_file())
 
 
