@@ -35,9 +35,10 @@ from nann.engine.grid import CandidateGrid
 from nann.engine.params import SearchParams, default_search
 from nann.errors import UserError
 from nann.run_dir import RunDir
-from perf.gpu_runs import knn_graph, make_pack, random_histories, random_run, unpack_run
+from perf.gpu_runs import knn_graph, make_pack, random_run, unpack_run
 from perf.run import machine_info
 from perf.sections import RESULTS, command_line, provenance, update_section
+from perf.soak import random_histories
 
 SECTION = "GPU check"
 CPU_SCORER = "onnxruntime"  # the host's CPU scorer, the served default
@@ -56,7 +57,7 @@ class Plan:
     scorer_sizes: tuple[int, ...]     # grid sizes whose candidates/s are measured
     scorer_seconds: float             # timing per (size, scorer)
     tune_users: int                   # users whose mean scored fraction sets the operating point
-    tune_steps: int                   # bisection steps of its ef
+    tune_steps: int                   # its bisection steps along `search_ladder`
     batches: tuple[int, ...]          # the offline engine's batch sizes
     engine_users: int                 # distinct histories the engine cycles through
     engine_seconds: float             # timing per (catalogue, scorer, search, batch)
@@ -159,7 +160,7 @@ def parity(cat: Catalogue, device: str, plan: Plan) -> list[dict]:
     (as a set) is the reference's."""
     users = dense_histories(cat.run, cat.histories[:plan.parity_users])
     rng = np.random.default_rng(1)
-    n = RunDir(cat.run.path).vocabulary_size()
+    n = cat.run.vocabulary_size()
     owner = np.repeat(np.arange(len(users)), plan.parity_candidates)
     ids = rng.integers(0, n, owner.shape[0])
     grid = CandidateGrid()
@@ -195,18 +196,18 @@ def timed(fn: Callable, seconds: float, least: int = 3) -> list[float]:
 
 
 def scorer_rates(cat: Catalogue, device: str, plan: Plan) -> list[dict]:
-    """Candidates/s per grid size of each CUDA variant and the host's CPU scorer: min(size, 16) users per call,
-    random candidates, the median call."""
+    """Candidates/s per grid size of each CUDA variant and the host's CPU scorer: the same calls for each (min(size,
+    16) users, random candidates), the median call."""
     users = dense_histories(cat.run, cat.histories[:16])
     rng = np.random.default_rng(2)
     n = cat.run.vocabulary_size()
     rows = {size: {"size": size, "users": min(size, len(users))} for size in plan.scorer_sizes}
+    calls = {size: (np.sort(rng.integers(0, row["users"], size)).astype(np.int32),
+                    rng.integers(0, n, size).astype(np.int32)) for size, row in rows.items()}
     for label, backend in {**gpu_variants(device), CPU_SCORER: CPU_SCORER}.items():
         rt = load(cat.run, backend)
         for size, row in rows.items():
-            state = rt.encode(users[:row["users"]])
-            owner = np.sort(rng.integers(0, row["users"], size)).astype(np.int32)
-            ids = rng.integers(0, n, size).astype(np.int32)
+            state, (owner, ids) = rt.encode(users[:row["users"]]), calls[size]
             row[label] = size / statistics.median(timed(lambda: rt.score(state, owner, ids), plan.scorer_seconds))
     return list(rows.values())
 
@@ -342,7 +343,7 @@ def catalogues(work: Path, pack: Path | None, device: str, plan: Plan) -> list[C
         run = random_run(work / f"run_{name}", items)
         t0 = time.perf_counter()
         knn_graph(run, device)
-        hist = random_histories(np.arange(items), max(plan.parity_users, plan.engine_users), 50, seed=3)
+        hist = random_histories(np.arange(items), max(plan.parity_users, plan.engine_users), 3, 50)
         return Catalogue(name, run, hist, f"{items:,} items, random weights (default ModelConfig), kNN-layered graph "
                                           f"built with torch on {device} in {time.perf_counter() - t0:.0f} s "
                                           f"(graph_builder.knn_layers; not hnswlib's), random histories")
@@ -352,7 +353,7 @@ def catalogues(work: Path, pack: Path | None, device: str, plan: Plan) -> list[C
         return [big, random_catalogue(f"{plan.small_items // 1000}k", plan.small_items)]
     run, hist, meta = unpack_run(pack, work / "run_demo")
     users = len(hist)
-    hist += random_histories(run.vocabulary().items, max(0, plan.parity_users - users), 50, seed=4)
+    hist += random_histories(run.vocabulary().items, max(0, plan.parity_users - users), 4, 50)
     extra = f" + {len(hist) - users} random histories" if len(hist) > users else ""
     return [big, Catalogue("demo", run, hist, f"the pack of `{meta['run']}` ({meta['num_items']:,} items, trained; its "
                                               f"`nann graph` graph), {users} of its test users{extra}")]

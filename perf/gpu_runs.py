@@ -51,12 +51,6 @@ def knn_graph(run: RunDir, device: str, seed: int = 100) -> dict:
     return meta
 
 
-def random_histories(vocab_items: np.ndarray, users: int, max_seq: int, seed: int) -> list[np.ndarray]:
-    """``users`` histories of raw ids drawn uniformly from the vocabulary, 5..max_seq long."""
-    rng = np.random.default_rng(seed)
-    return [vocab_items[rng.integers(0, len(vocab_items), rng.integers(5, max_seq + 1))] for _ in range(users)]
-
-
 # ---- the pack ----------------------------------------------------------------------------------------------------
 def _pack_files(run: RunDir) -> list[Path]:
     names = [run.config_file, run.weights_file, *(run.path / n for n in (ITEMS, ITEM_CATEGORY, CATEGORIES))]
