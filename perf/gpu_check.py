@@ -430,7 +430,9 @@ def section(res: dict, plan: Plan) -> str:
 
 
 def check(args, plan: Plan) -> int:
-    """Every part, the section printed (and written under --out); 1 when a part failed."""
+    """Every part, then the section printed and written under --out; 1 when a part failed. Each part's table goes to
+    stderr and gpu_check.json is rewritten as soon as the part ends, so a run stopped from outside leaves what it
+    measured."""
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -438,25 +440,31 @@ def check(args, plan: Plan) -> int:
                         f"use --device cpu")
     if plan.torch_threads:
         torch.set_num_threads(plan.torch_threads)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
+    work, out = Path(args.work), Path(args.out) if args.out else None
+    for d in (work, out):
+        if d:
+            d.mkdir(parents=True, exist_ok=True)
     clock = Clock(plan.budgets)
     res = {"command": command_line("perf.gpu_check", args.argv), "info": machine_info(),
-           "device": device_name(args.device)}
+           "device": device_name(args.device), "failed": clock.failed}
     cats = clock.part("runs", catalogues, work, Path(args.from_pack) if args.from_pack else None, args.device, plan)
     if cats is None:
         raise UserError(f"could not make the runs: {clock.failed['runs']}")
     res["catalogues"] = [{"name": c.name, "note": c.note} for c in cats]
-    res["parity"] = clock.part("parity", parity, cats[-1], args.device, plan)
-    res["scorer"] = clock.part("scorer", scorer_rates, cats[0], args.device, plan)
-    res["engine"] = clock.part("engine", engine, cats, args.device, plan)
-    res["train"] = clock.part("train", train_rates, work, args.device, plan)
-    res["failed"], res["clock"] = clock.failed, clock.table()
+    parts = {"parity": (parity, (cats[-1], args.device, plan), _parity_md),
+             "scorer": (scorer_rates, (cats[0], args.device, plan), _scorer_md),
+             "engine": (engine, (cats, args.device, plan), _engine_md),
+             "train": (train_rates, (work, args.device, plan), _train_md)}
+    for name, (fn, fn_args, render) in parts.items():
+        res[name] = clock.part(name, fn, *fn_args)
+        if res[name] is not None:
+            print("\n".join(render(res[name])), file=sys.stderr, flush=True)
+        if out:
+            (out / "gpu_check.json").write_text(json.dumps(res, indent=1, default=str))
+    res["clock"] = clock.table()
     md = section(res, plan)
     print(f"## {SECTION}\n\n{md}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+    if out:
         (out / "gpu_check.md").write_text(md + "\n")
         (out / "gpu_check.json").write_text(json.dumps(res, indent=1, default=str))
     return 1 if clock.failed else 0
