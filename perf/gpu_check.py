@@ -35,7 +35,7 @@ from nann.engine.grid import CandidateGrid
 from nann.engine.params import SearchParams, default_search
 from nann.errors import UserError
 from nann.run_dir import RunDir
-from perf.gpu_runs import knn_graph, make_pack, random_run, unpack_run
+from perf.gpu_runs import check_pack, knn_graph, make_pack, random_run, unpack_run
 from perf.run import machine_info
 from perf.sections import RESULTS, command_line, provenance, update_section
 from perf.soak import random_histories
@@ -339,7 +339,8 @@ def train_rates(work: Path, device: str, plan: Plan) -> dict:
 def catalogues(work: Path, pack: Path | None, device: str, plan: Plan) -> list[Catalogue]:
     """The random-weight catalogue with its kNN-layered graph built on ``device``, and the packed demo run (a
     random-weight stand-in without a pack)."""
-    def random_catalogue(name: str, items: int) -> Catalogue:
+    def random_catalogue(items: int) -> Catalogue:
+        name = f"{items / 1e6:g}M" if items >= 1_000_000 else f"{items // 1000}k"
         run = random_run(work / f"run_{name}", items)
         t0 = time.perf_counter()
         knn_graph(run, device)
@@ -348,9 +349,9 @@ def catalogues(work: Path, pack: Path | None, device: str, plan: Plan) -> list[C
                                           f"built with torch on {device} in {time.perf_counter() - t0:.0f} s "
                                           f"(graph_builder.knn_layers; not hnswlib's), random histories")
 
-    big = random_catalogue(f"{plan.big_items // 1000}k", plan.big_items)
+    big = random_catalogue(plan.big_items)
     if pack is None:
-        return [big, random_catalogue(f"{plan.small_items // 1000}k", plan.small_items)]
+        return [big, random_catalogue(plan.small_items)]
     run, hist, meta = unpack_run(pack, work / "run_demo")
     users = len(hist)
     hist += random_histories(run.vocabulary().items, max(0, plan.parity_users - users), 4, 50)
@@ -438,6 +439,8 @@ def check(args, plan: Plan) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: torch sees no CUDA device here (torch {torch.__version__}); "
                         f"use --device cpu")
+    if args.from_pack:
+        check_pack(args.from_pack)
     if plan.torch_threads:
         torch.set_num_threads(plan.torch_threads)
     work, out = Path(args.work), Path(args.out) if args.out else None

@@ -90,16 +90,22 @@ def make_pack(run_dir, data_dir, pack_dir, limit: int = PACK_LIMIT) -> int:
     return sum(p.stat().st_size for p in pack.path.rglob("*") if p.is_file())
 
 
+def check_pack(pack_dir) -> RunDir:
+    """The pack at ``pack_dir``; UserError when there is none."""
+    pack = RunDir(pack_dir)
+    if not (pack.path / PACK_META).is_file():
+        raise UserError(f"{pack.path} is not a pack: make one with `python -m perf.gpu_check --pack {pack.path} "
+                        f"--run RUN_DIR`")
+    return pack
+
+
 def unpack_run(pack_dir, run_dir) -> tuple[RunDir, list[np.ndarray], dict]:
     """The packed run as a complete run directory at ``run_dir`` (its item table and ONNX files exported again from
     the weights), its test users' raw histories and the pack's meta."""
     from nann.model import load_model
     from trainer.export import write_run_artifacts
 
-    pack = RunDir(pack_dir)
-    if not (pack.path / PACK_META).is_file():
-        raise UserError(f"{pack.path} is not a pack: make one with `python -m perf.gpu_check --pack {pack.path} "
-                        f"--run RUN_DIR`")
+    pack = check_pack(pack_dir)
     run = RunDir(run_dir)
     shutil.rmtree(run.path, ignore_errors=True)
     shutil.copytree(pack.path, run.path)

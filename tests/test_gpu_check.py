@@ -46,6 +46,12 @@ def test_the_pack_refuses_to_exceed_its_limit(tiny_run, tmp_path):
     assert not (tmp_path / "pack").exists()
 
 
+def test_a_missing_pack_is_refused_before_any_work(tmp_path, capsys):
+    assert gpu_check.main(["--from", str(tmp_path), "--device", "cpu", "--quick", "--work", str(tmp_path / "w")]) == 2
+    assert "is not a pack: make one with `python -m perf.gpu_check --pack" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
 def test_quick_check_on_cpu_from_a_pack(tiny_run, tmp_path, capsys):
     """The pack of a trained run, then the whole check on CPU from it: every part runs and reports; the CUDA scorer's
     code (device cpu) scores as the torch model does."""
