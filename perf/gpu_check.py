@@ -93,22 +93,28 @@ class Catalogue(NamedTuple):
     note: str                # what it is, for the section
 
 
+def attempt(failed: dict, key: str, fn: Callable, *args):
+    """fn(*args), or None when it raised: the traceback goes to stderr and the error into ``failed[key]`` (for the
+    section and the exit status), so that the rest still runs and reports: a device run is one try."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001  (reported, not swallowed)
+        traceback.print_exc()
+        failed[key] = f"{type(e).__name__}: {e}"
+        return None
+
+
 class Clock:
-    """Runs the parts: elapsed seconds of each against its budget, and the error of a part that failed (the others
-    still run and report: a device run is one try)."""
+    """Runs the parts: elapsed seconds of each against its budget, and what failed (a part, or one scorer of one)."""
 
     def __init__(self, budgets: dict):
         self.budgets, self.elapsed, self.failed = budgets, {}, {}
 
     def part(self, name: str, fn: Callable, *args):
-        """fn(*args), or None when it raised (traceback on stderr, the error kept for the section)."""
+        """fn(*args), or None when it raised (`attempt`)."""
         t0 = time.perf_counter()
         print(f"== {name} (budget {self.budgets[name]} s)", file=sys.stderr, flush=True)
-        try:
-            out = fn(*args)
-        except Exception as e:  # noqa: BLE001  (reported in the section and the exit status)
-            traceback.print_exc()
-            self.failed[name], out = f"{type(e).__name__}: {e}", None
+        out = attempt(self.failed, name, fn, *args)
         self.elapsed[name] = time.perf_counter() - t0
         print(f"   {name}: {self.elapsed[name]:.1f} s", file=sys.stderr, flush=True)
         return out
@@ -154,10 +160,10 @@ def score_on_grid(rt, state: dict, owner: np.ndarray, ids: np.ndarray, grid: Can
 
 
 # ---- (a) parity ----------------------------------------------------------------------------------------------------
-def parity(cat: Catalogue, device: str, plan: Plan) -> list[dict]:
+def parity(cat: Catalogue, device: str, plan: Plan, failed: dict) -> list[dict]:
     """Each scorer's scores against the torch model on CPU, for the same users (encoded by each runtime) and
     candidates: max |difference|, that over the largest |score|, and the users whose top 10 of their candidates
-    (as a set) is the reference's."""
+    (as a set) is the reference's. A scorer that fails has no row (its error goes into ``failed``)."""
     users = dense_histories(cat.run, cat.histories[:plan.parity_users])
     rng = np.random.default_rng(1)
     n = cat.run.vocabulary_size()
@@ -174,7 +180,9 @@ def parity(cat: Catalogue, device: str, plan: Plan) -> list[dict]:
     variants = {CPU_SCORER: CPU_SCORER, **{k: v for k, v in gpu_variants(device).items() if k.endswith("graphs")}}
     rows = []
     for label, backend in variants.items():
-        got = scores(backend)
+        got = attempt(failed, f"parity {label}", scores, backend)
+        if got is None:
+            continue
         diff = np.abs(got - ref)
         rows.append({"scorer": label, "users": len(users), "candidates": int(ids.shape[0]),
                      "max_abs": float(diff.max()), "max_rel": float(diff.max() / np.abs(ref).max()),
@@ -195,20 +203,23 @@ def timed(fn: Callable, seconds: float, least: int = 3) -> list[float]:
     return out
 
 
-def scorer_rates(cat: Catalogue, device: str, plan: Plan) -> list[dict]:
+def scorer_rates(cat: Catalogue, device: str, plan: Plan, failed: dict) -> list[dict]:
     """Candidates/s per grid size of each CUDA variant and the host's CPU scorer: the same calls for each (min(size,
-    16) users, random candidates), the median call."""
+    16) users, random candidates), the median call. A scorer that fails has no entries (its error: ``failed``)."""
     users = dense_histories(cat.run, cat.histories[:16])
     rng = np.random.default_rng(2)
     n = cat.run.vocabulary_size()
     rows = {size: {"size": size, "users": min(size, len(users))} for size in plan.scorer_sizes}
     calls = {size: (np.sort(rng.integers(0, row["users"], size)).astype(np.int32),
                     rng.integers(0, n, size).astype(np.int32)) for size, row in rows.items()}
-    for label, backend in {**gpu_variants(device), CPU_SCORER: CPU_SCORER}.items():
+    def measure(label: str, backend) -> None:
         rt = load(cat.run, backend)
         for size, row in rows.items():
             state, (owner, ids) = rt.encode(users[:row["users"]]), calls[size]
             row[label] = size / statistics.median(timed(lambda: rt.score(state, owner, ids), plan.scorer_seconds))
+
+    for label, backend in {**gpu_variants(device), CPU_SCORER: CPU_SCORER}.items():
+        attempt(failed, f"scorer {label}", measure, label, backend)
     return list(rows.values())
 
 
@@ -279,32 +290,46 @@ def warm_grid(offline, histories: list, batch: int, largest: int) -> None:
         offline.scorer.runtime.score(state, np.arange(size, dtype=np.int32) * batch // size, np.zeros(size, np.int32))
 
 
-def engine(cats: list[Catalogue], device: str, plan: Plan) -> list[dict]:
-    """Every (catalogue, search, batch) with the CUDA scorer (fp32, graphs), then with the host's CPU scorer (one
-    scorer in the process at a time: the other's idle threads do not compete with the walk); the operating point is
-    found with the CUDA scorer and used for both. Rows not reached within the part's budget say "skipped"."""
+def engine_side(cat: Catalogue, backend, side: str, at: dict, searches: dict, plan: Plan, deadline: float) -> str:
+    """One scorer's measurements of a catalogue into its rows ``at[search, batch][side]`` ("skipped" past
+    ``deadline``)."""
+    offline = retriever(cat, backend)
+    users = cat.histories[:plan.engine_users]
+    for batch in plan.batches:
+        warm_grid(offline, users, batch, plan.warm_largest)
+        for search, (params, _) in searches.items():
+            at[search, batch][side] = (engine_row(offline, users, params, batch, plan.engine_seconds, plan.engine_least)
+                                       if time.perf_counter() < deadline else "skipped")
+    return side
+
+
+def engine(cats: list[Catalogue], device: str, plan: Plan, failed: dict) -> list[dict]:
+    """Every (catalogue, search, batch) with the CUDA scorer (fp32, captured graphs; eager where that failed), then
+    with the host's CPU scorer: one scorer in the process at a time, so the other's idle threads do not compete with
+    the walk. The operating point is found with the CPU scorer (the walk is the same) and used for both. Rows not
+    reached within the part's budget say "skipped"; a scorer that failed leaves its columns empty."""
     deadline = time.perf_counter() + plan.budgets["engine"]
+    gpu = gpu_variants(device)
     rows = []
     for cat in cats:
-        users = cat.histories[:plan.engine_users]
-        offline = retriever(cat, gpu_variants(device)["fp32 graphs"])
-        encoded = [offline.encoder.encode(h) for h in cat.histories[:plan.tune_users]]
-        defaults = default_search(offline.service.graph.num_items)
-        searches = {"defaults": (defaults, scored_fraction(offline, encoded, defaults)),
-                    "paper ~1.3%": operating_point(offline, encoded, plan.tune_steps)}
+        tuner = retriever(cat, CPU_SCORER)
+        encoded = [tuner.encoder.encode(h) for h in cat.histories[:plan.tune_users]]
+        defaults = default_search(tuner.service.graph.num_items)
+        searches = {"defaults": (defaults, scored_fraction(tuner, encoded, defaults)),
+                    "paper ~1.3%": operating_point(tuner, encoded, plan.tune_steps)}
+        del tuner, encoded
         at = {(search, batch): {"catalogue": cat.name, "search": search, "ef": params.ef[-1],
-                                "rounds": params.rounds[-1], "scored": fraction, "batch": batch}
+                                "rounds": params.rounds[-1], "scored": fraction, "batch": batch, "gpu_scorer": None,
+                                "gpu": None, "cpu": None}
               for search, (params, fraction) in searches.items() for batch in plan.batches}
-        for side in ("gpu", "cpu"):
-            if side == "cpu":
-                offline = retriever(cat, CPU_SCORER)
-            for batch in plan.batches:
-                warm_grid(offline, users, batch, plan.warm_largest)
-                for search, (params, _) in searches.items():
-                    row = at[search, batch]
-                    row[side] = (engine_row(offline, users, params, batch, plan.engine_seconds, plan.engine_least)
-                                 if time.perf_counter() < deadline else None)
-            del offline
+        for label in ("fp32 graphs", "fp32 eager"):
+            if attempt(failed, f"engine {cat.name} {label}", engine_side, cat, gpu[label], "gpu", at, searches, plan,
+                       deadline):
+                for row in at.values():
+                    row["gpu_scorer"] = label
+                break
+        attempt(failed, f"engine {cat.name} {CPU_SCORER}", engine_side, cat, CPU_SCORER, "cpu", at, searches, plan,
+                deadline)
         rows += at.values()
     return rows
 
@@ -378,23 +403,33 @@ def _parity_md(rows: list[dict]) -> list[str]:
 
 
 def _scorer_md(rows: list[dict]) -> list[str]:
-    labels = [k for k in rows[0] if k not in ("size", "users")]
+    labels = [*gpu_variants("cpu"), CPU_SCORER]  # the column labels only (no runtime is loaded)
+
+    def ratio(r):
+        return f"{r['fp32 graphs'] / r[CPU_SCORER]:.1f}x" if "fp32 graphs" in r and CPU_SCORER in r else ""
+
     return ["| size | users | " + " | ".join(labels) + f" | fp32 graphs / {CPU_SCORER} |",
             "|---" * (len(labels) + 3) + "|",
-            *[f"| {r['size']} | {r['users']} | " + " | ".join(f"{r[k]:,.0f}" for k in labels)
-              + f" | {r['fp32 graphs'] / r[CPU_SCORER]:.1f}x |" for r in rows]]
+            *[f"| {r['size']} | {r['users']} | " + " | ".join(f"{r[k]:,.0f}" if k in r else "failed" for k in labels)
+              + f" | {ratio(r)} |" for r in rows]]
 
 
 def _engine_md(rows: list[dict]) -> list[str]:
     def side(m):
-        return f"{m['req_s']:.1f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} ({m['batches']})" if m else "skipped | | "
+        if isinstance(m, dict):
+            return f"{m['req_s']:.1f} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} ({m['batches']})"
+        return f"{m or 'failed'} | | "
 
-    return ["| catalogue | search | layer 0 ef, rounds | % scored | batch | GPU req/s | GPU p50 ms | "
+    def ratio(r):
+        measured = isinstance(r["gpu"], dict) and isinstance(r["cpu"], dict)
+        return f"{r['gpu']['req_s'] / r['cpu']['req_s']:.2f}x" if measured else ""
+
+    return ["| catalogue | search | layer 0 ef, rounds | % scored | batch | GPU scorer | GPU req/s | GPU p50 ms | "
             "GPU p99 ms (batches) | CPU req/s | CPU p50 ms | CPU p99 ms (batches) | GPU / CPU req/s |",
-            "|---" * 12 + "|",
+            "|---" * 13 + "|",
             *[f"| {r['catalogue']} | {r['search']} | {r['ef']}, {r['rounds']} | {100 * r['scored']:.2f} | "
-              f"{r['batch']} | {side(r['gpu'])} | {side(r['cpu'])} | "
-              + (f"{r['gpu']['req_s'] / r['cpu']['req_s']:.2f}x |" if r["gpu"] and r["cpu"] else " |") for r in rows]]
+              f"{r['batch']} | {r['gpu_scorer'] or 'failed'} | {side(r['gpu'])} | {side(r['cpu'])} | "
+              f"{ratio(r)} |" for r in rows]]
 
 
 def _train_md(rates: dict) -> list[str]:
@@ -403,7 +438,8 @@ def _train_md(rates: dict) -> list[str]:
 
 
 def section(res: dict, plan: Plan) -> str:
-    """The markdown of the "GPU check" section; a part that failed says so with its error."""
+    """The markdown of the "GPU check" section; a part that failed says so with its error, and every failure (a part,
+    or one scorer of one) is listed at the end."""
     info, failed = res["info"], res["failed"]
 
     def part(name: str, render: Callable) -> list[str]:
@@ -418,7 +454,8 @@ def section(res: dict, plan: Plan) -> str:
         f"(b) Scorer candidates/s per grid size ({res['catalogues'][0]['name']}; min(size, 16) users per call, median "
         "call):", "", *part("scorer", _scorer_md), "",
         "(c, d) Offline engine (`OfflineRetriever`: encode, walk on the host CPU, scorer), the CUDA scorer (fp32, "
-        f"captured graphs) vs the host's CPU scorer (`{CPU_SCORER}`), one after the other, same users; latency is the "
+        f"captured graphs, or eager where capture failed) vs the host's CPU scorer (`{CPU_SCORER}`), one after the "
+        "other, same users; latency is the "
         f"batch's; every grid size warmed up first. The paper's operating point (Table 1: ~17k of 1.3M items scored "
         f"per query): the defaults with layer 0's list size (ef, from top_m up) or, below that, its rounds set to "
         f"the value whose mean scored fraction over {plan.tune_users} users is closest to {PAPER_FRACTION:.1%} "
@@ -427,7 +464,8 @@ def section(res: dict, plan: Plan) -> str:
         "(e) `nann train` samples/s, same synthetic data (`nann data synth " + " ".join(plan.train_synth) + "`) and "
         "arguments (`" + " ".join(plan.train_args) + "`), median of the 50-step log points after the first:", "",
         *part("train", _train_md), "",
-        "Elapsed per part:", "", *res["clock"]])
+        "Elapsed per part:", "", *res["clock"],
+        *(["", "Failures:", *[f"- {key}: `{error}`" for key, error in failed.items()]] if failed else [])])
 
 
 def check(args, plan: Plan) -> int:
@@ -454,9 +492,9 @@ def check(args, plan: Plan) -> int:
     if cats is None:
         raise UserError(f"could not make the runs: {clock.failed['runs']}")
     res["catalogues"] = [{"name": c.name, "note": c.note} for c in cats]
-    parts = {"parity": (parity, (cats[-1], args.device, plan), _parity_md),
-             "scorer": (scorer_rates, (cats[0], args.device, plan), _scorer_md),
-             "engine": (engine, (cats, args.device, plan), _engine_md),
+    parts = {"parity": (parity, (cats[-1], args.device, plan, clock.failed), _parity_md),
+             "scorer": (scorer_rates, (cats[0], args.device, plan, clock.failed), _scorer_md),
+             "engine": (engine, (cats, args.device, plan, clock.failed), _engine_md),
              "train": (train_rates, (work, args.device, plan), _train_md)}
     for name, (fn, fn_args, render) in parts.items():
         res[name] = clock.part(name, fn, *fn_args)

@@ -3,6 +3,7 @@ where no GPU is; its kNN-layered graph builder; its pack. CUDA-graph capture and
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,8 +12,10 @@ import torch
 from graph_builder.knn_layers import build_knn_graph, knn
 from nann.engine.graph import HnswGraph
 from nann.errors import UserError
+from nann.scorers.torch_cuda import TorchCudaRuntime
 from perf import gpu_check
-from perf.gpu_runs import PACK_META, make_pack
+from perf.gpu_runs import PACK_META, knn_graph, make_pack, random_run
+from perf.soak import random_histories
 
 
 def test_knn_is_exact_across_tiles():
@@ -74,7 +77,35 @@ def test_quick_check_on_cpu_from_a_pack(tiny_run, tmp_path, capsys):
     assert {(r["catalogue"], r["search"], r["batch"]) for r in res["engine"]} == {
         (c, s, b) for c in ("20k", "demo") for s in ("defaults", "paper ~1.3%") for b in gpu_check.QUICK.batches}
     assert all(0 < r["scored"] <= 1 for r in res["engine"])
-    measured = [r[side] for r in res["engine"] for side in ("gpu", "cpu") if r[side]]  # None: past the part's budget
+    measured = [r[s] for r in res["engine"] for s in ("gpu", "cpu") if r[s] != "skipped"]  # past the part's budget
     assert all(m["req_s"] > 0 and m["p99_ms"] >= m["p50_ms"] > 0 for m in measured)
-    assert all(r["gpu"] and r["cpu"] for r in res["engine"][:len(gpu_check.QUICK.batches)])
+    assert all(r["gpu"] != "skipped" and r["cpu"] != "skipped" for r in res["engine"][:len(gpu_check.QUICK.batches)])
+    assert {r["gpu_scorer"] for r in res["engine"]} == {"fp32 graphs"}
     assert res["train"]["device"] > 0
+
+
+class CaptureFails(TorchCudaRuntime):
+    def load(self, *args):
+        raise RuntimeError("capture failed")
+
+
+def test_a_scorer_that_fails_leaves_the_others_measured(tmp_path, monkeypatch):
+    """A device run is one try: the CUDA-graph variants failing (here: at load) costs their numbers only; the engine
+    falls back to the eager scorer and says so."""
+    variants = gpu_check.gpu_variants
+    monkeypatch.setattr(gpu_check, "gpu_variants", lambda device: {
+        label: CaptureFails(device, rt.half, True) if rt.graphs else rt for label, rt in variants(device).items()})
+    run = random_run(tmp_path / "run", 2000)
+    knn_graph(run, "cpu")
+    cat = gpu_check.Catalogue("2k", run, random_histories(np.arange(2000), 40, 0, 50), "")
+    plan = replace(gpu_check.QUICK, batches=(1,), tune_steps=1)
+    failed = {}
+    assert [r["scorer"] for r in gpu_check.parity(cat, "cpu", plan, failed)] == [gpu_check.CPU_SCORER]
+    rates = gpu_check.scorer_rates(cat, "cpu", plan, failed)
+    assert all("fp32 eager" in r and "fp32 graphs" not in r for r in rates)
+    assert "| failed |" in "\n".join(gpu_check._scorer_md(rates))
+    rows = gpu_check.engine([cat], "cpu", plan, failed)
+    assert {r["gpu_scorer"] for r in rows} == {"fp32 eager"} and all(r["gpu"]["req_s"] > 0 for r in rows)
+    assert set(failed) == {"parity half graphs", "parity fp32 graphs", "scorer fp32 graphs", "scorer half graphs",
+                           "engine 2k fp32 graphs"}
+    assert all(error == "RuntimeError: capture failed" for error in failed.values())
