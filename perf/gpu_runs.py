@@ -4,7 +4,7 @@
   directory by the trainer's own export (`trainer.export.write_run_artifacts`), with an identity vocabulary.
 * the pack (`make_pack` here, `unpack_run` there): a trained run's weights, vocabulary and graph arrays, plus some of
   its test users' histories: everything the run's other files are made from. `unpack_run` re-exports the item table
-  and the ONNX files from the weights (they are most of a run's bytes), so a 100k-item run travels in ~25 MB.
+  and the ONNX files from the weights (they are most of a run's bytes), so the 100k-item demo run travels in ~23 MiB.
 * `knn_graph`: `graph_builder.knn_layers` over a run's item embeddings, into the run's graph directory.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from nann.errors import UserError
-from nann.run_dir import CATEGORIES, ITEM_CATEGORY, ITEMS, RunDir
+from nann.run_dir import RunDir
 
 PACK_LIMIT = 48 << 20   # bytes: what may travel with the device command besides the repository
 PACK_META = "pack.json"
@@ -53,8 +53,8 @@ def knn_graph(run: RunDir, device: str, seed: int = 100) -> dict:
 
 # ---- the pack ----------------------------------------------------------------------------------------------------
 def _pack_files(run: RunDir) -> list[Path]:
-    names = [run.config_file, run.weights_file, *(run.path / n for n in (ITEMS, ITEM_CATEGORY, CATEGORIES))]
-    return [p for p in names if p.is_file()] + run.graph.served_files()
+    files = [run.config_file, run.weights_file, *run.vocabulary_files()]
+    return [p for p in files if p.is_file()] + run.graph.served_files()
 
 
 def make_pack(run_dir, data_dir, pack_dir, limit: int = PACK_LIMIT) -> int:
