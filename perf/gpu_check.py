@@ -71,7 +71,7 @@ class Plan:
 
 FULL = Plan(big_items=1_000_000, small_items=100_000, parity_users=1000, parity_candidates=200,
             scorer_sizes=(1, 200, 1000, 2000, 6000, 14800), scorer_seconds=0.3, tune_users=64, tune_steps=8,
-            batches=(1, 16, 64), engine_users=512, engine_seconds=5.0, engine_least=3, warm_largest=14800,
+            batches=(1, 16, 64), engine_users=512, engine_seconds=4.0, engine_least=3, warm_largest=14800,
             train_synth=("--users", "20000", "--items", "100000", "--categories", "500", "--seed", "0"),
             train_args=("--max-samples", "38400", "--batch-size", "256", "--negatives", "20"),
             budgets={"runs": 120, "parity": 30, "scorer": 45, "engine": 200, "train": 70})
@@ -296,7 +296,8 @@ def engine_side(cat: Catalogue, backend, side: str, at: dict, searches: dict, pl
     offline = retriever(cat, backend)
     users = cat.histories[:plan.engine_users]
     for batch in plan.batches:
-        warm_grid(offline, users, batch, plan.warm_largest)
+        if time.perf_counter() < deadline:
+            warm_grid(offline, users, batch, plan.warm_largest)
         for search, (params, _) in searches.items():
             at[search, batch][side] = (engine_row(offline, users, params, batch, plan.engine_seconds, plan.engine_least)
                                        if time.perf_counter() < deadline else "skipped")
