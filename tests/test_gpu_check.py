@@ -109,3 +109,7 @@ def test_a_scorer_that_fails_leaves_the_others_measured(tmp_path, monkeypatch):
     assert set(failed) == {"parity half graphs", "parity fp32 graphs", "scorer fp32 graphs", "scorer half graphs",
                            "engine 2k fp32 graphs"}
     assert all(error == "RuntimeError: capture failed" for error in failed.values())
+    # past the part's budget, rows are skipped, not measured
+    spent = gpu_check.engine([cat], "cpu", replace(plan, budgets={**plan.budgets, "engine": 0}), {})
+    assert all(r["gpu"] == r["cpu"] == "skipped" for r in spent)
+    assert all("| skipped | | " in line for line in gpu_check._engine_md(spent)[2:])
