@@ -162,6 +162,9 @@ class Scorer(nn.Module):
             # PReLU with per-feature slopes a <= 1 equals max(x, a*x): two vectorised element-wise ops, where the
             # runtimes' broadcasting PRelu kernels took a quarter of the scorer's time (ONNX Runtime profile)
             self.slopes_at_most_one = all(float(b.max()) <= 1.0 for b in slopes)
+        # True: the attention gathers each candidate's keys and values (`gather_attention`), so every shape follows
+        # from the call's size alone, as a captured CUDA graph needs; False: the gather-free segment layout
+        self.fixed_shapes = False
 
     def _act(self, x, a):
         return torch.maximum(x, x * a) if self.slopes_at_most_one else F.prelu(x, a)
@@ -182,7 +185,8 @@ class Scorer(nn.Module):
         z = user_bias[owner] + ye if ye is not None else torch.addmm(user_bias[owner], e, self.we.t())
         mixed = {}
         if attention:
-            att = segment_attention(self._act(yq, self.qa), state[0], state[1], state[2], owner)   # [C,D]
+            attend = gather_attention if self.fixed_shapes else segment_attention
+            att = attend(self._act(yq, self.qa), state[0], state[1], state[2], owner)              # [C,D]
             z = z.addmm_(att, self.w_a.t())
             if self.interactions:
                 mixed["attn*item"] = att * e
@@ -216,15 +220,21 @@ class Scorer(nn.Module):
             [F.linear(cand_emb, self.we)] + ([cand_emb] if self.interactions else [])
         return torch.cat(parts, dim=-1)
 
-    def score_one_pre(self, state, y):
-        """Scores of one user (state rows [1,...]) for candidates given by their ``cand_pre`` rows y: the trainer's
-        validation scores every item with ``cand_pre`` computed once. Same function as forward."""
+    def score_pre(self, state, y, owner):
+        """Scores of candidates given by their ``cand_pre`` rows y [C,...] for their owners [C] (non-decreasing):
+        the same function as forward, with the candidate-only maps looked up instead of computed."""
         if self.arch == "two-tower":
-            return y @ state[0][0]
+            return (state[0][owner] * y).sum(-1)
         a = self.A if self.arch == "attention" else 0
         h = self.we.shape[0]
-        owner = torch.zeros(y.shape[0], dtype=torch.int64, device=y.device)
         return self._score(self._first(state, y[:, :a] if a else None, y[:, a + h:], owner, ye=y[:, a:a + h]))
+
+    def score_one_pre(self, state, y):
+        """Scores of one user (state rows [1,...]) for candidates given by their ``cand_pre`` rows y: the trainer's
+        validation scores every item with ``cand_pre`` computed once."""
+        if self.arch == "two-tower":
+            return y @ state[0][0]
+        return self.score_pre(state, y, torch.zeros(y.shape[0], dtype=torch.int64, device=y.device))
 
 
 def segment_layout(owner: torch.Tensor, n_users: torch.Tensor):
@@ -250,6 +260,13 @@ def segment_attention(q1, keys, attn_bias, values, owner):
     logits = torch.matmul(q1[rows], keys.transpose(1, 2)) + attn_bias[:, None, :]  # [R,Cmax,L]
     out = torch.matmul(torch.softmax(logits, dim=-1), values)                      # [R,Cmax,D]
     return out.reshape(-1, out.shape[-1])[slot]
+
+
+def gather_attention(q1, keys, attn_bias, values, owner):
+    """``segment_attention``'s result with each candidate gathering its owner's keys and values ([C,L,·] copies):
+    every shape follows from C alone, where the segment layout's follows from the longest run."""
+    logits = torch.bmm(keys[owner], q1[:, :, None])[..., 0] + attn_bias[owner]           # [C,L]
+    return torch.bmm(torch.softmax(logits, dim=-1)[:, None, :], values[owner])[:, 0]     # [C,D]
 
 
 class NaiveScorer(nn.Module):

@@ -41,14 +41,15 @@ class ModelRuntime:
     state_names: list[str]
     item_embeddings: np.ndarray
 
-    def __init__(self, run_dir: str, backend: str, threads: int | None, parts: Sequence[str] = PARTS,
-                 spinning: bool = True):
+    def __init__(self, run_dir: str, backend: str | scorers.ScorerRuntime, threads: int | None,
+                 parts: Sequence[str] = PARTS, spinning: bool = True):
         """threads: intra-op threads (None: the backend's default, one per physical core; torch's setting is the
         process's); parts: the halves to load (a Triton stub needs one); spinning: False makes idle runtime threads
         sleep at once instead of spinning for more work, so the cores go back to other processes (torch: only when
         torch is first imported here, as libgomp reads OMP_WAIT_POLICY once)."""
         self.run_dir = run_dir
-        self.backend = backend
+        runtime = scorers.runtime(backend)
+        self.backend = runtime.name
         run = RunDir(run_dir)
         run.check_trained()
         self.io = run.read_onnx_io()
@@ -57,15 +58,18 @@ class ModelRuntime:
         self.max_seq = int(self.io["max_seq"])
         self.arch = self.io.get("arch")
         self.state_names = [s["name"] for s in self.io["state"]]
-        runtime = scorers.runtime(backend)
         if not runtime.in_python:
-            raise UserError(f"the {backend} scorer runs in its own Triton backend, not in this process: use "
-                            f"{' or '.join(scorers.in_python())} here")
+            raise UserError(f"the {runtime.name} scorer runs in its own Triton backend, not in this process: use "
+                            f"{' or '.join(scorers.usable_here())} here")
+        if not runtime.available():
+            raise UserError(f"the {runtime.name} scorer needs {runtime.needs}: use "
+                            f"{' or '.join(scorers.usable_here())} on this host")
         self._parts = runtime.load(run, self.io, parts, threads, spinning)
+        self.scores_ids = runtime.scores_ids
 
     @classmethod
-    def load(cls, run_dir, backend: str = "onnxruntime", threads: int | None = None, parts: Sequence[str] = PARTS,
-             spinning: bool = True) -> "ModelRuntime":
+    def load(cls, run_dir, backend: str | scorers.ScorerRuntime = "onnxruntime", threads: int | None = None,
+             parts: Sequence[str] = PARTS, spinning: bool = True) -> "ModelRuntime":
         return cls(str(run_dir), backend, threads, parts, spinning)
 
     def _part(self, name: str):
@@ -100,18 +104,25 @@ class ModelRuntime:
     # ---- candidate side -----------------------------------------------------------------------------------
     def score(self, state: dict[str, np.ndarray], owner: np.ndarray, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        cand = np.asarray(self.item_embeddings[ids], dtype=np.float32)
-        return self.score_emb(state, owner, cand)
+        if self.scores_ids:  # the runtime holds the item table on its device
+            return self._score_runs(state, owner, ids)
+        return self.score_emb(state, owner, self.item_embeddings[ids])
 
     def score_emb(self, state, owner, cand_emb) -> np.ndarray:
+        """Scores of candidates given by their embeddings (a runtime that scores ids takes only `score`)."""
+        if self.scores_ids:
+            raise UserError(f"the {self.backend} scorer takes candidate ids (it holds the item table): call score")
+        return self._score_runs(state, owner, np.ascontiguousarray(cand_emb, dtype=np.float32))
+
+    def _score_runs(self, state, owner, cand) -> np.ndarray:
+        """The scorer's call for candidates `cand` (embeddings or ids) in any owner order."""
         owner = np.ascontiguousarray(owner, dtype=np.int64).reshape(-1)
-        cand_emb = np.ascontiguousarray(cand_emb, dtype=np.float32)
         if len(owner) == 0:
             return np.zeros(0, dtype=np.float32)
         if (np.diff(owner) < 0).any():  # the scorer takes each owner's candidates as one run: sort, score, restore
             order = np.argsort(owner, kind="stable")
             scores = np.empty(owner.shape[0], dtype=np.float32)
-            scores[order] = self.score_emb(state, owner[order], cand_emb[order])
+            scores[order] = self._score_runs(state, owner[order], cand[order])
             return scores
         st = [np.ascontiguousarray(state[n], dtype=np.float32) for n in self.state_names]
-        return self._part("scorer")(st, cand_emb, owner)
+        return self._part("scorer")(st, cand, owner)

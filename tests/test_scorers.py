@@ -21,17 +21,19 @@ def choices(*command: str, option: str) -> list:
 
 
 def test_the_command_line_offers_the_registered_runtimes():
-    assert list(scorers.RUNTIMES) == ["tensorrt", "onnxruntime", "torch"]
-    assert choices("export", option="--scorer") == ["auto", "tensorrt", "onnxruntime", "torch"]
-    assert choices("evaluate", option="--backend") == scorers.in_python() == ["onnxruntime", "torch"]
+    assert list(scorers.RUNTIMES) == ["tensorrt", "torch-cuda", "torch-cuda-half", "onnxruntime", "torch"]
+    assert choices("export", option="--scorer") == ["auto", *scorers.RUNTIMES]
+    assert choices("evaluate", option="--backend") == scorers.in_python() == [
+        "torch-cuda", "torch-cuda-half", "onnxruntime", "torch"]
     assert scorers.cpu_in_python() == ["onnxruntime", "torch"]
-    with pytest.raises(UserError, match="unknown scorer runtime 'tpu' \\(choose from tensorrt, onnxruntime, torch\\)"):
+    with pytest.raises(UserError, match="unknown scorer runtime 'tpu' \\(choose from tensorrt, torch-cuda, "):
         scorers.runtime("tpu")
 
 
 def test_the_grid_and_the_serving_place_are_the_runtimes():
     assert scorers.runtime("tensorrt").grid().sizes == CandidateGrid().sizes  # one optimization profile per size
     assert all(scorers.runtime(name).grid().sizes is None for name in scorers.cpu_in_python())  # any shape: unpadded
+    assert scorers.runtime("torch-cuda").grid().sizes == CandidateGrid().sizes  # one CUDA graph per size
     # a runtime that runs in Python is served inside `retrieve`'s process; TensorRT behind BLS, in its own backend
     assert [name for name, r in scorers.RUNTIMES.items() if r.in_process] == scorers.in_python()
     assert scorers.runtime("tensorrt").encoder_runtime == "onnxruntime"

@@ -26,6 +26,8 @@ class ScorerRuntime:
     #                             shapes, e.g. TensorRT's optimization profiles); False: rounds go unpadded, any size
     in_process: bool = True     # served inside `retrieve`'s process, called each round (a runtime that runs in Python);
     #                             False: behind BLS, as the repository's `scorer` model (a runtime of another backend)
+    scores_ids: bool = False    # its scorer takes candidate ids and holds the item table itself (on its device);
+    #                             False: the caller gathers the candidates' embeddings
     encoder: str = ""           # the runtime `encode` runs where this one scores, when not this one
     needs: str = ""             # what a host must have for it, when not every host has it
 

@@ -6,18 +6,24 @@ from __future__ import annotations
 from importlib import resources
 from string import Template
 
-TEMPLATES = resources.files("nann.serving.model_repository")
 TRITON_TYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
+
+
+def templates():
+    """The package data's directory, looked up when something renders: importing the library (its scorers import
+    this module) from a source checkout that is not installed, as `python -m perf.gpu_check` does on a GPU host, then
+    needs no package mapping."""
+    return resources.files("nann.serving.model_repository")
 
 
 def render(template: str, **values) -> str:
     """A config template (e.g. "retrieve/config.pbtxt.template") with its $fields filled in."""
-    return Template(TEMPLATES.joinpath(template).read_text()).substitute(**values)
+    return Template(templates().joinpath(template).read_text()).substitute(**values)
 
 
 def model_file(model: str) -> bytes:
     """The `model.py` of a Python-backend model."""
-    return TEMPLATES.joinpath(model, "model.py").read_bytes()
+    return templates().joinpath(model, "model.py").read_bytes()
 
 
 def tensor_entries(specs: list[dict], batched: bool, indent: str = "  ") -> str:
