@@ -40,13 +40,15 @@ def state_names(cfg: ModelConfig) -> list[str]:
     names = list(STATE_NAMES[cfg.arch])
     if cfg.arch != "two-tower" and not cfg.interactions:
         names.remove("user_vec")
+    if cfg.arch != "two-tower" and cfg.tower_dot:
+        names.append("tower_vec")  # T(u), the user tower's output: its dot term is <T(u), e_v> (always last)
     return names
 
 
 def state_shapes(cfg: ModelConfig) -> dict[str, list]:
     D, A, H = cfg.emb_dim, cfg.attn_dim, (cfg.score_hidden[0] if cfg.score_hidden else 0)
     shapes = {"keys": ["B", "L", A], "attn_bias": ["B", "L"], "values": ["B", "L", D], "user_bias": ["B", H],
-              "user_vec": ["B", D]}
+              "user_vec": ["B", D], "tower_vec": ["B", D]}
     return {n: shapes[n] for n in state_names(cfg)}
 
 
@@ -59,18 +61,20 @@ class UserEncoder(nn.Module):
         self.arch = cfg.arch
         self.interactions = cfg.interactions
         self.max_seq = cfg.max_seq
+        self.tower_dot = cfg.tower_dot
         D = cfg.emb_dim
         with torch.no_grad():
             for part in ("scale", "shift"):
                 table = getattr(model, f"recency_{part}").weight.detach().clone() if cfg.recency else None
                 self.register_buffer(f"recency_{part}", table)
-            if self.arch == "two-tower":
+            if self.arch == "two-tower" or self.tower_dot:
                 tower = [blk.folded() for blk in model.tower_blocks]
                 for i, (w, b, a) in enumerate(tower):
                     self.register_buffer(f"tw{i}", w); self.register_buffer(f"tb{i}", b); self.register_buffer(f"ta{i}", a)
                 self.n_tower = len(tower)
                 self.register_buffer("tow_w", model.tower_out.weight.detach().clone())
                 self.register_buffer("tow_b", model.tower_out.bias.detach().clone())
+            if self.arch == "two-tower":
                 return
             w1, b1, _ = model.score_blocks[0].folded()
             self.register_buffer("wu", w1[:, :D].clone())
@@ -93,18 +97,23 @@ class UserEncoder(nn.Module):
         hist_emb = hist_emb * m[..., None]
         u = hist_emb.sum(1)
         if self.arch == "two-tower":
-            x = u
-            for i in range(self.n_tower):
-                x = prelu(F.linear(x, getattr(self, f"tw{i}"), getattr(self, f"tb{i}")), getattr(self, f"ta{i}"))
-            return (F.linear(x, self.tow_w, self.tow_b),)
+            return (self._tower(u),)
         user_bias = F.linear(u, self.wu, self.b1)
-        uv = (u,) if self.interactions else ()
+        uv = ((u,) if self.interactions else ()) + ((self._tower(u),) if self.tower_dot else ())
         if self.arch == "mlp":
             return (user_bias, *uv)
         k = F.linear(prelu(F.linear(hist_emb, self.k1w, self.k1b), self.ka), self.k2w, self.k2b)  # [B,L,A]
         keys = torch.matmul(k, self.q2w)                                                     # [B,L,A]
         attn_bias = torch.matmul(k, self.q2b) + (m - 1.0) * (-MASK_NEG)                       # [B,L]
         return (keys, attn_bias, hist_emb, user_bias, *uv)
+
+
+    def _tower(self, u):
+        """The user tower (``NANNModel.tower``), BatchNorms folded."""
+        x = u
+        for i in range(self.n_tower):
+            x = prelu(F.linear(x, getattr(self, f"tw{i}"), getattr(self, f"tb{i}")), getattr(self, f"ta{i}"))
+        return F.linear(x, self.tow_w, self.tow_b)
 
 
 class Scorer(nn.Module):
@@ -155,7 +164,8 @@ class Scorer(nn.Module):
                 self.register_buffer(f"rw{i}", w); self.register_buffer(f"rb{i}", b); self.register_buffer(f"ra{i}", a)
             self.register_buffer("wo", model.score_out.weight.detach()[0].clone())
             self.register_buffer("bo", model.score_out.bias.detach().clone())
-            self.dot_terms = cfg.dot_terms
+            self.dot_terms = cfg.weighted_dot_terms
+            self.tower_dot = cfg.tower_dot
             for b in self.dot_terms:
                 self.register_buffer(f"dot_{DOT_PARAMS[b]}", model.dot_weights[DOT_PARAMS[b]].detach().clone())
             slopes = [b for n, b in self.named_buffers() if n in ("qa", "act1") or n.startswith("ra")]
@@ -194,11 +204,10 @@ class Scorer(nn.Module):
         if "user*item" in self.mixed:
             mixed["user*item"] = state[4 if attention else 1][owner] * e
             z = z.addmm_(mixed["user*item"], self.w_ue.t())
-        dot = None
-        for b in self.dot_terms:
-            term = torch.matmul(mixed[b], getattr(self, f"dot_{DOT_PARAMS[b]}"))
-            dot = term if dot is None else dot + term
-        return z, dot
+        terms = [torch.matmul(mixed[b], getattr(self, f"dot_{DOT_PARAMS[b]}")) for b in self.dot_terms]
+        if self.tower_dot:  # <T(u), e_v>, T(u) the state's last tensor
+            terms.append((state[-1][owner] * e).sum(-1))
+        return z, (sum(terms[1:], terms[0]) if terms else None)
 
     def _score(self, first):
         z, dot = first

@@ -181,10 +181,17 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-dot", dest="dot", action="store_false",
                    help="the score network alone, without the inner products of e_v with the user vector and the "
                         "attention output added to the score (an ablation; default: with them)")
+    s.add_argument("--no-user-tower", dest="user_tower", action="store_false",
+                   help="the user vector's inner product with e_v weighted per dimension instead of through a user "
+                        "tower, <T(u), e_v> (an ablation; default: through the tower)")
     s.add_argument("--loss", choices=["nce", "softmax"], default="nce", help="nce (default) or sampled softmax")
     s.add_argument("--negatives", type=int, default=recipe.NEGATIVES,
                    help=f"NCE noise items per positive, from the unigram distribution (default {recipe.NEGATIVES}; the "
                         f"paper's {recipe.PAPER_NEGATIVES} cost 5x the time for no better recall: trainer/recipe.py)")
+    s.add_argument("--uniform-noise", type=float, default=recipe.UNIFORM_NOISE, metavar="SHARE",
+                   help=f"share of the noise items drawn uniformly over the items, the rest from the unigram "
+                        f"distribution (default {recipe.UNIFORM_NOISE:g}: unigram alone leaves rare items' scores "
+                        "unchecked; trainer/recipe.py)")
     s.add_argument("--epochs", type=int, default=0,
                    help="passes over the training samples (default 0: as many as help, until the validation recall "
                         f"stops improving, within {recipe.SAMPLE_BUDGET:,} samples and {recipe.MAX_EPOCHS} epochs); "

@@ -5,7 +5,9 @@ import json
 import os
 
 import numpy as np
+import pytest
 
+from nann.errors import UserError
 from trainer.sampling import NoiseSampler, epoch_order, load_data, make_batch, sample_positions
 
 
@@ -76,3 +78,16 @@ def test_noise_sampler():
     freq = np.bincount(x, minlength=4) / len(x)
     assert np.allclose(freq, ns.q, atol=0.01)
     assert ns.q[0] > 0
+
+
+def test_noise_mixed_with_uniform_samples_its_mixture_and_corrects_with_it():
+    counts = np.array([0, 10, 30, 60, 900])
+    plain, mixed = NoiseSampler(counts), NoiseSampler(counts, uniform_share=0.5)
+    assert np.allclose(mixed.q, 0.5 * plain.q + 0.1) and np.isclose(mixed.q.sum(), 1.0)
+    assert np.allclose(np.exp(mixed.log_q), mixed.q, rtol=1e-6)
+    freq = np.bincount(mixed.sample(np.random.default_rng(0), (200, 200)).ravel(), minlength=5) / 40000
+    assert np.allclose(freq, mixed.q, atol=0.01)
+    assert freq[0] > 0.09  # the rarest item: ~1/1000 of the unigram noise, ~1/10 of the mixture
+    assert "0.5 of it uniform" in mixed.describe() and plain.describe() == "unigram (counts clipped at 1)"
+    with pytest.raises(UserError, match="--uniform-noise must be between 0 and 1"):
+        NoiseSampler(counts, uniform_share=1.5)

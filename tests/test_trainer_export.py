@@ -10,7 +10,7 @@ import torch
 
 from trainer.export import write_run_artifacts
 from nann.model import ARCHS, ModelConfig, NANNModel
-from nann.model_split import STATE_NAMES
+from nann.model_split import state_names
 
 try:
     from tests.test_trainer_model import randomize_bn
@@ -40,7 +40,7 @@ def run(request, tmp_path_factory):
 def test_onnx_io_json(run):
     d, model = run
     io = json.loads((d / "onnx_io.json").read_text())
-    assert [s["name"] for s in io["state"]] == STATE_NAMES[model.cfg.arch]
+    assert [s["name"] for s in io["state"]] == state_names(model.cfg)
     names = [i["name"] for i in io["scorer"]["inputs"]]
     assert names[-2:] == ["cand_emb", "owner"]
     assert [i["name"] for i in io["scorer_ids"]["inputs"]][-2:] == ["cand_ids", "owner"]
@@ -61,7 +61,7 @@ def test_ort_equals_full_torch_model(run, R, L, C):
     enc = ort.InferenceSession(str(d / "user_encoder.onnx"), so, providers=["CPUExecutionProvider"])
     sc = ort.InferenceSession(str(d / "scorer.onnx"), so, providers=["CPUExecutionProvider"])
     sci = ort.InferenceSession(str(d / "scorer_ids.onnx"), so, providers=["CPUExecutionProvider"])
-    names = STATE_NAMES[model.cfg.arch]
+    names = state_names(model.cfg)
     E = np.load(d / "item_embeddings.npy")
     hist = rng.integers(0, len(E), (R, L))
     mask = (rng.random((R, L)) > 0.3).astype(np.float32)

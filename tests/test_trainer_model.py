@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nann.model import ARCHS, ModelConfig, NANNModel, recency_rank
-from nann.model_split import build_split, per_candidate_macs
+from nann.model_split import build_split, per_candidate_macs, state_names
 from trainer.train import bernoulli_kl_logits, compute_loss, fgsm_delta, make_optimizers
 
 
@@ -172,11 +172,11 @@ def test_runs_written_before_recency_load_without_it():
 
 
 def test_dot_terms_start_as_the_inner_product_of_e_v_with_the_user_vector():
-    """mlp with its score network's output zeroed scores <u, e_v> (u: the sum-pooled behaviours), as a two-tower
-    model without a tower would; attention adds <attention output, e_v>."""
+    """Without the user tower, mlp with its score network's output zeroed scores <u, e_v> (u: the sum-pooled
+    behaviours), as a two-tower model without a tower would; attention adds <attention output, e_v>."""
     torch.manual_seed(0)
-    model = NANNModel(ModelConfig(num_items=50, num_categories=3, arch="mlp", max_seq=8)).eval()
-    assert model.cfg.dot_terms == ["user*item"]
+    model = NANNModel(ModelConfig(num_items=50, num_categories=3, arch="mlp", max_seq=8, user_tower=False)).eval()
+    assert model.cfg.dot_terms == ["user*item"] and not model.cfg.tower_dot
     hist, mask, cand = torch.randint(0, 50, (4, 8)), torch.ones(4, 8), torch.randint(0, 50, (4, 5))
     with torch.no_grad():
         model.score_out.weight.zero_()
@@ -188,6 +188,42 @@ def test_dot_terms_start_as_the_inner_product_of_e_v_with_the_user_vector():
     assert ModelConfig(num_items=5, num_categories=1, arch="attention", interactions=False).dot_terms == []
 
 
+def test_the_user_tower_makes_the_score_hold_a_two_tower_score():
+    """With the user tower (the default), mlp with its score network's output zeroed scores <T(u), e_v>: what the
+    two-tower model with the same tower and item network scores."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_items=50, num_categories=3, arch="mlp", max_seq=8)
+    model = randomize_bn(NANNModel(cfg), 0)
+    assert cfg.tower_dot and cfg.weighted_dot_terms == [] and len(model.dot_weights) == 0
+    two_tower = NANNModel(ModelConfig(num_items=50, num_categories=3, arch="two-tower", max_seq=8)).eval()
+    two_tower.load_state_dict({k: v for k, v in model.state_dict().items() if k in two_tower.state_dict()})
+    hist, mask, cand = torch.randint(0, 50, (4, 8)), torch.ones(4, 8), torch.randint(0, 50, (4, 5))
+    with torch.no_grad():
+        model.score_out.weight.zero_()
+        model.score_out.bias.zero_()
+        torch.testing.assert_close(model(hist, mask, cand), two_tower(hist, mask, cand))
+    attention = ModelConfig(num_items=5, num_categories=1, arch="attention")
+    assert attention.tower_dot and attention.weighted_dot_terms == ["attn*item"]
+
+
+@pytest.mark.parametrize("arch", ["attention", "mlp"])
+@pytest.mark.parametrize("user_tower", [True, False])
+def test_the_serving_split_scores_the_model_with_and_without_the_user_tower(arch, user_tower):
+    torch.manual_seed(1)
+    cfg = ModelConfig(num_items=60, num_categories=3, arch=arch, max_seq=8, user_tower=user_tower)
+    model = randomize_bn(NANNModel(cfg, torch.randint(0, 3, (60,))), 1)
+    assert ("tower_vec" in state_names(cfg)) == user_tower
+    encoder, scorer = build_split(model)
+    hist, mask = torch.randint(0, 60, (3, 8)), (torch.rand(3, 8) < 0.8).float()
+    owner, cand = torch.tensor([0, 0, 1, 2, 2]), torch.randint(0, 60, (5,))
+    with torch.no_grad():
+        e = model.all_item_embeddings()
+        got = scorer(*encoder(e[hist] * mask[..., None], mask), e[cand], owner)
+        want = model(hist[owner], mask[owner], cand[:, None]).squeeze(1)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_runs_written_before_dot_load_without_it():
     cfg = ModelConfig.from_dict({"num_items": 10, "num_categories": 2, "arch": "attention", "interactions": True})
     assert cfg.dot is False and cfg.dot_terms == [] and len(NANNModel(cfg).dot_weights) == 0
+    assert cfg.user_tower is False and not cfg.tower_dot and not hasattr(NANNModel(cfg), "tower_blocks")

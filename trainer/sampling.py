@@ -137,15 +137,27 @@ def make_batch(items: np.ndarray, offsets: np.ndarray, g: np.ndarray, max_seq: i
 
 
 class NoiseSampler:
-    """Unigram noise q(v) proportional to the training counts (clipped at 1 so every item has q > 0)."""
+    """Noise q(v): the unigram distribution of the training counts (clipped at 1 so every item has q > 0), mixed with
+    the uniform one by `uniform_share` (each noise item is uniform with that probability; `log_q` is the mixture's)."""
 
-    def __init__(self, counts: np.ndarray):
+    def __init__(self, counts: np.ndarray, uniform_share: float = 0.0):
+        if not 0.0 <= uniform_share <= 1.0:
+            raise UserError(f"--uniform-noise must be between 0 and 1, got {uniform_share}")
         c = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
-        self.q = c / c.sum()
-        self.cdf = np.cumsum(self.q)
+        self.unigram = c / c.sum()
+        self.uniform_share = float(uniform_share)
+        self.q = (1.0 - self.uniform_share) * self.unigram + self.uniform_share / len(c)
+        self.cdf = np.cumsum(self.unigram)
         self.cdf[-1] = 1.0
         self.log_q = np.log(self.q).astype(np.float32)
 
     def sample(self, rng: np.random.Generator, shape) -> np.ndarray:
-        ids = np.searchsorted(self.cdf, rng.random(shape), side="right")
-        return np.minimum(ids, len(self.q) - 1).astype(np.int64)
+        ids = np.minimum(np.searchsorted(self.cdf, rng.random(shape), side="right"), len(self.q) - 1)
+        if self.uniform_share > 0:
+            uniform = rng.random(shape) < self.uniform_share
+            ids = np.where(uniform, rng.integers(0, len(self.q), size=shape), ids)
+        return ids.astype(np.int64)
+
+    def describe(self) -> str:
+        plain = "unigram (counts clipped at 1)"
+        return f"{plain}, {self.uniform_share:g} of it uniform" if self.uniform_share else plain

@@ -1,6 +1,7 @@
 """`nann train`: NCE (sampled sigmoid) + the FGSM adversarial auxiliary task, then export of the serving split.
 
-Loss per positive (history, next item) with k = --negatives noise items from the unigram distribution q:
+Loss per positive (history, next item) with k = --negatives noise items from q, the unigram distribution mixed with
+the uniform one (--uniform-noise, `trainer.sampling.NoiseSampler`):
     logit'(v) = s_u(e_v) - log(k q(v))                       (NCE correction, positives and noise alike)
     L_NCE     = sum over the k+1 labels of BCE(logit', label)  (averaged over the batch's positives)
     Δ         = ε sign(∂ s_u(e_v) / ∂ e_v)                   (torch.autograd.grad, Δ detached)
@@ -422,11 +423,13 @@ def _train(args, device, world, rank) -> TrainResult:
     run.path.mkdir(parents=True, exist_ok=True)
     cfg = ModelConfig(num_items=data.num_items, num_categories=data.num_categories, arch=args.arch,
                       max_seq=data.max_seq, interactions=getattr(args, "interactions", True),
-                      recency=getattr(args, "recency", True), dot=getattr(args, "dot", True))
+                      recency=getattr(args, "recency", True), dot=getattr(args, "dot", True),
+                      user_tower=getattr(args, "user_tower", True))
     if run.checkpoint_file(CHECKPOINT_STATE).exists() and run.config_file.exists():
         old = run.read_config()
         if (old.get("arch") != cfg.arch or old.get("num_items") != cfg.num_items
                 or old.get("recency", False) != cfg.recency or old.get("dot", False) != cfg.dot
+                or old.get("user_tower", False) != cfg.user_tower
                 or (cfg.arch != "two-tower" and old.get("interactions", False) != cfg.interactions)):
             raise UserError(f"{run_dir} holds a run of arch {old.get('arch')} over {old.get('num_items')} items; "
                             f"use a new --run directory")
@@ -447,19 +450,19 @@ def _train(args, device, world, rank) -> TrainResult:
         raise UserError(f"{args.data} has no training samples")
     per_epoch = min(len(positions), args.max_samples) if args.max_samples > 0 else len(positions)
     epochs = args.epochs or recipe.max_epochs(per_epoch)
+    noise = NoiseSampler(data.item_counts, getattr(args, "uniform_noise", recipe.UNIFORM_NOISE))
     if is_main:
         conf = cfg.to_dict()
         conf.update({"data_dir": os.path.abspath(args.data), "score": "raw logit s_u(e_v)",
                      "training": {"fgsm_eps": args.fgsm_eps, "negatives": args.negatives, "epochs": epochs,
                                   "patience": best.patience,
                                   "batch_size": args.batch_size, "lr": args.lr, "max_samples": args.max_samples,
-                                  "seed": args.seed, "world_size": world, "noise": "unigram (counts clipped at 1)",
+                                  "seed": args.seed, "world_size": world, "noise": noise.describe(),
                                   "aux_loss": "bernoulli_kl"}})
         _write_json(conf, str(run.config_file))
         if st:
             log(f"resuming {run_dir} at epoch {start_epoch}, step {start_step} (global step {global_step})")
 
-    noise = NoiseSampler(data.item_counts)
     log_q = torch.from_numpy(noise.log_q).to(device)
     k = args.negatives
     log_k = math.log(k)
