@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from nann.data.prepared import PreparedData
 from nann.engine.grid import CandidateGrid
+from nann.serving.export import state_specs
 from nann.serving.requests import ServingLimits, parse_search
 from nann.serving.retrieval import OfflineRetriever
 from nann.serving.services import RequestEncoder
@@ -217,11 +218,11 @@ def test_bad_requests_in_a_shared_batch_do_not_affect_the_good_ones(served, user
 # Triton serves every model of the repository on the same port (no per-model access control), so the internal
 # models' inputs (the only float inputs) are reachable from outside: they must refuse what would corrupt others.
 
-def state_inputs(rows=1, seq=50, fill=0.1, nan_in=None):
-    shapes = {"keys": (rows, seq, 64), "attn_bias": (rows, seq), "values": (rows, seq, 64), "user_bias": (rows, 128),
-              "user_vec": (rows, 64)}
+def state_inputs(run, rows=1, seq=50, fill=0.1, nan_in=None):
+    """The user-state inputs of the run's model (`state_specs`: the names and shapes `encode` outputs)."""
     out = {}
-    for name, shape in shapes.items():
+    for spec in state_specs(run):
+        name, shape = spec["name"], (rows, *[seq if d < 0 else d for d in spec["dims"]])
         arr = np.full(shape, fill, np.float32)
         if name == nan_in:
             arr.flat[0] = np.nan
@@ -229,26 +230,27 @@ def state_inputs(rows=1, seq=50, fill=0.1, nan_in=None):
     return out
 
 
-def test_scorer_called_directly_refuses_nan_state_and_bad_ids(strict_tiny_grid):
-    client = strict_tiny_grid  # an export with the `scorer` model (behind BLS)
+def test_scorer_called_directly_refuses_nan_state_and_bad_ids(strict_tiny_grid, tiny_run):
+    client, run = strict_tiny_grid, tiny_run.run  # an export with the `scorer` model (behind BLS)
 
     def scorer_inputs(state, cand_ids, owner):
         return [tensor(n, v, "FP32") for n, v in state.items()] + [
             tensor("cand_ids", np.asarray(cand_ids, np.int64), "INT64"), tensor("owner", np.asarray(owner, np.int64), "INT64")]
 
-    good = client.infer("scorer", scorer_inputs(state_inputs(), [1, 2, 3], [0, 0, 0])).as_numpy("scores")
+    good = client.infer("scorer", scorer_inputs(state_inputs(run), [1, 2, 3], [0, 0, 0])).as_numpy("scores")
     assert good.shape == (3,) and np.isfinite(good).all()
     for name in ("keys", "user_bias"):
-        assert_invalid(client, scorer_inputs(state_inputs(nan_in=name), [1, 2], [0, 0]), rf"state input {name} holds NaN",
+        assert_invalid(client, scorer_inputs(state_inputs(run, nan_in=name), [1, 2], [0, 0]), rf"state input {name} holds NaN",
                        model="scorer")
-    assert_invalid(client, scorer_inputs(state_inputs(), [10**9], [0]), r"cand_ids outside", model="scorer")
-    assert_invalid(client, scorer_inputs(state_inputs(), [1], [5]), r"owner outside", model="scorer")
-    assert_invalid(client, scorer_inputs(state_inputs(), [1, 2], [0]), r"differ in shape", model="scorer")
+    assert_invalid(client, scorer_inputs(state_inputs(run), [10**9], [0]), r"cand_ids outside", model="scorer")
+    assert_invalid(client, scorer_inputs(state_inputs(run), [1], [5]), r"owner outside", model="scorer")
+    assert_invalid(client, scorer_inputs(state_inputs(run), [1, 2], [0]), r"differ in shape", model="scorer")
     BAD_INPUTS_TRIED.extend(["scorer NaN keys", "scorer NaN user_bias", "scorer bad id", "scorer bad owner",
                              "scorer shape mismatch"])
 
 
 def test_retrieve_called_directly_refuses_nan_or_misshaped_state_per_request(served, client, users):
+    run = served.run
     def retrieve_inputs(state, k=5, hist_ids=-1):
         rows, seq = state["keys"].shape[:2]  # k and hist_ids with as many rows, or Triton refuses the batch
         return [tensor(n, v, "FP32") for n, v in state.items()] + [
@@ -256,25 +258,27 @@ def test_retrieve_called_directly_refuses_nan_or_misshaped_state_per_request(ser
             tensor("hist_ids", np.resize(np.asarray(hist_ids, np.int64), (rows, 50)), "INT64"),
             tensor("seeds", np.full((rows, 1), 50, np.int32), "INT32")]
 
-    ids, _ = infer(client, retrieve_inputs(state_inputs()), model="retrieve")
+    ids, _ = infer(client, retrieve_inputs(state_inputs(run)), model="retrieve")
     assert len(ids) == 5
     # history ids outside the catalogue (a direct caller's garbage) are not seeds; repeated ones count once
-    garbage = infer(client, retrieve_inputs(state_inputs(), hist_ids=[-5, 2**62, 10**9, -1]), model="retrieve")[0]
+    garbage = infer(client, retrieve_inputs(state_inputs(run), hist_ids=[-5, 2**62, 10**9, -1]), model="retrieve")[0]
     assert garbage.tolist() == ids.tolist()
-    assert len(infer(client, retrieve_inputs(state_inputs(), hist_ids=[3, 3, 7]), model="retrieve")[0]) == 5
-    assert_invalid(client, retrieve_inputs(state_inputs())[:-2] + [tensor("hist_ids", np.zeros((1, 7), np.int64), "INT64")],
+    assert len(infer(client, retrieve_inputs(state_inputs(run), hist_ids=[3, 3, 7]), model="retrieve")[0]) == 5
+    assert_invalid(client, retrieve_inputs(state_inputs(run))[:-2] + [tensor("hist_ids", np.zeros((1, 7), np.int64), "INT64")],
                    r"unexpected shape for input 'hist_ids'", model="retrieve")
-    assert_invalid(client, retrieve_inputs(state_inputs(nan_in="values")), r"state input values holds NaN or inf",
+    assert_invalid(client, retrieve_inputs(state_inputs(run, nan_in="values")), r"state input values holds NaN or inf",
                    model="retrieve")
-    assert_invalid(client, retrieve_inputs(state_inputs(rows=2)), r"must have shape \[1, 50, 64\], got \[2, 50, 64\]",
+    assert_invalid(client, retrieve_inputs(state_inputs(run, rows=2)), r"must have shape \[1, 50, 64\], got \[2, 50, 64\]",
                    model="retrieve")
-    assert_invalid(client, retrieve_inputs(state_inputs(seq=7)), r"got \[1, 7, 64\]", model="retrieve")
+    assert_invalid(client, retrieve_inputs(state_inputs(run, seq=7)), r"got \[1, 7, 64\]", model="retrieve")
+    without_bias = {name: value for name, value in state_inputs(run).items() if name != "user_bias"}
+    assert_invalid(client, retrieve_inputs(without_bias), r"state input user_bias is missing", model="retrieve")
     BAD_INPUTS_TRIED.extend(["retrieve NaN state", "retrieve 2-row state", "retrieve short state",
-                             "retrieve garbage hist_ids", "retrieve short hist_ids"])
+                             "retrieve garbage hist_ids", "retrieve short hist_ids", "retrieve missing state"])
 
     # sent together, the bad ones must not shift or fail the good ones sharing their execute()
-    jobs = [("good", state_inputs()), ("nan", state_inputs(nan_in="keys")), ("rows", state_inputs(rows=3)),
-            ("good", state_inputs(fill=0.2)), ("seq", state_inputs(seq=3))] * 2
+    jobs = [("good", state_inputs(run)), ("nan", state_inputs(run, nan_in="keys")), ("rows", state_inputs(run, rows=3)),
+            ("good", state_inputs(run, fill=0.2)), ("seq", state_inputs(run, seq=3))] * 2
     barrier, results = threading.Barrier(len(jobs)), [None] * len(jobs)
 
     def worker(i):
@@ -290,7 +294,7 @@ def test_retrieve_called_directly_refuses_nan_or_misshaped_state_per_request(ser
         t.start()
     for t in threads:
         t.join()
-    alone = {fill: infer(client, retrieve_inputs(state_inputs(fill=fill)), model="retrieve")[0].tolist()
+    alone = {fill: infer(client, retrieve_inputs(state_inputs(run, fill=fill)), model="retrieve")[0].tolist()
              for fill in (0.1, 0.2)}
     for (kind, state), got in zip(jobs, results):
         if kind == "good":

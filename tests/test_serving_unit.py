@@ -216,6 +216,8 @@ def test_state_checks_refuse_wrong_shapes_and_non_finite_values():
     bad[0, 1] = np.nan
     with pytest.raises(RequestError, match="user_bias holds NaN or inf"):
         check_state({**good, "user_bias": bad}, shapes)
+    with pytest.raises(RequestError, match="state input user_bias is missing"):
+        check_state({**good, "user_bias": None}, shapes)
 
 
 # ---------------------------------------------------------------- the `encode` model's service

@@ -29,13 +29,16 @@ def model_context(args: dict) -> tuple[Path, dict[str, str]]:
 
 
 def check_state(state: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
-    """Refuse a user-state input of the wrong shape or holding NaN/inf.
+    """Refuse a user-state input that is missing (None: Triton lets a request of a model with optional inputs leave
+    out a required one), of the wrong shape or holding NaN/inf.
 
     Only a client calling an internal model directly can send such state (Triton serves every model on the
     same port); through the `nann` ensemble the state comes from `encode`.
     """
     for name, shape in shapes.items():
-        value = state[name]
+        value = state.get(name)
+        if value is None:
+            raise RequestError(f"state input {name} is missing")
         if value.shape != tuple(shape):
             raise RequestError(f"state input {name} must have shape {list(shape)}, got {list(value.shape)}")
         if not np.isfinite(value).all():
