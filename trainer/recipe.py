@@ -17,6 +17,11 @@ Measured on real logs (perf/RESULTS.md "Real logs", `python -m perf.real_logs re
   its top 200 items of median training count 3 (the targets': 28; the epoch-1 model's top: 174). Half the noise
   drawn uniformly (`NoiseSampler`, the NCE correction uses the mixture's q) samples every item as a negative
   ~(k/2)/N times per sample. `--uniform-noise 0` restores plain unigram noise.
+* **Start from the two-tower baseline** (`trainer.train.warm_start`, with the user tower: `nann.model`). The two-tower
+  model trains in a fraction of the time and, on a dense log, well: on MovieLens 100K it reached validation recall
+  0.793 where the attention model from random weights stopped at 0.785 (test 0.753 vs 0.735). Started from it, with
+  its own terms zero, the model begins exactly where the two-tower model ends, and the best-epoch rule keeps that
+  start (epoch 0) unless training beats it on validation. `--no-warm-start` trains from random weights.
 * **FGSM off.** At the paper's ε = 3e-4 the adversarial term's gradient is 1e-6 to 1e-5 of the NCE gradient on our
   models (attention on Beauty: 8.7e-7; two-tower on MovieLens 100K: 1.3e-5) — it changes nothing — and it doubles
   the time of a step (a second pass through the scorer and its backward). `--fgsm-eps 3e-4` restores it.
