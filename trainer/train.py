@@ -172,17 +172,28 @@ def _write_json(obj, path):
 EMBEDDING_TABLES = ("id_emb", "cat_emb")
 
 
-def make_optimizers(model: NANNModel, lr: float, sparse: bool) -> dict[str, torch.optim.Optimizer]:
-    """{"adam": dense layers} plus {"sparse_adam": embedding tables} when sparse (see the module docstring)."""
+def make_optimizers(model: NANNModel, lr: float, sparse: bool, warm: bool = False) -> dict[str, torch.optim.Optimizer]:
+    """{"adam": dense layers} plus {"sparse_adam": embedding tables} when sparse (see the module docstring).
+    warm: the model starts from its two-tower baseline (`warm_start`): what it copied learns at
+    lr * recipe.WARM_LR_SCALE, the new terms at lr."""
+    def groups(params):
+        params = list(params)
+        if not warm:
+            return [{"params": params, "lr": lr}]
+        copied = [p for p in params if id(p) in warm_params]
+        return [g for g in ({"params": [p for p in params if id(p) not in warm_params], "lr": lr},
+                            {"params": copied, "lr": lr * recipe.WARM_LR_SCALE}) if g["params"]]
+
+    warm_params = {id(p) for name, p in model.named_parameters() if name.startswith(WARM_STARTED)} if warm else set()
     if not sparse:
-        return {"adam": torch.optim.Adam(model.parameters(), lr=lr)}
+        return {"adam": torch.optim.Adam(groups(model.parameters()))}
     tables = [getattr(model, name) for name in EMBEDDING_TABLES]
     for table in tables:
         table.sparse = True
     table_params = {id(t.weight) for t in tables}
     dense = [p for p in model.parameters() if id(p) not in table_params]
-    return {"adam": torch.optim.Adam(dense, lr=lr),
-            "sparse_adam": torch.optim.SparseAdam([t.weight for t in tables], lr=lr)}
+    return {"adam": torch.optim.Adam(groups(dense)),
+            "sparse_adam": torch.optim.SparseAdam(groups(t.weight for t in tables))}
 
 
 def save_checkpoint(run_dir, model, opts: dict, epoch, step_in_epoch, global_step, best_state: dict | None = None):
@@ -224,6 +235,10 @@ def load_checkpoint(run_dir, model, opts: dict, device):
     return st
 
 
+# what `warm_start` copies from the two-tower model: the item network, the recency tables, the user tower
+WARM_STARTED = ("id_emb", "cat_emb", "item_", "recency_", "tower_")
+
+
 def warm_start(model: NANNModel, two_tower: NANNModel) -> None:
     """Start `model` (a run with the user tower) where the trained two-tower model is: its item network, recency
     tables and user tower copied, and every other term of the score zeroed (the score network's output layer, the
@@ -232,7 +247,7 @@ def warm_start(model: NANNModel, two_tower: NANNModel) -> None:
     theirs = two_tower.state_dict()
     mine = model.state_dict()
     shared = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape}
-    missing = [k for k in mine if k.startswith(("id_emb", "item_", "tower_")) and k not in shared]
+    missing = [k for k in mine if k.startswith(WARM_STARTED) and k not in shared]
     if missing:
         raise UserError(f"cannot warm-start from a two-tower run of another shape (no {missing[0]}): train it again")
     model.load_state_dict(shared, strict=False)
@@ -457,12 +472,12 @@ def _train(args, device, world, rank) -> TrainResult:
 
     torch.manual_seed(args.seed)
     model = NANNModel(cfg, torch.from_numpy(data.item_category)).to(device)
-    opts = make_optimizers(model, args.lr, sparse=not (world > 1 and device.type == "cuda"))
+    warm_from = getattr(args, "warm_from", None) if cfg.tower_dot else None
+    opts = make_optimizers(model, args.lr, sparse=not (world > 1 and device.type == "cuda"), warm=bool(warm_from))
     st = load_checkpoint(run_dir, model, opts, device)
     start_epoch, start_step, global_step = (st["epoch"], st["step_in_epoch"], st["global_step"]) if st else (0, 0, 0)
     best = BestModel.resume(run_dir, st, getattr(args, "patience", recipe.PATIENCE))
-    warm_from = getattr(args, "warm_from", None) if cfg.tower_dot and not st else None
-    if warm_from:
+    if warm_from and not st:
         warm_start(model, load_model(warm_from, map_location=device))
     objective = TrainingObjective(model, args.fgsm_eps, getattr(args, "loss", "nce"))
     if world > 1:
@@ -504,7 +519,7 @@ def _train(args, device, world, rank) -> TrainResult:
     if is_main and not args.epochs:
         log(f"training up to {epochs} epochs of {per_epoch:,} samples, until the validation recall ({n_val} users) "
             f"has not improved for {best.patience} epochs (--epochs, --patience)")
-    if is_main and warm_from:  # epoch 0, the two-tower model's function: the run keeps it unless training beats it
+    if is_main and warm_from and not st:  # epoch 0: the two-tower function, kept unless beaten
         r = recall_all(model, data.val, n_val, data.max_seq, device)
         best.update(model, r, 0)
         write_log({"kind": "val", "epoch": 0, "step": 0, "recall_all@200": r, "elapsed_s": time.time() - t_start})
