@@ -227,3 +227,24 @@ def test_runs_written_before_dot_load_without_it():
     cfg = ModelConfig.from_dict({"num_items": 10, "num_categories": 2, "arch": "attention", "interactions": True})
     assert cfg.dot is False and cfg.dot_terms == [] and len(NANNModel(cfg).dot_weights) == 0
     assert cfg.user_tower is False and not cfg.tower_dot and not hasattr(NANNModel(cfg), "tower_blocks")
+
+
+@pytest.mark.parametrize("arch", ["attention", "mlp"])
+def test_a_warm_start_scores_exactly_what_the_two_tower_model_scores(arch):
+    """`nann train` starts the model from its trained two-tower baseline (`warm_start`): before any step the model is
+    that two-tower model's function, so the best epoch kept is never below it on validation."""
+    from nann.errors import UserError
+    from trainer.train import warm_start
+
+    torch.manual_seed(3)
+    cats = torch.randint(0, 3, (60,))
+    two_tower = randomize_bn(NANNModel(ModelConfig(num_items=60, num_categories=3, arch="two-tower", max_seq=8),
+                                       cats), 3)
+    model = randomize_bn(NANNModel(ModelConfig(num_items=60, num_categories=3, arch=arch, max_seq=8), cats), 4)
+    warm_start(model, two_tower)
+    hist, mask, cand = torch.randint(0, 60, (4, 8)), (torch.rand(4, 8) < 0.8).float(), torch.randint(0, 60, (4, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(hist, mask, cand), two_tower(hist, mask, cand))
+    other = NANNModel(ModelConfig(num_items=60, num_categories=3, arch="two-tower", max_seq=8, emb_dim=32), cats)
+    with pytest.raises(UserError, match="cannot warm-start from a two-tower run of another shape"):
+        warm_start(model, other)
