@@ -170,11 +170,11 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baseline", choices=["two-tower", "none"], default="two-tower",
                    help="also train this baseline on the same data (into RUN/baseline) and print the model's test "
                         "recall beside it and popularity, with intervals (default two-tower; none skips it). It "
-                        "trains first, and the model starts from it (--no-warm-start)")
+                        "trains first, and the model is kept only where it beats it on validation (--no-warm-start)")
     s.add_argument("--no-warm-start", dest="warm_start", action="store_false",
-                   help="start the model from random weights, not from the two-tower baseline (an ablation; default: "
-                        "with the user tower, the model starts as the trained two-tower model, its other terms zero, "
-                        "and keeps that start unless training beats it on validation)")
+                   help="do not validate the two-tower baseline as the model's epoch 0 (an ablation; default: with the "
+                        "user tower, the model made equal to the trained two-tower model, its other terms zero, is "
+                        "epoch 0, and the run keeps it unless a trained epoch beats it on validation)")
     s.add_argument("--fgsm-eps", type=float, default=recipe.FGSM_EPS,
                    help=f"FGSM step ε of the paper's adversarial auxiliary task on e_v (default {recipe.FGSM_EPS:g}: off; "
                         f"the paper's {recipe.PAPER_FGSM_EPS:g} changes the gradient by ~1e-6 on our models and doubles "

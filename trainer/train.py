@@ -172,28 +172,17 @@ def _write_json(obj, path):
 EMBEDDING_TABLES = ("id_emb", "cat_emb")
 
 
-def make_optimizers(model: NANNModel, lr: float, sparse: bool, warm: bool = False) -> dict[str, torch.optim.Optimizer]:
-    """{"adam": dense layers} plus {"sparse_adam": embedding tables} when sparse (see the module docstring).
-    warm: the model starts from its two-tower baseline (`warm_start`): what it copied learns at
-    lr * recipe.WARM_LR_SCALE, the new terms at lr."""
-    def groups(params):
-        params = list(params)
-        if not warm:
-            return [{"params": params, "lr": lr}]
-        copied = [p for p in params if id(p) in warm_params]
-        return [g for g in ({"params": [p for p in params if id(p) not in warm_params], "lr": lr},
-                            {"params": copied, "lr": lr * recipe.WARM_LR_SCALE}) if g["params"]]
-
-    warm_params = {id(p) for name, p in model.named_parameters() if name.startswith(WARM_STARTED)} if warm else set()
+def make_optimizers(model: NANNModel, lr: float, sparse: bool) -> dict[str, torch.optim.Optimizer]:
+    """{"adam": dense layers} plus {"sparse_adam": embedding tables} when sparse (see the module docstring)."""
     if not sparse:
-        return {"adam": torch.optim.Adam(groups(model.parameters()))}
+        return {"adam": torch.optim.Adam(model.parameters(), lr=lr)}
     tables = [getattr(model, name) for name in EMBEDDING_TABLES]
     for table in tables:
         table.sparse = True
     table_params = {id(t.weight) for t in tables}
     dense = [p for p in model.parameters() if id(p) not in table_params]
-    return {"adam": torch.optim.Adam(groups(dense)),
-            "sparse_adam": torch.optim.SparseAdam(groups(t.weight for t in tables))}
+    return {"adam": torch.optim.Adam(dense, lr=lr),
+            "sparse_adam": torch.optim.SparseAdam([t.weight for t in tables], lr=lr)}
 
 
 def save_checkpoint(run_dir, model, opts: dict, epoch, step_in_epoch, global_step, best_state: dict | None = None):
@@ -240,10 +229,10 @@ WARM_STARTED = ("id_emb", "cat_emb", "item_", "recency_", "tower_")
 
 
 def warm_start(model: NANNModel, two_tower: NANNModel) -> None:
-    """Start `model` (a run with the user tower) where the trained two-tower model is: its item network, recency
-    tables and user tower copied, and every other term of the score zeroed (the score network's output layer, the
-    attention's dot-term weights), so that the model scores exactly what the two-tower model scores and training
-    adds the score network and the attention to it."""
+    """Make `model` (a run with the user tower) the trained two-tower model: its item network, recency tables and
+    user tower copied, and every other term of the score zeroed (the score network's output layer, the attention's
+    dot-term weights), so that it scores exactly what the two-tower model scores. `nann train` validates it as the
+    run's epoch 0: the model trained from random weights is kept only where it beats it."""
     theirs = two_tower.state_dict()
     mine = model.state_dict()
     shared = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape}
@@ -472,13 +461,11 @@ def _train(args, device, world, rank) -> TrainResult:
 
     torch.manual_seed(args.seed)
     model = NANNModel(cfg, torch.from_numpy(data.item_category)).to(device)
-    warm_from = getattr(args, "warm_from", None) if cfg.tower_dot else None
-    opts = make_optimizers(model, args.lr, sparse=not (world > 1 and device.type == "cuda"), warm=bool(warm_from))
+    opts = make_optimizers(model, args.lr, sparse=not (world > 1 and device.type == "cuda"))
     st = load_checkpoint(run_dir, model, opts, device)
     start_epoch, start_step, global_step = (st["epoch"], st["step_in_epoch"], st["global_step"]) if st else (0, 0, 0)
     best = BestModel.resume(run_dir, st, getattr(args, "patience", recipe.PATIENCE))
-    if warm_from and not st:
-        warm_start(model, load_model(warm_from, map_location=device))
+    warm_from = getattr(args, "warm_from", None) if cfg.tower_dot else None
     objective = TrainingObjective(model, args.fgsm_eps, getattr(args, "loss", "nce"))
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -519,11 +506,15 @@ def _train(args, device, world, rank) -> TrainResult:
     if is_main and not args.epochs:
         log(f"training up to {epochs} epochs of {per_epoch:,} samples, until the validation recall ({n_val} users) "
             f"has not improved for {best.patience} epochs (--epochs, --patience)")
-    if is_main and warm_from and not st:  # epoch 0: the two-tower function, kept unless beaten
-        r = recall_all(model, data.val, n_val, data.max_seq, device)
-        best.update(model, r, 0)
+    if is_main and warm_from and not st:  # epoch 0: the two-tower model's function, kept unless training beats it
+        start = NANNModel(cfg, torch.from_numpy(data.item_category)).to(device)
+        warm_start(start, load_model(warm_from, map_location=device))
+        r = recall_all(start, data.val, n_val, data.max_seq, device)
+        best.update(start, r, 0)
+        del start
         write_log({"kind": "val", "epoch": 0, "step": 0, "recall_all@200": r, "elapsed_s": time.time() - t_start})
-        log(f"epoch 0 (warm start from {warm_from}): val recall-all@{TOP_M} = {r:.4f} ({n_val} users)")
+        log(f"epoch 0 (the two-tower model {warm_from} as this model): val recall-all@{TOP_M} = {r:.4f} "
+            f"({n_val} users)")
     for epoch in range(start_epoch, epochs):
         order = epoch_order(positions, args.seed, epoch, args.max_samples, rank, world)
         n_steps = len(order) // args.batch_size if world > 1 else math.ceil(len(order) / args.batch_size)
