@@ -111,6 +111,28 @@ def test_best_model_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
     assert not BestModel(str(tmp_path), patience=0, stale=10).exhausted()
 
 
+def test_a_candidate_is_kept_unless_beaten_and_does_not_start_the_patience(tmp_path):
+    """Epoch 0 (the two-tower model as this model) is kept unless a trained epoch beats it; the patience counts the
+    trained epochs' own progress, so training that starts below the candidate still runs until it stops improving."""
+    from trainer.train import BestModel
+
+    model = torch.nn.Linear(2, 1)
+    best = BestModel(str(tmp_path), patience=2)
+    model.weight.data.fill_(7.0)
+    best.candidate(model, 0.6)
+    for epoch, (value, weight) in enumerate([(0.3, 1.0), (0.4, 2.0), (0.5, 3.0), (0.55, 4.0), (0.5, 5.0),
+                                             (0.52, 6.0)], start=1):
+        model.weight.data.fill_(weight)
+        best.update(model, value, epoch)
+        assert best.exhausted() == (epoch == 6)  # improving on its own best (0.3 .. 0.55) keeps it training
+    best.restore(model)
+    assert (best.value, best.epoch) == (0.6, 0) and model.weight.data.eq(7.0).all()
+    best.update(model, 0.7, 7)
+    assert (best.value, best.epoch, best.stale) == (0.7, 7, 0)
+    resumed = BestModel.resume(str(tmp_path), {"best": best.state()}, patience=2)
+    assert resumed.trained == 0.7
+
+
 def test_user_errors(data, tmp_path, capsys):
     assert _cli(tmp_path / "nope", tmp_path / "r") == 2
     assert "error" in capsys.readouterr().err

@@ -249,18 +249,22 @@ def warm_start(model: NANNModel, two_tower: NANNModel) -> None:
 
 class BestModel:
     """The weights of the epoch with the best validation recall, and early stopping: training ends after
-    ``patience`` epochs without a new best (0 = never early). The best weights live in memory and in
-    RUN/checkpoint/best.safetensors (a resumed run reloads them); the run's model is the best epoch's."""
+    ``patience`` epochs in which the trained model did not improve on its own best (0 = never early). The best
+    weights live in memory and in RUN/checkpoint/best.safetensors (a resumed run reloads them); the run's model is
+    the best epoch's, which may be a candidate given before training (`candidate`: epoch 0)."""
 
-    def __init__(self, run_dir: str, patience: int, value: float = -1.0, epoch: int = 0, stale: int = 0):
+    def __init__(self, run_dir: str, patience: int, value: float = -1.0, epoch: int = 0, stale: int = 0,
+                 trained: float = -1.0):
         self.path = str(RunDir(run_dir).checkpoint_file(CHECKPOINT_BEST))
         self.patience, self.value, self.epoch, self.stale = patience, value, epoch, stale
+        self.trained = trained  # the trained epochs' best: the patience counts from it, not from a candidate
         self.weights: dict | None = None
 
     @classmethod
     def resume(cls, run_dir: str, checkpoint_state: dict | None, patience: int) -> "BestModel":
         saved = (checkpoint_state or {}).get("best") or {}
-        best = cls(run_dir, patience, saved.get("value", -1.0), saved.get("epoch", 0), saved.get("stale", 0))
+        best = cls(run_dir, patience, saved.get("value", -1.0), saved.get("epoch", 0), saved.get("stale", 0),
+                   saved.get("trained", saved.get("value", -1.0)))
         if saved and os.path.exists(best.path):
             from safetensors.torch import load_file
 
@@ -268,18 +272,28 @@ class BestModel:
         return best
 
     def state(self) -> dict:
-        return {"value": self.value, "epoch": self.epoch, "stale": self.stale}
+        return {"value": self.value, "epoch": self.epoch, "stale": self.stale, "trained": self.trained}
+
+    def candidate(self, model: NANNModel, value: float) -> None:
+        """A model the run keeps (as epoch 0) unless a trained epoch beats it; it does not start the patience."""
+        self._keep(model, value, 0)
 
     def update(self, model: NANNModel, value: float, epoch: int) -> bool:
         """Records this epoch's validation recall; True (and the weights kept) when it is a new best."""
+        if value > self.trained:
+            self.trained, self.stale = value, 0
+        else:
+            self.stale += 1
         if value > self.value:
-            self.value, self.epoch, self.stale = value, epoch, 0
-            self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            _save_safetensors(self.weights, self.path)
+            self._keep(model, value, epoch)
             return True
-        self.stale += 1
         return False
+
+    def _keep(self, model: NANNModel, value: float, epoch: int) -> None:
+        self.value, self.epoch = value, epoch
+        self.weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        _save_safetensors(self.weights, self.path)
 
     def exhausted(self) -> bool:
         return self.patience > 0 and self.stale >= self.patience
@@ -510,7 +524,7 @@ def _train(args, device, world, rank) -> TrainResult:
         start = NANNModel(cfg, torch.from_numpy(data.item_category)).to(device)
         warm_start(start, load_model(warm_from, map_location=device))
         r = recall_all(start, data.val, n_val, data.max_seq, device)
-        best.update(start, r, 0)
+        best.candidate(start, r)
         del start
         write_log({"kind": "val", "epoch": 0, "step": 0, "recall_all@200": r, "elapsed_s": time.time() - t_start})
         log(f"epoch 0 (the two-tower model {warm_from} as this model): val recall-all@{TOP_M} = {r:.4f} "
