@@ -30,8 +30,10 @@ The sets (their sources, pinned, in SETS):
 ``report`` is what a new user would do with each set, defaults only: prepare it, `nann train` (the attention model
 and the two-tower baseline beside it), `nann graph`, `nann evaluate` (every test user: the served search's
 metrics and the model's brute-force recall beside popularity and the two-tower model, with 95% bootstrap intervals),
-and Deep Retrieval on the same data (`nann train --arch deep-retrieval`, `nann evaluate --method dr` at two beams,
-beside NANN's beam walk swept over its budget, for recall at equal items scored). It writes section "Real logs".
+which epoch's model each run kept (0: the two-tower baseline made this model, kept where no trained epoch beat it
+on validation), and Deep Retrieval on the same data (`nann train --arch deep-retrieval`, `nann evaluate --method dr`
+at two beams, beside NANN's beam walk swept over its budget, for recall at equal items scored). It writes section
+"Real logs".
 
 Left out: Last.fm HetRec 2011 (recohut/coldstart-recsys ``data/MKR/music/user_artists.dat``): user-artist play
 counts with no time, so no order within a user to predict; the snapshot holds no timestamped file of it.
@@ -253,6 +255,12 @@ def _train_seconds(run: Path) -> float:
     return max((r.get("elapsed_s", 0.0) for r in records if r.get("kind") == "val"), default=float("nan"))
 
 
+def _kept_epoch(run: Path) -> int | None:
+    """The epoch whose model the run kept (its log's last "best" record; 0: the two-tower model as this model)."""
+    records = [json.loads(line) for line in RunDir(run).train_log_file.read_text().splitlines()]
+    return next((int(r["epoch"]) for r in reversed(records) if r.get("kind") == "best"), None)
+
+
 def measure(name: str, data: Path, work: Path) -> dict:
     """One prepared set through the pipeline with the defaults (module doc); each step is skipped when its output is
     there, so an interrupted report resumes."""
@@ -273,7 +281,8 @@ def measure(name: str, data: Path, work: Path) -> dict:
     return {"name": name, "stats": _read_json(data / "stats.json"), "beam": _read_json(out / "beam.json"),
             "sweep": _read_json(out / "sweep.json")["points"],
             "dr": {beam: _read_json(out / f"dr{beam}.json") for beam in DR_BEAMS},
-            "seconds": {"attention": _train_seconds(run), "two-tower": _train_seconds(RunDir(run).baseline.path)}}
+            "seconds": {"attention": _train_seconds(run), "two-tower": _train_seconds(RunDir(run).baseline.path)},
+            "kept_epoch": _kept_epoch(run)}
 
 
 def _cell(stats: dict) -> str:
@@ -294,7 +303,8 @@ def at_items(points: list[dict], items: float) -> float | None:
 def tables(results: list[dict]) -> str:
     """The section's tables: the model against its baselines; the served search and Deep Retrieval."""
     quality = ["| set | users / items | split (test users) | popularity | popularity, unseen | two-tower | attention "
-               "(brute force) | training s, attention / two-tower |", "|---|---|---|---|---|---|---|---|"]
+               "(brute force) | epoch kept (0: the two-tower model) | training s, attention / two-tower |",
+               "|---|---|---|---|---|---|---|---|---|"]
     verdicts, search = [], [
         "| set | NANN beam (defaults): recall / coverage / % of V scored | DR beam " + " / ".join(map(str, DR_BEAMS))
         + ": recall / % of V scored | NANN at DR's items scored |", "|---|---|---|---|"]
@@ -305,6 +315,7 @@ def tables(results: list[dict]) -> str:
         quality.append(f"| {r['name']} | {st['users']:,} / {st['items']:,} | {st['split']} ({compared['users']:,}) | "
                        f"{_cell(rec['popularity'])} | {_cell(rec['popularity (unseen)'])} | "
                        f"{_cell(rec['two-tower']) if 'two-tower' in rec else '—'} | **{_cell(rec[model])}** | "
+                       f"{'—' if r.get('kept_epoch') is None else r['kept_epoch']} | "
                        f"{r['seconds']['attention']:.0f} / {r['seconds']['two-tower']:.0f} |")
         verdicts += [f"- {r['name']}: {line}" for line in compared["verdict"]]
         b = r["beam"]

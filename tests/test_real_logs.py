@@ -100,9 +100,9 @@ def test_report_tables_hold_every_number_with_its_interval():
                                                     "popularity (unseen)": rec(0.13), "two-tower": rec(0.28)}}},
               "sweep": [{"items_scored": 10, "recall_retrieval": 0.1}, {"items_scored": 1000, "recall_retrieval": 0.3}],
               "dr": {b: {"recall_retrieval": 0.2, "scored_fraction": 0.02, "items_scored": 100} for b in real_logs.DR_BEAMS},
-              "seconds": {"attention": 120.0, "two-tower": 30.0}}
+              "seconds": {"attention": 120.0, "two-tower": 30.0}, "kept_epoch": 7}
     text = real_logs.tables([result])
     assert "| toy | 1,000 / 500 | last (1,000) | 0.120 [0.110, 0.130] | 0.130 [0.120, 0.140] | 0.280 [0.270, 0.290] " \
-           "| **0.320 [0.310, 0.330]** | 120 / 30 |" in text
+           "| **0.320 [0.310, 0.330]** | 7 | 120 / 30 |" in text
     assert "- toy: attention beats popularity: +0.2" in text
     assert "| toy | 0.310 / 0.9950 / 20.00% | 0.200 / 2.00% · 0.200 / 2.00% | 0.200 · 0.200 |" in text
