@@ -204,6 +204,8 @@ class SweepConfig:
     timeout_s: float = 300.0
 
 
+COUNT_WINDOW_REQUESTS = 20  # requests per measurement window in the fallback attempt (`run_one`)
+
 CSV_FIELDS = {  # perf_analyzer --verbose-csv column -> our name (latencies in microseconds)
     "Inferences/Second": "throughput_rps", "Client Send": "client_send_us",
     "Network+Server Send/Recv": "network_us", "Server Queue": "server_queue_us",
@@ -233,9 +235,14 @@ def run_one(pa: Path, env: dict, url: str, input_json: Path, concurrency: int, c
     base = [str(pa), "-i", "grpc", "-u", url, "-m", model, "--input-data", str(input_json),
             "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval", str(cfg.interval_ms),
             "-f", str(csv_path), "--verbose-csv"]
-    attempts = [["-s", str(cfg.stability), "-r", str(cfg.max_trials)], ["-s", "1000", "-r", "3"]]
+    # second attempt, on a noisy machine: the stability check effectively off, and windows of a request count
+    # instead of a time (a time window in which a stall completed no request never counts as stable: seen at
+    # concurrency 4 on 2 cores beside a training, where both time-window attempts failed)
+    attempts = [["-s", str(cfg.stability), "-r", str(cfg.max_trials)],
+                ["-s", "1000", "-r", "3", "--measurement-mode", "count_windows",
+                 "--measurement-request-count", str(COUNT_WINDOW_REQUESTS)]]
     log = ""
-    for extra in attempts:  # second attempt: stability check effectively off (3 windows) on a noisy machine
+    for extra in attempts:
         if csv_path.exists():
             csv_path.unlink()
         try:
