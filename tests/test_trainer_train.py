@@ -184,3 +184,21 @@ def _ddp_worker(data, run, out):
 
 if __name__ == "__main__":
     _ddp_worker(*sys.argv[1:4])
+
+
+def test_a_resumed_run_that_stopped_early_trains_no_more(data, tmp_path, capsys):
+    """Resuming a run whose patience ran out (the checkpoint of its last epoch says so) keeps its model and trains
+    no further epoch, even with a larger --epochs."""
+    run = tmp_path / "run"
+    assert _cli(data, run, "--epochs", "1", "--baseline", "none", "--patience", "1") == 0
+    state_file = run / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["best"]["stale"] = 1  # as if epoch 1 had not improved on an earlier best: the run stopped early
+    state_file.write_text(json.dumps(state))
+    steps = state["global_step"]
+    capsys.readouterr()
+    assert _cli(data, run, "--epochs", "3", "--baseline", "none", "--patience", "1") == 0
+    assert "stopped early at epoch 1" in capsys.readouterr().out
+    after = json.loads(state_file.read_text())
+    assert (after["epoch"], after["global_step"]) == (1, steps)
+    assert not [r for r in _log(run) if r["kind"] == "train" and r["step"] > steps]

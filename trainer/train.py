@@ -529,7 +529,9 @@ def _train(args, device, world, rank) -> TrainResult:
         write_log({"kind": "val", "epoch": 0, "step": 0, "recall_all@200": r, "elapsed_s": time.time() - t_start})
         log(f"epoch 0 (the two-tower model {warm_from} as this model): val recall-all@{TOP_M} = {r:.4f} "
             f"({n_val} users)")
-    for epoch in range(start_epoch, epochs):
+    if is_main and st and best.exhausted():
+        log(f"{run_dir} stopped early at epoch {start_epoch} (no gain in {best.patience} epochs): nothing to train")
+    for epoch in range(epochs if best.exhausted() else start_epoch, epochs):
         order = epoch_order(positions, args.seed, epoch, args.max_samples, rank, world)
         n_steps = len(order) // args.batch_size if world > 1 else math.ceil(len(order) / args.batch_size)
         rng = np.random.default_rng([args.seed, epoch, rank, 17, start_step if epoch == start_epoch else 0])
