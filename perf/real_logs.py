@@ -261,10 +261,10 @@ def _kept_epoch(run: Path) -> int | None:
     return next((int(r["epoch"]) for r in reversed(records) if r.get("kind") == "best"), None)
 
 
-def measure(name: str, data: Path, work: Path) -> dict:
+def measure(name: str, data: Path, work: Path, run: Path | None = None) -> dict:
     """One prepared set through the pipeline with the defaults (module doc); each step is skipped when its output is
-    there, so an interrupted report resumes."""
-    run, dr, out = work / "runs" / name, work / "runs" / f"{name}-dr", work / "eval" / name
+    there, so an interrupted report resumes. run: a trained run to use (default WORK/runs/NAME, trained here)."""
+    run, dr, out = run or work / "runs" / name, work / "runs" / f"{name}-dr", work / "eval" / name
     out.mkdir(parents=True, exist_ok=True)
     run_step(f"train {name}", ["train", "--data", data, "--run", run], RunDir(run).baselines_file)
     run_step(f"graph {name}", ["graph", "--run", run], RunDir(run).graph.meta_file)

@@ -106,3 +106,28 @@ def test_report_tables_hold_every_number_with_its_interval():
            "| **0.320 [0.310, 0.330]** | 7 | 120 / 30 |" in text
     assert "- toy: attention beats popularity: +0.2" in text
     assert "| toy | 0.310 / 0.9950 / 20.00% | 0.200 / 2.00% · 0.200 / 2.00% | 0.200 · 0.200 |" in text
+
+
+def test_deep_retrieval_section_on_a_trained_run(tiny_run, tmp_path, capsys):
+    """`python -m perf.deep_retrieval` runs the real-logs steps on a run trained elsewhere: NANN's evaluation and
+    sweep, Deep Retrieval trained and evaluated on the same data, in the same tables."""
+    from perf import deep_retrieval
+
+    work = tmp_path / "work"
+    assert deep_retrieval.main(["--data", str(tiny_run.data), "--run", str(tiny_run.run), "--work", str(work),
+                                "--no-write"]) == 0
+    text = capsys.readouterr().out
+    assert "| synthetic | " in text and "two-tower" in text
+    search_row = next(line for line in text.splitlines() if line.startswith("| synthetic | 0."))
+    assert search_row.count("%") == 1 + len(real_logs.DR_BEAMS)  # NANN's beam, then DR at each beam
+    for beam in real_logs.DR_BEAMS:
+        assert (work / "eval" / "synthetic" / f"dr{beam}.json").is_file()
+    assert not (work / "runs" / "synthetic").exists()  # the given run was used, none trained here
+
+
+def test_deep_retrieval_refuses_a_run_without_its_baselines(tmp_path, capsys):
+    from perf import deep_retrieval
+
+    assert deep_retrieval.main(["--data", str(tmp_path), "--run", str(tmp_path / "run"), "--work",
+                                str(tmp_path / "w"), "--no-write"]) == 2
+    assert "nann train" in capsys.readouterr().err
