@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M, SCORE_METRIC_MAX_ITEMS
@@ -364,8 +365,17 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands whose torch threads sleep when idle instead of spinning (OMP_WAIT_POLICY=PASSIVE, unless the variable is
+# set): beside another busy process (a shared host, a container's CPU quota below its visible cores) spinning threads
+# take each other's cores, and training ran 7x slower (perf/RESULTS.md "Training speed: threads under load",
+# `python -m perf.bench_threads`). libgomp reads the variable once, when torch is first imported in the process.
+PASSIVE_WAIT_COMMANDS = ("train",)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.command in PASSIVE_WAIT_COMMANDS:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     module_name, func_name = args.handler.split(":")
     try:
         handler = getattr(importlib.import_module(module_name), func_name)

@@ -29,6 +29,15 @@ SYNTH = ["--users", "8000", "--items", "20000", "--seed", "7"]
 BATCH = 256
 
 
+def bench_data(work: Path) -> Path:
+    """The benchmark's prepared data (WORK/data), made once."""
+    raw, data = work / "raw", work / "data"
+    run_step("synth", ["data", "synth", "--out", str(raw), *SYNTH], raw / "UserBehavior.csv")
+    run_step("prepare", ["data", "prepare", "--csv", str(raw / "UserBehavior.csv"), "--out", str(data),
+                         "--split", "users"], data / "stats.json")
+    return data
+
+
 def steps_per_s(log: Path) -> dict:
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     rates = np.array([r["samples_per_s"] / BATCH for r in rows if r.get("kind") == "train"])
@@ -46,10 +55,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     work = Path(args.work)
     info = machine_info()
-    raw, data = work / "raw", work / "data"
-    run_step("synth", ["data", "synth", "--out", str(raw), *SYNTH], raw / "UserBehavior.csv")
-    run_step("prepare", ["data", "prepare", "--csv", str(raw / "UserBehavior.csv"), "--out", str(data),
-                         "--split", "users"], data / "stats.json")
+    data = bench_data(work)
     results = {}
     for mode in ("keep", "flush"):
         run = work / f"run_{mode}"

@@ -202,3 +202,14 @@ def test_a_resumed_run_that_stopped_early_trains_no_more(data, tmp_path, capsys)
     after = json.loads(state_file.read_text())
     assert (after["epoch"], after["global_step"]) == (1, steps)
     assert not [r for r in _log(run) if r["kind"] == "train" and r["step"] > steps]
+
+
+def test_nann_train_lets_idle_torch_threads_sleep_unless_told_otherwise(tmp_path, monkeypatch):
+    """`nann train` sets OMP_WAIT_POLICY=PASSIVE before torch loads (spinning threads beside a busy process ran 7x
+    slower: perf.bench_threads); a value the user set is kept."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert cli_main(["train", "--data", str(tmp_path / "none"), "--run", str(tmp_path / "run")]) == 2
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert cli_main(["train", "--data", str(tmp_path / "none"), "--run", str(tmp_path / "run")]) == 2
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
