@@ -35,11 +35,13 @@ def _add_search_flags(s: argparse.ArgumentParser, served: bool, paper: bool, res
     """One flag per search tunable (`nann.engine.params.TUNABLES`; dest: the SearchParams field; None = not given: the
     defaults apply), the result size first as `result_flag`; --paper selects the paper's walk. served: the defaults
     are the server's (nann query) rather than the catalogue's (`default_search`)."""
-    larger = default_search(10 * SCALING_BASE_ITEMS)
+    smaller, larger = default_search(SCALING_BASE_ITEMS // 10), default_search(10 * SCALING_BASE_ITEMS)
 
     def default(t: Tunable) -> str:
         value = getattr(DEFAULT_SEARCH, t.field)
-        scaled = f" up to {SCALING_BASE_ITEMS:,} items, wider above" if getattr(larger, t.field) != value else ""
+        scaled = {(False, True): f" up to {SCALING_BASE_ITEMS:,} items, wider above",
+                  (True, True): f" at {SCALING_BASE_ITEMS:,} items; the last layer's follows the catalogue size"}.get(
+            (getattr(smaller, t.field) != value, getattr(larger, t.field) != value), "")
         return "default: the server's" if served else f"default {_text(value)}{scaled}"
 
     for t in (RESULT_SIZE, *WALK_TUNABLES):

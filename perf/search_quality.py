@@ -107,6 +107,13 @@ def _pt(r: dict, n: int) -> str:
             f"{r['items_scored']:,.0f} [{ss[0]:,.0f}–{ss[1]:,.0f}] | {r['scored_fraction'] * 100:.3f}% | {r['rounds']:.1f}")
 
 
+def defaults_text(num_items: int) -> str:
+    """The catalogue's search defaults in words: "ef [...], rounds [...], ... (`default_search(N)`)"."""
+    p = default_search(num_items)
+    return (f"ef {list(p.ef)}, rounds {list(p.rounds)}, frontier {p.frontier}, seeds {p.seeds}, patience {p.patience} "
+            f"(`default_search({num_items})`)")
+
+
 def header(res: dict, command: str, graph_seeds: str, about: str) -> list[str]:
     """A section's first lines: provenance, catalogue and users, `about` (what was run), the columns of `_pt`."""
     info = {"date": res["date"], "git_describe": res["commit"], "loadavg_at_start": res["loadavg"]}
@@ -122,10 +129,9 @@ def markdown(res: dict, args, command: str) -> str:
     p = default_search(n)
     frontier = p.frontier if args.frontier is None else args.frontier
     lines = header(res, command, args.graph_seeds,
-                   f" vs popularity baseline {res['popularity_recall']:.3f}. Search defaults: ef {list(p.ef)}, rounds "
-                   f"{list(p.rounds)}, frontier {p.frontier}, seeds {p.seeds} (`default_search({n})`); `nann graph`'s "
-                   f"default metric at this size: {default_metric(n)}. Swept curves and the cheapest point: the "
-                   f"defaults at frontier {frontier}, last-layer ef varied.")
+                   f" vs popularity baseline {res['popularity_recall']:.3f}. Search defaults: {defaults_text(n)}; "
+                   f"`nann graph`'s default metric at this size: {default_metric(n)}. Swept curves and the cheapest "
+                   f"point: the defaults at frontier {frontier}, last-layer ef varied.")
     for g in res["graphs"]:
         r = g["result"]
         lines += [f"**Graph {g['spec']}** (build {g['build_seconds']} s per build incl. the metric)", "",
@@ -206,6 +212,35 @@ def score_caches(args):
     return data, val, test
 
 
+def replay_benchmark(args, measure) -> dict:
+    """The run of a benchmark on `run_arguments`' run: its cached scores, then ``measure(val, test, graphs)`` for each
+    graph setting (graphs built or reused per build seed); the result (also written to ``OUT/NAME.json``)."""
+    from nann.engine.graph import HnswGraph
+    from perf.run import machine_info
+
+    info = machine_info()
+    _, val, test = score_caches(args)
+    seeds = [int(s) for s in args.graph_seeds.split(",")]
+    res = {"num_items": test.num_items, "date": info["date"], "commit": info["git_describe"],
+           "loadavg": info["loadavg_at_start"], "val_users": val.num_users, "test_users": test.num_users,
+           "recall_all": test.recall_all(), "graphs": []}
+    for text in args.graphs.split(","):
+        metric, m, efc = text.split(":")
+        graphs = [HnswGraph.load(b["dir"])
+                  for b in build_graphs(Path(args.run), Path(args.data), (metric, int(m), int(efc)), seeds)]
+        print(f"[{args.name}] graph {text}: measuring", file=sys.stderr)
+        res["graphs"].append({"spec": text, "result": measure(val, test, graphs)})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{slug(args.name)}.json").write_text(json.dumps(res, indent=1, default=str))
+    return res
+
+
+def slug(name: str) -> str:
+    """A section name as a file name."""
+    return name.lower().replace(" ", "_").replace(",", "")
+
+
 def main(argv=None) -> int:
     from nann.engine.graph import HnswGraph
     from nann.evaluate import popularity_recall
@@ -238,9 +273,8 @@ def main(argv=None) -> int:
                               "result": measure_graph(val, test, graphs, args.frontier)})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    slug = args.name.lower().replace(" ", "_").replace(",", "")
-    (out / f"{slug}.json").write_text(json.dumps(res, indent=1, default=str))
-    plot(res, out / f"{slug}.png")
+    (out / f"{slug(args.name)}.json").write_text(json.dumps(res, indent=1, default=str))
+    plot(res, out / f"{slug(args.name)}.png")
     report(args.name, markdown(res, args, command), write=not args.no_results_md)
     return 0
 

@@ -14,14 +14,12 @@ percentile of per-user coverage. Writes ``OUT/NAME.json`` and its own section of
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 from nann.engine.params import SearchParams, default_search
 from perf.replay import ScoreCache
-from perf.search_quality import (TARGET, _pt, build_graphs, header, mean_over_graphs, run_arguments, score_caches,
+from perf.search_quality import (TARGET, _pt, defaults_text, header, mean_over_graphs, replay_benchmark, run_arguments,
                                  with_ef0)
 
 EF_SWEEP = (200, 250, 300, 400, 600, 800, 1200)
@@ -67,8 +65,7 @@ def markdown(res: dict, command: str, graph_seeds: str) -> str:
     n = res["num_items"]
     p = default_search(n)
     lines = header(res, command, graph_seeds,
-                   f". Search defaults: ef {list(p.ef)}, rounds {list(p.rounds)}, frontier {p.frontier}, seeds "
-                   f"{p.seeds}, patience {p.patience} (`default_search({n})`). Patience counts layer-0 list entries "
+                   f". Search defaults: {defaults_text(n)}. Patience counts layer-0 list entries "
                    f"expanded since a new item last entered the top 200 (frontier {p.frontier}: {p.frontier} entries "
                    f"per round).")
     for g in res["graphs"]:
@@ -95,32 +92,15 @@ def markdown(res: dict, command: str, graph_seeds: str) -> str:
 
 
 def main(argv=None) -> int:
-    from nann.engine.graph import HnswGraph
-    from perf.run import machine_info
     from perf.sections import command_line, report
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     run_arguments(p, "Stopping rule, 10k items", "l2:32:40")
     p.add_argument("--patience", default="8,16,32,64,128", help="patience values to compare (default 8,16,32,64,128)")
     args = p.parse_args(argv)
-    run, data_dir = Path(args.run), Path(args.data)
-    info = machine_info()
     command = command_line("perf.stopping_rule", argv)
-    _, val, test = score_caches(args)
-    seeds = [int(s) for s in args.graph_seeds.split(",")]
     patiences = [int(s) for s in args.patience.split(",")]
-    res = {"num_items": test.num_items, "date": info["date"], "commit": info["git_describe"],
-           "loadavg": info["loadavg_at_start"], "val_users": val.num_users, "test_users": test.num_users,
-           "recall_all": test.recall_all(), "graphs": []}
-    for text in args.graphs.split(","):
-        metric, m, efc = text.split(":")
-        graphs = [HnswGraph.load(b["dir"]) for b in build_graphs(run, data_dir, (metric, int(m), int(efc)), seeds)]
-        print(f"[stopping rule] graph {text}: measuring", file=sys.stderr)
-        res["graphs"].append({"spec": text, "result": measure(val, test, graphs, patiences)})
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    slug = args.name.lower().replace(" ", "_").replace(",", "")
-    (out / f"{slug}.json").write_text(json.dumps(res, indent=1, default=str))
+    res = replay_benchmark(args, lambda val, test, graphs: measure(val, test, graphs, patiences))
     report(args.name, markdown(res, command, args.graph_seeds), write=not args.no_results_md)
     return 0
 

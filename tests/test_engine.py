@@ -135,11 +135,16 @@ def test_default_params_reasonable(small):
 
 
 def test_default_search_widens_with_the_catalogue():
-    from nann.engine.params import DEFAULT_SEARCH, SCALING_BASE_ITEMS, default_search
+    from nann.engine.params import DEFAULT_SEARCH, SCALING_BASE_ITEMS, SMALL_CATALOGUE_EF, default_search
     from nann.serving.requests import ServingLimits
 
-    for n in (1, 2_000, SCALING_BASE_ITEMS):
-        assert default_search(n) == DEFAULT_SEARCH
+    assert default_search(SCALING_BASE_ITEMS) == DEFAULT_SEARCH
+    # below the base only the last-layer ef differs: top_m up to 2k items, widest at 8k, back to 300 at the base
+    for n in (1, 2_000, 5_000, 8_000, 10_000, 20_000, SCALING_BASE_ITEMS - 1):
+        assert replace(default_search(n), ef=DEFAULT_SEARCH.ef) == DEFAULT_SEARCH
+    assert [default_search(n).ef[-1] for n, _ in SMALL_CATALOGUE_EF] == [ef for _, ef in SMALL_CATALOGUE_EF]
+    small = [default_search(n).ef[-1] for n in (1, 2_000, 5_000, 8_000, 10_000, 20_000, 99_999)]
+    assert small == [200, 200, 390, 550, 520, 440, 300]  # 200 × (550 / 200)^(log(5k / 2k) / log 4) = 390, ...
     sizes = (SCALING_BASE_ITEMS + 1, 300_000, 1_000_000, 10_000_000)
     searches = [default_search(n) for n in sizes]
     for smaller, larger in zip(searches, searches[1:]):

@@ -13,6 +13,7 @@ import pytest
 
 from perf.graph_metric import items_for_target, subset_cache
 from perf.serving_params import repositories, with_setting
+from perf.search_defaults import components, matched
 from perf.stopping_rule import cheapest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +32,32 @@ def test_cheapest_is_the_fewest_items_among_the_points_reaching_the_target():
               {"coverage": 0.995, "items_scored": 700}, {"coverage": 0.999, "items_scored": 800}]
     assert cheapest(points) == 2
     assert cheapest(points[1:2]) is None
+
+
+def test_matched_reads_the_hnsw_curve_at_the_beams_items_and_coverage():
+    curve = [{"items_scored": 100, "coverage": 0.95}, {"items_scored": 200, "coverage": 0.98},
+             {"items_scored": 400, "coverage": 0.99}, {"items_scored": 800, "coverage": 0.985}]  # a dip: noise
+    m = matched({"items_scored": 300, "coverage": 0.965}, curve)
+    assert m["hnsw_coverage"] == pytest.approx(0.985)  # halfway between 200 and 400 items
+    assert m["hnsw_items"] == pytest.approx(150) and not m["hnsw_items_at_most"]
+    assert matched({"items_scored": 900, "coverage": 0.995}, curve)["hnsw_items"] is None  # beyond the curve
+    low = matched({"items_scored": 50, "coverage": 0.9}, curve)
+    assert low["hnsw_items"] == 100 and low["hnsw_items_at_most"] and low["hnsw_coverage"] == 0.95
+
+
+def test_components_change_one_thing_each():
+    from dataclasses import fields
+
+    from nann.engine.params import default_search
+
+    defaults = default_search(10_000)
+    rows = components(defaults)
+    assert rows["defaults"] == defaults
+    changed = {name: {f.name for f in fields(p) if getattr(p, f.name) != getattr(defaults, f.name)}
+               for name, p in rows.items()}
+    assert changed == {"defaults": set(), "no history seeds": {"seeds"}, "ef 1 above layer 0": {"ef"},
+                       **{f"frontier {f} (round cap 4096)": {"frontier", "rounds"} for f in (8, 4, 1)}}
+    assert all(p.ef[-1] == defaults.ef[-1] for p in rows.values())
 
 
 def test_subset_keeps_every_history_item_and_remaps_ids():

@@ -1,8 +1,8 @@
-"""One owner of the search parameters: every caller of the engine asking for k = 500 at the default last-layer ef
-(300) gets the same 500 items in the same order, because the engine itself walks the last layer with a list of at
-least k entries (`SearchParams.walk_ef`): the served ensemble, `nann retrieve`, `nann evaluate --top-m` (its
-Evaluator search, `--batch 1`: one user per encoder call, as the server encodes) and a perf tool (perf.replay's
-ScoreCache, the engine on cached scores)."""
+"""One owner of the search parameters: every caller of the engine asking for k = 500 at the catalogue's default
+last-layer ef (`default_search`, below 500) gets the same 500 items in the same order, because the engine itself
+walks the last layer with a list of at least k entries (`SearchParams.walk_ef`): the served ensemble, `nann retrieve`,
+`nann evaluate --top-m` (its Evaluator search, `--batch 1`: one user per encoder call, as the server encodes) and a
+perf tool (perf.replay's ScoreCache, the engine on cached scores)."""
 from __future__ import annotations
 
 import json
@@ -42,7 +42,8 @@ def test_every_caller_asking_for_k_items_gets_the_same_k_items(served, test_hist
     from nann_cli.main import main as cli_main
     from perf.replay import ScoreCache
 
-    assert DEFAULT_SEARCH.ef[-1] == 300 < K <= ServingLimits().maximum("k")
+    defaults = default_search(HnswGraph.load(served.run / "graph").num_items)
+    assert defaults.ef[-1] < K <= ServingLimits().maximum("k")
     histories = test_histories[:USERS]
     with NannClient(served.server.grpc_url) as client:
         served_ids = [client.retrieve(h, k=K).item_ids.tolist() for h in histories]
@@ -58,11 +59,11 @@ def test_every_caller_asking_for_k_items_gets_the_same_k_items(served, test_hist
                                        "--top-m", str(K), "--batch", "1", "--users", str(USERS)])
     evaluator = Evaluator(args.run, args.data, users=args.users, batch=args.batch)
     spec = method_spec(args.method, evaluator.runtime.num_items, search_flags(args))
-    assert spec.params.ef == DEFAULT_SEARCH.ef and spec.params.top_m == K
+    assert spec.params.ef == defaults.ef and spec.params.top_m == K
     found, _, _ = evaluator.search(spec)
     assert [data.vocab.dense_to_raw(row).tolist() for row in found] == served_ids, "nann evaluate --top-m"
 
     cache = ScoreCache.build(served.run, data.test, USERS, tmp_path / "scores.npy", top_m=K)
     graph = HnswGraph.load(served.run / "graph")
-    found, _, _ = cache.search(graph, replace(default_search(graph.num_items), top_m=K))  # as perf.compare asks
+    found, _, _ = cache.search(graph, replace(defaults, top_m=K))  # as perf.compare asks
     assert [data.vocab.dense_to_raw(row).tolist() for row in found] == served_ids, "perf.replay"

@@ -14,6 +14,7 @@ the last layer's list holds at least top_m entries (`SearchParams.walk_ef`; hnsw
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -26,7 +27,7 @@ class Tunable:
 
     field: str
     paper: Any               # the paper's value (Section 5.1.3): the class default, PAPER_SEARCH's
-    default: Any             # DEFAULT_SEARCH's value (catalogues of up to SCALING_BASE_ITEMS items)
+    default: Any             # DEFAULT_SEARCH's value (catalogues of SCALING_BASE_ITEMS items)
     low: int                 # the least value the engine takes
     served_max: int | None   # the most a served request may ask (ServingLimits.maxima); None: the model's max_seq
     help: str                # what it does (the command line's help)
@@ -116,7 +117,7 @@ WALK_TUNABLES = tuple(t for t in TUNABLES if t is not RESULT_SIZE)
 
 # The paper's Beam-retrieval parameters (Section 5.1.3): one flag away (`--paper`) wherever search runs.
 PAPER_SEARCH = SearchParams()
-# The search defaults up to SCALING_BASE_ITEMS items: a narrow descent (the start layer holds a handful of nodes;
+# The search defaults at SCALING_BASE_ITEMS items: a narrow descent (the start layer holds a handful of nodes;
 # small beams on the layers above 0, whose only job is entry points next to the seeds), then a walk on layer 0
 # that stops when its list is expanded (the 64 rounds are a cap, not a count). perf/RESULTS.md, "Search quality"
 # at 2k, 10k, 100k and 1M items, shows how they were chosen.
@@ -127,13 +128,36 @@ SCALING_BASE_ITEMS = 100_000
 # users, last-layer ef ≈ 1,020 at frontier 32) on the curve; the frontier's cube root keeps the rounds a walk
 # needs (≈ ef / frontier) from growing as fast as its list.
 EF_EXPONENT = 0.6
+# Below SCALING_BASE_ITEMS: the last-layer ef at these catalogue sizes, a power law between them (log ef linear in
+# log items; the first one's below it). A catalogue of a few thousand items reaches coverage 0.99 with a list of
+# top_m (the top 200 are a tenth of it); around 10k items the top 200 lie scattered and the list must be wider
+# (0.99 at ef ≈ 450–500 on validation users of synthetic 10k and of a 12.9k-item Taobao slice); at 100k
+# DEFAULT_SEARCH's 300 holds, and a 20k-item weakly trained model stays under 5% of its items (ef ≈ 440).
+# perf/RESULTS.md, "Search defaults against HNSW-retrieval", measures the rule on five catalogues.
+SMALL_CATALOGUE_EF = ((2_000, 200), (8_000, 550), (SCALING_BASE_ITEMS, DEFAULT_SEARCH.ef[-1]))
+
+
+def _small_catalogue_ef(num_items: int) -> int:
+    """The last-layer ef of SMALL_CATALOGUE_EF at ``num_items`` (rounded to tens)."""
+    (n0, ef0), *rest = SMALL_CATALOGUE_EF
+    if num_items <= n0:
+        return ef0
+    for n1, ef1 in rest:
+        if num_items <= n1:
+            t = math.log(num_items / n0) / math.log(n1 / n0)
+            return int(round(ef0 * (ef1 / ef0) ** t, -1))
+        n0, ef0 = n1, ef1
+    return ef0
 
 
 def default_search(num_items: int) -> SearchParams:
     """THE defaults of every search over a catalogue of ``num_items``: `nann evaluate`, `nann retrieve`, the
-    exported server and the SDK's docs all take them. DEFAULT_SEARCH up to SCALING_BASE_ITEMS items; a larger
-    catalogue gets a wider last-layer list and frontier (the walk must cover more ground for the same top-M)."""
-    scale = max(1.0, int(num_items) / SCALING_BASE_ITEMS)
+    exported server and the SDK's docs all take them. DEFAULT_SEARCH at SCALING_BASE_ITEMS items; a smaller
+    catalogue gets its last-layer ef from SMALL_CATALOGUE_EF, a larger one a wider last-layer list and frontier
+    (the walk must cover more ground for the same top-M)."""
+    if num_items < SCALING_BASE_ITEMS:
+        return replace(DEFAULT_SEARCH, ef=DEFAULT_SEARCH.ef[:-1] + (_small_catalogue_ef(int(num_items)),))
+    scale = int(num_items) / SCALING_BASE_ITEMS
     last_ef = int(round(DEFAULT_SEARCH.ef[-1] * scale ** EF_EXPONENT, -1))
     return replace(DEFAULT_SEARCH, ef=DEFAULT_SEARCH.ef[:-1] + (last_ef,),
                    frontier=int(round(DEFAULT_SEARCH.frontier * scale ** (1 / 3))))

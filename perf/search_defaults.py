@@ -1,0 +1,126 @@
+"""The catalogue's search defaults against HNSW-retrieval at matched items scored, by replaying the engine against
+cached scores.
+
+    python -m perf.search_defaults --run RUN --data DATA --name NAME [--graphs score:32:100]
+
+For one trained run and each graph setting (several build seeds): on the test users, the defaults
+(`default_search(num_items)`) and the defaults before the small-catalogue rule (`DEFAULT_SEARCH`, what every
+catalogue below SCALING_BASE_ITEMS got), each beside HNSW-retrieval with the neural score read off its curve at the
+same items scored (its coverage there) and at the same coverage (the items it needs); the HNSW curve itself (ef0
+swept, test users). Then, on validation users, where the beam's items go at the defaults' last-layer ef: the same walk
+without history seeds, with a narrower frontier (more rounds; a cap above the served 64 rounds so that the walk ends
+on its own), and with ef 1 on the layers above 0 (HNSW's greedy descent). Every figure is a mean over graph builds
+and users; rounds are the scoring rounds per query (scorer calls a served request takes part in). Writes
+``OUT/NAME.json`` and its own section of perf/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+
+import numpy as np
+
+from nann.engine.params import DEFAULT_SEARCH, SearchParams, default_search
+from perf.replay import ScoreCache
+from perf.search_quality import _pt, defaults_text, header, mean_over_graphs, replay_benchmark, run_arguments
+
+HNSW_SWEEP = (200, 250, 300, 400, 500, 600, 800, 1200, 1600)
+NARROW_FRONTIERS = (8, 4, 1)
+UNCAPPED = 4096  # the layer-0 round cap of the narrow-frontier rows (a served request may ask at most 64)
+
+
+def components(defaults: SearchParams) -> dict[str, SearchParams]:
+    """The defaults and one change each: what each part of the walk costs in items scored and gives in coverage."""
+    uncapped = defaults.rounds[:-1] + (UNCAPPED,)
+    out = {"defaults": defaults, "no history seeds": replace(defaults, seeds=0)}
+    out.update({f"frontier {f} (round cap {UNCAPPED})": replace(defaults, frontier=f, rounds=uncapped)
+                for f in NARROW_FRONTIERS})
+    out["ef 1 above layer 0"] = replace(defaults, ef=(1,) * (len(defaults.ef) - 1) + defaults.ef[-1:])
+    return out
+
+
+def _along(curve: list[dict], x: float, given: str, wanted: str) -> float | None:
+    """The HNSW curve's `wanted` where its `given` equals x, linear between the swept points (both grow with ef0);
+    None beyond its last point, its first point's value before it."""
+    xs = np.maximum.accumulate([p[given] for p in curve])
+    if x > xs[-1]:
+        return None
+    return float(np.interp(x, xs, [p[wanted] for p in curve]))
+
+
+def matched(point: dict, curve: list[dict]) -> dict:
+    """HNSW-retrieval at the point's items scored (its coverage there) and at its coverage (the items it needs; at
+    most its first point's where that one already covers more)."""
+    return {"hnsw_coverage": _along(curve, point["items_scored"], "items_scored", "coverage"),
+            "hnsw_items": _along(curve, point["coverage"], "coverage", "items_scored"),
+            "hnsw_items_at_most": point["coverage"] < curve[0]["coverage"]}
+
+
+def measure(val: ScoreCache, test: ScoreCache, graphs) -> dict:
+    hnsw = {name: [{"ef0": e, **mean_over_graphs(cache, graphs, method="hnsw", ef0=e)} for e in HNSW_SWEEP]
+            for name, cache in (("val", val), ("test", test))}
+    defaults = default_search(test.num_items)
+    rows = {"defaults": defaults, "before (DEFAULT_SEARCH)": DEFAULT_SEARCH}
+    res = {"hnsw": hnsw["test"], "test": {}, "components": {}}
+    for name, params in rows.items():
+        point = mean_over_graphs(test, graphs, params)
+        res["test"][name] = {"ef": params.ef[-1], **point, **matched(point, hnsw["test"])}
+    for name, params in components(defaults).items():
+        point = mean_over_graphs(val, graphs, params)
+        res["components"][name] = {**point, **matched(point, hnsw["val"])}
+    return res
+
+
+def _hnsw_cells(r: dict, n: int) -> str:
+    cov, items = r["hnsw_coverage"], r["hnsw_items"]
+    at_most = "≤ " if r["hnsw_items_at_most"] else ""
+    need = (f"{at_most}{items / n * 100:.2f}% (beam / HNSW {r['items_scored'] / items:.2f})" if items is not None
+            else f"> {HNSW_SWEEP[-1]} ef0")
+    return f"{'—' if cov is None else f'{cov:.4f}'} | {need}"
+
+
+def markdown(res: dict, command: str, graph_seeds: str) -> str:
+    n = res["num_items"]
+    last_ef = default_search(n).ef[-1]
+    lines = header(res, command, graph_seeds,
+                   f". Search defaults: {defaults_text(n)}; before the small-catalogue rule (`DEFAULT_SEARCH`): "
+                   f"last-layer ef {DEFAULT_SEARCH.ef[-1]}. HNSW-retrieval at matched items: its curve (below) read at "
+                   f"the beam's items scored (its coverage there) and at the beam's coverage (the items it needs; the "
+                   f"ratio is the beam's items over HNSW's), linear between swept points.")
+    for g in res["graphs"]:
+        r = g["result"]
+        lines += [f"**Graph {g['spec']}**", "",
+                  "| search (test users) | coverage | worst 5% | recall-Δ | items scored | % of items | rounds "
+                  "| HNSW coverage at the same items | HNSW items for the same coverage |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {name}, last-layer ef {v['ef']} | {_pt(v, n)} | {_hnsw_cells(v, n)} |"
+                  for name, v in r["test"].items()]
+        lines += ["", "HNSW-retrieval on the test users (ef0: coverage / worst 5% / % of items scored / rounds): "
+                  + "; ".join(f"{h['ef0']}: {h['coverage']:.4f} / {h['coverage_p5']:.3f} / "
+                              f"{h['scored_fraction'] * 100:.2f}% / {h['rounds']:.0f}" for h in r["hnsw"]) + ".", "",
+                  f"Where the items go (validation users, the defaults' last-layer ef {last_ef}, one change per "
+                  "row):", "",
+                  "| walk | coverage | worst 5% | % of items | rounds | HNSW coverage at the same items | "
+                  "HNSW items for the same coverage |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {v['coverage']:.4f} | {v['coverage_p5']:.3f} | {v['scored_fraction'] * 100:.2f}% | "
+                  f"{v['rounds']:.0f} | {_hnsw_cells(v, n)} |" for name, v in r["components"].items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from perf.sections import command_line, report
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    run_arguments(p, "Search defaults, 10k items", "score:32:100")
+    args = p.parse_args(argv)
+    command = command_line("perf.search_defaults", argv)
+    res = replay_benchmark(args, measure)
+    report(args.name, markdown(res, command, args.graph_seeds), write=not args.no_results_md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
