@@ -324,7 +324,8 @@ def test_encode_called_directly_answers_each_request_alone(served, client, users
 def test_limits_are_published_in_nann_info(client):
     config = client.get_model_config("nann", as_json=True)["config"]
     info = json.loads(config["parameters"]["nann_info"]["string_value"])
-    published = ServingLimits().published()
+    # the catalogue's defaults (`default_search(num_items)`: below 100k items the last-layer ef follows its size)
+    published = ServingLimits.for_catalogue(info["num_items"], max_seq=info["max_seq"]).published()
     assert info["limits"] == published["limits"] and info["defaults"] == published["defaults"]
     assert set(info["defaults"]) == {"k", "ef", "rounds", "frontier", "seeds", "patience"}
     assert info["limits"]["max_seeds"] == 50
