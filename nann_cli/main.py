@@ -177,7 +177,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                    help="do not validate the two-tower baseline as the model's epoch 0 (an ablation; default: with the "
                         "user tower, the model made equal to the trained two-tower model, its other terms zero, is "
-                        "epoch 0, and the run keeps it unless a trained epoch beats it on validation)")
+                        "epoch 0, and the run keeps it unless a trained epoch beats it on validation; where none does, "
+                        "training goes on from it, what it copied at a tenth of the learning rate)")
     s.add_argument("--fgsm-eps", type=float, default=recipe.FGSM_EPS,
                    help=f"FGSM step ε of the paper's adversarial auxiliary task on e_v (default {recipe.FGSM_EPS:g}: off; "
                         f"the paper's {recipe.PAPER_FGSM_EPS:g} changes the gradient by ~1e-6 on our models and doubles "
@@ -203,7 +204,8 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=0,
                    help="passes over the training samples (default 0: as many as help, until the validation recall "
                         f"stops improving, within {recipe.SAMPLE_BUDGET:,} samples and {recipe.MAX_EPOCHS} epochs); "
-                        "on resume, the run's total")
+                        "on resume, the run's total; a run that goes on from its two-tower baseline trains up to as "
+                        "many more")
     s.add_argument("--patience", type=int, default=recipe.PATIENCE,
                    help="stop after this many epochs without a better validation recall; the run keeps the best "
                         f"epoch's model (default {recipe.PATIENCE}; 0 = train every epoch)")

@@ -56,6 +56,7 @@ import numpy as np
 from nann.errors import UserError
 from nann.run_dir import RunDir
 from nann_cli.steps import run_step
+from trainer.train import training_seconds
 
 DEFAULT_MIRROR = "/work/.mirror"
 
@@ -249,16 +250,16 @@ def _read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def _train_seconds(run: Path) -> float:
-    """Wall seconds of a run's training, from its log (the last validation's elapsed time)."""
+def _kept_epoch(run: Path) -> str | None:
+    """The epoch whose model the run kept (its log's last "best" record; 0: the two-tower model as this model), and
+    whether it was trained on from the two-tower model (`nann train` does when no epoch from random weights beat it)."""
     records = [json.loads(line) for line in RunDir(run).train_log_file.read_text().splitlines()]
-    return max((r.get("elapsed_s", 0.0) for r in records if r.get("kind") == "val"), default=float("nan"))
-
-
-def _kept_epoch(run: Path) -> int | None:
-    """The epoch whose model the run kept (its log's last "best" record; 0: the two-tower model as this model)."""
-    records = [json.loads(line) for line in RunDir(run).train_log_file.read_text().splitlines()]
-    return next((int(r["epoch"]) for r in reversed(records) if r.get("kind") == "best"), None)
+    best = next((r for r in reversed(records) if r.get("kind") == "best"), None)
+    if best is None:
+        return None
+    after = best.get("refine_from")
+    return str(best["epoch"]) + ("" if after is None or best["epoch"] <= after else
+                                 f" (from the two-tower model, after epoch {after})")
 
 
 def measure(name: str, data: Path, work: Path, run: Path | None = None) -> dict:
@@ -281,7 +282,7 @@ def measure(name: str, data: Path, work: Path, run: Path | None = None) -> dict:
     return {"name": name, "stats": _read_json(data / "stats.json"), "beam": _read_json(out / "beam.json"),
             "sweep": _read_json(out / "sweep.json")["points"],
             "dr": {beam: _read_json(out / f"dr{beam}.json") for beam in DR_BEAMS},
-            "seconds": {"attention": _train_seconds(run), "two-tower": _train_seconds(RunDir(run).baseline.path)},
+            "seconds": {"attention": training_seconds(run), "two-tower": training_seconds(RunDir(run).baseline.path)},
             "kept_epoch": _kept_epoch(run)}
 
 

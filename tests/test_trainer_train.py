@@ -45,7 +45,7 @@ def _log(run):
 
 def test_train_writes_artifacts_and_resumes(data, tmp_path):
     run = tmp_path / "run"
-    assert _cli(data, run, "--epochs", "1", "--eval-every", "10") == 0
+    assert _cli(data, run, "--epochs", "1", "--eval-every", "10", "--baseline", "none") == 0
     for name in ("config.json", "model.safetensors", "item_embeddings.npy", "item_embeddings_fp16.npy",
                  "user_encoder.onnx", "scorer.onnx", "scorer_ids.onnx", "onnx_io.json", "items.npy",
                  "item_category.npy", "train_log.jsonl", "checkpoint/model.safetensors",
@@ -61,7 +61,7 @@ def test_train_writes_artifacts_and_resumes(data, tmp_path):
     assert any(r["kind"] == "val" for r in log1) and log1[-1]["kind"] == "test"
     assert 0.0 <= log1[-1]["recall_all@200"] <= 1.0
     # a second call with more epochs continues from the checkpoint
-    assert _cli(data, run, "--epochs", "2") == 0
+    assert _cli(data, run, "--epochs", "2", "--baseline", "none") == 0
     st2 = json.loads((run / "checkpoint/state.json").read_text())
     assert st2["epoch"] == 2 and st2["global_step"] == 2 * steps1
     train_steps = [r["step"] for r in _log(run) if r["kind"] == "train"]
@@ -213,3 +213,46 @@ def test_nann_train_lets_idle_torch_threads_sleep_unless_told_otherwise(tmp_path
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert cli_main(["train", "--data", str(tmp_path / "none"), "--run", str(tmp_path / "run")]) == 2
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_a_run_no_epoch_of_which_beats_the_two_tower_model_trains_on_from_it(data, tmp_path, monkeypatch, capsys):
+    """Where no epoch from random weights beats epoch 0 (the two-tower model as this model), `nann train` goes on from
+    the two-tower weights, what it copied at recipe.WARM_LR_SCALE of the learning rate, with the patience counted from
+    epoch 0's recall; it keeps the best epoch of either phase, and a resumed run stays in the second phase."""
+    import trainer.train as train
+    from nann.model import load_model
+    from safetensors.torch import load_file
+
+    two_tower = tmp_path / "two-tower"
+    assert _cli(data, two_tower, "--arch", "two-tower", "--epochs", "1", "--baseline", "none") == 0
+    tt_emb = load_model(str(two_tower)).state_dict()["id_emb.weight"]
+    recalls = iter([0.5, 0.1, 0.1, 0.6, 0.55, 0.52])  # epoch 0; two epochs from random weights; the second phase
+    moved = []
+
+    def fake_recall(model, *a, **kw):
+        moved.append(float((model.state_dict()["id_emb.weight"] - tt_emb).abs().max()))
+        return next(recalls)
+
+    monkeypatch.setattr(train, "recall_all", fake_recall)
+    run = tmp_path / "run"
+    args = _train_args(data, run, fgsm_eps=0.0, epochs=2, patience=1, warm_from=str(two_tower))
+    capsys.readouterr()
+    train.train_run(args)
+    out = capsys.readouterr().out
+    assert "no epoch from random weights beat the two-tower model (epoch 0): training on from it (epochs 3..4)" in out
+    assert "keeping the model of epoch 3 (val recall-all@200 0.6000), trained on from the two-tower model after " \
+           "epoch 2" in out
+    # epoch 0 is the two-tower model; the random-weight epochs are far from it, the second phase's first epoch near
+    assert moved[0] == 0.0 and moved[3] < 0.2 * min(moved[1:3])
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert (state["refine_from"], state["epoch"], state["best"]["epoch"]) == (2, 4, 3)
+    assert [g["lr"] for g in state["optimizers"]["adam"]] == [args.lr, args.lr * train.recipe.WARM_LR_SCALE]
+    best = load_file(str(run / "checkpoint" / "best.safetensors"))
+    assert torch.equal(best["id_emb.weight"], load_model(str(run)).state_dict()["id_emb.weight"])
+    assert [r["refine_from"] for r in _log(run) if r["kind"] == "best"] == [2]
+    # resumed with more epochs: the second phase goes on (its optimizer groups reload) until its patience is spent
+    state["best"]["stale"] = 0
+    (run / "checkpoint" / "state.json").write_text(json.dumps(state))
+    train.train_run(argparse.Namespace(**{**vars(args), "epochs": 3}))
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert (state["refine_from"], state["epoch"], state["best"]["epoch"]) == (2, 5, 3)

@@ -22,7 +22,8 @@ only rank 0 writes artifacts.
 
 Checkpoint (the run's checkpoint directory, ``nann.run_dir``): the weights, the moments of every optimizer (both
 safetensors, no pickle) and the state (epoch, step within the epoch, global step, each optimizer's param_groups). A
-run directory with a checkpoint resumes: --epochs is the run's total number of epochs.
+run directory with a checkpoint resumes: --epochs is the run's total number of epochs (a run that goes on from its
+two-tower baseline after them, ``trainer.recipe``, trains up to --epochs more).
 """
 from __future__ import annotations
 
@@ -170,22 +171,38 @@ def _write_json(obj, path):
 
 
 EMBEDDING_TABLES = ("id_emb", "cat_emb")
+# what `warm_start` copies from the two-tower model: the item network, the recency tables, the user tower
+WARM_STARTED = ("id_emb", "cat_emb", "item_", "recency_", "tower_")
 
 
-def make_optimizers(model: NANNModel, lr: float, sparse: bool) -> dict[str, torch.optim.Optimizer]:
-    """{"adam": dense layers} plus {"sparse_adam": embedding tables} when sparse (see the module docstring)."""
+def make_optimizers(model: NANNModel, lr: float, sparse: bool,
+                    refine: bool = False) -> dict[str, torch.optim.Optimizer]:
+    """{"adam": dense layers} plus {"sparse_adam": embedding tables} when sparse (see the module docstring).
+    refine: the model was made the two-tower model (`warm_start`); what it copied learns at lr * recipe.WARM_LR_SCALE
+    (a second parameter group), the new terms at lr."""
+    copied = {id(p) for name, p in model.named_parameters() if name.startswith(WARM_STARTED)} if refine else set()
+
+    def groups(params) -> list[dict]:
+        params = list(params)
+        new_terms = [p for p in params if id(p) not in copied]
+        kept = [p for p in params if id(p) in copied]
+        return [g for g in ({"params": new_terms, "lr": lr}, {"params": kept, "lr": lr * recipe.WARM_LR_SCALE})
+                if g["params"]]
+
     if not sparse:
-        return {"adam": torch.optim.Adam(model.parameters(), lr=lr)}
+        return {"adam": torch.optim.Adam(groups(model.parameters()))}
     tables = [getattr(model, name) for name in EMBEDDING_TABLES]
     for table in tables:
         table.sparse = True
     table_params = {id(t.weight) for t in tables}
     dense = [p for p in model.parameters() if id(p) not in table_params]
-    return {"adam": torch.optim.Adam(dense, lr=lr),
-            "sparse_adam": torch.optim.SparseAdam([t.weight for t in tables], lr=lr)}
+    return {"adam": torch.optim.Adam(groups(dense)),
+            "sparse_adam": torch.optim.SparseAdam(groups(t.weight for t in tables))}
 
 
-def save_checkpoint(run_dir, model, opts: dict, epoch, step_in_epoch, global_step, best_state: dict | None = None):
+def save_checkpoint(run_dir, model, opts: dict, epoch, step_in_epoch, global_step, best_state: dict | None = None,
+                    refine_from: int | None = None):
+    """refine_from: the epoch after which the run went on from the two-tower model (`_train`), None before that."""
     run = RunDir(run_dir)
     run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     _save_safetensors(model.state_dict(), str(run.checkpoint_file(CHECKPOINT_WEIGHTS)))
@@ -198,16 +215,30 @@ def save_checkpoint(run_dir, model, opts: dict, epoch, step_in_epoch, global_ste
                 tens[f"{opt_name}.{pid}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
     _save_safetensors(tens or {"_empty": torch.zeros(1)}, str(run.checkpoint_file(CHECKPOINT_OPTIMIZER)))
     _write_json({"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-                 "optimizers": groups, "best": best_state}, str(run.checkpoint_file(CHECKPOINT_STATE)))
+                 "optimizers": groups, "best": best_state, "refine_from": refine_from},
+                str(run.checkpoint_file(CHECKPOINT_STATE)))
+
+
+def training_seconds(run_dir) -> float:
+    """Wall seconds the run has trained so far (resumes included): its log's last validation time; 0.0 before one."""
+    path = RunDir(run_dir).train_log_file
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return max((r.get("elapsed_s", 0.0) for r in records if r.get("kind") == "val"), default=0.0)
+
+
+def checkpoint_state(run_dir) -> dict | None:
+    """The run's checkpoint state (epoch, steps, optimizer groups, best epoch, refine_from); None before one."""
+    path = RunDir(run_dir).checkpoint_file(CHECKPOINT_STATE)
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def load_checkpoint(run_dir, model, opts: dict, device):
     from safetensors.torch import load_file
 
     run = RunDir(run_dir)
-    if not run.checkpoint_file(CHECKPOINT_STATE).exists():
+    st = checkpoint_state(run_dir)
+    if st is None:
         return None
-    st = json.loads(run.checkpoint_file(CHECKPOINT_STATE).read_text())
     if sorted(st.get("optimizers", {})) != sorted(opts):
         raise UserError(f"the checkpoint in {run.checkpoint_dir} was written with optimizers "
                         f"{sorted(st.get('optimizers', {}))}, "
@@ -222,10 +253,6 @@ def load_checkpoint(run_dir, model, opts: dict, device):
     for opt_name, opt in opts.items():
         opt.load_state_dict({"state": states[opt_name], "param_groups": st["optimizers"][opt_name]})
     return st
-
-
-# what `warm_start` copies from the two-tower model: the item network, the recency tables, the user tower
-WARM_STARTED = ("id_emb", "cat_emb", "item_", "recency_", "tower_")
 
 
 def warm_start(model: NANNModel, two_tower: NANNModel) -> None:
@@ -273,6 +300,10 @@ class BestModel:
 
     def state(self) -> dict:
         return {"value": self.value, "epoch": self.epoch, "stale": self.stale, "trained": self.trained}
+
+    def restart_patience(self) -> None:
+        """Training goes on from the kept model (the candidate): the patience counts from its recall."""
+        self.trained, self.stale = self.value, 0
 
     def candidate(self, model: NANNModel, value: float) -> None:
         """A model the run keeps (as epoch 0) unless a trained epoch beats it; it does not start the patience."""
@@ -475,7 +506,9 @@ def _train(args, device, world, rank) -> TrainResult:
 
     torch.manual_seed(args.seed)
     model = NANNModel(cfg, torch.from_numpy(data.item_category)).to(device)
-    opts = make_optimizers(model, args.lr, sparse=not (world > 1 and device.type == "cuda"))
+    sparse = not (world > 1 and device.type == "cuda")
+    refine_from = (checkpoint_state(run_dir) or {}).get("refine_from")
+    opts = make_optimizers(model, args.lr, sparse, refine=refine_from is not None)
     st = load_checkpoint(run_dir, model, opts, device)
     start_epoch, start_step, global_step = (st["epoch"], st["step_in_epoch"], st["global_step"]) if st else (0, 0, 0)
     best = BestModel.resume(run_dir, st, getattr(args, "patience", recipe.PATIENCE))
@@ -515,7 +548,7 @@ def _train(args, device, world, rank) -> TrainResult:
 
     from tqdm import tqdm
 
-    t_start = time.time()
+    t_start = time.time() - (training_seconds(run_dir) if st else 0.0)  # a resumed run's clock goes on
     n_val = min(eval_users("val", device, data.num_items, args.eval_users), len(data.val))
     if is_main and not args.epochs:
         log(f"training up to {epochs} epochs of {per_epoch:,} samples, until the validation recall ({n_val} users) "
@@ -529,15 +562,23 @@ def _train(args, device, world, rank) -> TrainResult:
         write_log({"kind": "val", "epoch": 0, "step": 0, "recall_all@200": r, "elapsed_s": time.time() - t_start})
         log(f"epoch 0 (the two-tower model {warm_from} as this model): val recall-all@{TOP_M} = {r:.4f} "
             f"({n_val} users)")
-    if is_main and st and best.exhausted():
-        log(f"{run_dir} stopped early at epoch {start_epoch} (no gain in {best.patience} epochs): nothing to train")
-    for epoch in range(epochs if best.exhausted() else start_epoch, epochs):
+
+    def train_epochs(first_epoch: int, end: int, start_step: int) -> int:
+        """Trains epochs first_epoch+1 .. end (the first from step start_step) until the patience is spent; returns
+        the number of epochs done."""
+        for epoch in range(first_epoch, end):
+            if train_epoch(epoch, end, start_step if epoch == first_epoch else 0):
+                return epoch + 1
+        return max(first_epoch, end)
+
+    def train_epoch(epoch: int, end: int, first: int) -> bool:
+        """One epoch from step `first`, validated and checkpointed; True when the run stops early after it."""
+        nonlocal global_step
         order = epoch_order(positions, args.seed, epoch, args.max_samples, rank, world)
         n_steps = len(order) // args.batch_size if world > 1 else math.ceil(len(order) / args.batch_size)
-        rng = np.random.default_rng([args.seed, epoch, rank, 17, start_step if epoch == start_epoch else 0])
-        first = start_step if epoch == start_epoch else 0
+        rng = np.random.default_rng([args.seed, epoch, rank, 17, first])
         model.train()
-        bar = tqdm(range(first, n_steps), total=n_steps, initial=first, desc=f"epoch {epoch + 1}/{epochs}",
+        bar = tqdm(range(first, n_steps), total=n_steps, initial=first, desc=f"epoch {epoch + 1}/{end}",
                    disable=not is_main, dynamic_ncols=True, mininterval=1.0)
         run_loss, t_log, n_log = None, time.time(), 0
         for step in bar:
@@ -569,14 +610,14 @@ def _train(args, device, world, rank) -> TrainResult:
                     r = recall_all(model, data.val, n_val, data.max_seq, device)
                     write_log({"kind": "val", "epoch": epoch, "step": global_step, "recall_all@200": r})
                     bar.write(f"step {global_step}: val recall-all@{TOP_M} = {r:.4f}")
-                    save_checkpoint(run_dir, model, opts, epoch, step + 1, global_step, best.state())
+                    save_checkpoint(run_dir, model, opts, epoch, step + 1, global_step, best.state(), refine_from)
                 model.train()
         bar.close()
         stop = False
         if is_main:
             r = recall_all(model, data.val, n_val, data.max_seq, device)
             improved = best.update(model, r, epoch + 1)
-            save_checkpoint(run_dir, model, opts, epoch + 1, 0, global_step, best.state())
+            save_checkpoint(run_dir, model, opts, epoch + 1, 0, global_step, best.state(), refine_from)
             write_log({"kind": "val", "epoch": epoch + 1, "step": global_step, "recall_all@200": r,
                        "elapsed_s": time.time() - t_start})
             stop = best.exhausted()
@@ -584,13 +625,30 @@ def _train(args, device, world, rank) -> TrainResult:
                 f"({n_val} users)"
                 + ("" if improved else f"; best {best.value:.4f} at epoch {best.epoch}")
                 + (f"; no gain in {best.patience} epochs: stopping" if stop else ""))
-        start_step = 0
-        if _agree(stop, world, device):
-            break
+        return _agree(stop, world, device)
+
+    if is_main and st and best.exhausted() and (refine_from is not None or not warm_from or best.epoch != 0):
+        log(f"{run_dir} stopped early at epoch {start_epoch} (no gain in {best.patience} epochs): nothing to train")
+    if refine_from is None:
+        done = start_epoch if best.exhausted() else train_epochs(start_epoch, epochs, start_step)
+        if _agree(is_main and bool(warm_from) and best.epoch == 0, world, device):
+            # No epoch from random weights beat the two-tower model: train on from it instead (recipe, "never below")
+            refine_from, start_epoch, start_step = done, done, 0
+            warm_start(model, load_model(warm_from, map_location=device))
+            opts = make_optimizers(model, args.lr, sparse, refine=True)
+            best.restart_patience()
+            if is_main:
+                save_checkpoint(run_dir, model, opts, done, 0, global_step, best.state(), refine_from)
+            log(f"no epoch from random weights beat the two-tower model (epoch 0): training on from it (epochs "
+                f"{done + 1}..{done + epochs}), what it copied at {recipe.WARM_LR_SCALE:g} of the learning rate")
+    if refine_from is not None and not best.exhausted():
+        train_epochs(start_epoch, refine_from + epochs, start_step)
     if is_main:
         best.restore(model)
-        write_log({"kind": "best", "epoch": best.epoch, "recall_all@200": best.value})
-        log(f"keeping the model of epoch {best.epoch} (val recall-all@{TOP_M} {best.value:.4f})")
+        write_log({"kind": "best", "epoch": best.epoch, "recall_all@200": best.value, "refine_from": refine_from})
+        log(f"keeping the model of epoch {best.epoch} (val recall-all@{TOP_M} {best.value:.4f})"
+            + ("" if refine_from is None or best.epoch <= refine_from else
+               f", trained on from the two-tower model after epoch {refine_from}"))
     if world > 1:
         _broadcast_buffers(model)
     hits = finish_run(model, data, run_dir, device, write_log, log, args.eval_users) if is_main else None
