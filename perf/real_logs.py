@@ -250,16 +250,46 @@ def _read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def _kept_epoch(run: Path) -> str | None:
-    """The epoch whose model the run kept (its log's last "best" record; 0: the two-tower model as this model), and
-    whether it was trained on from the two-tower model (`nann train` does when no epoch from random weights beat it)."""
-    records = [json.loads(line) for line in RunDir(run).train_log_file.read_text().splitlines()]
-    best = next((r for r in reversed(records) if r.get("kind") == "best"), None)
-    if best is None:
-        return None
+def _log_records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in RunDir(run).train_log_file.read_text().splitlines()]
+
+
+def training_summary(run: Path) -> dict:
+    """What `nann train` tried, from the run's log and its baseline's: the validation recall of the two-tower model
+    (epoch 0), the best epoch from random weights and, where the run went on from the two-tower model, the best epoch
+    of that phase; the epoch kept."""
+    records = _log_records(run)
+    best = next((r for r in reversed(records) if r.get("kind") == "best"), {})
     after = best.get("refine_from")
-    return str(best["epoch"]) + ("" if after is None or best["epoch"] <= after else
-                                 f" (from the two-tower model, after epoch {after})")
+    epochs = [r for r in records if r.get("kind") == "val" and r.get("step") and "elapsed_s" in r]
+
+    def best_of(phase: list[dict]) -> list | None:
+        top = max(phase, key=lambda r: r["recall_all@200"], default=None)
+        return None if top is None else [top["recall_all@200"], top["epoch"]]
+
+    baseline = RunDir(run).baseline.path
+    baseline_best = (next((r for r in reversed(_log_records(baseline)) if r.get("kind") == "best"), {})
+                     if RunDir(baseline).train_log_file.exists() else {})
+    return {"kept": best.get("epoch"), "refine_from": after, "two_tower": baseline_best.get("recall_all@200"),
+            "random": best_of([r for r in epochs if after is None or r["epoch"] <= after]),
+            "refined": None if after is None else best_of([r for r in epochs if r["epoch"] > after])}
+
+
+def _kept_cell(training: dict) -> str:
+    kept, after = training.get("kept"), training.get("refine_from")
+    if kept is None:
+        return "—"
+    return str(kept) + ("" if after is None or kept <= after else f" (from the two-tower model, after epoch {after})")
+
+
+def _training_line(name: str, training: dict) -> str:
+    """One line of what training tried on a set (validation recall-all@200, `training_summary`)."""
+    parts = [] if training.get("two_tower") is None else [f"two-tower {training['two_tower']:.4f}"]
+    if training.get("random"):
+        parts.append("attention from random weights {:.4f} (epoch {})".format(*training["random"]))
+    if training.get("refined"):
+        parts.append("trained on from the two-tower model {:.4f} (epoch {})".format(*training["refined"]))
+    return f"- {name}: validation " + "; ".join(parts) + f"; kept epoch {_kept_cell(training)}"
 
 
 def measure(name: str, data: Path, work: Path, run: Path | None = None) -> dict:
@@ -283,7 +313,7 @@ def measure(name: str, data: Path, work: Path, run: Path | None = None) -> dict:
             "sweep": _read_json(out / "sweep.json")["points"],
             "dr": {beam: _read_json(out / f"dr{beam}.json") for beam in DR_BEAMS},
             "seconds": {"attention": training_seconds(run), "two-tower": training_seconds(RunDir(run).baseline.path)},
-            "kept_epoch": _kept_epoch(run)}
+            "training": training_summary(run)}
 
 
 def _cell(stats: dict) -> str:
@@ -306,7 +336,7 @@ def tables(results: list[dict]) -> str:
     quality = ["| set | users / items | split (test users) | popularity | popularity, unseen | two-tower | attention "
                "(brute force) | epoch kept (0: the two-tower model) | training s, attention / two-tower |",
                "|---|---|---|---|---|---|---|---|---|"]
-    verdicts, search = [], [
+    verdicts, trained, search = [], [], [
         "| set | NANN beam (defaults): recall / coverage / % of V scored | DR beam " + " / ".join(map(str, DR_BEAMS))
         + ": recall / % of V scored | NANN at DR's items scored |", "|---|---|---|---|"]
     for r in results:
@@ -316,9 +346,10 @@ def tables(results: list[dict]) -> str:
         quality.append(f"| {r['name']} | {st['users']:,} / {st['items']:,} | {st['split']} ({compared['users']:,}) | "
                        f"{_cell(rec['popularity'])} | {_cell(rec['popularity (unseen)'])} | "
                        f"{_cell(rec['two-tower']) if 'two-tower' in rec else '—'} | **{_cell(rec[model])}** | "
-                       f"{'—' if r.get('kept_epoch') is None else r['kept_epoch']} | "
+                       f"{_kept_cell(r['training'])} | "
                        f"{r['seconds']['attention']:.0f} / {r['seconds']['two-tower']:.0f} |")
         verdicts += [f"- {r['name']}: {line}" for line in compared["verdict"]]
+        trained.append(_training_line(r["name"], r["training"]))
         b = r["beam"]
         dr = [r["dr"][beam] for beam in DR_BEAMS]
         matched = [at_items(r["sweep"], d["items_scored"]) for d in dr]
@@ -326,7 +357,9 @@ def tables(results: list[dict]) -> str:
                       f"{b['scored_fraction'] * 100:.2f}% | "
                       + " · ".join(f"{d['recall_retrieval']:.3f} / {d['scored_fraction'] * 100:.2f}%" for d in dr)
                       + " | " + " · ".join("—" if m is None else f"{m:.3f}" for m in matched) + " |")
-    return "\n".join(quality + [""] + verdicts + [""] + search)
+    return "\n".join(quality + [""] + verdicts + ["", "What training tried (validation recall-all@200; epoch 0 is "
+                                                      "the two-tower model as this model):", ""]
+                     + trained + [""] + search)
 
 
 def report(raw: Path, work: Path, names: list[str], write: bool = True) -> list[dict]:

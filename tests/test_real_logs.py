@@ -1,5 +1,6 @@
 """perf/real_logs.py: the fetch-and-verify of public logs (from a git snapshot made here) and the sets' readers."""
 import hashlib
+import json
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -100,12 +101,38 @@ def test_report_tables_hold_every_number_with_its_interval():
                                                     "popularity (unseen)": rec(0.13), "two-tower": rec(0.28)}}},
               "sweep": [{"items_scored": 10, "recall_retrieval": 0.1}, {"items_scored": 1000, "recall_retrieval": 0.3}],
               "dr": {b: {"recall_retrieval": 0.2, "scored_fraction": 0.02, "items_scored": 100} for b in real_logs.DR_BEAMS},
-              "seconds": {"attention": 120.0, "two-tower": 30.0}, "kept_epoch": 7}
-    text = real_logs.tables([result])
+              "seconds": {"attention": 120.0, "two-tower": 30.0},
+              "training": {"kept": 7, "refine_from": None, "two_tower": 0.25, "random": [0.3, 7], "refined": None}}
+    refined = {**result, "name": "toy2", "training": {"kept": 12, "refine_from": 9, "two_tower": 0.3,
+                                                      "random": [0.29, 4], "refined": [0.31, 12]}}
+    text = real_logs.tables([result, refined])
     assert "| toy | 1,000 / 500 | last (1,000) | 0.120 [0.110, 0.130] | 0.130 [0.120, 0.140] | 0.280 [0.270, 0.290] " \
            "| **0.320 [0.310, 0.330]** | 7 | 120 / 30 |" in text
+    assert "| **0.320 [0.310, 0.330]** | 12 (from the two-tower model, after epoch 9) | 120 / 30 |" in text
     assert "- toy: attention beats popularity: +0.2" in text
+    assert "- toy: validation two-tower 0.2500; attention from random weights 0.3000 (epoch 7); kept epoch 7" in text
+    assert "- toy2: validation two-tower 0.3000; attention from random weights 0.2900 (epoch 4); trained on from the " \
+           "two-tower model 0.3100 (epoch 12); kept epoch 12 (from the two-tower model, after epoch 9)" in text
     assert "| toy | 0.310 / 0.9950 / 20.00% | 0.200 / 2.00% · 0.200 / 2.00% | 0.200 · 0.200 |" in text
+
+
+def test_training_summary_reads_both_phases_from_the_logs(tmp_path):
+    """The report's "what training tried" comes from the run's log and its baseline's: epoch 0 (the two-tower model)
+    and mid-epoch validations are not epochs trained; the second phase starts after refine_from."""
+    def log(path, records):
+        path.mkdir(parents=True)
+        (path / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    def val(epoch, step, recall, **kw):
+        return {"kind": "val", "epoch": epoch, "step": step, "recall_all@200": recall, **kw}
+
+    run = tmp_path / "run"
+    log(run, [val(0, 0, 0.5, elapsed_s=1), val(0, 5, 0.9), val(1, 10, 0.3, elapsed_s=2), val(2, 20, 0.4, elapsed_s=3),
+              val(3, 30, 0.55, elapsed_s=4), val(4, 40, 0.52, elapsed_s=5), {"kind": "best", "epoch": 3,
+                                                                             "recall_all@200": 0.55, "refine_from": 2}])
+    log(run / "baseline", [val(1, 10, 0.5, elapsed_s=1), {"kind": "best", "epoch": 1, "recall_all@200": 0.5}])
+    assert real_logs.training_summary(run) == {"kept": 3, "refine_from": 2, "two_tower": 0.5, "random": [0.4, 2],
+                                               "refined": [0.55, 3]}
 
 
 def test_deep_retrieval_section_on_a_trained_run(tiny_run, tmp_path, capsys):
@@ -118,6 +145,7 @@ def test_deep_retrieval_section_on_a_trained_run(tiny_run, tmp_path, capsys):
                                 "--no-write"]) == 0
     text = capsys.readouterr().out
     assert "| synthetic | " in text and "two-tower" in text
+    assert "- synthetic: validation two-tower 0." in text  # what training tried, read from the run's logs
     search_row = next(line for line in text.splitlines() if line.startswith("| synthetic | 0."))
     assert search_row.count("%") == 1 + len(real_logs.DR_BEAMS)  # NANN's beam, then DR at each beam
     for beam in real_logs.DR_BEAMS:
