@@ -9,7 +9,7 @@ write_blocked`, what `nann items block` writes), and one blocked item (the filte
 filtered). For each row, on the same test users:
 
 * items scored per query, coverage@k against brute force over the eligible items and recall@k — the engine replayed
-  against every item's score, computed once (`perf.replay.ScoreCache`, kept as WORK/scores_test<users>.npy): exact,
+  against every item's score, computed once (`nann.replay.ScoreCache`, kept as WORK/scores_test<users>.npy): exact,
   the served walk is the same code;
 * served requests/s and latency: the client SDK at fixed concurrency (`perf.soak.soak`, no retries) once the server
   reports the new set's version on its metrics; rows are measured `--repeats` times in turn (A B C … A B C …) and
@@ -61,7 +61,7 @@ def measure(args) -> dict:
     from nann.serving.export import export_repository
     from nann.serving.filters import write_blocked
     from nann.serving.server import TritonServer
-    from perf.replay import ScoreCache
+    from nann.replay import ScoreCache
     from perf.soak import soak
 
     work = Path(args.work)
