@@ -39,13 +39,14 @@ def calibrate(graph, cache: ScoreCache, base: SearchParams | None = None, target
     share of items scored, scoring rounds, users, target, reached."""
     base = base or default_search(cache.num_items)
     ladder = [ef for ef in EF_LADDER if ef >= base.top_m]
-    bar = tqdm(ladder, desc="calibrating the last-layer ef", unit="ef", file=sys.stderr, disable=not progress)
-    for ef in bar:
-        point = cache.replay(graph, with_last_ef(base, ef)).summary(cache.num_items)
-        bar.set_postfix(ef=ef, coverage=f"{point['coverage']:.4f}")
-        if point["coverage"] >= target:
-            break
-    bar.close()
+    with tqdm(total=len(ladder), desc="calibrating the last-layer ef", unit="ef", file=sys.stderr,
+              disable=not progress) as bar:
+        for ef in ladder:
+            point = cache.replay(graph, with_last_ef(base, ef)).summary(cache.num_items)
+            bar.update()
+            bar.set_postfix(ef=ef, coverage=f"{point['coverage']:.4f}")
+            if point["coverage"] >= target:
+                break
     return {"ef": ef, "validation_coverage": round(point["coverage"], 5),
             "validation_coverage_p5": round(point["coverage_p5"], 5),
             "scored_fraction": round(point["scored_fraction"], 5), "rounds": round(point["rounds"], 2),
