@@ -129,13 +129,14 @@ SCALING_BASE_ITEMS = 100_000
 # users, last-layer ef ≈ 1,020 at frontier 32) on the curve; the frontier's cube root keeps the rounds a walk
 # needs (≈ ef / frontier) from growing as fast as its list.
 EF_EXPONENT = 0.6
-# Below SCALING_BASE_ITEMS the last-layer ef a catalogue needs is set by its model, not by its size (perf/RESULTS.md,
-# "Search defaults against HNSW-retrieval": 0.99 needs ef ≈ 600 on synthetic 10k items and ≈ 300 on a weakly trained
-# model's 20k): `nann graph` measures it on the run's validation users (`nann.calibration`) and the graph's meta keeps
-# it. A graph without one (built with --no-calibrate, or before calibration existed) gets it from the catalogue size:
-# these sizes, a power law between them (log ef linear in log items; the first one's below it). A catalogue of a few
-# thousand items reaches coverage 0.99 with a list of top_m (the top 200 are a tenth of it); around 10k items the top
-# 200 lie scattered and the list must be wider; at 100k DEFAULT_SEARCH's 300 holds.
+# Below SCALING_BASE_ITEMS the last-layer ef a catalogue needs is set by its model and graph, not by its size
+# (perf/RESULTS.md, "Search defaults against HNSW-retrieval": validation coverage 0.993 needs ef 350–900 across graph
+# builds of synthetic 10k items, 200–250 on a weakly trained model's 20k): `nann graph` measures it on the run's
+# validation users (`nann.calibration`) and the graph's meta keeps it. A graph without one (built with --no-calibrate,
+# or before calibration existed) gets it from the catalogue size: these sizes, a power law between them (log ef
+# linear in log items; the first one's below it). A catalogue of a few thousand items reaches coverage 0.99 with a
+# list of top_m (the top 200 are a tenth of it); around 10k items the top 200 lie scattered and the list must be
+# wider; at 100k DEFAULT_SEARCH's 300 holds.
 SMALL_CATALOGUE_EF = ((2_000, 200), (8_000, 550), (SCALING_BASE_ITEMS, DEFAULT_SEARCH.ef[-1]))
 
 
