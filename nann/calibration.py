@@ -84,8 +84,11 @@ def calibrate_run(run_dir, graph, data_dir, progress: bool = True) -> dict:
 
 def describe(calibration: dict) -> str:
     """One line about a calibration, as `nann graph` prints it."""
-    reached = "" if calibration["reached"] else f" (target {calibration['target']} NOT reached: the ladder's largest)"
-    return (f"search defaults: last-layer ef {calibration['ef']}{reached}: validation coverage@200 "
+    line = (f"search defaults: last-layer ef {calibration['ef']}: validation coverage@200 "
             f"{calibration['validation_coverage']:.4f} over {calibration['users']} users scoring "
             f"{calibration['scored_fraction'] * 100:.2f}% of the items in {calibration['rounds']:.0f} rounds "
             f"(target {calibration['target']})")
+    if calibration["reached"]:
+        return line
+    return (f"{line}\nWARNING: no ef up to {calibration['ef']} reaches the target on this graph, so the defaults take "
+            f"the largest: rebuild it with --metric score or a larger --m / --ef-construction, or check the model")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from graph_builder.build import build_index, export_index
-from nann.calibration import EF_LADDER, calibrate, calibration_users
+from nann.calibration import EF_LADDER, calibrate, calibration_users, describe
 from nann.engine.graph import HnswGraph
 from nann.engine.params import SCALING_BASE_ITEMS, default_search, with_last_ef
 from nann.replay import ScoreCache
@@ -43,6 +43,8 @@ def test_calibration_picks_the_smallest_ef_reaching_the_target(sparse_graph):
     assert picked["users"] == USERS and 0 < picked["scored_fraction"] < 1 and picked["rounds"] > 0
     unreachable = calibrate(graph, cache, target=1.01, progress=False)
     assert unreachable["ef"] == EF_LADDER[-1] and not unreachable["reached"]
+    assert describe(picked).startswith(f"search defaults: last-layer ef {upper}: ") and "WARNING" not in describe(picked)
+    assert "WARNING: no ef up to 4096 reaches the target" in describe(unreachable)
 
 
 def test_calibration_users_follow_the_score_budget():
