@@ -29,6 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M, SCORE_METRIC_MAX_ITEMS, default_metric
+from nann.calibration import calibrate_run, check_calibration_data, describe
+from nann.engine.graph import HnswGraph
+from nann.engine.params import SCALING_BASE_ITEMS, default_search
 from nann.errors import UserError
 from nann.run_dir import GraphDir, RunDir
 
@@ -172,7 +175,8 @@ def extend_graph(graph_dir, embeddings: np.ndarray, out_dir, threads: int = 0, c
     index.save_index(str(out.hnsw_index_file))
     if transform is not None:
         shutil.copy2(graph.metric_file, out.metric_file)
-    kept = {k: meta[k] for k in ("metric", "build_seconds") if k in meta}
+    # the calibrated last-layer ef stays: it is the model's (the score landscape), measured before the items came
+    kept = {k: meta[k] for k in ("metric", "build_seconds", GraphDir.CALIBRATION) if k in meta}
     new_meta = export_index(index, out.path, {**kept, "added_items": meta.get("added_items", 0) + space.shape[0]})
     return {**new_meta, "insert_seconds": seconds}
 
@@ -220,13 +224,32 @@ def main(args) -> int:
     if metric == "auto":
         metric = default_metric(emb.shape[0])
         print(f"metric: {metric} for {emb.shape[0]} items (--metric auto: score up to {SCORE_METRIC_MAX_ITEMS})")
-    transform = score_metric(run, emb, args.data, args.seed, args.threads) if metric == "score" else None
+    data_dir = args.data or run_data_dir(run)
+    calibrating = args.calibrate and emb.shape[0] < SCALING_BASE_ITEMS  # above, the size rule holds by construction
+    if calibrating:
+        check_calibration_data(data_dir)  # before the build: a missing --data must not cost a build
+    transform = score_metric(run, emb, data_dir, args.seed, args.threads) if metric == "score" else None
     staged = run.new_graph()  # built aside, then put in place: a rebuild never rewrites files a served version links
     build_graph(emb, staged.path, m=args.m, ef_construction=args.ef_construction, threads=args.threads,
                 seed=args.seed, transform=transform)
+    if calibrating:
+        calibration = calibrate_run(run.path, HnswGraph.load(staged.path), data_dir)
+        staged.write_meta({**staged.read_meta(), GraphDir.CALIBRATION: calibration})
+        print(describe(calibration))
+    else:
+        why = "--no-calibrate" if not args.calibrate else f"{emb.shape[0]:,} items, at least {SCALING_BASE_ITEMS:,}"
+        print(f"search defaults: the catalogue size's last-layer ef {default_search(emb.shape[0]).ef[-1]} ({why})")
     run.replace_graph(staged)
     print(f"  -> {run.graph.path}")
     return 0
+
+
+def run_data_dir(run: RunDir) -> str | None:
+    """The prepared data the run was trained on (the data_dir of its config), None where the config names none."""
+    try:
+        return run.read_config()["data_dir"]
+    except (UserError, KeyError, ValueError):
+        return None
 
 
 def score_metric(run: RunDir, emb: np.ndarray, data_dir: str | None, seed: int, threads: int = 0) -> np.ndarray:
@@ -237,11 +260,7 @@ def score_metric(run: RunDir, emb: np.ndarray, data_dir: str | None, seed: int, 
     from nann.data.prepared import PreparedData
     from nann.model import load_model
 
-    if data_dir is None:
-        try:
-            data_dir = run.read_config()["data_dir"]
-        except (UserError, KeyError, ValueError):
-            data_dir = None
+    data_dir = data_dir or run_data_dir(run)
     if not data_dir or not Path(data_dir).is_dir():
         raise UserError(f"--metric score needs the run's training data to find what users rank high: pass "
                         f"--data DATA_DIR (the prepared data the run was trained on), or --metric l2")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nann.engine.params import SearchParams, default_search
 from nann.errors import UserError
 
 CONFIG = "config.json"                 # the model config (nann.model.ModelConfig) plus training settings
@@ -71,6 +72,7 @@ class GraphDir(_Layout):
     METRIC = "metric.npy"          # the score-sensitivity transform of a graph built with --metric score
     HNSW_INDEX = "hnsw_index.bin"  # hnswlib's save_index format, labels = dense ids
     LAYER_INDPTR, LAYER_INDICES = "layer{}_indptr.npy", "layer{}_indices.npy"  # of each level
+    CALIBRATION = "search_calibration"  # the meta's record of the last-layer ef `nann graph` chose (nann.calibration)
 
     meta_file = _file(META)
     levels_file = _file(LEVELS)
@@ -104,6 +106,12 @@ class GraphDir(_Layout):
         meta = {**meta, "format_version": self.FORMAT_VERSION}
         self.meta_file.write_text(json.dumps(meta, indent=1))
         return meta
+
+    def search_defaults(self) -> SearchParams:
+        """THE search defaults of this graph's catalogue: `default_search` at its size, with the last-layer ef it was
+        calibrated to where `nann graph` calibrated it."""
+        meta = self.read_meta()
+        return default_search(int(meta["num_items"]), meta.get(self.CALIBRATION, {}).get("ef"))
 
     def served_files(self) -> list[Path]:
         """Every file of the graph but hnswlib's index."""
@@ -191,6 +199,11 @@ class RunDir(_Layout):
     def vocabulary_size(self) -> int:
         """Items of the run's vocabulary (added ones included)."""
         return int(np.load(self.items_file, mmap_mode="r", allow_pickle=False).shape[0])
+
+    def search_defaults(self) -> SearchParams:
+        """The search defaults of the run's catalogue: its graph's (`GraphDir.search_defaults`), the size rule's
+        (`default_search`) while it has none."""
+        return self.graph.search_defaults() if self.graph.exists() else default_search(self.vocabulary_size())
 
     def vocabulary(self):
         """The run's nann.data.prepared.Vocabulary."""

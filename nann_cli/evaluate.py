@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from nann.baselines import report, summary
-from nann.engine.params import DEFAULT_SEARCH, RESULT_SIZE, WALK_TUNABLES, resolve
+from nann.engine.params import DEFAULT_SEARCH, RESULT_SIZE, WALK_TUNABLES, SearchParams, resolve
 from nann.errors import UserError
 from nann.evaluate import Evaluator, MethodSpec, evaluate_dr, plot_curves, sweep_specs
 from nann.run_dir import RunDir
@@ -21,9 +21,9 @@ from nann_cli.query import parse_history, print_answer
 
 
 def search_flags(args) -> dict:
-    """The SearchParams fields the command line sets (the rest keep the catalogue's defaults, `default_search`): the
-    walk's flags given, or with --paper all of the paper's walk, which excludes them; and the result size (--k,
-    --top-m) when given."""
+    """The SearchParams fields the command line sets (the rest keep the catalogue's defaults,
+    `RunDir.search_defaults`): the walk's flags given, or with --paper all of the paper's walk, which excludes them;
+    and the result size (--k, --top-m) when given."""
     given = {t.field: getattr(args, t.field) for t in WALK_TUNABLES if getattr(args, t.field) is not None}
     if args.paper:
         if given:
@@ -35,10 +35,11 @@ def search_flags(args) -> dict:
     return {name: tuple(v) if isinstance(v, list) else v for name, v in given.items()}
 
 
-def method_spec(method: str, num_items: int, flags: dict) -> MethodSpec:
-    """What `nann evaluate` runs: `method` with the catalogue's search (`resolve`) and the search `flags` given."""
+def method_spec(method: str, defaults: SearchParams, flags: dict) -> MethodSpec:
+    """What `nann evaluate` runs: `method` with the catalogue's search `defaults` (`RunDir.search_defaults`) and the
+    search `flags` given over them (`resolve`)."""
     try:
-        return MethodSpec(method, resolve(num_items, **flags))
+        return MethodSpec(method, resolve(defaults, **flags))
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -73,7 +74,7 @@ def main_evaluate(args) -> int:
         return 0
     ev = Evaluator(args.run, args.data, users=args.users, batch=args.batch, backend=args.backend, filters=filters,
                    blocked=read_ids(args.blocked) if args.blocked else None)
-    base = method_spec(args.method, ev.runtime.num_items, flags)
+    base = method_spec(args.method, RunDir(args.run).search_defaults(), flags)
     specs = sweep_specs(base) if args.sweep else [base]
     results = []
     for spec in specs:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nann.engine.params import DEFAULT_SEARCH, PAPER_SEARCH, default_search
+from nann.engine.params import DEFAULT_SEARCH, PAPER_SEARCH
 from nann.run_dir import RunDir
 from nann_cli.steps import run_step
 
@@ -253,7 +253,7 @@ def compare(work: Path, sc: Scale) -> dict:
             lat(lambda f, h: brute_force(n_items, 1, f, TOP_M, grid=ev.grid), ev, sc.brute_latency_users), ev)
     r["batched_seconds_per_query"] = brute_batched_s
     # quality: the engine batched (its results do not depend on batching); latency: one user at a time
-    for name, params in ((BEAM_SERVED, replace(default_search(n_items), top_m=TOP_M)),
+    for name, params in ((BEAM_SERVED, replace(RunDir(paths["nann"]).search_defaults(), top_m=TOP_M)),
                          (BEAM_PAPER, replace(PAPER_SEARCH, top_m=TOP_M)),
                          (BEAM_FRONTIER,
                           replace(PAPER_SEARCH, rounds=FRONTIER_ROUNDS, frontier=FRONTIER, top_m=TOP_M))):

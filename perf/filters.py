@@ -9,7 +9,7 @@ write_blocked`, what `nann items block` writes), and one blocked item (the filte
 filtered). For each row, on the same test users:
 
 * items scored per query, coverage@k against brute force over the eligible items and recall@k — the engine replayed
-  against every item's score, computed once (`perf.replay.ScoreCache`, kept as WORK/scores_test<users>.npy): exact,
+  against every item's score, computed once (`nann.replay.ScoreCache`, kept as WORK/scores_test<users>.npy): exact,
   the served walk is the same code;
 * served requests/s and latency: the client SDK at fixed concurrency (`perf.soak.soak`, no retries) once the server
   reports the new set's version on its metrics; rows are measured `--repeats` times in turn (A B C … A B C …) and
@@ -57,11 +57,12 @@ def wait_for_version(metrics_url: str, version: int, timeout: float = 60.0) -> N
 def measure(args) -> dict:
     from nann.data.prepared import PreparedData
     from nann.engine.graph import HnswGraph
-    from nann.engine.search import DEFAULT_SEARCH, default_search
+    from nann.engine.search import DEFAULT_SEARCH
     from nann.serving.export import export_repository
     from nann.serving.filters import write_blocked
     from nann.serving.server import TritonServer
-    from perf.replay import ScoreCache
+    from nann.replay import ScoreCache
+    from nann.run_dir import RunDir
     from perf.soak import soak
 
     work = Path(args.work)
@@ -73,7 +74,7 @@ def measure(args) -> dict:
     cache = ScoreCache.build(Path(args.run), data.test, args.users, work / f"scores_test{args.users}.npy",
                              DEFAULT_SEARCH.top_m)
     graph = HnswGraph.load(Path(args.run) / "graph")
-    search = default_search(cache.num_items)
+    search = RunDir(args.run).search_defaults()
     histories = [data.vocab.dense_to_raw(h).tolist() for h in cache.histories]
     rows = [{"label": label, "blocked": 0 if ids is None else int(ids.size), "served": [],
              "ids": None if ids is None else data.vocab.dense_to_raw(ids),

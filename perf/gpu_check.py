@@ -32,7 +32,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from nann.engine.grid import CandidateGrid
-from nann.engine.params import SearchParams, default_search
+from nann.engine.params import SearchParams
 from nann.errors import UserError
 from nann.run_dir import RunDir
 from perf.gpu_runs import check_pack, knn_graph, make_pack, random_run, unpack_run
@@ -258,8 +258,7 @@ def search_ladder(base: SearchParams, num_items: int, largest_ef: int = 16_384) 
 def operating_point(offline, encoded: list, steps: int, target: float = PAPER_FRACTION) -> tuple:
     """(params, fraction): of the catalogue's defaults changed along `search_ladder`, the one whose mean scored
     fraction for the encoded users is closest to ``target`` (bisection over the ladder, ``steps`` searches)."""
-    num_items = offline.service.graph.num_items
-    ladder = search_ladder(default_search(num_items), num_items)
+    ladder = search_ladder(offline.limits.defaults, offline.service.graph.num_items)
     at: dict[int, float] = {}
     lo, hi = 0, len(ladder) - 1
     for _ in range(steps):
@@ -315,7 +314,7 @@ def engine(cats: list[Catalogue], device: str, plan: Plan, failed: dict) -> list
     for cat in cats:
         tuner = retriever(cat, CPU_SCORER)
         encoded = [tuner.encoder.encode(h) for h in cat.histories[:plan.tune_users]]
-        defaults = default_search(tuner.service.graph.num_items)
+        defaults = tuner.limits.defaults  # the catalogue's served defaults (its graph's, RunDir.search_defaults)
         searches = {"defaults": (defaults, scored_fraction(tuner, encoded, defaults)),
                     "paper ~1.3%": operating_point(tuner, encoded, plan.tune_steps)}
         del tuner, encoded

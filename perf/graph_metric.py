@@ -7,7 +7,7 @@ One trained model, so the catalogue size is the only thing that changes: each si
 measured users' histories (a real catalogue holds its users' behaviours, and they are the seeds) and fills up with
 items drawn at random (0 = the whole catalogue). For each size and metric, graphs are built with several build
 seeds (M and efConstruction: `nann graph`'s defaults; the score metric's transform is computed once, from the whole
-catalogue), and the engine is replayed against the cached scores (``perf.replay``) restricted to the size's items,
+catalogue), and the engine is replayed against the cached scores (``nann.replay``) restricted to the size's items,
 at the catalogue's search defaults (``default_search(size)``) with the last-layer ef swept. The figure of merit is
 the share of the catalogue scored to reach coverage@200 = 0.99 on the validation users (linear between swept
 points). Writes ``OUT/graph_metric.json`` and its section of perf/RESULTS.md; ``graph_builder.SCORE_METRIC_MAX_ITEMS``
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from graph_builder import GRAPH_EF_CONSTRUCTION, GRAPH_M, SCORE_METRIC_MAX_ITEMS
-from nann.engine.search import default_search
-from perf.replay import ScoreCache
-from perf.search_quality import TARGET, mean_over_graphs, with_ef0
+from nann.engine.params import default_search, with_last_ef
+from nann.replay import ScoreCache
+from perf.search_quality import TARGET, mean_over_graphs
 from perf.sections import provenance
 
 NAME = "Graph metric by catalogue size"
@@ -92,7 +92,7 @@ def measure(args) -> dict:
                     build_graph(emb[ids], d, seed=seed, transform=transform if metric == "score" else None)
                 graphs.append(HnswGraph.load(d))
             print(f"[graph_metric] {ids.size} items, {metric}: replaying", file=sys.stderr)
-            points = [{"ef0": e, **mean_over_graphs(cache, graphs, with_ef0(search, e))} for e in sweep]
+            points = [{"ef0": e, **mean_over_graphs(cache, graphs, with_last_ef(search, e))} for e in sweep]
             row["metrics"][metric] = {"points": points, "percent_for_target": items_for_target(points)}
         rows.append(row)
     return {"rows": rows, "users": int(val.num_users), "graph_seeds": seeds, "m": GRAPH_M,

@@ -3,11 +3,13 @@ cached scores.
 
     python -m perf.search_defaults --run RUN --data DATA --name NAME [--graphs score:32:100]
 
-For one trained run and each graph setting (several build seeds): on the test users, the defaults
-(`default_search(num_items)`) and the defaults before the small-catalogue rule (`DEFAULT_SEARCH`, what every
-catalogue below SCALING_BASE_ITEMS got), each beside HNSW-retrieval with the neural score read off its curve at the
-same items scored (its coverage there) and at the same coverage (the items it needs); the HNSW curve itself (ef0
-swept, test users). Then, on validation users, where the beam's items go at the defaults' last-layer ef: the same walk
+For one trained run and each graph setting (several build seeds): on the test users, the calibrated defaults (each
+build's last-layer ef calibrated as `nann graph` does it, `nann.calibration.calibrate`, on as many validation users as
+it takes: `calibration_users`), the size rule (`default_search(num_items)`, a graph without calibration) and the
+defaults before the small-catalogue rule (`DEFAULT_SEARCH`, what every catalogue below SCALING_BASE_ITEMS got), each
+beside HNSW-retrieval with the neural score read off its curve at the same items scored (its coverage there) and at
+the same coverage (the items it needs); the HNSW curve itself (ef0 swept, test users). Then, on validation users,
+where the beam's items go at the size rule's last-layer ef: the same walk
 without history seeds, with a narrower frontier (more rounds; a cap above the served 64 rounds so that the walk ends
 on its own), and with ef 1 on the layers above 0 (HNSW's greedy descent). Every figure is a mean over graph builds
 and users; rounds are the scoring rounds per query (scorer calls a served request takes part in). Writes
@@ -18,12 +20,15 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
-from nann.engine.params import DEFAULT_SEARCH, SearchParams, default_search
-from perf.replay import ScoreCache
-from perf.search_quality import _pt, defaults_text, header, mean_over_graphs, replay_benchmark, run_arguments
+from nann.calibration import TARGET, calibrate, calibration_users
+from nann.engine.params import DEFAULT_SEARCH, SearchParams, default_search, with_last_ef
+from nann.replay import ScoreCache
+from perf.search_quality import (_pt, defaults_text, header, mean_over_graphs, replay_benchmark, run_arguments,
+                                 score_caches)
 
 HNSW_SWEEP = (200, 250, 300, 400, 500, 600, 800, 1200, 1600)
 NARROW_FRONTIERS = (8, 4, 1)
@@ -57,15 +62,18 @@ def matched(point: dict, curve: list[dict]) -> dict:
             "hnsw_items_at_most": point["coverage"] < curve[0]["coverage"]}
 
 
-def measure(val: ScoreCache, test: ScoreCache, graphs) -> dict:
+def measure(val: ScoreCache, test: ScoreCache, graphs, calibration_cache: ScoreCache) -> dict:
     hnsw = {name: [{"ef0": e, **mean_over_graphs(cache, graphs, method="hnsw", ef0=e)} for e in HNSW_SWEEP]
             for name, cache in (("val", val), ("test", test))}
     defaults = default_search(test.num_items)
-    rows = {"defaults": defaults, "before (DEFAULT_SEARCH)": DEFAULT_SEARCH}
-    res = {"hnsw": hnsw["test"], "test": {}, "components": {}}
+    calibrations = [calibrate(g, calibration_cache, progress=False) for g in graphs]
+    rows = {"calibrated (`nann graph`)": [with_last_ef(defaults, c["ef"]) for c in calibrations],
+            "size rule (no calibration)": [defaults] * len(graphs),
+            "before (DEFAULT_SEARCH)": [DEFAULT_SEARCH] * len(graphs)}
+    res = {"hnsw": hnsw["test"], "calibrations": calibrations, "test": {}, "components": {}}
     for name, params in rows.items():
         point = mean_over_graphs(test, graphs, params)
-        res["test"][name] = {"ef": params.ef[-1], **point, **matched(point, hnsw["test"])}
+        res["test"][name] = {"ef": [p.ef[-1] for p in params], **point, **matched(point, hnsw["test"])}
     for name, params in components(defaults).items():
         point = mean_over_graphs(val, graphs, params)
         res["components"][name] = {**point, **matched(point, hnsw["val"])}
@@ -80,26 +88,39 @@ def _hnsw_cells(r: dict, n: int) -> str:
     return f"{'—' if cov is None else f'{cov:.4f}'} | {need}"
 
 
+def _efs(efs: list[int]) -> str:
+    """The last-layer ef of each build: one number where they agree."""
+    return str(efs[0]) if len(set(efs)) == 1 else ", ".join(map(str, efs)) + " (per build)"
+
+
 def markdown(res: dict, command: str, graph_seeds: str) -> str:
     n = res["num_items"]
     last_ef = default_search(n).ef[-1]
+    users = res["graphs"][0]["result"]["calibrations"][0]["users"]
     lines = header(res, command, graph_seeds,
-                   f". Search defaults: {defaults_text(n)}; before the small-catalogue rule (`DEFAULT_SEARCH`): "
-                   f"last-layer ef {DEFAULT_SEARCH.ef[-1]}. HNSW-retrieval at matched items: its curve (below) read at "
-                   f"the beam's items scored (its coverage there) and at the beam's coverage (the items it needs; the "
-                   f"ratio is the beam's items over HNSW's), linear between swept points.")
+                   f". Calibrated defaults: each build's last-layer ef as `nann graph` calibrates it (the smallest "
+                   f"reaching validation coverage@200 ≥ {TARGET} over {users} validation users, "
+                   f"`nann.calibration`), the rest as the size rule's; size rule (a graph without calibration): "
+                   f"{defaults_text(n)}; before the small-catalogue rule (`DEFAULT_SEARCH`): last-layer ef "
+                   f"{DEFAULT_SEARCH.ef[-1]}. HNSW-retrieval at matched items: its curve (below) read at the beam's "
+                   f"items scored (its coverage there) and at the beam's coverage (the items it needs; the ratio is "
+                   f"the beam's items over HNSW's), linear between swept points.")
     for g in res["graphs"]:
         r = g["result"]
         lines += [f"**Graph {g['spec']}**", "",
                   "| search (test users) | coverage | worst 5% | recall-Δ | items scored | % of items | rounds "
                   "| HNSW coverage at the same items | HNSW items for the same coverage |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {name}, last-layer ef {v['ef']} | {_pt(v, n)} | {_hnsw_cells(v, n)} |"
+        lines += [f"| {name}, last-layer ef {_efs(v['ef'])} | {_pt(v, n)} | {_hnsw_cells(v, n)} |"
                   for name, v in r["test"].items()]
+        lines += ["", "Calibrations (validation users; per build: ef → coverage / % of items / rounds): "
+                  + "; ".join(f"{c['ef']} → {c['validation_coverage']:.4f} / {c['scored_fraction'] * 100:.2f}% / "
+                              f"{c['rounds']:.0f}" + ("" if c["reached"] else " (target not reached)")
+                              for c in r["calibrations"]) + "."]
         lines += ["", "HNSW-retrieval on the test users (ef0: coverage / worst 5% / % of items scored / rounds): "
                   + "; ".join(f"{h['ef0']}: {h['coverage']:.4f} / {h['coverage_p5']:.3f} / "
                               f"{h['scored_fraction'] * 100:.2f}% / {h['rounds']:.0f}" for h in r["hnsw"]) + ".", "",
-                  f"Where the items go (validation users, the defaults' last-layer ef {last_ef}, one change per "
+                  f"Where the items go (validation users, the size rule's last-layer ef {last_ef}, one change per "
                   "row):", "",
                   "| walk | coverage | worst 5% | % of items | rounds | HNSW coverage at the same items | "
                   "HNSW items for the same coverage |",
@@ -117,7 +138,11 @@ def main(argv=None) -> int:
     run_arguments(p, "Search defaults, 10k items", "score:32:100")
     args = p.parse_args(argv)
     command = command_line("perf.search_defaults", argv)
-    res = replay_benchmark(args, measure)
+    data, val, _ = score_caches(args)
+    users = calibration_users(val.num_items, len(data.val))
+    calibration_cache = ScoreCache.build(args.run, data.val, users,
+                                         Path(args.run) / "quality" / f"scores_val{users}.npy")
+    res = replay_benchmark(args, lambda v, t, graphs: measure(v, t, graphs, calibration_cache))
     report(args.name, markdown(res, command, args.graph_seeds), write=not args.no_results_md)
     return 0
 

@@ -3,7 +3,7 @@
     python -m perf.search_quality --run RUN --data DATA --name NAME [--graphs score:32:100,l2:32:40] ...
 
 For one trained run: builds HNSW graphs for each setting (metric:M:efConstruction) with several build seeds (build
-time recorded), scores every item once for the validation and test users (``perf.replay.ScoreCache``), then runs
+time recorded), scores every item once for the validation and test users (``nann.replay.ScoreCache``), then runs
 the real engine against those scores, so every variant's items-scored count is exact and all variants see the same
 users:
 
@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from graph_builder import default_metric
+from nann.engine.params import with_last_ef
 from nann.engine.search import PAPER_SEARCH, SearchParams, default_search
-from perf.replay import ScoreCache
+from nann.replay import ScoreCache
 from perf.sections import provenance
 
 TARGET = 0.99
@@ -68,16 +69,14 @@ def build_graphs(run: Path, data: Path, spec: tuple[str, int, int], seeds: list[
 
 
 def mean_over_graphs(cache: ScoreCache, graphs, params=None, method: str = "beam", ef0: int = 400) -> dict:
-    """Summary averaged over the graph builds, with each field's spread across builds."""
-    runs = [cache.replay(g, params, method=method, ef0=ef0).summary(cache.num_items) for g in graphs]
+    """Summary averaged over the graph builds, with each field's spread across builds; params: one SearchParams for
+    every build, or a list of one per build."""
+    per_graph = params if isinstance(params, list) else [params] * len(graphs)
+    runs = [cache.replay(g, p, method=method, ef0=ef0).summary(cache.num_items) for g, p in zip(graphs, per_graph)]
     out = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
     out["spread"] = {k: [float(min(r[k] for r in runs)), float(max(r[k] for r in runs))]
                      for k in ("coverage", "items_scored")}
     return out
-
-
-def with_ef0(p: SearchParams, ef0: int) -> SearchParams:
-    return replace(p, ef=p.ef[:-1] + (ef0,))
 
 
 def measure_graph(val: ScoreCache, test: ScoreCache, graphs, frontier: int | None = None) -> dict:
@@ -90,14 +89,14 @@ def measure_graph(val: ScoreCache, test: ScoreCache, graphs, frontier: int | Non
                         "test": mean_over_graphs(test, graphs, defaults)},
            "previous_served": mean_over_graphs(test, graphs, PREVIOUS_SERVED),
            "paper": mean_over_graphs(test, graphs, PAPER_SEARCH),
-           "seeded": [{"ef0": e, **mean_over_graphs(val, graphs, with_ef0(swept, e))} for e in sweep],
-           "unseeded": [{"ef0": e, **mean_over_graphs(val, graphs, replace(with_ef0(swept, e), seeds=0))}
+           "seeded": [{"ef0": e, **mean_over_graphs(val, graphs, with_last_ef(swept, e))} for e in sweep],
+           "unseeded": [{"ef0": e, **mean_over_graphs(val, graphs, replace(with_last_ef(swept, e), seeds=0))}
                         for e in sweep],
            "hnsw": [{"ef0": e, **mean_over_graphs(val, graphs, method="hnsw", ef0=e)} for e in HNSW_SWEEP]}
     cheapest = next((p for p in res["seeded"] if p["coverage"] >= TARGET), None)
     if cheapest is not None:
         res["cheapest_target"] = {"ef0": cheapest["ef0"], "val": cheapest,
-                                  "test": mean_over_graphs(test, graphs, with_ef0(swept, cheapest["ef0"]))}
+                                  "test": mean_over_graphs(test, graphs, with_last_ef(swept, cheapest["ef0"]))}
     return res
 
 

@@ -17,10 +17,9 @@ import argparse
 import sys
 from dataclasses import replace
 
-from nann.engine.params import SearchParams, default_search
-from perf.replay import ScoreCache
-from perf.search_quality import (TARGET, _pt, defaults_text, header, mean_over_graphs, replay_benchmark, run_arguments,
-                                 with_ef0)
+from nann.engine.params import SearchParams, default_search, with_last_ef
+from nann.replay import ScoreCache
+from perf.search_quality import TARGET, _pt, defaults_text, header, mean_over_graphs, replay_benchmark, run_arguments
 
 EF_SWEEP = (200, 250, 300, 400, 600, 800, 1200)
 HNSW_SWEEP = (200, 250, 300, 400, 600, 800, 1600)
@@ -30,7 +29,7 @@ HNSW = "HNSW-retrieval"
 def curves(defaults: SearchParams, patiences: list[int]) -> dict[str, list[tuple[int, SearchParams | None]]]:
     """Curve name → its points (last-layer ef or HNSW's ef0, the beam's parameters or None for HNSW)."""
     out = {f"patience {p}" if p else "fixed rounds (patience off)":
-           [(e, with_ef0(replace(defaults, patience=p), e)) for e in EF_SWEEP] for p in [0, *patiences]}
+           [(e, with_last_ef(replace(defaults, patience=p), e)) for e in EF_SWEEP] for p in [0, *patiences]}
     out[HNSW] = [(e, None) for e in HNSW_SWEEP]
     return out
 

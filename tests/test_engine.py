@@ -153,10 +153,10 @@ def test_default_search_widens_with_the_catalogue():
         assert larger.rounds == DEFAULT_SEARCH.rounds and larger.seeds == DEFAULT_SEARCH.seeds
     assert searches[2].ef[-1] == 1190 and searches[2].frontier == 34  # 300 × (1M / 100k)^0.6, 16 × 10^(1/3)
     # a catalogue whose default list is longer than the usual request maximum can still be served by default
-    limits = ServingLimits.for_catalogue(10_000_000)
+    limits = ServingLimits.for_catalogue(default_search(10_000_000))
     assert limits.defaults.ef == searches[-1].ef
     assert limits.maximum("ef") >= searches[-1].ef[-1] > ServingLimits().maximum("ef")
-    assert ServingLimits.for_catalogue(5_000, max_seq=3).defaults.seeds == 3
+    assert ServingLimits.for_catalogue(default_search(5_000), max_seq=3).defaults.seeds == 3
 
 
 def test_batched_equals_single(medium):

@@ -108,11 +108,18 @@ def test_build_graph_writes_files(tmp_path, capsys):
 
 def test_main_requires_embeddings(tmp_path):
     from graph_builder.build import main
-    args = SimpleNamespace(run=str(tmp_path), m=4, ef_construction=20, threads=1, seed=1, metric="l2", data=None)
+    args = SimpleNamespace(run=str(tmp_path), m=4, ef_construction=20, threads=1, seed=1, metric="l2", data=None,
+                           calibrate=True)
     with pytest.raises(UserError, match="nann train"):
         main(args)
     np.save(tmp_path / "item_embeddings.npy", np.random.default_rng(0).standard_normal((300, 4)).astype("f4"))
+    # no prepared data: the calibration of the search defaults asks for it (or --no-calibrate) before building
+    with pytest.raises(UserError, match="--data DATA_DIR .* or --no-calibrate"):
+        main(args)
+    assert not (tmp_path / "graph").exists()
+    args.calibrate = False
     assert main(args) == 0
+    assert GraphDir.CALIBRATION not in GraphDir(tmp_path / "graph").read_meta()
     assert HnswGraph.load(tmp_path / "graph").num_items == 300
     first = (tmp_path / "graph" / "layer0_indices.npy").stat().st_ino
     assert main(args) == 0  # a rebuild swaps in a new directory: files an export hard-links are never rewritten
@@ -127,7 +134,8 @@ def test_main_auto_metric_follows_the_catalogue_size(tmp_path, capsys):
 
     assert default_metric(SCORE_METRIC_MAX_ITEMS) == "score" and default_metric(SCORE_METRIC_MAX_ITEMS + 1) == "l2"
     np.save(tmp_path / "item_embeddings.npy", np.random.default_rng(0).standard_normal((300, 4)).astype("f4"))
-    args = SimpleNamespace(run=str(tmp_path), m=4, ef_construction=20, threads=1, seed=1, metric="auto", data=None)
+    args = SimpleNamespace(run=str(tmp_path), m=4, ef_construction=20, threads=1, seed=1, metric="auto", data=None,
+                           calibrate=False)
     # no training data beside this run: the score metric (auto's choice at 300 items) asks for it by name
     with pytest.raises(UserError, match="--metric score needs the run's training data"):
         build.main(args)

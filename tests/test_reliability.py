@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from nann.data.prepared import PreparedData
 from nann.engine.grid import CandidateGrid
+from nann.run_dir import GraphDir, RunDir
 from nann.serving.export import state_specs
 from nann.serving.requests import ServingLimits, parse_search
 from nann.serving.retrieval import OfflineRetriever
@@ -321,12 +322,16 @@ def test_encode_called_directly_answers_each_request_alone(served, client, users
 
 # ---------------------------------------------------------------- limits
 
-def test_limits_are_published_in_nann_info(client):
+def test_limits_are_published_in_nann_info(served, client):
     config = client.get_model_config("nann", as_json=True)["config"]
     info = json.loads(config["parameters"]["nann_info"]["string_value"])
-    # the catalogue's defaults (`default_search(num_items)`: below 100k items the last-layer ef follows its size)
-    published = ServingLimits.for_catalogue(info["num_items"], max_seq=info["max_seq"]).published()
+    # the catalogue's defaults: below 100k items the last-layer ef `nann graph` calibrated on the validation users
+    graph = RunDir(served.run).graph
+    calibrated = graph.read_meta()[GraphDir.CALIBRATION]["ef"]
+    assert graph.search_defaults().ef[-1] == calibrated
+    published = ServingLimits.for_catalogue(graph.search_defaults(), max_seq=info["max_seq"]).published()
     assert info["limits"] == published["limits"] and info["defaults"] == published["defaults"]
+    assert info["defaults"]["ef"][-1] == calibrated
     assert set(info["defaults"]) == {"k", "ef", "rounds", "frontier", "seeds", "patience"}
     assert info["limits"]["max_seeds"] == 50
     assert info["limits"]["max_exclude"] == 10_000 and info["limits"]["max_categories"] == 1_000

@@ -1,8 +1,8 @@
 """One owner of the search parameters: every caller of the engine asking for k = 500 at the catalogue's default
-last-layer ef (`default_search`, below 500) gets the same 500 items in the same order, because the engine itself
+last-layer ef (`RunDir.search_defaults`, below 500) gets the same 500 items in the same order, because the engine itself
 walks the last layer with a list of at least k entries (`SearchParams.walk_ef`): the served ensemble, `nann retrieve`,
 `nann evaluate --top-m` (its Evaluator search, `--batch 1`: one user per encoder call, as the server encodes) and a
-perf tool (perf.replay's ScoreCache, the engine on cached scores)."""
+replay (nann.replay's ScoreCache, the engine on cached scores, as the perf tools and the calibration run it)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,8 @@ from dataclasses import replace
 
 import pytest
 
-from nann.engine.params import DEFAULT_SEARCH, RESULT_SIZE, TUNABLES, SearchParams, default_search
+from nann.engine.params import DEFAULT_SEARCH, RESULT_SIZE, TUNABLES, SearchParams
+from nann.run_dir import RunDir
 from nann.serving.requests import ServingLimits
 
 K = 500
@@ -40,9 +41,9 @@ def test_every_caller_asking_for_k_items_gets_the_same_k_items(served, test_hist
     from nann_cli.evaluate import method_spec, search_flags
     from nann_cli.main import _build_parser
     from nann_cli.main import main as cli_main
-    from perf.replay import ScoreCache
+    from nann.replay import ScoreCache
 
-    defaults = default_search(HnswGraph.load(served.run / "graph").num_items)
+    defaults = RunDir(served.run).search_defaults()
     assert defaults.ef[-1] < K <= ServingLimits().maximum("k")
     histories = test_histories[:USERS]
     with NannClient(served.server.grpc_url) as client:
@@ -58,7 +59,7 @@ def test_every_caller_asking_for_k_items_gets_the_same_k_items(served, test_hist
     args = _build_parser().parse_args(["evaluate", "--run", str(served.run), "--data", str(served.data),
                                        "--top-m", str(K), "--batch", "1", "--users", str(USERS)])
     evaluator = Evaluator(args.run, args.data, users=args.users, batch=args.batch)
-    spec = method_spec(args.method, evaluator.runtime.num_items, search_flags(args))
+    spec = method_spec(args.method, defaults, search_flags(args))
     assert spec.params.ef == defaults.ef and spec.params.top_m == K
     found, _, _ = evaluator.search(spec)
     assert [data.vocab.dense_to_raw(row).tolist() for row in found] == served_ids, "nann evaluate --top-m"
@@ -66,4 +67,4 @@ def test_every_caller_asking_for_k_items_gets_the_same_k_items(served, test_hist
     cache = ScoreCache.build(served.run, data.test, USERS, tmp_path / "scores.npy", top_m=K)
     graph = HnswGraph.load(served.run / "graph")
     found, _, _ = cache.search(graph, replace(defaults, top_m=K))  # as perf.compare asks
-    assert [data.vocab.dense_to_raw(row).tolist() for row in found] == served_ids, "perf.replay"
+    assert [data.vocab.dense_to_raw(row).tolist() for row in found] == served_ids, "nann.replay"

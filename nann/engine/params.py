@@ -8,9 +8,10 @@ served defaults and limits that `nann_info` publishes (`ServingLimits`), the com
 evaluator's methods (`nann.evaluate.MethodSpec` holds a SearchParams); a test ties the client SDK's own table to the
 served inputs. A new tunable is one field here plus its use in the engine.
 
-Resolving a search: `default_search(num_items)` gives a catalogue's defaults, `resolve` puts the given values over
-them (bounds checked by SearchParams), and the engine applies the one rule between tunables itself, for every caller:
-the last layer's list holds at least top_m entries (`SearchParams.walk_ef`; hnswlib's searchKnn takes max(ef, k)).
+Resolving a search: `default_search(num_items, calibrated_ef)` gives a catalogue's defaults (a graph's, read from its
+meta, come from `nann.run_dir.GraphDir.search_defaults`: the one lookup), `resolve` puts the given values over them
+(bounds checked by SearchParams), and the engine applies the one rule between tunables itself, for every caller: the
+last layer's list holds at least top_m entries (`SearchParams.walk_ef`; hnswlib's searchKnn takes max(ef, k)).
 """
 from __future__ import annotations
 
@@ -128,12 +129,14 @@ SCALING_BASE_ITEMS = 100_000
 # users, last-layer ef ≈ 1,020 at frontier 32) on the curve; the frontier's cube root keeps the rounds a walk
 # needs (≈ ef / frontier) from growing as fast as its list.
 EF_EXPONENT = 0.6
-# Below SCALING_BASE_ITEMS: the last-layer ef at these catalogue sizes, a power law between them (log ef linear in
-# log items; the first one's below it). A catalogue of a few thousand items reaches coverage 0.99 with a list of
-# top_m (the top 200 are a tenth of it); around 10k items the top 200 lie scattered and the list must be wider
-# (0.99 at ef ≈ 450–500 on validation users of synthetic 10k and of a 12.9k-item Taobao slice); at 100k
-# DEFAULT_SEARCH's 300 holds, and a 20k-item weakly trained model stays under 5% of its items (ef ≈ 440).
-# perf/RESULTS.md, "Search defaults against HNSW-retrieval", measures the rule on five catalogues.
+# Below SCALING_BASE_ITEMS the last-layer ef a catalogue needs is set by its model and graph, not by its size
+# (perf/RESULTS.md, "Search defaults against HNSW-retrieval": validation coverage 0.993 needs ef 350–900 across graph
+# builds of synthetic 10k items, 200–250 on a weakly trained model's 20k): `nann graph` measures it on the run's
+# validation users (`nann.calibration`) and the graph's meta keeps it. A graph without one (built with --no-calibrate,
+# or before calibration existed) gets it from the catalogue size: these sizes, a power law between them (log ef
+# linear in log items; the first one's below it). A catalogue of a few thousand items reaches coverage 0.99 with a
+# list of top_m (the top 200 are a tenth of it); around 10k items the top 200 lie scattered and the list must be
+# wider; at 100k DEFAULT_SEARCH's 300 holds.
 SMALL_CATALOGUE_EF = ((2_000, 200), (8_000, 550), (SCALING_BASE_ITEMS, DEFAULT_SEARCH.ef[-1]))
 
 
@@ -150,17 +153,24 @@ def _small_catalogue_ef(num_items: int) -> int:
     return ef0
 
 
-def default_search(num_items: int) -> SearchParams:
+def default_search(num_items: int, calibrated_ef: int | None = None) -> SearchParams:
     """THE defaults of every search over a catalogue of ``num_items``: `nann evaluate`, `nann retrieve`, the
     exported server and the SDK's docs all take them. DEFAULT_SEARCH at SCALING_BASE_ITEMS items; a smaller
-    catalogue gets its last-layer ef from SMALL_CATALOGUE_EF, a larger one a wider last-layer list and frontier
-    (the walk must cover more ground for the same top-M)."""
+    catalogue gets the last-layer ef its graph was calibrated to (``calibrated_ef``, `nann.calibration`), or without
+    one the ef of SMALL_CATALOGUE_EF; a larger one a wider last-layer list and frontier (the walk must cover more
+    ground for the same top-M; a calibration is not used there)."""
     if num_items < SCALING_BASE_ITEMS:
-        return replace(DEFAULT_SEARCH, ef=DEFAULT_SEARCH.ef[:-1] + (_small_catalogue_ef(int(num_items)),))
+        last_ef = _small_catalogue_ef(int(num_items)) if calibrated_ef is None else int(calibrated_ef)
+        return replace(DEFAULT_SEARCH, ef=DEFAULT_SEARCH.ef[:-1] + (last_ef,))
     scale = int(num_items) / SCALING_BASE_ITEMS
     last_ef = int(round(DEFAULT_SEARCH.ef[-1] * scale ** EF_EXPONENT, -1))
     return replace(DEFAULT_SEARCH, ef=DEFAULT_SEARCH.ef[:-1] + (last_ef,),
                    frontier=int(round(DEFAULT_SEARCH.frontier * scale ** (1 / 3))))
+
+
+def with_last_ef(params: SearchParams, ef: int) -> SearchParams:
+    """``params`` with the last layer's ef set to ``ef``."""
+    return replace(params, ef=params.ef[:-1] + (int(ef),))
 
 
 def json_value(value):
@@ -168,7 +178,7 @@ def json_value(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def resolve(num_items: int, **given) -> SearchParams:
-    """The search over a catalogue of ``num_items``: its defaults (`default_search`) with the `given` fields (per-layer
-    values as any sequence); ValueError names a value out of bounds."""
-    return replace(default_search(num_items), **given)
+def resolve(defaults: SearchParams, **given) -> SearchParams:
+    """A search: a catalogue's ``defaults`` (`GraphDir.search_defaults`, `default_search`) with the `given` fields
+    (per-layer values as any sequence); ValueError names a value out of bounds."""
+    return replace(defaults, **given)

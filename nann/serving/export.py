@@ -210,9 +210,10 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
                       in_process: bool | None = None) -> dict:
     """Write a new version of every model into `repo`; returns the export summary (also in nann_info).
 
-    limits default to the catalogue's (`ServingLimits.for_catalogue`) with the run's max_seq and the `unknown_ids`
-    policy. in_process: where the scorer runs, None = its runtime's choice (`ScorerRuntime.in_process`); False serves
-    a Python runtime behind BLS as its own `scorer` model (the layout before issue #26, kept to compare the two)."""
+    limits default to the catalogue's (`ServingLimits.for_catalogue` of the graph's `search_defaults`) with the run's
+    max_seq and the `unknown_ids` policy. in_process: where the scorer runs, None = its runtime's choice
+    (`ScorerRuntime.in_process`); False serves a Python runtime behind BLS as its own `scorer` model (the layout before
+    issue #26, kept to compare the two)."""
     run_dir, repo = Path(run_dir).resolve(), Path(repo).resolve()
     stale = [model for model in OBSOLETE_MODELS if (repo / model).is_dir()]
     if stale:
@@ -231,7 +232,8 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
     specs = state_specs(run_dir)
     emb_dim = int(run.item_embeddings().shape[1])
     num_items = run.vocabulary_size()
-    limits = limits or ServingLimits.for_catalogue(num_items, max_seq=int(config["max_seq"]), unknown_ids=unknown_ids)
+    limits = limits or ServingLimits.for_catalogue(run.search_defaults(), max_seq=int(config["max_seq"]),
+                                                   unknown_ids=unknown_ids)
     info = {
         "model_version": version, "num_items": num_items, "emb_dim": emb_dim, "scorer_backend": runtime.name,
         "scorer_in_process": in_process,

@@ -14,8 +14,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
-from nann.engine.params import (DEFAULT_SEARCH, RESULT_SIZE, TUNABLES, WALK_TUNABLES, SearchParams, Tunable,
-                                default_search, json_value)
+from nann.engine.params import DEFAULT_SEARCH, RESULT_SIZE, TUNABLES, WALK_TUNABLES, SearchParams, Tunable, json_value
 
 INT_KINDS = "iu"
 MAX_LAYERS = 8  # per-layer values a request may send (an HNSW graph of 10M items at M=32 has ~6 levels)
@@ -83,10 +82,10 @@ class ServingLimits:
         return cls(defaults=defaults, maxima=maxima, **d)
 
     @classmethod
-    def for_catalogue(cls, num_items: int, **fields) -> "ServingLimits":
-        """Limits whose search defaults are `default_search(num_items)` (seeds at most max_seq), with the maxima raised
-        to the defaults where these are larger; `fields` set the rest."""
-        p = _within_history(default_search(num_items), fields.get("max_seq", cls.max_seq))
+    def for_catalogue(cls, defaults: SearchParams, **fields) -> "ServingLimits":
+        """Limits whose search defaults are a catalogue's `defaults` (`GraphDir.search_defaults`; seeds at most
+        max_seq), with the maxima raised to the defaults where these are larger; `fields` set the rest."""
+        p = _within_history(defaults, fields.get("max_seq", cls.max_seq))
         maxima = {name: max(t.served_max, _largest(getattr(p, t.field))) for name, t in _BOUNDED.items()}
         return cls(defaults=p, maxima=maxima, **fields)
 

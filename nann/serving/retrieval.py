@@ -127,7 +127,7 @@ class OfflineRetriever:
 
         run_dir = Path(run_dir)
         self.scorer = ScorerService(run_dir, backend)
-        self.limits = limits or ServingLimits.for_catalogue(self.scorer.runtime.num_items,
+        self.limits = limits or ServingLimits.for_catalogue(RunDir(run_dir).search_defaults(),
                                                             max_seq=self.scorer.runtime.max_seq)
         self.encoder = RequestEncoder(run_dir, self.limits, backend)
         self.service = RetrieveService(run_dir, self.limits, grid or scorers.runtime(backend).grid())

@@ -80,27 +80,33 @@ class ScoreCache:
         return ScoreCache(self.scores, self.histories, self.targets, self.top_m, blocked)
 
     @classmethod
-    def build(cls, run_dir, split, n_users: int, path: Path, top_m: int = 200) -> "ScoreCache":
-        """Score all items for the first ``n_users`` of ``split`` (or load ``path`` if it holds them)."""
+    def build(cls, run_dir, split, n_users: int, path: Path | None, top_m: int = 200,
+              progress: bool = True) -> "ScoreCache":
+        """Score all items for the first ``n_users`` of ``split`` (or load ``path`` if it holds them); path None: in
+        memory, kept nowhere."""
         from nann.runtime import ModelRuntime
 
         n = min(n_users, len(split))
         histories = [np.asarray(split.history(i), dtype=np.int64) for i in range(n)]
         targets = np.asarray(split.targets[:n])
-        path = Path(path)
-        if path.is_file():
+        path = None if path is None else Path(path)
+        if path is not None and path.is_file():
             scores = np.load(path, mmap_mode="r", allow_pickle=False)
             if scores.shape[0] == n:
                 return cls(scores, histories, targets, top_m)
         runtime = ModelRuntime.load(run_dir)
-        scores = np.lib.format.open_memmap(path.with_suffix(".partial.npy"), mode="w+", dtype=np.float32,
-                                           shape=(n, runtime.num_items))
+        shape = (n, runtime.num_items)
+        scores = (np.empty(shape, dtype=np.float32) if path is None else
+                  np.lib.format.open_memmap(path.with_suffix(".partial.npy"), mode="w+", dtype=np.float32, shape=shape))
         all_ids = np.arange(runtime.num_items, dtype=np.int64)
-        for u in tqdm(range(n), desc=f"score cache {path.name}", unit="user", file=sys.stderr):
+        desc = "brute force" if path is None else f"score cache {path.name}"
+        for u in tqdm(range(n), desc=desc, unit="user", file=sys.stderr, disable=not progress):
             state = runtime.encode([histories[u]])
             for s in range(0, runtime.num_items, SCORE_CHUNK):
                 ids = all_ids[s:s + SCORE_CHUNK]
                 scores[u, s:s + ids.shape[0]] = runtime.score(state, np.zeros(ids.shape[0], np.int64), ids)
+        if path is None:
+            return cls(scores, histories, targets, top_m)
         scores.flush()
         del scores
         path.with_suffix(".partial.npy").replace(path)
