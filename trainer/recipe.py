@@ -21,8 +21,8 @@ Measured on real logs (perf/RESULTS.md "Real logs", `python -m perf.real_logs re
   `nann.model`). The two-tower model trains first (a fraction of the time); the model made equal to it (its item
   network, recency tables and user tower copied, its other terms zero) is validated as epoch 0, and the model trained
   from random weights is kept only where an epoch beats it. Measured (`python -m perf.real_logs report`): on MovieLens
-  100K the trained model stopped at validation recall 0.785 against the two-tower's 0.793 (test 0.735 vs 0.753), so
-  the run keeps epoch 0; on Taobao's 2-hour slice training beats it by far. Training *from* the two-tower weights
+  100K the model from random weights stopped at validation recall 0.785 against the two-tower's 0.793 (test 0.735 vs
+  0.753); on Taobao's 2-hour slice it beats the two-tower model by far. Training *from* the two-tower weights
   helped the dense log and hurt the sparse one: with the copied parts at a tenth of the learning rate
   (WARM_LR_SCALE), MovieLens 100K reached 0.804 (test 0.759) but Taobao's slice stayed near the two-tower (test 0.099
   against 0.153 from random weights); at the full rate the first epoch left the two-tower optimum (0.793 -> 0.785).
