@@ -175,7 +175,7 @@ def extend_graph(graph_dir, embeddings: np.ndarray, out_dir, threads: int = 0, c
     index.save_index(str(out.hnsw_index_file))
     if transform is not None:
         shutil.copy2(graph.metric_file, out.metric_file)
-    # the calibrated last-layer ef stays: it is the model's (the score landscape), measured before the items came
+    # the calibrated walk stays: it is the model's (the score landscape), measured before the items came
     kept = {k: meta[k] for k in ("metric", "build_seconds", GraphDir.CALIBRATION) if k in meta}
     new_meta = export_index(index, out.path, {**kept, "added_items": meta.get("added_items", 0) + space.shape[0]})
     return {**new_meta, "insert_seconds": seconds}

@@ -1,13 +1,17 @@
-"""The last-layer ef of a catalogue below SCALING_BASE_ITEMS, measured on its model when its graph is built.
+"""The walk of a catalogue below SCALING_BASE_ITEMS, measured on its model when its graph is built.
 
-The list a walk needs for coverage@200 ≥ 0.99 is set by the model's score landscape and its graph, not by the
-catalogue size (perf/RESULTS.md, "Search defaults against HNSW-retrieval": ef 350–900 across graph builds of
-synthetic 10k items, 200–250 on a weakly trained model's 20k). So `nann graph` replays the default walk (the real engine
-against the exact scores of the run's validation users, `nann.replay.ScoreCache`) over EF_LADDER and keeps the smallest
-ef whose validation coverage@200 reaches TARGET; the graph's meta holds it and what was measured
-(`nann.run_dir.GraphDir.CALIBRATION`), and `GraphDir.search_defaults` gives it to every search of the catalogue. TARGET
-sits above 0.99 so that users the calibration never saw (test users, served users) still get ≥ 0.99: the largest drop
-from validation to test measured on six catalogues is 0.0015 (perf/RESULTS.md), 0.003 keeps twice that in reserve.
+The walk a catalogue needs for coverage@200 ≥ 0.99 is set by the model's score landscape and its graph, not by the
+catalogue size (perf/RESULTS.md, "Search defaults against HNSW-retrieval": last-layer ef 350–900 across graph builds of
+synthetic 10k items, 200–250 on a weakly trained model's 20k). So `nann graph` replays walks (the real engine against
+the exact scores of the run's validation users, `nann.replay.ScoreCache`) and keeps the one that reaches TARGET
+validation coverage@200 scoring the fewest items. Its shapes (SHAPES): the defaults' frontier and descent, a narrower
+descent, narrower frontiers; for each the smallest ef of EF_LADDER that reaches TARGET. A shape of more scoring rounds
+(a narrower frontier: each round expands fewer entries, so a walk takes more of them, and each costs a request latency)
+must score at least MIN_SAVING fewer items than the best of fewer rounds to be kept. The graph's meta holds what was
+chosen and measured (`nann.run_dir.GraphDir.CALIBRATION`), and `GraphDir.search_defaults` gives it to every search of
+the catalogue (`nann.engine.params.calibrated`). TARGET sits above 0.99 so that users the calibration never saw (test
+users, served users) still get ≥ 0.99: the largest drop from validation to test measured on six catalogues is 0.0015
+(perf/RESULTS.md), 0.003 keeps twice that in reserve.
 """
 from __future__ import annotations
 
@@ -16,12 +20,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nann.engine.params import SCALING_BASE_ITEMS, SearchParams, default_search, with_last_ef
+from nann.engine.params import SCALING_BASE_ITEMS, SearchParams, calibrated, default_search
 from nann.errors import UserError
 from nann.replay import ScoreCache
 
-TARGET = 0.993  # validation coverage@200 the calibrated ef must reach (0.99 on unseen users, with a margin)
-EF_LADDER = (*range(200, 1001, 50), 1200, 1400, 1600, 2000, 2400, 3200, 4096)  # at most the served maximum ef
+TARGET = 0.993  # validation coverage@200 the calibrated walk must reach (0.99 on unseen users, with a margin)
+EF_LADDER = (*range(200, 500, 25), *range(500, 1001, 50), 1200, 1400, 1600, 2000, 2400, 3200, 4096)  # ≤ the served max
+# The walks tried, fewest scoring rounds first: the defaults' frontier and descent; a descent of one entry on the top
+# layers and ten on the layer above 0 (on a weak model the wider one scores a sixth of the items for nothing); then
+# frontiers of 8 and 4 (the walk needs about twice and four times the rounds, within the defaults' round cap).
+NARROW_DESCENT = (1, 1, 10)
+SHAPES = tuple({"frontier": frontier, "descent_ef": descent}
+               for frontier in (None, 8, 4) for descent in (None, NARROW_DESCENT))
+MIN_SAVING = 0.05  # the share of items a walk of more rounds must save over the best of fewer rounds
 SCORE_BUDGET = 50_000_000  # scores computed for the brute force: users × items (trainer.recipe's validation budget)
 MOST_USERS, LEAST_USERS = 2_000, 200
 
@@ -32,26 +43,53 @@ def calibration_users(num_items: int, available: int) -> int:
     return min(available, max(LEAST_USERS, min(MOST_USERS, SCORE_BUDGET // max(1, num_items))))
 
 
+def _shape(base: SearchParams, shape: dict) -> dict:
+    """A SHAPES entry as a calibration record's fields, its Nones read as ``base``'s."""
+    return {"frontier": base.frontier if shape["frontier"] is None else shape["frontier"],
+            "descent_ef": list(base.ef[:-1] if shape["descent_ef"] is None else shape["descent_ef"])}
+
+
 def calibrate(graph, cache: ScoreCache, base: SearchParams | None = None, target: float = TARGET,
-              progress: bool = True) -> dict:
-    """The smallest ef of EF_LADDER (at least ``base``'s top_m) at which ``base`` (default: the catalogue's size-rule
-    defaults) on ``graph`` reaches validation coverage@top_m ≥ ``target`` over ``cache``'s users; the largest when none
-    does ("reached" false). Returns what goes into the graph's meta: ef, validation coverage, worst 5% of users,
-    share of items scored, scoring rounds, users, target, reached."""
+              shapes=SHAPES, progress: bool = True) -> dict:
+    """The walk ``graph`` needs over ``cache``'s users: for each of ``shapes`` (on ``base``, default the catalogue's
+    size-rule defaults) the smallest ef of EF_LADDER (at least ``base``'s top_m) whose validation coverage@top_m
+    reaches ``target``; of those, the fewest items scored, where a shape of more rounds saves at least MIN_SAVING of
+    the items of the best of fewer rounds. When no shape reaches the target: the first shape at the largest ef
+    ("reached" false). Returns what goes into the graph's meta (`nann.engine.params.calibrated` reads it): ef,
+    frontier, descent_ef, validation coverage, worst 5% of users, share of items scored, scoring rounds, users,
+    target, reached, and every shape's point ("tried")."""
     base = base or default_search(cache.num_items)
     ladder = [ef for ef in EF_LADDER if ef >= base.top_m]
-    with tqdm(total=len(ladder), desc="calibrating the last-layer ef", unit="ef", file=sys.stderr,
+    tried, best = [], None
+    with tqdm(total=len(shapes), desc="calibrating the search defaults", unit="walk", file=sys.stderr,
               disable=not progress) as bar:
-        for ef in ladder:
-            point = cache.replay(graph, with_last_ef(base, ef)).summary(cache.num_items)
+        for shape in map(lambda s: _shape(base, s), shapes):
+            previous = None
+            for ef in ladder:
+                record = {"ef": ef, **shape}
+                point = cache.replay(graph, calibrated(base, record)).summary(cache.num_items)
+                bar.set_postfix(frontier=shape["frontier"], ef=ef, coverage=f"{point['coverage']:.4f}")
+                if (point["coverage"] >= target or (best and point["scored_fraction"] >= best["scored_fraction"])
+                        or (previous and point["scored_fraction"] <= previous * 1.001)):
+                    break  # reached; dearer than a walk that reached it; or the round cap ends it: a wider list
+                previous = point["scored_fraction"]  # would only cost more, or nothing at all
             bar.update()
-            bar.set_postfix(ef=ef, coverage=f"{point['coverage']:.4f}")
-            if point["coverage"] >= target:
-                break
-    return {"ef": ef, "validation_coverage": round(point["coverage"], 5),
-            "validation_coverage_p5": round(point["coverage_p5"], 5),
-            "scored_fraction": round(point["scored_fraction"], 5), "rounds": round(point["rounds"], 2),
-            "users": cache.num_users, "target": target, "reached": point["coverage"] >= target}
+            record.update({"validation_coverage": round(point["coverage"], 5),
+                           "validation_coverage_p5": round(point["coverage_p5"], 5),
+                           "scored_fraction": round(point["scored_fraction"], 5), "rounds": round(point["rounds"], 2),
+                           "reached": point["coverage"] >= target})
+            tried.append(record)
+            if record["reached"] and (best is None or _worth_it(record, best)):
+                best = record
+    chosen = best or tried[0]  # none reached: the defaults' shape at the last ef it tried
+    return {**chosen, "users": cache.num_users, "target": target, "tried": tried}
+
+
+def _worth_it(record: dict, best: dict) -> bool:
+    """Whether ``record`` (reaching the target) replaces ``best``: fewer items, and where it takes more rounds, at
+    least MIN_SAVING fewer."""
+    saving = 1 - record["scored_fraction"] / best["scored_fraction"]
+    return saving > 0 and (record["rounds"] <= best["rounds"] or saving >= MIN_SAVING)
 
 
 def check_calibration_data(data_dir):
@@ -84,11 +122,15 @@ def calibrate_run(run_dir, graph, data_dir, progress: bool = True) -> dict:
 
 def describe(calibration: dict) -> str:
     """One line about a calibration, as `nann graph` prints it."""
-    line = (f"search defaults: last-layer ef {calibration['ef']}: validation coverage@200 "
+    walk = f"last-layer ef {calibration['ef']}"
+    if "frontier" in calibration:
+        walk += (f", frontier {calibration['frontier']}, lists above layer 0 "
+                 f"{'/'.join(map(str, calibration['descent_ef']))}")
+    line = (f"search defaults: {walk}: validation coverage@200 "
             f"{calibration['validation_coverage']:.4f} over {calibration['users']} users scoring "
             f"{calibration['scored_fraction'] * 100:.2f}% of the items in {calibration['rounds']:.0f} rounds "
             f"(target {calibration['target']})")
     if calibration["reached"]:
         return line
-    return (f"{line}\nWARNING: no ef up to {calibration['ef']} reaches the target on this graph, so the defaults take "
-            f"the largest: rebuild it with --metric score or a larger --m / --ef-construction, or check the model")
+    return (f"{line}\nWARNING: no walk up to ef {calibration['ef']} reaches the target on this graph, so the defaults "
+            f"take the largest: rebuild it with --metric score or a larger --m / --ef-construction, or check the model")

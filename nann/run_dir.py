@@ -72,7 +72,7 @@ class GraphDir(_Layout):
     METRIC = "metric.npy"          # the score-sensitivity transform of a graph built with --metric score
     HNSW_INDEX = "hnsw_index.bin"  # hnswlib's save_index format, labels = dense ids
     LAYER_INDPTR, LAYER_INDICES = "layer{}_indptr.npy", "layer{}_indices.npy"  # of each level
-    CALIBRATION = "search_calibration"  # the meta's record of the last-layer ef `nann graph` chose (nann.calibration)
+    CALIBRATION = "search_calibration"  # the meta's record of the walk `nann graph` chose (nann.calibration)
 
     meta_file = _file(META)
     levels_file = _file(LEVELS)
@@ -108,10 +108,10 @@ class GraphDir(_Layout):
         return meta
 
     def search_defaults(self) -> SearchParams:
-        """THE search defaults of this graph's catalogue: `default_search` at its size, with the last-layer ef it was
-        calibrated to where `nann graph` calibrated it."""
+        """THE search defaults of this graph's catalogue: `default_search` at its size, walked as `nann graph`
+        calibrated it where it did."""
         meta = self.read_meta()
-        return default_search(int(meta["num_items"]), meta.get(self.CALIBRATION, {}).get("ef"))
+        return default_search(int(meta["num_items"]), meta.get(self.CALIBRATION))
 
     def served_files(self) -> list[Path]:
         """Every file of the graph but hnswlib's index."""

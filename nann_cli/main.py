@@ -34,7 +34,7 @@ def _add_search_flags(s: argparse.ArgumentParser, served: bool, paper: bool, res
                       result_help: str = "") -> None:
     """One flag per search tunable (`nann.engine.params.TUNABLES`; dest: the SearchParams field; None = not given: the
     defaults apply), the result size first as `result_flag`; --paper selects the paper's walk. served: the defaults
-    are the server's (nann query) rather than the catalogue's (`default_search`; the graph's calibrated ef below)."""
+    are the server's (nann query) rather than the catalogue's (`default_search`; the graph's calibrated walk below)."""
     smaller, larger = default_search(SCALING_BASE_ITEMS // 10), default_search(10 * SCALING_BASE_ITEMS)
 
     def default(t: Tunable) -> str:
@@ -247,10 +247,11 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0, help="build threads (default 0: all cores)")
     s.add_argument("--seed", type=int, default=100, help="random seed of the build (default 100)")
     s.add_argument("--no-calibrate", dest="calibrate", action="store_false",
-                   help=f"below {SCALING_BASE_ITEMS:,} items the graph's search defaults take the last-layer ef the "
-                        "default walk needs for a validation coverage@200 a little above 0.99 (measured on up to 2,000 "
-                        "validation users of --data after the build, nann/calibration.py); this flag skips that: the "
-                        "ef then follows the catalogue size (for data without validation users)")
+                   help=f"below {SCALING_BASE_ITEMS:,} items the graph's search defaults take the walk (last-layer ef, "
+                        "frontier, lists above layer 0) that reaches a validation coverage@200 a little above 0.99 "
+                        "scoring the fewest items (measured on up to 2,000 validation users of --data after the build, "
+                        "nann/calibration.py); this flag skips that: the last-layer ef then follows the catalogue size "
+                        "(for data without validation users)")
     s.set_defaults(handler="graph_builder.build:main")
 
     items = sub.add_parser("items", help="catalogue operations: add items to a run without retraining, block "

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nann.calibration import TARGET, calibrate, calibration_users
-from nann.engine.params import DEFAULT_SEARCH, SearchParams, default_search, with_last_ef
+from nann.calibration import MIN_SAVING, TARGET, calibrate, calibration_users
+from nann.engine.params import DEFAULT_SEARCH, SearchParams, calibrated, default_search
 from nann.replay import ScoreCache
 from perf.search_quality import (_pt, defaults_text, header, mean_over_graphs, replay_benchmark, run_arguments,
                                  score_caches)
@@ -67,13 +67,13 @@ def measure(val: ScoreCache, test: ScoreCache, graphs, calibration_cache: ScoreC
             for name, cache in (("val", val), ("test", test))}
     defaults = default_search(test.num_items)
     calibrations = [calibrate(g, calibration_cache, progress=False) for g in graphs]
-    rows = {"calibrated (`nann graph`)": [with_last_ef(defaults, c["ef"]) for c in calibrations],
+    rows = {"calibrated (`nann graph`)": [calibrated(defaults, c) for c in calibrations],
             "size rule (no calibration)": [defaults] * len(graphs),
             "before (DEFAULT_SEARCH)": [DEFAULT_SEARCH] * len(graphs)}
     res = {"hnsw": hnsw["test"], "calibrations": calibrations, "test": {}, "components": {}}
     for name, params in rows.items():
         point = mean_over_graphs(test, graphs, params)
-        res["test"][name] = {"ef": [p.ef[-1] for p in params], **point, **matched(point, hnsw["test"])}
+        res["test"][name] = {"walks": [_walk(p) for p in params], **point, **matched(point, hnsw["test"])}
     for name, params in components(defaults).items():
         point = mean_over_graphs(val, graphs, params)
         res["components"][name] = {**point, **matched(point, hnsw["val"])}
@@ -88,9 +88,24 @@ def _hnsw_cells(r: dict, n: int) -> str:
     return f"{'—' if cov is None else f'{cov:.4f}'} | {need}"
 
 
-def _efs(efs: list[int]) -> str:
-    """The last-layer ef of each build: one number where they agree."""
-    return str(efs[0]) if len(set(efs)) == 1 else ", ".join(map(str, efs)) + " (per build)"
+def _walk(p: SearchParams) -> str:
+    """A walk in words: its lists per layer and its frontier."""
+    return f"ef {'/'.join(map(str, p.ef))}, frontier {p.frontier}"
+
+
+def _walks(walks: list[str]) -> str:
+    """The walk of each build: one where they agree."""
+    return walks[0] if len(set(walks)) == 1 else "; ".join(walks) + " (per build)"
+
+
+def _same_walk(a: dict, b: dict) -> bool:
+    return all(a[k] == b[k] for k in ("ef", "frontier", "descent_ef"))
+
+
+def _tried(t: dict, chosen: bool) -> str:
+    text = (f"{t['frontier']}, {'/'.join(map(str, t['descent_ef']))}, {t['ef']} → {t['validation_coverage']:.4f} / "
+            f"{t['scored_fraction'] * 100:.2f}% / {t['rounds']:.0f}" + ("" if t["reached"] else " (short)"))
+    return f"**{text}**" if chosen else text
 
 
 def markdown(res: dict, command: str, graph_seeds: str) -> str:
@@ -98,9 +113,11 @@ def markdown(res: dict, command: str, graph_seeds: str) -> str:
     last_ef = default_search(n).ef[-1]
     users = res["graphs"][0]["result"]["calibrations"][0]["users"]
     lines = header(res, command, graph_seeds,
-                   f". Calibrated defaults: each build's last-layer ef as `nann graph` calibrates it (the smallest "
-                   f"reaching validation coverage@200 ≥ {TARGET} over {users} validation users, "
-                   f"`nann.calibration`), the rest as the size rule's; size rule (a graph without calibration): "
+                   f". Calibrated defaults: each build's walk as `nann graph` calibrates it (of the walks of "
+                   f"`nann.calibration.SHAPES`, each at the smallest last-layer ef reaching validation coverage@200 "
+                   f"≥ {TARGET} over {users} validation users, the one scoring the fewest items, where more rounds "
+                   f"must save {MIN_SAVING:.0%} of them), the rest as the size rule's; size rule (a graph without "
+                   f"calibration): "
                    f"{defaults_text(n)}; before the small-catalogue rule (`DEFAULT_SEARCH`): last-layer ef "
                    f"{DEFAULT_SEARCH.ef[-1]}. HNSW-retrieval at matched items: its curve (below) read at the beam's "
                    f"items scored (its coverage there) and at the beam's coverage (the items it needs; the ratio is "
@@ -111,12 +128,12 @@ def markdown(res: dict, command: str, graph_seeds: str) -> str:
                   "| search (test users) | coverage | worst 5% | recall-Δ | items scored | % of items | rounds "
                   "| HNSW coverage at the same items | HNSW items for the same coverage |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {name}, last-layer ef {_efs(v['ef'])} | {_pt(v, n)} | {_hnsw_cells(v, n)} |"
+        lines += [f"| {name}, {_walks(v['walks'])} | {_pt(v, n)} | {_hnsw_cells(v, n)} |"
                   for name, v in r["test"].items()]
-        lines += ["", "Calibrations (validation users; per build: ef → coverage / % of items / rounds): "
-                  + "; ".join(f"{c['ef']} → {c['validation_coverage']:.4f} / {c['scored_fraction'] * 100:.2f}% / "
-                              f"{c['rounds']:.0f}" + ("" if c["reached"] else " (target not reached)")
-                              for c in r["calibrations"]) + "."]
+        lines += ["", "Calibrations (validation users; per build, each walk tried: frontier, lists above layer 0, "
+                  "last-layer ef → coverage / % of items / rounds; the chosen one in bold):"]
+        lines += [f"- build {i + 1}: " + "; ".join(_tried(t, _same_walk(t, c)) for t in c["tried"])
+                  for i, c in enumerate(r["calibrations"])]
         lines += ["", "HNSW-retrieval on the test users (ef0: coverage / worst 5% / % of items scored / rounds): "
                   + "; ".join(f"{h['ef0']}: {h['coverage']:.4f} / {h['coverage_p5']:.3f} / "
                               f"{h['scored_fraction'] * 100:.2f}% / {h['rounds']:.0f}" for h in r["hnsw"]) + ".", "",

@@ -1,14 +1,14 @@
-"""The calibration of a catalogue's last-layer ef (nann.calibration) and where the search defaults come from
-(`GraphDir.search_defaults`: the graph's calibrated ef, the catalogue size's without one)."""
+"""The calibration of a catalogue's walk (nann.calibration) and where the search defaults come from
+(`GraphDir.search_defaults`: the graph's calibrated walk, the catalogue size's without one)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from graph_builder.build import build_index, export_index
-from nann.calibration import EF_LADDER, calibrate, calibration_users, describe
+from nann.calibration import EF_LADDER, MIN_SAVING, SHAPES, _worth_it, calibrate, calibration_users, describe
 from nann.engine.graph import HnswGraph
-from nann.engine.params import SCALING_BASE_ITEMS, default_search, with_last_ef
+from nann.engine.params import SCALING_BASE_ITEMS, calibrated, default_search, with_last_ef
 from nann.replay import ScoreCache
 from nann.run_dir import GraphDir
 
@@ -37,14 +37,49 @@ def test_calibration_picks_the_smallest_ef_reaching_the_target(sparse_graph):
     # a target between two ladder points' coverage: the second one is the smallest that reaches it
     lower, upper = next((a, b) for a, b in zip(EF_LADDER, EF_LADDER[1:4]) if coverage[b] > coverage[a])
     target = (coverage[lower] + coverage[upper]) / 2
-    picked = calibrate(graph, cache, target=target, progress=False)
+    picked = calibrate(graph, cache, target=target, shapes=SHAPES[:1], progress=False)
     assert picked["ef"] == min(ef for ef, c in coverage.items() if c >= target) == upper
     assert picked["validation_coverage"] == pytest.approx(coverage[upper], abs=1e-5) and picked["reached"]
     assert picked["users"] == USERS and 0 < picked["scored_fraction"] < 1 and picked["rounds"] > 0
+    assert calibrated(base, picked) == with_last_ef(base, upper)  # the defaults' own frontier and descent
     unreachable = calibrate(graph, cache, target=1.01, progress=False)
-    assert unreachable["ef"] == EF_LADDER[-1] and not unreachable["reached"]
-    assert describe(picked).startswith(f"search defaults: last-layer ef {upper}: ") and "WARNING" not in describe(picked)
-    assert "WARNING: no ef up to 4096 reaches the target" in describe(unreachable)
+    assert not unreachable["reached"] and unreachable["ef"] > upper  # up the ladder until the round cap binds
+    assert (unreachable["frontier"], unreachable["descent_ef"]) == (base.frontier, list(base.ef[:-1]))
+    assert describe(picked).startswith(f"search defaults: last-layer ef {upper}, frontier {base.frontier}, lists "
+                                       f"above layer 0 10/10/50: ") and "WARNING" not in describe(picked)
+    assert f"WARNING: no walk up to ef {unreachable['ef']} reaches the target" in describe(unreachable)
+
+
+def test_calibration_keeps_the_walk_of_fewest_items_and_pays_rounds_only_for_a_saving(sparse_graph):
+    """Against every shape's own ladder, replayed here: the chosen walk reaches the target, and no other shape's
+    smallest reaching ef scores fewer items unless it takes more rounds for a saving below MIN_SAVING."""
+    graph, _, cache = sparse_graph
+    base = default_search(ITEMS)
+    target = 0.7  # M 4 and the 64-round cap: frontier 4 reaches no more than 0.71 here
+    picked = calibrate(graph, cache, target=target, progress=False)
+    assert picked["reached"] and picked["validation_coverage"] >= target
+    points = []
+    for shape in SHAPES:
+        record = {"frontier": shape["frontier"] or base.frontier, "descent_ef": shape["descent_ef"] or base.ef[:-1]}
+        for ef in EF_LADDER:
+            p = cache.replay(graph, calibrated(base, {"ef": ef, **record})).summary(ITEMS)
+            if p["coverage"] >= target:
+                points.append({"ef": ef, **record, **p})
+                break
+    assert len(points) > 1, "the graph is too easy to compare walks on"
+    chosen = next(p for p in points if (p["ef"], p["frontier"], list(p["descent_ef"])) ==
+                  (picked["ef"], picked["frontier"], picked["descent_ef"]))
+    for p in points:
+        cheaper = p["scored_fraction"] < chosen["scored_fraction"]
+        assert not cheaper or (p["rounds"] > chosen["rounds"]
+                               and 1 - p["scored_fraction"] / chosen["scored_fraction"] < MIN_SAVING), p
+    assert calibrated(base, picked).frontier == picked["frontier"] and len(picked["tried"]) == len(SHAPES)
+    # the rule itself: fewer items at no more rounds wins; more rounds must buy at least MIN_SAVING of the items
+    best = {"scored_fraction": 0.04, "rounds": 20}
+    assert _worth_it({"scored_fraction": 0.039, "rounds": 20}, best)
+    assert not _worth_it({"scored_fraction": 0.04 * (1 - MIN_SAVING / 2), "rounds": 35}, best)
+    assert _worth_it({"scored_fraction": 0.04 * (1 - 2 * MIN_SAVING), "rounds": 35}, best)
+    assert not _worth_it({"scored_fraction": 0.041, "rounds": 10}, best)
 
 
 def test_calibration_users_follow_the_score_budget():
@@ -55,13 +90,17 @@ def test_calibration_users_follow_the_score_budget():
     assert calibration_users(10_000, 300) == 300               # at most the validation users there are
 
 
-def test_search_defaults_take_the_calibrated_ef_and_the_size_rule_without_one(sparse_graph, tmp_path):
+def test_search_defaults_take_the_calibrated_walk_and_the_size_rule_without_one(sparse_graph, tmp_path):
     import shutil
 
     _, out, _ = sparse_graph
     graph = GraphDir(shutil.copytree(out, tmp_path / "graph"))
     assert graph.search_defaults() == default_search(ITEMS)  # no calibration (an older graph, --no-calibrate)
     graph.write_meta({**graph.read_meta(), GraphDir.CALIBRATION: {"ef": 650, "validation_coverage": 0.995}})
-    assert graph.search_defaults() == with_last_ef(default_search(ITEMS), 650)
+    assert graph.search_defaults() == with_last_ef(default_search(ITEMS), 650)  # a record before walks were calibrated
+    walk = {"ef": 250, "frontier": 4, "descent_ef": [1, 1, 10], "validation_coverage": 0.995}
+    graph.write_meta({**graph.read_meta(), GraphDir.CALIBRATION: walk})
+    searched = graph.search_defaults()
+    assert (searched.ef, searched.frontier, searched.seeds) == ((1, 1, 10, 250), 4, default_search(ITEMS).seeds)
     # at and above SCALING_BASE_ITEMS the size rule holds by construction: a calibration is not used there
-    assert default_search(SCALING_BASE_ITEMS, calibrated_ef=650) == default_search(SCALING_BASE_ITEMS)
+    assert default_search(SCALING_BASE_ITEMS, walk) == default_search(SCALING_BASE_ITEMS)

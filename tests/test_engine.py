@@ -300,6 +300,20 @@ def test_the_last_list_holds_top_m_whatever_its_ef(small):
     assert (res.ids == wide.ids).all() and (res.scores == wide.scores).all() and (res.n_scored == wide.n_scored).all()
 
 
+def test_a_list_lengthened_by_top_m_widens_its_frontier_by_the_same_factor(small):
+    """frontier 2 at ef 5 with top_m 12 walks as frontier ceil(2 * 12 / 5) = 5 on a list of 12 (SearchParams.walk_frontier):
+    the same walk as asking for both; a top_m within the ef, or frontier 0, keeps the frontier as asked."""
+    x, g, _ = small
+    score = dot_scorer(x, 2, seed=9)
+    asked = SearchParams((2, 3, 5), (1, 1, 8), top_m=12, frontier=2)
+    assert asked.walk_frontier == 5
+    assert SearchParams((2, 3, 12), (1, 1, 8), top_m=12, frontier=2).walk_frontier == 2
+    assert SearchParams((2, 3, 5), (1, 1, 8), top_m=12, frontier=0).walk_frontier == 0
+    res = beam_search(g, 2, score, asked)
+    same = beam_search(g, 2, score, SearchParams((2, 3, 12), (1, 1, 8), top_m=12, frontier=5))
+    assert (res.ids == same.ids).all() and (res.n_scored == same.n_scored).all() and (res.rounds == same.rounds).all()
+
+
 # ----------------------------------------------------------------------------- HNSW retrieval
 def test_hnsw_search_matches_hnswlib(medium):
     x, index, g, _ = medium

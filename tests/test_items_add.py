@@ -74,10 +74,11 @@ def test_old_ids_keep_their_dense_ids(tiny_run, items_added):
     assert json.loads((new / "onnx_io.json").read_text())["num_items"] == n + a
     meta = json.loads((new / "graph" / "meta.json").read_text())
     assert meta["num_items"] == n + a and meta["added_items"] == a and meta["metric"] == "score"
-    # the calibrated last-layer ef is the model's: the grown graph keeps it, and so do its search defaults
+    # the calibrated walk is the model's: the grown graph keeps it, and so do its search defaults
     calibration = RunDir(old).graph.read_meta()[GraphDir.CALIBRATION]
     assert meta[GraphDir.CALIBRATION] == calibration
-    assert RunDir(new).search_defaults().ef[-1] == calibration["ef"]
+    searched = RunDir(new).search_defaults()
+    assert (searched.ef, searched.frontier) == ((*calibration["descent_ef"], calibration["ef"]), calibration["frontier"])
     assert HnswGraph.load(new / "graph").num_items == n + a
     RunDir(new).check_servable()
 

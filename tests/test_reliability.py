@@ -325,13 +325,14 @@ def test_encode_called_directly_answers_each_request_alone(served, client, users
 def test_limits_are_published_in_nann_info(served, client):
     config = client.get_model_config("nann", as_json=True)["config"]
     info = json.loads(config["parameters"]["nann_info"]["string_value"])
-    # the catalogue's defaults: below 100k items the last-layer ef `nann graph` calibrated on the validation users
+    # the catalogue's defaults: below 100k items the walk `nann graph` calibrated on the validation users
     graph = RunDir(served.run).graph
-    calibrated = graph.read_meta()[GraphDir.CALIBRATION]["ef"]
-    assert graph.search_defaults().ef[-1] == calibrated
+    calibrated = graph.read_meta()[GraphDir.CALIBRATION]
+    walk = [*calibrated["descent_ef"], calibrated["ef"]]
+    assert list(graph.search_defaults().ef) == walk and graph.search_defaults().frontier == calibrated["frontier"]
     published = ServingLimits.for_catalogue(graph.search_defaults(), max_seq=info["max_seq"]).published()
     assert info["limits"] == published["limits"] and info["defaults"] == published["defaults"]
-    assert info["defaults"]["ef"][-1] == calibrated
+    assert (info["defaults"]["ef"], info["defaults"]["frontier"]) == (walk, calibrated["frontier"])
     assert set(info["defaults"]) == {"k", "ef", "rounds", "frontier", "seeds", "patience"}
     assert info["limits"]["max_seeds"] == 50
     assert info["limits"]["max_exclude"] == 10_000 and info["limits"]["max_categories"] == 1_000

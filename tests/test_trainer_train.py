@@ -170,16 +170,21 @@ def test_ddp_replicas_identical(data, tmp_path):
 
 
 def _ddp_worker(data, run, out):
+    import faulthandler
+
     import torch
+
+    faulthandler.enable()  # a rank that dies of a signal (SIGABRT in C++) prints where its Python was
     from safetensors.torch import save_file
 
-    from trainer.train import train_run
+    from trainer.train import end_worker, train_run
 
     model = train_run(_train_args(data, run, max_samples=480, batch_size=32)).model
     rank = int(os.environ["RANK"])
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
               os.path.join(out, f"rank{rank}.safetensors"))
     assert torch.distributed.is_initialized() is False
+    end_worker(0)  # as `nann train` ends its workers (its docstring says why)
 
 
 if __name__ == "__main__":

@@ -8,16 +8,17 @@ served defaults and limits that `nann_info` publishes (`ServingLimits`), the com
 evaluator's methods (`nann.evaluate.MethodSpec` holds a SearchParams); a test ties the client SDK's own table to the
 served inputs. A new tunable is one field here plus its use in the engine.
 
-Resolving a search: `default_search(num_items, calibrated_ef)` gives a catalogue's defaults (a graph's, read from its
+Resolving a search: `default_search(num_items, calibration)` gives a catalogue's defaults (a graph's, read from its
 meta, come from `nann.run_dir.GraphDir.search_defaults`: the one lookup), `resolve` puts the given values over them
-(bounds checked by SearchParams), and the engine applies the one rule between tunables itself, for every caller: the
-last layer's list holds at least top_m entries (`SearchParams.walk_ef`; hnswlib's searchKnn takes max(ef, k)).
+(bounds checked by SearchParams), and the engine applies the rules between tunables itself, for every caller: the
+last layer's list holds at least top_m entries (`SearchParams.walk_ef`; hnswlib's searchKnn takes max(ef, k)), and
+its frontier grows with it (`SearchParams.walk_frontier`).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Mapping
 
 _TUNABLE = "tunable"  # the key of a SearchParams field's metadata holding its Tunable spec
 
@@ -111,6 +112,15 @@ class SearchParams:
         top_m items (hnswlib's searchKnn takes max(ef, k) the same way)."""
         return self.ef[:-1] + (max(self.ef[-1], self.top_m),)
 
+    @property
+    def walk_frontier(self) -> int:
+        """frontier as the engine walks it: where top_m lengthens the last layer's list beyond its ef (`walk_ef`), the
+        frontier grows by the same factor, so that the longer list is expanded in the rounds the walk's own takes (a
+        calibrated frontier of 4 would otherwise spend its round cap before it scored k = 500 items); 0 stays 0."""
+        if self.frontier == 0 or self.top_m <= self.ef[-1]:
+            return self.frontier
+        return math.ceil(self.frontier * self.top_m / self.ef[-1])
+
 
 TUNABLES = tuple(Tunable(f.name, f.default, **f.metadata[_TUNABLE]) for f in fields(SearchParams))
 RESULT_SIZE = next(t for t in TUNABLES if t.field == "top_m")  # how many items; every other tunable shapes the walk
@@ -129,10 +139,11 @@ SCALING_BASE_ITEMS = 100_000
 # users, last-layer ef ≈ 1,020 at frontier 32) on the curve; the frontier's cube root keeps the rounds a walk
 # needs (≈ ef / frontier) from growing as fast as its list.
 EF_EXPONENT = 0.6
-# Below SCALING_BASE_ITEMS the last-layer ef a catalogue needs is set by its model and graph, not by its size
-# (perf/RESULTS.md, "Search defaults against HNSW-retrieval": validation coverage 0.993 needs ef 350–900 across graph
-# builds of synthetic 10k items, 200–250 on a weakly trained model's 20k): `nann graph` measures it on the run's
-# validation users (`nann.calibration`) and the graph's meta keeps it. A graph without one (built with --no-calibrate,
+# Below SCALING_BASE_ITEMS the walk a catalogue needs is set by its model and graph, not by its size (perf/RESULTS.md,
+# "Search defaults against HNSW-retrieval": validation coverage 0.993 needs a last-layer ef of 350–900 across graph
+# builds of synthetic 10k items, 200–250 on a weakly trained model's 20k, where a narrower frontier and descent also
+# score fewer items): `nann graph` measures it on the run's validation users (`nann.calibration`) and the graph's meta
+# keeps it. A graph without one (built with --no-calibrate,
 # or before calibration existed) gets it from the catalogue size: these sizes, a power law between them (log ef
 # linear in log items; the first one's below it). A catalogue of a few thousand items reaches coverage 0.99 with a
 # list of top_m (the top 200 are a tenth of it); around 10k items the top 200 lie scattered and the list must be
@@ -153,19 +164,29 @@ def _small_catalogue_ef(num_items: int) -> int:
     return ef0
 
 
-def default_search(num_items: int, calibrated_ef: int | None = None) -> SearchParams:
+def default_search(num_items: int, calibration: Mapping | None = None) -> SearchParams:
     """THE defaults of every search over a catalogue of ``num_items``: `nann evaluate`, `nann retrieve`, the
     exported server and the SDK's docs all take them. DEFAULT_SEARCH at SCALING_BASE_ITEMS items; a smaller
-    catalogue gets the last-layer ef its graph was calibrated to (``calibrated_ef``, `nann.calibration`), or without
-    one the ef of SMALL_CATALOGUE_EF; a larger one a wider last-layer list and frontier (the walk must cover more
-    ground for the same top-M; a calibration is not used there)."""
+    catalogue gets the walk its graph was calibrated to (``calibration``: the graph meta's record, `calibrated`), or
+    without one the last-layer ef of SMALL_CATALOGUE_EF; a larger one a wider last-layer list and frontier (the walk
+    must cover more ground for the same top-M; a calibration is not used there)."""
     if num_items < SCALING_BASE_ITEMS:
-        last_ef = _small_catalogue_ef(int(num_items)) if calibrated_ef is None else int(calibrated_ef)
-        return replace(DEFAULT_SEARCH, ef=DEFAULT_SEARCH.ef[:-1] + (last_ef,))
+        if calibration is not None:
+            return calibrated(DEFAULT_SEARCH, calibration)
+        return with_last_ef(DEFAULT_SEARCH, _small_catalogue_ef(int(num_items)))
     scale = int(num_items) / SCALING_BASE_ITEMS
     last_ef = int(round(DEFAULT_SEARCH.ef[-1] * scale ** EF_EXPONENT, -1))
     return replace(DEFAULT_SEARCH, ef=DEFAULT_SEARCH.ef[:-1] + (last_ef,),
                    frontier=int(round(DEFAULT_SEARCH.frontier * scale ** (1 / 3))))
+
+
+def calibrated(params: SearchParams, calibration: Mapping) -> SearchParams:
+    """``params`` walked as a calibration (`nann.calibration`) chose: its last-layer "ef", and where it records them
+    its "frontier" and its "descent_ef" (the lists of the layers above 0, top first; a record written before these
+    were calibrated has neither and keeps ``params``')."""
+    descent = tuple(calibration.get("descent_ef", params.ef[:-1]))
+    return replace(params, ef=descent + (int(calibration["ef"]),),
+                   frontier=int(calibration.get("frontier", params.frontier)))
 
 
 def with_last_ef(params: SearchParams, ef: int) -> SearchParams:

@@ -15,7 +15,8 @@ Layers and parameters: ``SearchParams.ef`` / ``rounds`` list one value per layer
 entries the search starts at layer k-1, whose nodes (all nodes of level >= k-1) are scored exhaustively in
 one batch. A graph with fewer levels than asked drops the leading (top) entries; layers above k-1 of a taller
 graph are ignored. The last layer's list holds at least top_m entries whatever its ef (``SearchParams.walk_ef``, as
-hnswlib's searchKnn takes max(ef, k)), so every caller asking for top_m items gets them. The visited bitmap of a
+hnswlib's searchKnn takes max(ef, k)), so every caller asking for top_m items gets them; its frontier grows by the
+same factor (``SearchParams.walk_frontier``), so that the longer list fits the same rounds. The visited bitmap of a
 request lives for the whole search (across layers), so an item is scored at most once per request. NaN scores are
 treated as -inf.
 """
@@ -336,7 +337,7 @@ def beam_search(graph, n_requests: int, score_fn: ScoreFn, params: SearchParams 
     ef = np.array([p.walk_ef[drop:] for p in plist], dtype=np.int64)     # [n, start+1], column c = layer start-c
     rounds = np.array([p.rounds[drop:] for p in plist], dtype=np.int64)
     top_m = np.array([p.top_m for p in plist], dtype=np.int64)
-    max_expand = np.array([p.frontier if p.frontier > 0 else UNLIMITED for p in plist], dtype=np.int64)
+    max_expand = np.array([p.walk_frontier if p.frontier > 0 else UNLIMITED for p in plist], dtype=np.int64)
     patience = np.array([p.patience if p.patience > 0 else UNLIMITED for p in plist], dtype=np.int64)
     seeds = history_seeds(histories, np.array([p.seeds for p in plist], dtype=np.int64), graph.num_items)
     w_cap = int(max(ef.max(), top_m.max()))
