@@ -7,7 +7,8 @@ the exact scores of the run's validation users, `nann.replay.ScoreCache`) and ke
 validation coverage@200 scoring the fewest items. Its shapes (SHAPES): the defaults' frontier and descent, a narrower
 descent, narrower frontiers; for each the smallest ef of EF_LADDER that reaches TARGET. A shape of more scoring rounds
 (a narrower frontier: each round expands fewer entries, so a walk takes more of them, and each costs a request latency)
-must score at least MIN_SAVING fewer items than the best of fewer rounds to be kept. The graph's meta holds what was
+is kept only if it scores SAVING_PER_DOUBLING fewer items per doubling of the rounds than the best of fewer rounds
+(`better_walk`). The graph's meta holds what was
 chosen and measured (`nann.run_dir.GraphDir.CALIBRATION`), and `GraphDir.search_defaults` gives it to every search of
 the catalogue (`nann.engine.params.calibrated`). TARGET sits above 0.99 so that users the calibration never saw (test
 users, served users) still get ≥ 0.99: the largest drop from validation to test measured on six catalogues is 0.0015
@@ -15,6 +16,7 @@ users, served users) still get ≥ 0.99: the largest drop from validation to tes
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -32,7 +34,7 @@ EF_LADDER = (*range(200, 500, 25), *range(500, 1001, 50), 1200, 1400, 1600, 2000
 NARROW_DESCENT = (1, 1, 10)
 SHAPES = tuple({"frontier": frontier, "descent_ef": descent}
                for frontier in (None, 8, 4) for descent in (None, NARROW_DESCENT))
-MIN_SAVING = 0.05  # the share of items a walk of more rounds must save over the best of fewer rounds
+SAVING_PER_DOUBLING = 0.10  # the share of items a walk must save for each doubling of its rounds (the price of latency)
 SCORE_BUDGET = 50_000_000  # scores computed for the brute force: users × items (trainer.recipe's validation budget)
 MOST_USERS, LEAST_USERS = 2_000, 200
 
@@ -53,8 +55,8 @@ def calibrate(graph, cache: ScoreCache, base: SearchParams | None = None, target
               shapes=SHAPES, progress: bool = True) -> dict:
     """The walk ``graph`` needs over ``cache``'s users: for each of ``shapes`` (on ``base``, default the catalogue's
     size-rule defaults) the smallest ef of EF_LADDER (at least ``base``'s top_m) whose validation coverage@top_m
-    reaches ``target``; of those, the fewest items scored, where a shape of more rounds saves at least MIN_SAVING of
-    the items of the best of fewer rounds. When no shape reaches the target: the first shape at the largest ef
+    reaches ``target``; of those, the fewest items scored, where a shape of more rounds must save items in proportion
+    (`better_walk`). When no shape reaches the target: the first shape at the largest ef
     ("reached" false). Returns what goes into the graph's meta (`nann.engine.params.calibrated` reads it): ef,
     frontier, descent_ef, validation coverage, worst 5% of users, share of items scored, scoring rounds, users,
     target, reached, and every shape's point ("tried")."""
@@ -79,17 +81,18 @@ def calibrate(graph, cache: ScoreCache, base: SearchParams | None = None, target
                            "scored_fraction": round(point["scored_fraction"], 5), "rounds": round(point["rounds"], 2),
                            "reached": point["coverage"] >= target})
             tried.append(record)
-            if record["reached"] and (best is None or _worth_it(record, best)):
+            if record["reached"] and (best is None or better_walk(record, best)):
                 best = record
     chosen = best or tried[0]  # none reached: the defaults' shape at the last ef it tried
     return {**chosen, "users": cache.num_users, "target": target, "tried": tried}
 
 
-def _worth_it(record: dict, best: dict) -> bool:
-    """Whether ``record`` (reaching the target) replaces ``best``: fewer items, and where it takes more rounds, at
-    least MIN_SAVING fewer."""
+def better_walk(record: dict, best: dict) -> bool:
+    """Whether ``record`` (reaching the target) replaces ``best``: it scores fewer items, and where it takes more
+    rounds, at least SAVING_PER_DOUBLING of them per doubling of the rounds (3 times the rounds: 16% of the items)."""
     saving = 1 - record["scored_fraction"] / best["scored_fraction"]
-    return saving > 0 and (record["rounds"] <= best["rounds"] or saving >= MIN_SAVING)
+    more_rounds = max(1.0, record["rounds"] / best["rounds"])
+    return saving > 0 and saving >= SAVING_PER_DOUBLING * math.log2(more_rounds)
 
 
 def check_calibration_data(data_dir):

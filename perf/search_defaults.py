@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nann.calibration import MIN_SAVING, TARGET, calibrate, calibration_users
+from nann.calibration import SAVING_PER_DOUBLING, TARGET, calibrate, calibration_users
 from nann.engine.params import DEFAULT_SEARCH, SearchParams, calibrated, default_search
 from nann.replay import ScoreCache
 from perf.search_quality import (_pt, defaults_text, header, mean_over_graphs, replay_benchmark, run_arguments,
@@ -116,7 +116,7 @@ def markdown(res: dict, command: str, graph_seeds: str) -> str:
                    f". Calibrated defaults: each build's walk as `nann graph` calibrates it (of the walks of "
                    f"`nann.calibration.SHAPES`, each at the smallest last-layer ef reaching validation coverage@200 "
                    f"≥ {TARGET} over {users} validation users, the one scoring the fewest items, where more rounds "
-                   f"must save {MIN_SAVING:.0%} of them), the rest as the size rule's; size rule (a graph without "
+                   f"must save {SAVING_PER_DOUBLING:.0%} of them per doubling of the rounds), the rest as the size rule's; size rule (a graph without "
                    f"calibration): "
                    f"{defaults_text(n)}; before the small-catalogue rule (`DEFAULT_SEARCH`): last-layer ef "
                    f"{DEFAULT_SEARCH.ef[-1]}. HNSW-retrieval at matched items: its curve (below) read at the beam's "

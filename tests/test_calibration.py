@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from graph_builder.build import build_index, export_index
-from nann.calibration import EF_LADDER, MIN_SAVING, SHAPES, _worth_it, calibrate, calibration_users, describe
+from nann.calibration import (EF_LADDER, SAVING_PER_DOUBLING, SHAPES, better_walk, calibrate, calibration_users,
+                              describe)
 from nann.engine.graph import HnswGraph
 from nann.engine.params import SCALING_BASE_ITEMS, calibrated, default_search, with_last_ef
 from nann.replay import ScoreCache
@@ -52,7 +53,7 @@ def test_calibration_picks_the_smallest_ef_reaching_the_target(sparse_graph):
 
 def test_calibration_keeps_the_walk_of_fewest_items_and_pays_rounds_only_for_a_saving(sparse_graph):
     """Against every shape's own ladder, replayed here: the chosen walk reaches the target, and no other shape's
-    smallest reaching ef scores fewer items unless it takes more rounds for a saving below MIN_SAVING."""
+    smallest reaching ef scores fewer items unless it takes more rounds for too small a saving (`better_walk`)."""
     graph, _, cache = sparse_graph
     base = default_search(ITEMS)
     target = 0.7  # M 4 and the 64-round cap: frontier 4 reaches no more than 0.71 here
@@ -71,15 +72,18 @@ def test_calibration_keeps_the_walk_of_fewest_items_and_pays_rounds_only_for_a_s
                   (picked["ef"], picked["frontier"], picked["descent_ef"]))
     for p in points:
         cheaper = p["scored_fraction"] < chosen["scored_fraction"]
-        assert not cheaper or (p["rounds"] > chosen["rounds"]
-                               and 1 - p["scored_fraction"] / chosen["scored_fraction"] < MIN_SAVING), p
+        assert not cheaper or (p["rounds"] > chosen["rounds"] and not better_walk(p, chosen)), p
     assert calibrated(base, picked).frontier == picked["frontier"] and len(picked["tried"]) == len(SHAPES)
-    # the rule itself: fewer items at no more rounds wins; more rounds must buy at least MIN_SAVING of the items
+    # the rule itself: fewer items at no more rounds wins; twice the rounds must buy SAVING_PER_DOUBLING of the items,
+    # four times the rounds twice that; more items never win
     best = {"scored_fraction": 0.04, "rounds": 20}
-    assert _worth_it({"scored_fraction": 0.039, "rounds": 20}, best)
-    assert not _worth_it({"scored_fraction": 0.04 * (1 - MIN_SAVING / 2), "rounds": 35}, best)
-    assert _worth_it({"scored_fraction": 0.04 * (1 - 2 * MIN_SAVING), "rounds": 35}, best)
-    assert not _worth_it({"scored_fraction": 0.041, "rounds": 10}, best)
+    assert better_walk({"scored_fraction": 0.039, "rounds": 20}, best)
+    assert better_walk({"scored_fraction": 0.039, "rounds": 10}, best)
+    assert not better_walk({"scored_fraction": 0.041, "rounds": 10}, best)
+    for factor, doublings in ((2, 1), (4, 2)):
+        saved = 0.04 * (1 - SAVING_PER_DOUBLING * doublings)
+        assert better_walk({"scored_fraction": saved * 0.99, "rounds": 20 * factor}, best)
+        assert not better_walk({"scored_fraction": saved * 1.01, "rounds": 20 * factor}, best)
 
 
 def test_calibration_users_follow_the_score_budget():

@@ -39,11 +39,12 @@ def tensor(name, arr, dtype):
     return t
 
 
-def request(history, k=None, ef=None, rounds=None, seeds=None, patience=None, history_dtype=np.int64,
+def request(history, k=None, ef=None, rounds=None, seeds=None, patience=None, frontier=None, history_dtype=np.int64,
             history_type="INT64", batch=True):
     h = np.asarray(history, dtype=history_dtype)
     inputs = [tensor("history", h.reshape(1, -1) if batch and h.ndim == 1 else h, history_type)]
-    for name, value in (("k", k), ("ef", ef), ("rounds", rounds), ("seeds", seeds), ("patience", patience)):
+    for name, value in (("k", k), ("ef", ef), ("rounds", rounds), ("seeds", seeds), ("patience", patience),
+                        ("frontier", frontier)):
         if value is not None:
             inputs.append(tensor(name, np.asarray(value, dtype=np.int32).reshape(1, -1), "INT32"))
     return inputs
@@ -373,10 +374,12 @@ def test_rounds_larger_than_the_grid_maximum_are_split_not_refused(tiny_run, str
             calls[name] += 1
             return score(*args)
         monkeypatch.setattr(retriever.scorer.runtime, "score", counting)
-    params = parse_search(offline.limits, k=50, ef=[20, 100, 300], rounds=[1, 2, 3])
+    # every new list entry expanded each round (frontier 0): rounds far above the tiny grid's 64 candidates, whatever
+    # frontier the tiny run's graph was calibrated to
+    params = parse_search(offline.limits, k=50, ef=[20, 100, 300], rounds=[1, 2, 3], frontier=0)
     before = {m: c.get_inference_statistics(m, as_json=True)["model_stats"][0] for m in ("retrieve", "scorer")}
     for h in histories:  # one at a time: one execute() per request
-        ids, _ = infer(c, request(h, k=50, ef=[20, 100, 300], rounds=[1, 2, 3]))
+        ids, _ = infer(c, request(h, k=50, ef=[20, 100, 300], rounds=[1, 2, 3], frontier=0))
         assert ids.tolist() == offline.retrieve([h], [params])[0].item_ids.tolist()
         assert ids.tolist() == unsplit.retrieve([h], [params])[0].item_ids.tolist()
     after = {m: c.get_inference_statistics(m, as_json=True)["model_stats"][0] for m in ("retrieve", "scorer")}
