@@ -144,11 +144,14 @@ def measure(run: Path, data: Path, users: int = 192, batch: int = 8, repeats: in
 
 
 def ways(runtime) -> list[dict]:
-    """How the scorer ran each size class of calls (`nann.scorers.parts.Choice`): calls, and the running microseconds
-    per 1,000 candidates of each way; none where it runs one call at a time (one thread)."""
+    """How the scorer ran each size class of calls (`nann.scorers.parts.Choice`): calls, and the microseconds per
+    1,000 candidates of each way (the median of its last calls); none where it runs one call at a time (one thread)."""
+    from nann.scorers.parts import PARTS, WHOLE
+
     choices = getattr(runtime._part("scorer"), "choices", {})
     return [{"candidates": [1 << (bits - 1), (1 << bits) - 1], "calls": c.calls,
-             **{way: None if cost is None else round(cost * 1e9, 1) for way, cost in zip(("whole", "parts"), c.cost)}}
+             **{name: None if c.cost(way) is None else round(c.cost(way) * 1e9, 1)
+                for name, way in (("whole", WHOLE), ("parts", PARTS))}}
             for bits, c in sorted(choices.items())]
 
 
@@ -176,7 +179,8 @@ def markdown(res: dict) -> list[str]:
             f"{spread(one['rounds_over_bound'], '.2f')} |",
             "", f"Rounds in parts / one call's {users} × {per_user:,}: "
                 f"{spread(res['rounds_over_one_call_bound'], '.2f')} (medians and spreads of each alternating pair).",
-            "", "How the scorer ran its calls, by size (running µs per 1,000 candidates of each way):", "",
+            "", "How the scorer ran its calls, by size (µs per 1,000 candidates of each way, the median of its last "
+                "calls):", "",
             "| candidates | calls | whole, one thread | parts side by side |", "|---|---|---|---|",
             *[f"| {w['candidates'][0]:,}–{w['candidates'][1]:,} | {w['calls']:,} | {w['whole']} | {w['parts']} |"
               for w in res["ways"]]]

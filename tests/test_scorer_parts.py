@@ -51,7 +51,8 @@ def test_every_cut_scores_as_one_call(run, monkeypatch):
 def choice_of(way: int) -> Choice:
     """A size class's choice measured to take `way`."""
     choice = Choice()
-    choice.cost = [1.0, 2.0] if way == WHOLE else [2.0, 1.0]
+    choice.record(WHOLE, 1.0 if way == WHOLE else 2.0)
+    choice.record(PARTS, 2.0 if way == WHOLE else 1.0)
     return choice
 
 
@@ -63,9 +64,15 @@ def test_the_faster_way_is_chosen_and_the_other_measured_now_and_then():
     choice.record(PARTS, 6e-6)
     ways = [choice.way() for _ in range(3 * parts.EXPLORE)]
     assert ways.count(PARTS) == 3 and all(ways[i] == PARTS for i in range(len(ways)) if (i + 3) % parts.EXPLORE == 0)
-    for _ in range(10):  # the load changes: parts become faster
+    choice.record(PARTS, 1e-6)  # one fast call: the median of PARTS' last calls is 3.5e-6, still slower
+    assert choice.cost(PARTS) == 3.5e-6 and choice.way() == WHOLE
+    for _ in range(2):  # the load changes: parts become faster
         choice.record(PARTS, 1e-6)
-    assert choice.way() == PARTS and choice.cost[PARTS] < choice.cost[WHOLE] == 2e-6
+    assert choice.way() == PARTS and choice.cost(PARTS) == 1e-6 < choice.cost(WHOLE) == 2e-6
+    for _ in range(parts.WINDOW):
+        choice.record(WHOLE, 9.0)
+    choice.record(WHOLE, 1e-9)  # one call is not the median of the last WINDOW
+    assert choice.cost(WHOLE) == 9.0
 
 
 def test_a_call_is_cut_only_where_every_part_scores_as_the_call(monkeypatch):

@@ -8,10 +8,11 @@ user's run) run at once: one fork and one join per call. A part takes its users'
 its candidates' rows as they lie.
 
 Which of the two is faster depends on the call's size and on the load, so it is measured as the scorer runs
-(`Choice`): per size class (candidates, to the power of two), the seconds per candidate of each way, and every
-EXPLORE-th call of a class takes the other way, so the choice follows the load. On 2 cores shared with other work
-(load average ~3), a part handed to a thread waited for a core: cut, the walk's rounds cost 2.5-3x the seconds per
-candidate of whole calls, and calls of 8 x 2,000 1.2-2.7x less (`python -m perf.scorer_rounds`, its table of ways).
+(`Choice`): per size class (candidates, to the power of two), the seconds per candidate of each way (the median of
+its last calls), and every EXPLORE-th call of a class takes the other way, so the choice follows the load. On 2
+cores shared with other work (load average ~3), a part handed to a thread waited for a core: cut, the walk's rounds
+cost 2.5-3x the seconds per candidate of whole calls, and calls of 8 x 2,000 1.2-2.7x less (`python -m
+perf.scorer_rounds`, its table of ways).
 On one thread, measured by its CPU time on the walk's recorded calls (90,896 items), the calls as they are ran at
 1.14x the candidates per CPU second of 8 x 2,000 calls, cut in 2 contiguous parts 1.07x, cut in 2 parts of users
 sorted by run length (the attention layout then pads 1.35x instead of 1.59x) 1.00x: the padding costs less than a
@@ -28,7 +29,9 @@ the last bits), and its ops take the GIL between kernels.
 from __future__ import annotations
 
 import os
+import statistics
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,7 +41,7 @@ import numpy as np
 # time it saves (~64 candidates take ~140 us on one thread)
 MIN_PART = 64
 EXPLORE = 32     # every 32nd call of a size class takes the way not chosen (costs <5% where parts take 2.5x)
-SMOOTHING = 0.25  # weight of the latest call in a way's running seconds per candidate
+WINDOW = 5        # a way's cost: the median of its last 5 calls of the size class
 WHOLE, PARTS = 0, 1
 
 
@@ -69,23 +72,26 @@ def wide(owner: np.ndarray) -> bool:
 
 class Choice:
     """WHOLE or PARTS for the calls of one size class, from their measured seconds per candidate: each way once
-    first, then the faster, and every EXPLORE-th call the other."""
+    first, then the faster by the median of its last WINDOW calls (one call slowed by the machine's other work moves
+    nothing), and every EXPLORE-th call the other."""
 
     def __init__(self):
-        self.cost: list[float | None] = [None, None]  # running seconds per candidate of WHOLE and of PARTS
+        self.samples = (deque(maxlen=WINDOW), deque(maxlen=WINDOW))  # seconds per candidate of WHOLE's and PARTS' calls
         self.calls = 0
+
+    def cost(self, way: int) -> float | None:
+        """The median seconds per candidate of the way's last calls; None before its first."""
+        return statistics.median(self.samples[way]) if self.samples[way] else None
 
     def way(self) -> int:
         self.calls += 1
-        if None in self.cost:
-            return self.cost.index(None)
-        faster = int(self.cost[PARTS] < self.cost[WHOLE])
+        if not all(self.samples):
+            return WHOLE if not self.samples[WHOLE] else PARTS
+        faster = int(self.cost(PARTS) < self.cost(WHOLE))
         return 1 - faster if self.calls % EXPLORE == 0 else faster
 
     def record(self, way: int, seconds_per_candidate: float) -> None:
-        last = self.cost[way]
-        self.cost[way] = seconds_per_candidate if last is None else \
-            (1 - SMOOTHING) * last + SMOOTHING * seconds_per_candidate
+        self.samples[way].append(seconds_per_candidate)
 
 
 class PartedScorer:
