@@ -173,7 +173,7 @@ def markdown(res: dict) -> list[str]:
             f"threads (before); load average at start {res['loadavg_at_start']}, at end {res['loadavg_at_end']}.", "",
             f"| scorer | the walk's rounds, candidates/s | {users} × {per_user:,}, candidates/s | rounds / "
             f"{users} × {per_user:,} |", "|---|---|---|---|",
-            f"| parts side by side | {spread(res['rounds'])} | {spread(res['bound'])} | "
+            f"| as it runs (whole or parts, by size) | {spread(res['rounds'])} | {spread(res['bound'])} | "
             f"**{spread(res['rounds_over_bound'], '.2f')}** |",
             f"| one call, intra-op threads | {spread(one['rounds'])} | {spread(one['bound'])} | "
             f"{spread(one['rounds_over_bound'], '.2f')} |",

@@ -237,7 +237,7 @@ def test_scorer_rounds_reports_both_scorers_and_the_ways_side_by_side():
            "rounds_over_one_call_bound": ratio(0.71),
            "ways": [{"candidates": [256, 511], "calls": 700, "whole": 2100.0, "parts": 1300.5}]}
     text = "\n".join(markdown(res))
-    assert ("| parts side by side | 500,000 [499,999–500,001] | 600,000 [599,999–600,001] | "
+    assert ("| as it runs (whole or parts, by size) | 500,000 [499,999–500,001] | 600,000 [599,999–600,001] | "
             "**0.83 [0.73–0.93]** |") in text
     assert "| one call, intra-op threads | 300,000 [299,999–300,001] | 700,000 [699,999–700,001] | 0.43" in text
     assert "one call's 8 × 2,000: 0.71 [0.61–0.81]" in text and "| 256–511 | 700 | 2100.0 | 1300.5 |" in text
