@@ -7,11 +7,10 @@ served defaults) makes for `users` test users in batches of `batch` (the batch `
 ~8): each call's user state, owners and candidate ids. Then times, alternating `repeats` times, the recorded calls
 back to back and calls of 8 users × 2,000 candidates (`perf.scorer_bench`'s shape), both through
 `ModelRuntime.score_emb` with the candidates' embeddings gathered beforehand (as `perf.scorer_bench` does), with
-`perf.scorer_bench.THREADS` threads, side by side: the scorer as it runs (each call whole on one thread or cut into
-parts run at once on single-threaded sessions, whichever it measures faster: `nann.scorers.parts`) and one call at a
-time on intra-op threads (before). Reports the candidates/s of each (median and spread), their ratios, the shape of
-the recorded calls (users and candidates per call and how much the attention's layout pads them) and which way the
-scorer ran calls of each size.
+`perf.scorer_bench.THREADS` threads, side by side: the scorer as it runs (each call cut into parts run at once on
+single-threaded sessions: `nann.scorers.parts`) and one call at a time on intra-op threads (before). Reports the
+candidates/s of each (median and spread), their ratios, and the shape of the recorded calls (users and candidates per
+call and how much the attention's layout pads them).
 Part of `nann perf` (perf/run.py, issue #26's acceptance: the rounds ≥ 0.8 × 8 × 2,000); writes its own section of
 perf/RESULTS.md when run alone.
 """
@@ -111,8 +110,7 @@ def ratio(a: list[float], b: list[float]) -> dict:
 
 def measure(run: Path, data: Path, users: int = 192, batch: int = 8, repeats: int = 5) -> dict:
     """The recorded calls and the 8 × 2,000 calls (as many candidates each time), through the scorer as it runs
-    (`SCORERS`: each call whole or in parts side by side, as measured faster) and one call at a time on the runtime's
-    threads (before),
+    (`SCORERS`: each call in parts side by side) and one call at a time on the runtime's intra-op threads (before),
     alternating `repeats` times. The top-level rounds / bound are the scorer's as it runs; "one_call" holds before's."""
     import os
 
@@ -139,20 +137,7 @@ def measure(run: Path, data: Path, users: int = 192, batch: int = 8, repeats: in
         at.update({key: rate(rates[name, key]) for key in ("rounds", "bound")},
                   rounds_over_bound=ratio(rates[name, "rounds"], rates[name, "bound"]))
     out["rounds_over_one_call_bound"] = ratio(rates["parts", "rounds"], rates["one call", "bound"])
-    out["ways"] = ways(runtimes["parts"])
     return out
-
-
-def ways(runtime) -> list[dict]:
-    """How the scorer ran each size class of calls (`nann.scorers.parts.Choice`): calls, and the microseconds per
-    1,000 candidates of each way (the median of its last calls); none where it runs one call at a time (one thread)."""
-    from nann.scorers.parts import PARTS, WHOLE
-
-    choices = getattr(runtime._part("scorer"), "choices", {})
-    return [{"candidates": [1 << (bits - 1), (1 << bits) - 1], "calls": c.calls,
-             **{name: None if c.cost(way) is None else round(c.cost(way) * 1e9, 1)
-                for name, way in (("whole", WHOLE), ("parts", PARTS))}}
-            for bits, c in sorted(choices.items())]
 
 
 def markdown(res: dict) -> list[str]:
@@ -167,23 +152,18 @@ def markdown(res: dict) -> list[str]:
             f"defaults): {res['calls']:,} calls, {res['users_per_call']:.1f} users and {res['candidates_per_call']:.0f} "
             f"candidates a call, attention layout [users, longest run] = {res['layout_padding']:.2f}× the candidates. "
             f"Replayed back to back against calls of {users} × {per_user:,}, alternating, {res['repeats']} times, "
-            f"{res['threads']} threads: the scorer as it runs (each call whole on one thread or cut into "
-            f"{res['threads']} parts run side by side, one single-threaded call each, whichever it measures faster "
-            f"for calls of its size: nann/scorers/parts.py) and one call at a time on {res['threads']} intra-op "
-            f"threads (before); load average at start {res['loadavg_at_start']}, at end {res['loadavg_at_end']}.", "",
+            f"{res['threads']} threads: the scorer as it runs (each call cut into {res['threads']} parts run side by "
+            f"side, one single-threaded call each: nann/scorers/parts.py) and one call at a time on "
+            f"{res['threads']} intra-op threads (before); load average at start {res['loadavg_at_start']}, at end "
+            f"{res['loadavg_at_end']}.", "",
             f"| scorer | the walk's rounds, candidates/s | {users} × {per_user:,}, candidates/s | rounds / "
             f"{users} × {per_user:,} |", "|---|---|---|---|",
-            f"| as it runs (whole or parts, by size) | {spread(res['rounds'])} | {spread(res['bound'])} | "
+            f"| parts side by side | {spread(res['rounds'])} | {spread(res['bound'])} | "
             f"**{spread(res['rounds_over_bound'], '.2f')}** |",
             f"| one call, intra-op threads | {spread(one['rounds'])} | {spread(one['bound'])} | "
             f"{spread(one['rounds_over_bound'], '.2f')} |",
             "", f"Rounds in parts / one call's {users} × {per_user:,}: "
-                f"{spread(res['rounds_over_one_call_bound'], '.2f')} (medians and spreads of each alternating pair).",
-            "", "How the scorer ran its calls, by size (µs per 1,000 candidates of each way, the median of its last "
-                "calls):", "",
-            "| candidates | calls | whole, one thread | parts side by side |", "|---|---|---|---|",
-            *[f"| {w['candidates'][0]:,}–{w['candidates'][1]:,} | {w['calls']:,} | {w['whole']} | {w['parts']} |"
-              for w in res["ways"]]]
+                f"{spread(res['rounds_over_one_call_bound'], '.2f')} (medians and spreads of each alternating pair)."]
 
 
 def main(argv=None) -> int:

@@ -7,7 +7,7 @@ import pytest
 from nann.model import ARCHS
 from nann.runtime import ModelRuntime
 from nann.scorers import parts
-from nann.scorers.parts import PARTS, WHOLE, Choice, PartedScorer, cut
+from nann.scorers.parts import PartedScorer, cut
 
 try:
     from tests.test_trainer_export import make_run
@@ -43,36 +43,21 @@ def test_every_cut_scores_as_one_call(run, monkeypatch):
             cuts = scorer.parts_of(owner)
             got = plain(st, cand, owner) if cuts is None else scorer.in_parts(st, cand, owner, cuts)
             assert got.dtype == np.float32 and np.array_equal(got, want), (runs, threads)
-            for way in (WHOLE, PARTS):  # as the scorer runs, whichever way its measurements choose
-                scorer.choices = {owner.size.bit_length(): choice_of(way)}
-                assert np.array_equal(scorer(st, cand, owner), want), (runs, threads, way)
+            assert np.array_equal(scorer(st, cand, owner), want), (runs, threads)
 
 
-def choice_of(way: int) -> Choice:
-    """A size class's choice measured to take `way`."""
-    choice = Choice()
-    choice.record(WHOLE, 1.0 if way == WHOLE else 2.0)
-    choice.record(PARTS, 2.0 if way == WHOLE else 1.0)
-    return choice
+def test_a_part_that_fails_raises_in_the_caller_and_nothing_waits(monkeypatch):
+    monkeypatch.setattr(parts, "MIN_PART", 1)
 
+    def failing(state, cand, owner):
+        if cand[0, 0] == 1.0:  # the second part's first row
+            raise ValueError("scorer failed")
+        return np.zeros(len(owner), np.float32)
 
-def test_the_faster_way_is_chosen_and_the_other_measured_now_and_then():
-    choice = Choice()
-    assert choice.way() == WHOLE  # each way measured once first
-    choice.record(WHOLE, 2e-6)
-    assert choice.way() == PARTS
-    choice.record(PARTS, 6e-6)
-    ways = [choice.way() for _ in range(3 * parts.EXPLORE)]
-    assert ways.count(PARTS) == 3 and all(ways[i] == PARTS for i in range(len(ways)) if (i + 3) % parts.EXPLORE == 0)
-    choice.record(PARTS, 1e-6)  # one fast call: the median of PARTS' last calls is 3.5e-6, still slower
-    assert choice.cost(PARTS) == 3.5e-6 and choice.way() == WHOLE
-    for _ in range(2):  # the load changes: parts become faster
-        choice.record(PARTS, 1e-6)
-    assert choice.way() == PARTS and choice.cost(PARTS) == 1e-6 < choice.cost(WHOLE) == 2e-6
-    for _ in range(parts.WINDOW):
-        choice.record(WHOLE, 9.0)
-    choice.record(WHOLE, 1e-9)  # one call is not the median of the last WINDOW
-    assert choice.cost(WHOLE) == 9.0
+    cand = np.zeros((4, 2), np.float32)
+    cand[2, 0] = 1.0
+    with pytest.raises(ValueError, match="scorer failed"):
+        PartedScorer(failing, 2)([np.zeros((2, 3), np.float32)], cand, np.array([0, 0, 1, 1]))
 
 
 def test_a_call_is_cut_only_where_every_part_scores_as_the_call(monkeypatch):
