@@ -18,7 +18,6 @@ from nann import scorers
 from nann.errors import UserError
 from nann.run_dir import RunDir
 from nann.scorers.base import PARTS
-from nann.scorers.parts import PartedScorer, physical_cores
 
 
 def pad_histories(histories: Sequence[np.ndarray], max_seq: int,
@@ -43,16 +42,11 @@ class ModelRuntime:
     item_embeddings: np.ndarray
 
     def __init__(self, run_dir: str, backend: str | scorers.ScorerRuntime, threads: int | None,
-                 parts: Sequence[str] = PARTS, spinning: bool = True, parted: bool = True):
+                 parts: Sequence[str] = PARTS, spinning: bool = True):
         """threads: intra-op threads (None: the backend's default, one per physical core; torch's setting is the
         process's); parts: the halves to load (a Triton stub needs one); spinning: False makes idle runtime threads
         sleep at once instead of spinning for more work, so the cores go back to other processes (torch: only when
-        torch is first imported here, as libgomp reads OMP_WAIT_POLICY once).
-
-        parted: a CPU runtime (`ScorerRuntime.parted`) with more than one thread runs each scorer call as that many
-        parts side by side (`nann.scorers.parts.PartedScorer`), both halves single-threaded: the walk's small rounds
-        scale across parts run at once, not across one call's ops (the encoder then runs on one thread too). False:
-        one call at a time on `threads` intra-op threads (the comparison in `perf.scorer_rounds`)."""
+        torch is first imported here, as libgomp reads OMP_WAIT_POLICY once)."""
         self.run_dir = run_dir
         runtime = scorers.runtime(backend)
         self.backend = runtime.name
@@ -70,16 +64,13 @@ class ModelRuntime:
         if not runtime.available():
             raise UserError(f"the {runtime.name} scorer needs {runtime.needs}: use "
                             f"{' or '.join(scorers.usable_here())} on this host")
-        at_once = (threads or physical_cores()) if parted and runtime.parted and "scorer" in parts else 1
-        self._parts = runtime.load(run, self.io, parts, 1 if at_once > 1 else threads, spinning)
-        if at_once > 1:
-            self._parts["scorer"] = PartedScorer(self._parts["scorer"], at_once)
+        self._parts = runtime.load(run, self.io, parts, threads, spinning)
         self.scores_ids = runtime.scores_ids
 
     @classmethod
     def load(cls, run_dir, backend: str | scorers.ScorerRuntime = "onnxruntime", threads: int | None = None,
-             parts: Sequence[str] = PARTS, spinning: bool = True, parted: bool = True) -> "ModelRuntime":
-        return cls(str(run_dir), backend, threads, parts, spinning, parted)
+             parts: Sequence[str] = PARTS, spinning: bool = True) -> "ModelRuntime":
+        return cls(str(run_dir), backend, threads, parts, spinning)
 
     def _part(self, name: str):
         """The encoder or the scorer, as the runtime loaded it (`nann.scorers.base.Part`)."""

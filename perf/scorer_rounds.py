@@ -7,10 +7,8 @@ served defaults) makes for `users` test users in batches of `batch` (the batch `
 ~8): each call's user state, owners and candidate ids. Then times, alternating `repeats` times, the recorded calls
 back to back and calls of 8 users × 2,000 candidates (`perf.scorer_bench`'s shape), both through
 `ModelRuntime.score_emb` with the candidates' embeddings gathered beforehand (as `perf.scorer_bench` does), with
-`perf.scorer_bench.THREADS` threads, side by side: the scorer as it runs (each call cut into parts run at once on
-single-threaded sessions: `nann.scorers.parts`) and one call at a time on intra-op threads (before). Reports the
-candidates/s of each (median and spread), their ratios, and the shape of the recorded calls (users and candidates per
-call and how much the attention's layout pads them).
+`perf.scorer_bench.THREADS` runtime threads. Reports the candidates/s of each (median and spread), their ratio, and
+the shape of the recorded calls: users and candidates per call and how much the attention's layout pads them.
 Part of `nann perf` (perf/run.py, issue #26's acceptance: the rounds ≥ 0.8 × 8 × 2,000); writes its own section of
 perf/RESULTS.md when run alone.
 """
@@ -95,23 +93,8 @@ def replay(runtime, calls: list[Call]) -> float:
     return sum(c.size for c in calls) / (time.perf_counter() - t0)
 
 
-SCORERS = {"parts": True, "one call": False}  # the scorer as `ModelRuntime` loads it, and before nann.scorers.parts
-
-
-def rate(r: list[float]) -> dict:
-    return {"candidates_per_s": statistics.median(r), "spread": [min(r), max(r)]}
-
-
-def ratio(a: list[float], b: list[float]) -> dict:
-    """Median and spread of the ratios of alternating pairs."""
-    q = [x / y for x, y in zip(a, b)]
-    return {"median": statistics.median(q), "spread": [min(q), max(q)]}
-
-
 def measure(run: Path, data: Path, users: int = 192, batch: int = 8, repeats: int = 5) -> dict:
-    """The recorded calls and the 8 × 2,000 calls (as many candidates each time), through the scorer as it runs
-    (`SCORERS`: each call in parts side by side) and one call at a time on the runtime's intra-op threads (before),
-    alternating `repeats` times. The top-level rounds / bound are the scorer's as it runs; "one_call" holds before's."""
+    """The recorded calls and the 8 × 2,000 calls, alternating `repeats` times (as many candidates each time)."""
     import os
 
     from perf.scorer_bench import THREADS
@@ -120,50 +103,36 @@ def measure(run: Path, data: Path, users: int = 192, batch: int = 8, repeats: in
 
     load = [round(x, 2) for x in os.getloadavg()]
     calls = record(run, data, users, batch)
-    runtimes = {name: ModelRuntime.load(run, threads=THREADS, parted=parted) for name, parted in SCORERS.items()}
+    runtime = ModelRuntime.load(run, threads=THREADS)
     shape = layout(calls)
-    bound = bound_calls(runtimes["parts"], max(1, round(shape["candidates"] / (BOUND_SHAPE[0] * BOUND_SHAPE[1]))))
-    rates: dict[tuple[str, str], list[float]] = {}
-    for runtime in runtimes.values():
-        replay(runtime, calls[:50]), replay(runtime, bound[:1])  # warm-up
+    bound = bound_calls(runtime, max(1, round(shape["candidates"] / (BOUND_SHAPE[0] * BOUND_SHAPE[1]))))
+    replay(runtime, calls[:50]), replay(runtime, bound[:1])  # warm-up
+    rates: dict[str, list[float]] = {"rounds": [], "bound": []}
     for _ in range(repeats):
-        for name, runtime in runtimes.items():
-            rates.setdefault((name, "bound"), []).append(replay(runtime, bound))
-            rates.setdefault((name, "rounds"), []).append(replay(runtime, calls))
+        rates["bound"].append(replay(runtime, bound))
+        rates["rounds"].append(replay(runtime, calls))
     out = {"loadavg_at_start": load, "users": users, "batch": batch, "threads": THREADS, "repeats": repeats,
-           **shape, "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}
-    for name in SCORERS:
-        at = out if name == "parts" else out.setdefault("one_call", {})
-        at.update({key: rate(rates[name, key]) for key in ("rounds", "bound")},
-                  rounds_over_bound=ratio(rates[name, "rounds"], rates[name, "bound"]))
-    out["rounds_over_one_call_bound"] = ratio(rates["parts", "rounds"], rates["one call", "bound"])
+           **shape}
+    for key, r in rates.items():
+        out[key] = {"candidates_per_s": statistics.median(r), "spread": [min(r), max(r)]}
+    ratios = [a / b for a, b in zip(rates["rounds"], rates["bound"])]
+    out["rounds_over_bound"] = {"median": statistics.median(ratios), "spread": [min(ratios), max(ratios)]}
     return out
 
 
 def markdown(res: dict) -> list[str]:
     users, per_user = BOUND_SHAPE
-
-    def spread(x: dict, fmt: str = ",.0f") -> str:
-        """A rate (candidates/s) or a ratio (fmt ".2f"), median [spread]."""
-        return f"{x.get('candidates_per_s', x.get('median')):{fmt}} [{x['spread'][0]:{fmt}}–{x['spread'][1]:{fmt}}]"
-
-    one = res["one_call"]
+    r, b, q = res["rounds"], res["bound"], res["rounds_over_bound"]
     return [f"The walk's scorer calls recorded on {res['users']} test users in batches of {res['batch']} (served "
             f"defaults): {res['calls']:,} calls, {res['users_per_call']:.1f} users and {res['candidates_per_call']:.0f} "
             f"candidates a call, attention layout [users, longest run] = {res['layout_padding']:.2f}× the candidates. "
             f"Replayed back to back against calls of {users} × {per_user:,}, alternating, {res['repeats']} times, "
-            f"{res['threads']} threads: the scorer as it runs (each call cut into {res['threads']} parts run side by "
-            f"side, one single-threaded call each: nann/scorers/parts.py) and one call at a time on "
-            f"{res['threads']} intra-op threads (before); load average at start {res['loadavg_at_start']}, at end "
-            f"{res['loadavg_at_end']}.", "",
-            f"| scorer | the walk's rounds, candidates/s | {users} × {per_user:,}, candidates/s | rounds / "
-            f"{users} × {per_user:,} |", "|---|---|---|---|",
-            f"| parts side by side | {spread(res['rounds'])} | {spread(res['bound'])} | "
-            f"**{spread(res['rounds_over_bound'], '.2f')}** |",
-            f"| one call, intra-op threads | {spread(one['rounds'])} | {spread(one['bound'])} | "
-            f"{spread(one['rounds_over_bound'], '.2f')} |",
-            "", f"Rounds in parts / one call's {users} × {per_user:,}: "
-                f"{spread(res['rounds_over_one_call_bound'], '.2f')} (medians and spreads of each alternating pair)."]
+            f"{res['threads']} runtime threads; load average at start {res['loadavg_at_start']}.", "",
+            "| calls | candidates/s, median [spread] |", "|---|---|",
+            f"| the walk's rounds | {r['candidates_per_s']:,.0f} [{r['spread'][0]:,.0f}–{r['spread'][1]:,.0f}] |",
+            f"| {users} × {per_user:,} | {b['candidates_per_s']:,.0f} [{b['spread'][0]:,.0f}–{b['spread'][1]:,.0f}] |",
+            "", f"Rounds / {users} × {per_user:,}: **{q['median']:.2f}** [{q['spread'][0]:.2f}–{q['spread'][1]:.2f}] "
+                f"(ratio of each alternating pair)."]
 
 
 def main(argv=None) -> int:

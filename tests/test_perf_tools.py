@@ -220,28 +220,6 @@ def test_scorer_rounds_layout_counts_the_padding_of_ragged_runs():
     assert shape["layout_padding"] == pytest.approx((6 + 2) / 6)
 
 
-def test_scorer_rounds_reports_both_scorers_side_by_side():
-    from perf.scorer_rounds import markdown
-
-    def rate(x):
-        return {"candidates_per_s": x, "spread": [x - 1, x + 1]}
-
-    def ratio(x):
-        return {"median": x, "spread": [x - 0.1, x + 0.1]}
-
-    res = {"users": 32, "batch": 8, "calls": 10, "users_per_call": 8.0, "candidates_per_call": 400.0,
-           "layout_padding": 1.5, "repeats": 2, "threads": 2, "loadavg_at_start": [1, 1, 1],
-           "loadavg_at_end": [2, 2, 2],
-           "rounds": rate(500_000), "bound": rate(600_000), "rounds_over_bound": ratio(0.83),
-           "one_call": {"rounds": rate(300_000), "bound": rate(700_000), "rounds_over_bound": ratio(0.43)},
-           "rounds_over_one_call_bound": ratio(0.71)}
-    text = "\n".join(markdown(res))
-    assert ("| parts side by side | 500,000 [499,999–500,001] | 600,000 [599,999–600,001] | "
-            "**0.83 [0.73–0.93]** |") in text
-    assert "| one call, intra-op threads | 300,000 [299,999–300,001] | 700,000 [699,999–700,001] | 0.43" in text
-    assert "one call's 8 × 2,000: 0.71 [0.61–0.81]" in text
-
-
 def test_stress_counts_a_junit_report(tmp_path):
     from perf.stress import junit_counts
 

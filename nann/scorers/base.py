@@ -28,8 +28,6 @@ class ScorerRuntime:
     #                             False: behind BLS, as the repository's `scorer` model (a runtime of another backend)
     scores_ids: bool = False    # its scorer takes candidate ids and holds the item table itself (on its device);
     #                             False: the caller gathers the candidates' embeddings
-    parted: bool = False        # a CPU runtime whose scorer calls run as parts side by side, one single-threaded call
-    #                             each, when it has more than one thread (`nann.scorers.parts`)
     encoder: str = ""           # the runtime `encode` runs where this one scores, when not this one
     needs: str = ""             # what a host must have for it, when not every host has it
 

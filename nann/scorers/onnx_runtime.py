@@ -8,7 +8,6 @@ from nann.scorers.base import ScorerRuntime
 class OnnxRuntime(ScorerRuntime):
     name = "onnxruntime"
     summary = "ONNX Runtime on CPU"
-    parted = True
 
     def load(self, run, io, parts, threads, spinning):
         import onnxruntime as ort
