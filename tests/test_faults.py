@@ -25,7 +25,7 @@ from nann.serving.export import export_repository
 from nann.serving.repository import ArtifactError, verify_repository
 from nann.serving.requests import parse_search
 from nann.serving.retrieval import OfflineRetriever
-from nann.serving.server import LoadFailed, TritonServer, free_port, supervise
+from nann.serving.server import LoadFailed, TritonServer, free_ports, supervise
 
 pytestmark = pytest.mark.serving
 
@@ -190,8 +190,9 @@ def test_nann_serve_refuses_a_broken_repository_naming_the_file(tiny_run, tmp_pa
         replace_file(target, data[:-1] + bytes([data[-1] ^ 1]))
     with pytest.raises(ArtifactError, match=str(target)):
         verify_repository(repo)
-    code = cli_main(["serve", "--repo", str(repo), "--grpc-port", str(free_port()), "--http-port", str(free_port()),
-                     "--metrics-port", str(free_port())])
+    grpc, http, metrics = free_ports(3)
+    code = cli_main(["serve", "--repo", str(repo), "--grpc-port", str(grpc), "--http-port", str(http),
+                     "--metrics-port", str(metrics)])
     err = capsys.readouterr().err
     assert code != 0 and str(target) in err, err
     assert {"missing": "is missing", "truncated": "truncated", "altered": "sha256"}[damage] in err
@@ -235,9 +236,9 @@ def test_nann_serve_exits_soon_after_the_scorer_fails_to_load_inside_triton(tiny
 
     verify = repository.verify_repository
     monkeypatch.setattr(repository, "verify_repository", check_then_break)
-    port = free_port()
-    code = cli_main(["serve", "--repo", str(repo), "--grpc-port", str(port), "--http-port", str(free_port()),
-                     "--metrics-port", str(free_port())])
+    port, http, metrics = free_ports(3)
+    code = cli_main(["serve", "--repo", str(repo), "--grpc-port", str(port), "--http-port", str(http),
+                     "--metrics-port", str(metrics)])
     exited_at = time.time()
     err = capsys.readouterr().err
     after_failure = exited_at - failure_logged_at(tmp_path / "tritonserver.log")

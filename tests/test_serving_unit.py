@@ -319,3 +319,11 @@ def test_load_failure_is_read_from_tritonservers_log():
     assert load_failure('E1206 04:06:10.1 1 model_lifecycle.cc:642] "failed to load \'encode\' version 2: '
                         'Invalid argument: bad config"\n') == ("encode", "Invalid argument: bad config")
     assert load_failure(loading + fatal) == (None, "Internal - failed to load all models")
+
+
+def test_free_ports_are_distinct_and_skip_the_taken_ones():
+    from nann.serving.server import free_ports
+
+    first = free_ports(1)[0]
+    ports = free_ports(40, taken={first})
+    assert len(set(ports)) == 40 and first not in ports

@@ -16,6 +16,7 @@ of the failure instead of waiting out the readiness timeout.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -106,10 +107,23 @@ def tensorrt_models(repo: Path) -> list[str]:
                   if TENSORRT_MODEL.search(cfg.read_text()))
 
 
+def free_ports(count: int, taken=()) -> list[int]:
+    """`count` distinct free ports, none of `taken`: bound all at once, so that the kernel cannot hand the same port out
+    twice (ports asked for one after another, each released before the next, came back equal now and then: a server
+    then failed to start, "cannot listen to HTTP requests and metrics requests at the same address and port")."""
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        while len(ports) < count:
+            s = stack.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port not in taken:
+                ports.append(port)
+        return ports
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @dataclass
@@ -134,9 +148,10 @@ class TritonServer:
 
     def __post_init__(self) -> None:
         self.repo = Path(self.repo).resolve()
-        self.grpc_port = self.grpc_port or free_port()
-        self.http_port = self.http_port or free_port()
-        self.metrics_port = self.metrics_port or free_port()
+        unset = [name for name in ("grpc_port", "http_port", "metrics_port") if not getattr(self, name)]
+        given = {getattr(self, name) for name in ("grpc_port", "http_port", "metrics_port")} - {0}
+        for name, port in zip(unset, free_ports(len(unset), taken=given)):
+            setattr(self, name, port)
         self.tritonserver = external_tritonserver(self.tritonserver)
         if self.backend_directory is None and self.tritonserver is not None:
             self.backend_directory = self.tritonserver.parent.parent / "backends"  # <prefix>/bin/tritonserver
