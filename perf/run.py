@@ -31,13 +31,15 @@ from perf.sections import update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 PERF_SECTION = "nann perf"   # this command's section of perf/RESULTS.md (perf.sections)
+FIGURE = ROOT / "docs" / "figures" / "latency_throughput.png"  # both placements' curves, shown by README and OPERATIONS
 SERVED_REPEATS = 3           # served / offline latency at concurrency 1: median and spread of this many runs
 EFFICIENCY_CONCURRENCY = 16  # served throughput against the scorer's bound at this concurrency
 SCORER_SHAPE = "onnxruntime 8x2000"  # the scorer_bench row the served scorer resembles (several users per call)
 OFFLINE_BATCHES = (1, 8, 16)  # the offline engine's throughput at these batch sizes, the served path's reference
 PLACEMENT_REPEATS = 2        # the run served with its scorer inside `retrieve` and behind BLS, alternating this often
 #                              (once in --quick)
-PLACEMENT_CONCURRENCY = (1, EFFICIENCY_CONCURRENCY)
+PLACEMENT_CONCURRENCY = (1, 4, EFFICIENCY_CONCURRENCY, 32)  # the placements' latency–throughput curves (--quick:
+#                                                              1 and EFFICIENCY_CONCURRENCY)
 QUICK_ITEMS = [5000]
 FULL_ITEMS = [100_000]
 
@@ -101,12 +103,14 @@ def _serve_and_load(res: dict, out: Path, tag: str, quick: bool, skip_load: bool
     if pa_env is not None:   # its own servers: batching on (sweep), off, on again; then both placements
         res["load"] = L.load_test(repo, Path(paths["data"]), out, cfg, off, users=1000, tag=tag)
         res["placement"] = placement(Path(paths["nann"]), repo, out, tag, cfg, pa_env,
-                                     1 if quick else PLACEMENT_REPEATS)
+                                     1 if quick else PLACEMENT_REPEATS,
+                                     (1, EFFICIENCY_CONCURRENCY) if quick else PLACEMENT_CONCURRENCY)
 
 
-def placement(run: Path, repo: Path, out: Path, tag: str, cfg, pa_env, repeats: int) -> dict:
+def placement(run: Path, repo: Path, out: Path, tag: str, cfg, pa_env, repeats: int,
+              concurrency: tuple[int, ...]) -> dict:
     """perf_analyzer on `repo` (its scorer inside `retrieve`) and on `run` exported with the scorer behind BLS
-    (`nann export --bls`), alternating `repeats` times at PLACEMENT_CONCURRENCY on load_test's input; the
+    (`nann export --bls`), alternating `repeats` times at `concurrency` on load_test's input; the
     latency–throughput PNG of both. {"repeats", "runs": {placement: rows}, "ratios": placement_ratios(runs)}."""
     import dataclasses
 
@@ -118,7 +122,7 @@ def placement(run: Path, repo: Path, out: Path, tag: str, cfg, pa_env, repeats: 
     shutil.rmtree(bls, ignore_errors=True)
     export_repository(run, bls, scorer="onnxruntime", in_process=False)
     sweeps = L.alternating_sweeps({f"in-process{tag}": repo, f"bls{tag}": bls}, out / f"perf_input{tag}.json", out,
-                                  dataclasses.replace(cfg, concurrency=PLACEMENT_CONCURRENCY), repeats, pa_env)
+                                  dataclasses.replace(cfg, concurrency=concurrency), repeats, pa_env)
     runs = {"in-process": sweeps[f"in-process{tag}"], "bls": sweeps[f"bls{tag}"]}
     L.plot({f"scorer {name}": median_rows(rows) for name, rows in runs.items()},
            out / f"latency_throughput_placement{tag}.png",
@@ -348,5 +352,10 @@ def main(args) -> int:
     if not quick and out == (ROOT / "perf" / "results").resolve():
         update_section(ROOT / "perf" / "RESULTS.md", PERF_SECTION, md)
         print(f"[perf] updated the `nann perf` section of {ROOT / 'perf' / 'RESULTS.md'}", file=sys.stderr)
+        figure = out / f"latency_throughput_placement_v{max(items)}.png"
+        if figure.exists():  # README and docs/OPERATIONS.md show it
+            FIGURE.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(figure, FIGURE)
+            print(f"[perf] updated {FIGURE}", file=sys.stderr)
     print(md)
     return 0

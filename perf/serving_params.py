@@ -116,15 +116,16 @@ def main(argv=None) -> int:
     lines = [provenance(command, info, cores=True), "",
              f"{what}; perf_analyzer on `nann`, "
              f"median of {args.repeats} measurements per value (alternating), ratio to `{values[0]}`.", "",
-             "| value | concurrency | req/s | p50 ms | req/s ratio |", "|---|---|---|---|---|"]
+             "| value | concurrency | req/s | p50 ms | p99 ms (each measurement) | req/s ratio |", "|---|---|---|---|---|---|"]
     for c in cfg.concurrency:
         base = None
         for v in values:
             rows = [r for r in runs[v] if r["concurrency"] == c]
             qps = statistics.median(r["throughput_rps"] for r in rows)
             p50 = statistics.median(r["p50_us"] for r in rows) / 1e3
+            p99 = ", ".join(f"{r['p99_us'] / 1e3:.0f}" for r in rows)
             base = base or qps
-            lines.append(f"| {v} | {c} | {qps:.1f} | {p50:.1f} | {qps / base:.2f}x |")
+            lines.append(f"| {v} | {c} | {qps:.1f} | {p50:.1f} | {p99} | {qps / base:.2f}x |")
     title = "placement" if args.param == "placement" else f"{args.param} ({', '.join(models)})"
     report(f"Serving parameters: {title}", "\n".join(lines), write=not args.no_results_md)
     return 0

@@ -48,7 +48,7 @@ class TritonPythonModel:
         # inside an execute's BLS calls, the interleaving that preceded a tritonserver SIGSEGV once in CI. Not
         # reproduced without the lock: 406,296 such sets beside 2 busy processes, no crash (perf/RESULTS.md "Gauge
         # updates during BLS calls", python -m perf.gauge_race --hog 2)
-        self.talking = threading.Lock()
+        self.talking = threading.RLock()  # re-entrant: execute() refreshes the set, and so may publish, while holding it
 
         def publish(blocked):
             with self.talking:
@@ -62,6 +62,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         with self.talking:
+            self.blocked.refresh()  # a set written since the last poll serves this batch, in every instance alike
             return self._execute(requests)
 
     def _execute(self, requests):

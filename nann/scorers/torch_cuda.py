@@ -126,6 +126,7 @@ class TorchCudaRuntime(ScorerRuntime):
     gpu = True
     padded_grid = True
     scores_ids = True
+    process_threads = True
     needs = "a CUDA GPU and torch built with CUDA"
 
     def __init__(self, device: str = "cuda", half: bool = False, graphs: bool = True):

@@ -9,6 +9,7 @@ from nann.scorers.base import PARTS, ScorerRuntime
 class TorchRuntime(ScorerRuntime):
     name = "torch"
     summary = "torch on CPU, the split rebuilt from the weights"
+    process_threads = True
 
     def load(self, run, io, parts, threads, spinning):
         if not spinning:  # read by libgomp once, when torch is first imported (here, in a Triton stub)

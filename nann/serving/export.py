@@ -31,7 +31,7 @@ from nann.run_dir import RunDir
 from nann.scorers.base import ScorerRuntime
 from nann.serving.repository import model_versions, write_manifest
 from nann.serving.requests import REQUEST_INPUT_NAMES, REQUEST_INPUTS, ServingLimits
-from nann.serving.services import BLS, IN_PROCESS
+from nann.serving.services import BLS, IN_PROCESS, RUNTIME_THREADS
 from nann.serving.templates import model_file, render, tensor_entries
 
 MODELS = ("encode", "retrieve", "scorer", "nann")
@@ -39,19 +39,11 @@ OBSOLETE_MODELS = ("preprocess", "user_encoder")  # an older layout's models, me
 MAX_BATCH = 64
 # dynamic batchers' max_queue_delay_microseconds (perf/RESULTS.md "Serving parameters: max_queue_delay_microseconds
 # (encode)" and "(retrieve)"): `encode` runs one user at a time, so waiting for a batch only delays it (0 against 2 ms:
-# p50 28.7 vs 30.2 ms at concurrency 1, 0.99x / 1.00x req/s at 8 / 16); `retrieve` scores a batch's rounds in one
-# scorer call each, and the wait lets requests answered a moment ago join the next batch: 2 ms kept, as nothing
-# shorter measured better under load (500 us: p50 27.1 vs 28.0 ms at concurrency 1, 1.01x / 0.97x req/s at 8 / 16,
-# inside the run-to-run noise; 0: 0.94x at 16).
-QUEUE_DELAY_US = {"encode": 0, "retrieve": 2000}
-# The models that run a scorer runtime: (intra_op_threads, spinning) of each (0 threads: one per physical core, the
-# runtime's default; docs/OPERATIONS.md "Runtime threads"). `encode` encodes one user at a time: one thread, not
-# spinning, leaves the cores to the scorer. The `scorer` model's threads (behind BLS) spin for the next round, which
-# comes within a millisecond (1.2x the req/s of sleeping threads: perf/RESULTS.md "Serving parameters: spinning
-# (scorer)"). Inside `retrieve` the scorer shares the process with the walk: one thread (no pool, so `spinning` acts on
-# nothing) measured 1.36x the req/s of one per core at concurrency 16 (perf/RESULTS.md "Serving parameters:
-# intra_op_threads (retrieve)").
-RUNTIME_THREADS = {"encode": (1, False), "scorer": (0, True), "retrieve": (1, True)}
+# p50 28.7 vs 30.2 ms at concurrency 1, 0.99x / 1.00x req/s at 8 / 16). `retrieve` needs no wait either: under load
+# the requests that arrive while its instances are busy form the next batch anyway; at concurrency 1 a wait is pure
+# latency (the scorer in `retrieve`'s process, 90,896 items: 2 ms against 0, p50 11.1 vs 9.3 ms at concurrency 1, the
+# same req/s at 16).
+QUEUE_DELAY_US = {"encode": 0, "retrieve": 0}
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

@@ -138,12 +138,23 @@ class BlockedWatcher:
         self.poll_seconds = poll_seconds
         self.current = NOTHING_BLOCKED
         self._seen: object = ()   # the pointer's (inode, mtime, size) last looked at; () = never
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nann-blocked", daemon=True)
         self.refresh()
 
     def refresh(self) -> bool:
-        """Load the set if the pointer changed since the last look; whether `current` was replaced."""
+        """Load the set if the pointer changed since the last look, then call on_change with it; whether `current` was
+        replaced. Any thread may call it: `retrieve` calls it before each batch too, so that every instance serves a
+        set from the first batch that starts after the pointer was written (the poll alone left up to a poll period
+        in which one instance served the new set and another the old)."""
+        with self._lock:
+            changed = self._reload()
+        if changed:
+            self.on_change(self.current)
+        return changed
+
+    def _reload(self) -> bool:
         try:
             st = os.stat(self.repo / POINTER)
             seen = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -159,7 +170,6 @@ class BlockedWatcher:
                   file=sys.stderr, flush=True)
             return False
         self.current = self.eligibility.blocked(ids, version)
-        self.on_change(self.current)
         return True
 
     def _run(self) -> None:

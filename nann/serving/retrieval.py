@@ -20,7 +20,7 @@ from nann.run_dir import RunDir
 from nann.serving.filters import NOTHING_BLOCKED, BlockedSet, DenseFilter, Eligibility
 from nann.serving.requests import (FILTER_INPUT_NAMES, NO_FILTERS, REQUEST_INPUT_NAMES, SEARCH_INPUT_NAMES,
                                    FilterRequest, ServingLimits, bounded_ids, int_row, parse_filters, parse_search)
-from nann.serving.services import check_state, stack_states
+from nann.serving.services import RUNTIME_THREADS, check_state, stack_states
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 HIST_IDS = "hist_ids"  # `retrieve`'s input of the request's dense history ids (from `encode`)
@@ -129,7 +129,11 @@ class OfflineRetriever:
         self.scorer = ScorerService(run_dir, backend)
         self.limits = limits or ServingLimits.for_catalogue(RunDir(run_dir).search_defaults(),
                                                             max_seq=self.scorer.runtime.max_seq)
-        self.encoder = RequestEncoder(run_dir, self.limits, backend)
+        # the encoder as `encode` serves it (RUNTIME_THREADS: one thread, not spinning): a spinning pool beside the
+        # scorer takes a core from it (`python -m perf.scorer_rounds`: the walk's calls in the engine against the same
+        # calls back to back). A runtime whose threads are the process's (torch) keeps the scorer's.
+        threads, spinning = (None, True) if scorers.runtime(backend).process_threads else RUNTIME_THREADS["encode"]
+        self.encoder = RequestEncoder(run_dir, self.limits, backend, threads, spinning)
         self.service = RetrieveService(run_dir, self.limits, grid or scorers.runtime(backend).grid())
         self.blocked = NOTHING_BLOCKED if blocked is None else self.service.eligibility.blocked(blocked)
 

@@ -45,6 +45,16 @@ def check_state(state: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]
             raise RequestError(f"state input {name} holds NaN or inf")
 
 
+# The models that run a scorer runtime: (intra_op_threads, spinning) of each (0 threads: one per physical core, the
+# runtime's default; docs/OPERATIONS.md "Runtime threads"). `encode` encodes one user at a time: one thread, not
+# spinning, leaves the cores to the scorer. The `scorer` model's threads (behind BLS) spin for the next round, which
+# comes within a millisecond (1.2x the req/s of sleeping threads: perf/RESULTS.md "Serving parameters: spinning
+# (scorer)"). Inside `retrieve` the scorer shares the process with the walk: one thread (no pool, so `spinning` acts on
+# nothing) measured 1.36x the req/s of one per core at concurrency 16 (perf/RESULTS.md "Serving parameters:
+# intra_op_threads (retrieve)").
+RUNTIME_THREADS = {"encode": (1, False), "scorer": (0, True), "retrieve": (1, True)}
+
+
 def runtime_options(params: dict[str, str]) -> dict:
     """ModelRuntime's options from a model config's parameters: `backend`, `intra_op_threads` (0: one per physical
     core, the runtime's default) and `spinning` ("true" / "false": whether idle runtime threads spin for more work)."""
