@@ -98,8 +98,9 @@ def _serve_and_load(res: dict, out: Path, tag: str, quick: bool, skip_load: bool
             print(f"[perf] load test skipped: {e}", file=sys.stderr)
     with TritonServer(repo) as server:
         print(f"[perf] serving {repo} at {server.grpc_url}", file=sys.stderr)
-        res["served_vs_offline"] = [served_vs_offline(Path(paths["nann"]), Path(paths["data"]), server.grpc_url,
-                                                      sc.served_users) for _ in range(1 if quick else SERVED_REPEATS)]
+        res["served_vs_offline"] = [isolated(served_vs_offline, Path(paths["nann"]), Path(paths["data"]),
+                                             server.grpc_url, sc.served_users)
+                                    for _ in range(1 if quick else SERVED_REPEATS)]
     if pa_env is not None:   # its own servers: batching on (sweep), off, on again; then both placements
         res["load"] = L.load_test(repo, Path(paths["data"]), out, cfg, off, users=1000, tag=tag)
         res["placement"] = placement(Path(paths["nann"]), repo, out, tag, cfg, pa_env,
@@ -155,6 +156,17 @@ def placement_ratios(runs: dict[str, list[dict]]) -> list[dict]:
             for c, r in sorted(pairs.items())]
 
 
+def isolated(fn, *args):
+    """fn(*args) in a fresh process (spawned): what earlier benchmarks leave in this one does not slow it down (the
+    walk's rounds replayed after `scorer_bench` in the same process ran at 0.69 of its 8 x 2,000 calls, 0.93 in a
+    process of their own: torch's and ONNX Runtime's thread pools of the benchmarks before)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def run_one(items: int, out: Path, quick: bool, skip_load: bool) -> dict:
     from perf.compare import compare, offline_throughput, scale_for
 
@@ -163,12 +175,12 @@ def run_one(items: int, out: Path, quick: bool, skip_load: bool) -> dict:
     t0 = time.perf_counter()
     res = compare(out / "work" / f"v{items}", sc)
     res["compare_seconds"] = round(time.perf_counter() - t0, 1)
-    # the scorer against this CPU's reference bound, on a quiet machine (before any server starts)
-    res["scorer"] = scorer_bench.measure(Path(res["paths"]["nann"]), *((0.5, 1) if quick else (2.0, 3)))
-    res["scorer_rounds"] = scorer_rounds.measure(Path(res["paths"]["nann"]), Path(res["paths"]["data"]),
-                                                 32 if quick else 192, 8, 2 if quick else 5)
-    res["offline_throughput"] = offline_throughput(Path(res["paths"]["nann"]), Path(res["paths"]["data"]),
-                                                   32 if quick else 192, OFFLINE_BATCHES)
+    # the scorer against this CPU's reference bound, on a quiet machine (before any server starts), each benchmark in
+    # a process of its own
+    run, data = Path(res["paths"]["nann"]), Path(res["paths"]["data"])
+    res["scorer"] = isolated(scorer_bench.measure, run, *((0.5, 1) if quick else (2.0, 3)))
+    res["scorer_rounds"] = isolated(scorer_rounds.measure, run, data, 32 if quick else 192, 8, 2 if quick else 5)
+    res["offline_throughput"] = isolated(offline_throughput, run, data, 32 if quick else 192, OFFLINE_BATCHES)
     t0 = time.perf_counter()
     _serve_and_load(res, out, tag, quick, skip_load, sc)
     res["serve_seconds"] = round(time.perf_counter() - t0, 1)
