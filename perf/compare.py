@@ -335,17 +335,26 @@ def served_vs_offline(run: Path, data: Path, server_url: str, n_users: int, k: i
             "answer_overlap": float(statistics.mean(same))}
 
 
-def offline_throughput(run: Path, data: Path, n_users: int, batches: tuple[int, ...], k: int = TOP_M) -> list[dict]:
+def offline_throughput(run: Path, data: Path, n_users: int, batches: tuple[int, ...], k: int = TOP_M,
+                       repeats: int = 3) -> list[dict]:
     """The offline engine's throughput (OfflineRetriever: encode, walk and scorer in this process, no server) on the
     same test users in batches of each size: what the walk reaches with its round-sized scorer calls before any
-    serving cost, the reference for the served throughput at a concurrency whose `retrieve` batch is that size."""
+    serving cost, the reference for the served throughput.
+
+    Each pass over the users alternates, `repeats` times, with calls of 8 × 2,000 candidates through the same scorer
+    (`perf.scorer_rounds.BOUND_SHAPE`, as many candidates as the pass scored): `of_bound` is the pass's req/s over the
+    bound's (its candidates/s ÷ the pass's candidates per query), the median of the alternating pairs, so that a
+    machine whose speed drifts between benchmarks does not move the ratio."""
+    from perf.scorer_rounds import BOUND_SHAPE, bound_calls, replay
+
     from nann.serving.requests import parse_search
     from nann.serving.retrieval import OfflineRetriever
 
     histories = raw_test_histories(data, n_users)
     offline = OfflineRetriever(run)
     params = parse_search(offline.limits, k=k)
-    score = offline.scorer.runtime.score
+    runtime = offline.scorer.runtime
+    score = runtime.score
     scored = {"candidates": 0, "calls": 0}
 
     def counting(state, owner, ids):
@@ -353,19 +362,32 @@ def offline_throughput(run: Path, data: Path, n_users: int, batches: tuple[int, 
         scored["calls"] += 1
         return score(state, owner, ids)
 
-    offline.scorer.runtime.score = counting
+    runtime.score = counting
     offline.retrieve(histories[:max(batches)], [params] * min(len(histories), max(batches)))  # warm-up
+    bound = None
     rows = []
     for batch in batches:
-        scored.update(candidates=0, calls=0)
-        t0 = time.perf_counter()
-        for s in range(0, len(histories), batch):
-            chunk = histories[s:s + batch]
-            offline.retrieve(chunk, [params] * len(chunk))
-        seconds = time.perf_counter() - t0
-        rows.append({"batch": batch, "users": len(histories), "requests_per_s": len(histories) / seconds,
-                     "candidates_per_s": scored["candidates"] / seconds,
-                     "scorer_calls_per_batch": scored["calls"] / -(-len(histories) // batch)})
+        passes = []
+        for _ in range(repeats):
+            scored.update(candidates=0, calls=0)
+            t0 = time.perf_counter()
+            for s in range(0, len(histories), batch):
+                chunk = histories[s:s + batch]
+                offline.retrieve(chunk, [params] * len(chunk))
+            seconds = time.perf_counter() - t0
+            if bound is None:
+                bound = bound_calls(runtime, max(1, round(scored["candidates"] / (BOUND_SHAPE[0] * BOUND_SHAPE[1]))),
+                                    encoder=offline.encoder.runtime)
+                replay(runtime, bound[:1])  # warm-up
+            per_query = scored["candidates"] / len(histories)
+            bound_rps = replay(runtime, bound) / per_query
+            passes.append({"requests_per_s": len(histories) / seconds, "candidates_per_s": scored["candidates"] / seconds,
+                           "scorer_calls_per_batch": scored["calls"] / -(-len(histories) // batch),
+                           "bound_requests_per_s": bound_rps})
+        ratios = [p["requests_per_s"] / p["bound_requests_per_s"] for p in passes]
+        mid = sorted(passes, key=lambda p: p["requests_per_s"])[len(passes) // 2]
+        rows.append({"batch": batch, "users": len(histories), **mid, "of_bound": statistics.median(ratios),
+                     "of_bound_spread": [min(ratios), max(ratios)]})
     return rows
 
 

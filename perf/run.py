@@ -294,9 +294,13 @@ def markdown(results: list[dict], info: dict, command: str) -> str:
                     lines += ["", "Where the rest goes: the offline engine (`OfflineRetriever`: encode, walk and scorer in "
                               "one process, no server; same run, before any server started) on "
                               f"{eff['offline'][0]['users']} test users in batches of "
-                              + ", ".join(f"{r['batch']}: {r['requests_per_s']:.1f} req/s ({r['of_bound']:.2f} of the "
-                                          f"bound, {r['scorer_calls_per_batch']:.1f} scorer calls a batch)"
+                              + ", ".join(f"{r['batch']}: {r['requests_per_s']:.1f} req/s (**{r['of_bound']:.2f}** of "
+                                          "the bound" + (f" [{r['of_bound_spread'][0]:.2f}–{r['of_bound_spread'][1]:.2f}]"
+                                                         if "of_bound_spread" in r else "")
+                                          + f", {r['scorer_calls_per_batch']:.1f} scorer calls a batch)"
                                           for r in eff["offline"])
+                              + " (the bound of each: the same scorer's 8 × 2,000 calls, alternating with the passes, "
+                                "÷ the pass's items scored per query; median of the pairs [spread])"
                               + f". Served at concurrency {EFFICIENCY_CONCURRENCY} (`retrieve` batch "
                               f"{eff['served_batch']:.1f} per instance) / the offline engine at its best batch "
                               f"({best['batch']}): **{eff['served_rps'] / best['requests_per_s']:.2f}**."]
@@ -333,7 +337,8 @@ def served_efficiency(res: dict) -> dict | None:
         return None
     rate = res["scorer"]["ours"][SCORER_SHAPE]["candidates_per_s"]
     bound = rate / beam["items_scored"]
-    offline = [{**r, "of_bound": r["requests_per_s"] / bound} for r in res.get("offline_throughput", [])]
+    # a row's own ratio to the bound measured beside it (perf.compare.offline_throughput); else against scorer_bench's
+    offline = [{**r, "of_bound": r.get("of_bound", r["requests_per_s"] / bound)} for r in res.get("offline_throughput", [])]
     best = max(offline, key=lambda r: r["requests_per_s"]) if offline else None
     return {"served_rps": row["throughput_rps"], "bound_rps": bound, "scorer_candidates_per_s": rate,
             "items_scored": beam["items_scored"], "ratio": row["throughput_rps"] / bound, "offline": offline,

@@ -79,11 +79,12 @@ def layout(calls: list[Call]) -> dict:
             "layout_padding": sum(r * m for r, m in zip(rows, longest)) / candidates}
 
 
-def bound_calls(runtime, calls: int, seed: int = 0) -> list[Call]:
-    """`calls` calls of BOUND_SHAPE: random users' state, random items (the scorer_bench shape)."""
+def bound_calls(runtime, calls: int, seed: int = 0, encoder=None) -> list[Call]:
+    """`calls` calls of BOUND_SHAPE: random users' state, random items (the scorer_bench shape); `encoder`: the
+    runtime that encodes the users when `runtime` holds only the scorer."""
     rng = np.random.default_rng(seed)
     users, per_user = BOUND_SHAPE
-    state = runtime.encode([rng.integers(0, runtime.num_items, runtime.max_seq) for _ in range(users)])
+    state = (encoder or runtime).encode([rng.integers(0, runtime.num_items, runtime.max_seq) for _ in range(users)])
     owner = np.repeat(np.arange(users, dtype=np.int64), per_user)
     return [Call(state, owner, np.asarray(runtime.item_embeddings[rng.integers(0, runtime.num_items, owner.size)],
                                           dtype=np.float32)) for _ in range(calls)]
