@@ -327,3 +327,22 @@ def test_free_ports_are_distinct_and_skip_the_taken_ones():
     first = free_ports(1)[0]
     ports = free_ports(40, taken={first})
     assert len(set(ports)) == 40 and first not in ports
+
+
+def test_wait_for_group_exit_returns_once_the_killed_group_is_gone():
+    """`TritonServer.stop` waits for its SIGKILLed process group (the server's stubs) to be gone; zombies do not count."""
+    import os
+    import signal
+    import subprocess
+
+    from nann.serving.server import live_group_members, wait_for_group_exit
+
+    proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert live_group_members(proc.pid) == [proc.pid]
+        os.killpg(proc.pid, signal.SIGKILL)
+        wait_for_group_exit(proc.pid)
+        assert live_group_members(proc.pid) == []  # dead; a zombie until waited for, which does not count
+    finally:
+        proc.kill()
+        proc.wait()

@@ -126,6 +126,28 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+def live_group_members(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes of process group `pgid`, from /proc."""
+    members = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+def wait_for_group_exit(pgid: int, timeout: float = 10.0) -> None:
+    """Wait until the processes of a SIGKILLed group are gone: a stub killed with its server can still run for a moment
+    on a busy CPU (the fault tests found one alive right after `stop`, beside two busy processes)."""
+    deadline = time.monotonic() + timeout
+    while live_group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 @dataclass
 class TritonServer:
     """One tritonserver process. Use as a context manager, or call start() and stop()."""
@@ -322,6 +344,7 @@ class TritonServer:
             except ProcessLookupError:  # the server exited and its stubs with it
                 pass
             self._proc.wait()
+            wait_for_group_exit(self._proc.pid)
             for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
                 region.unlink(missing_ok=True)
         self._proc = None
