@@ -41,8 +41,8 @@ MAX_BATCH = 64
 # (encode)" and "(retrieve)"): `encode` runs one user at a time, so waiting for a batch only delays it (0 against 2 ms:
 # p50 28.7 vs 30.2 ms at concurrency 1, 0.99x / 1.00x req/s at 8 / 16). `retrieve` needs no wait either: under load
 # the requests that arrive while its instances are busy form the next batch anyway; at concurrency 1 a wait is pure
-# latency (the scorer in `retrieve`'s process, 90,896 items: 2 ms against 0, p50 11.1 vs 9.3 ms at concurrency 1, the
-# same req/s at 16).
+# latency (two instances, the scorer in their processes, 90,896 items: 2 ms against 0, p50 13.6 vs 10.6 ms at
+# concurrency 1, 1.07x the req/s at 16 with 0).
 QUEUE_DELAY_US = {"encode": 0, "retrieve": 0}
 
 
