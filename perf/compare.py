@@ -304,9 +304,18 @@ def raw_test_histories(data: Path, n_users: int) -> list[np.ndarray]:
     return [prepared.vocab.dense_to_raw(test.history(i)) for i in range(min(n_users, len(test)))]
 
 
+# served_vs_offline alternates blocks of this many queries, each block after SETTLE_S of quiet and one untimed query:
+# after a call ONNX Runtime's thread pool (the offline engine's, in this process) spins for more work, one core busy
+# for 40-60 ms on a 2-core host (process CPU time in 10 ms slices after a call), so a served query started at once
+# shared the cores with it; within a block the queries run back to back, as a client's at concurrency 1 do.
+LATENCY_BLOCK = 10
+SETTLE_S = 0.1
+
+
 def served_vs_offline(run: Path, data: Path, server_url: str, n_users: int, k: int = TOP_M) -> dict:
     """Served latency at concurrency 1 (NannClient) vs the offline engine (OfflineRetriever, the same services
-    the Triton models run), same users, alternating one query of each; also checks the answers agree."""
+    the Triton models run), same users, alternating blocks of LATENCY_BLOCK queries of each; also checks the answers
+    agree."""
     from nann_client import NannClient
 
     from nann.serving.requests import parse_search
@@ -315,20 +324,24 @@ def served_vs_offline(run: Path, data: Path, server_url: str, n_users: int, k: i
     histories = raw_test_histories(data, n_users)
     offline = OfflineRetriever(run)
     params = parse_search(offline.limits, k=k)
-    served_s, offline_s, same = [], [], []
     with NannClient(server_url, timeout=60) as client:
-        for h in histories[:3]:  # warm-up (Numba, ORT sessions, gRPC channel)
-            client.retrieve(h, k=k)
-            offline.retrieve([h], [params])
-        for h in histories:
-            t0 = time.perf_counter()
-            res = client.retrieve(h, k=k)
-            served_s.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            ids = offline.retrieve([h], [params])[0].item_ids
-            offline_s.append(time.perf_counter() - t0)
-            same.append(len(np.intersect1d(ids, res.item_ids)) / max(1, len(ids)))
-    s, o = _lat(served_s), _lat(offline_s)
+        paths = {"served": lambda h: client.retrieve(h, k=k).item_ids,
+                 "offline": lambda h: offline.retrieve([h], [params])[0].item_ids}
+        seconds = {name: [] for name in paths}
+        answers = {name: [] for name in paths}
+        for query in paths.values():  # warm-up (Numba, ORT sessions, gRPC channel)
+            for h in histories[:3]:
+                query(h)
+        for s in range(0, len(histories), LATENCY_BLOCK):
+            for name, query in paths.items():
+                time.sleep(SETTLE_S)
+                query(histories[s])
+                for h in histories[s:s + LATENCY_BLOCK]:
+                    t0 = time.perf_counter()
+                    answers[name].append(query(h))
+                    seconds[name].append(time.perf_counter() - t0)
+    same = [len(np.intersect1d(o, v)) / max(1, len(o)) for o, v in zip(answers["offline"], answers["served"])]
+    s, o = _lat(seconds["served"]), _lat(seconds["offline"])
     return {"users": len(histories), "k": k, "served": s, "offline": o,
             "served_over_offline_median": s["latency_ms_median"] / o["latency_ms_median"],
             "served_over_offline_p99": s["latency_ms_p99"] / o["latency_ms_p99"],
@@ -336,59 +349,88 @@ def served_vs_offline(run: Path, data: Path, server_url: str, n_users: int, k: i
 
 
 def offline_throughput(run: Path, data: Path, n_users: int, batches: tuple[int, ...], k: int = TOP_M,
-                       repeats: int = 3) -> list[dict]:
+                       repeats: int = 3, one_walk_batch: int | None = None) -> list[dict]:
     """The offline engine's throughput (OfflineRetriever: encode, walk and scorer in this process, no server) on the
     same test users in batches of each size: what the walk reaches with its round-sized scorer calls before any
-    serving cost, the reference for the served throughput.
+    serving cost, the reference for the served throughput. A batch of several users runs as the engine's parallel
+    shards (`OfflineRetriever.workers`, one scorer thread each); `one_walk_batch`: also that batch walked as one
+    (workers=1, the scorer's full thread pool), the last row, marked "one_walk".
 
-    Each pass over the users alternates, `repeats` times, with calls of 8 × 2,000 candidates through the same scorer
-    (`perf.scorer_rounds.BOUND_SHAPE`, as many candidates as the pass scored): `of_bound` is the pass's req/s over the
-    bound's (its candidates/s ÷ the pass's candidates per query), the median of the alternating pairs, so that a
-    machine whose speed drifts between benchmarks does not move the ratio."""
-    from perf.scorer_rounds import BOUND_SHAPE, bound_calls, replay
+    Each pass over the users alternates, `repeats` times, with calls of 8 × 2,000 candidates through the scorer with
+    its full thread pool (`perf.scorer_rounds.BOUND_SHAPE`, as many candidates as the pass scored): `of_bound` is the
+    pass's req/s over the bound's (its candidates/s ÷ the pass's candidates per query), the median of the alternating
+    pairs, so that a machine whose speed drifts between benchmarks does not move the ratio. `of_shard_bound`: the same
+    against those calls split across as many threads as the pass had shards, through the shards' one-thread scorer."""
+    from perf.scorer_rounds import BOUND_SHAPE, bound_calls, replay, replay_parallel
 
     from nann.serving.requests import parse_search
     from nann.serving.retrieval import OfflineRetriever
 
     histories = raw_test_histories(data, n_users)
-    offline = OfflineRetriever(run)
-    params = parse_search(offline.limits, k=k)
-    runtime = offline.scorer.runtime
-    score = runtime.score
-    scored = {"candidates": 0, "calls": 0}
+    sharded = OfflineRetriever(run)
+    params = parse_search(sharded.limits, k=k)
+    runtime, shard_runtime = sharded.scorer.runtime, (sharded.shard_scorer or sharded.scorer).runtime
+    scored = ScorerCount()
+    for rt in {id(runtime): runtime, id(shard_runtime): shard_runtime}.values():
+        scored.wrap(rt)
+    replay(runtime, bound_calls(runtime, 1, encoder=sharded.encoder.runtime))  # warm-up
 
-    def counting(state, owner, ids):
-        scored["candidates"] += int(ids.shape[0])
-        scored["calls"] += 1
-        return score(state, owner, ids)
-
-    runtime.score = counting
-    offline.retrieve(histories[:max(batches)], [params] * min(len(histories), max(batches)))  # warm-up
-    bound = None
-    rows = []
-    for batch in batches:
+    def measure(offline, batch: int) -> dict:
+        offline.retrieve(histories[:batch], [params] * min(len(histories), batch))  # warm-up
+        shards = min(batch, offline.workers)
         passes = []
         for _ in range(repeats):
-            scored.update(candidates=0, calls=0)
+            scored.reset()
             t0 = time.perf_counter()
             for s in range(0, len(histories), batch):
                 chunk = histories[s:s + batch]
                 offline.retrieve(chunk, [params] * len(chunk))
             seconds = time.perf_counter() - t0
-            if bound is None:
-                bound = bound_calls(runtime, max(1, round(scored["candidates"] / (BOUND_SHAPE[0] * BOUND_SHAPE[1]))),
-                                    encoder=offline.encoder.runtime)
-                replay(runtime, bound[:1])  # warm-up
-            per_query = scored["candidates"] / len(histories)
-            bound_rps = replay(runtime, bound) / per_query
-            passes.append({"requests_per_s": len(histories) / seconds, "candidates_per_s": scored["candidates"] / seconds,
-                           "scorer_calls_per_batch": scored["calls"] / -(-len(histories) // batch),
-                           "bound_requests_per_s": bound_rps})
+            per_query = scored.candidates / len(histories)
+            calls = bound_calls(runtime, max(1, round(scored.candidates / (BOUND_SHAPE[0] * BOUND_SHAPE[1]))),
+                                encoder=sharded.encoder.runtime)
+            passes.append({"requests_per_s": len(histories) / seconds, "candidates_per_s": scored.candidates / seconds,
+                           "scorer_calls_per_batch": scored.calls / -(-len(histories) // batch),
+                           "bound_requests_per_s": replay(runtime, calls) / per_query,
+                           "shard_bound_requests_per_s": (replay_parallel(shard_runtime, calls, shards) / per_query
+                                                          if shards > 1 else None)})
         ratios = [p["requests_per_s"] / p["bound_requests_per_s"] for p in passes]
+        shard = [p["requests_per_s"] / p["shard_bound_requests_per_s"] for p in passes if p["shard_bound_requests_per_s"]]
         mid = sorted(passes, key=lambda p: p["requests_per_s"])[len(passes) // 2]
-        rows.append({"batch": batch, "users": len(histories), **mid, "of_bound": statistics.median(ratios),
-                     "of_bound_spread": [min(ratios), max(ratios)]})
+        return {"batch": batch, "users": len(histories), "shards": shards, **mid,
+                "of_bound": statistics.median(ratios), "of_bound_spread": [min(ratios), max(ratios)],
+                "of_shard_bound": statistics.median(shard) if shard else None}
+
+    rows = [measure(sharded, batch) for batch in batches]
+    if one_walk_batch:
+        one_walk = OfflineRetriever(run, workers=1)
+        scored.wrap(one_walk.scorer.runtime)
+        rows.append({**measure(one_walk, one_walk_batch), "one_walk": True})
     return rows
+
+
+class ScorerCount:
+    """Candidates and calls of the runtimes it wraps (`wrap`: their `score`), counted across threads."""
+
+    def __init__(self):
+        import threading
+
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.candidates = self.calls = 0
+
+    def wrap(self, runtime) -> None:
+        score = runtime.score
+
+        def counted(state, owner, ids):
+            with self._lock:
+                self.candidates += int(ids.shape[0])
+                self.calls += 1
+            return score(state, owner, ids)
+
+        runtime.score = counted
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,9 @@ FIGURE = ROOT / "docs" / "figures" / "latency_throughput.png"  # both placements
 SERVED_REPEATS = 3           # served / offline latency at concurrency 1: median and spread of this many runs
 EFFICIENCY_CONCURRENCY = 16  # served throughput against the scorer's bound at this concurrency
 SCORER_SHAPE = "onnxruntime 8x2000"  # the scorer_bench row the served scorer resembles (several users per call)
-OFFLINE_BATCHES = (1, 8, 16)  # the offline engine's throughput at these batch sizes, the served path's reference
+OFFLINE_BATCHES = (1, 4, 8, 16)  # the offline engine's throughput at these batch sizes (its parallel shards), the
+#                                  served path's reference
+ONE_WALK_BATCH = 16          # and at this batch walked as one (one shard, the scorer's full thread pool)
 PLACEMENT_REPEATS = 2        # the run served with its scorer inside `retrieve` and behind BLS, alternating this often
 #                              (once in --quick)
 PLACEMENT_CONCURRENCY = (1, 4, EFFICIENCY_CONCURRENCY, 32)  # the placements' latency–throughput curves (--quick:
@@ -168,7 +170,7 @@ def isolated(fn, *args):
 
 
 def run_one(items: int, out: Path, quick: bool, skip_load: bool) -> dict:
-    from perf.compare import compare, offline_throughput, scale_for
+    from perf.compare import TOP_M, compare, offline_throughput, scale_for
 
     sc = scale_for(items, quick)
     tag = f"_v{items}"
@@ -180,7 +182,8 @@ def run_one(items: int, out: Path, quick: bool, skip_load: bool) -> dict:
     run, data = Path(res["paths"]["nann"]), Path(res["paths"]["data"])
     res["scorer"] = isolated(scorer_bench.measure, run, *((0.5, 1) if quick else (2.0, 3)))
     res["scorer_rounds"] = isolated(scorer_rounds.measure, run, data, 32 if quick else 192, 8, 2 if quick else 5)
-    res["offline_throughput"] = isolated(offline_throughput, run, data, 32 if quick else 192, OFFLINE_BATCHES)
+    res["offline_throughput"] = isolated(offline_throughput, run, data, 32 if quick else 192, OFFLINE_BATCHES, TOP_M,
+                                         2 if quick else 3, ONE_WALK_BATCH)
     t0 = time.perf_counter()
     _serve_and_load(res, out, tag, quick, skip_load, sc)
     res["serve_seconds"] = round(time.perf_counter() - t0, 1)
@@ -289,23 +292,38 @@ def markdown(results: list[dict], info: dict, command: str) -> str:
                           f"{SCORER_SHAPE} {eff['scorer_candidates_per_s']:,.0f} candidates/s ÷ "
                           f"{eff['items_scored']:,.0f} items scored per query by the served defaults): "
                           f"**{eff['ratio']:.2f}** of the bound."]
-                if eff["offline"]:
-                    best = eff["offline_best"]
-                    lines += ["", "Where the rest goes: the offline engine (`OfflineRetriever`: encode, walk and scorer in "
-                              "one process, no server; same run, before any server started) on "
-                              f"{eff['offline'][0]['users']} test users in batches of "
-                              + ", ".join(f"{r['batch']}: {r['requests_per_s']:.1f} req/s (**{r['of_bound']:.2f}** of "
-                                          "the bound" + (f" [{r['of_bound_spread'][0]:.2f}–{r['of_bound_spread'][1]:.2f}]"
-                                                         if "of_bound_spread" in r else "")
-                                          + f", {r['scorer_calls_per_batch']:.1f} scorer calls a batch)"
-                                          for r in eff["offline"])
-                              + " (the bound of each: the same scorer's 8 × 2,000 calls, alternating with the passes, "
-                                "÷ the pass's items scored per query; median of the pairs [spread])"
-                              + f". Served at concurrency {EFFICIENCY_CONCURRENCY} (`retrieve` batch "
-                              f"{eff['served_batch']:.1f} per instance) / the offline engine at its best batch "
-                              f"({best['batch']}): **{eff['served_rps'] / best['requests_per_s']:.2f}**."]
+                lines += offline_markdown(eff)
         lines.append("")
     return "\n".join(lines)
+
+
+def offline_markdown(eff: dict) -> list[str]:
+    """The offline engine's rows (`perf.compare.offline_throughput`) and the served throughput against them."""
+    if not eff["offline"]:
+        return []
+
+    def ratio(value, spread=None):
+        return "" if value is None else f"**{value:.2f}**" + (f" [{spread[0]:.2f}–{spread[1]:.2f}]" if spread else "")
+
+    lines = ["", "Where the rest goes: the offline engine (`OfflineRetriever`: encode, walk and scorer in one process, no "
+             f"server; same run, before any server started) on {eff['offline'][0]['users']} test users. A batch of several "
+             "runs as parallel walks (shards), each scoring on one thread; 'one walk' is the batch walked as one with "
+             "the scorer's full thread pool. Bound: the scorer's 8 × 2,000 calls, alternating with the passes, ÷ the "
+             "pass's items scored per query (full pool; the shards' bound: the same calls split across as many threads "
+             "of the one-thread scorer); median of the pairs [spread].", "",
+             "| batch | walks | req/s | of the bound | of the shards' bound | scorer calls a batch |",
+             "|---|---|---|---|---|---|"]
+    for r in eff["offline"]:
+        walks = "one walk" if r.get("one_walk") else str(r.get("shards", 1))
+        lines.append(f"| {r['batch']} | {walks} | {r['requests_per_s']:.1f} | {ratio(r['of_bound'], r.get('of_bound_spread'))} "
+                     f"| {ratio(r.get('of_shard_bound'))} | {r['scorer_calls_per_batch']:.1f} |")
+    matched, best = eff["offline_matched"], eff["offline_best"]
+    lines += ["", f"Served at concurrency {EFFICIENCY_CONCURRENCY} (`retrieve` batch {eff['served_batch']:.1f} per "
+              f"instance, {eff['instances']} instances) / the offline engine in the same arrangement ({eff['instances']} "
+              f"parallel walks: batch {matched['batch']}): **{eff['served_rps'] / matched['requests_per_s']:.2f}**; / the "
+              f"offline engine at its fastest (batch {best['batch']}"
+              f"{', one walk' if best.get('one_walk') else ''}): **{eff['served_rps'] / best['requests_per_s']:.2f}**."]
+    return lines
 
 
 def placement_markdown(placed: dict | None) -> list[str]:
@@ -328,8 +346,12 @@ def placement_markdown(placed: dict | None) -> list[str]:
 def served_efficiency(res: dict) -> dict | None:
     """Served throughput (batching on) at EFFICIENCY_CONCURRENCY against the scorer's bound for this search: the
     scorer's candidates/s divided by the items the served defaults score per query (what the served path would reach
-    if it lost nothing to everything that is not scoring)."""
+    if it lost nothing to everything that is not scoring); and against the offline engine: in the served arrangement
+    (`offline_matched`: RETRIEVE_INSTANCES parallel walks of `retrieve`'s average batch, i.e. the sharded engine at the
+    measured batch nearest instances × that batch) and at its fastest batch (`offline_best`)."""
     from perf.compare import BEAM_SERVED
+
+    from nann.serving.export import RETRIEVE_INSTANCES
 
     row = next((r for r in res.get("load", {}).get("on", []) if r["concurrency"] == EFFICIENCY_CONCURRENCY), None)
     beam = next((r for r in res["methods"] if r["method"] == BEAM_SERVED), None)
@@ -339,10 +361,13 @@ def served_efficiency(res: dict) -> dict | None:
     bound = rate / beam["items_scored"]
     # a row's own ratio to the bound measured beside it (perf.compare.offline_throughput); else against scorer_bench's
     offline = [{**r, "of_bound": r.get("of_bound", r["requests_per_s"] / bound)} for r in res.get("offline_throughput", [])]
-    best = max(offline, key=lambda r: r["requests_per_s"]) if offline else None
+    served_batch = float(row.get("retrieve_avg_batch") or 1.0)
+    sharded = [r for r in offline if not r.get("one_walk")]
+    matched = (min(sharded, key=lambda r: abs(r["batch"] - RETRIEVE_INSTANCES * served_batch)) if sharded else None)
     return {"served_rps": row["throughput_rps"], "bound_rps": bound, "scorer_candidates_per_s": rate,
             "items_scored": beam["items_scored"], "ratio": row["throughput_rps"] / bound, "offline": offline,
-            "served_batch": float(row.get("retrieve_avg_batch") or 1.0), "offline_best": best}
+            "served_batch": served_batch, "instances": RETRIEVE_INSTANCES, "offline_matched": matched,
+            "offline_best": max(offline, key=lambda r: r["requests_per_s"]) if offline else None}
 
 
 def main(args) -> int:

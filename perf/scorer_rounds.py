@@ -47,7 +47,7 @@ def record(run: Path, data: Path, users: int, batch: int) -> tuple[list[Call], f
     from nann.serving.requests import parse_search
     from nann.serving.retrieval import OfflineRetriever
 
-    offline = OfflineRetriever(run)
+    offline = OfflineRetriever(run, workers=1)  # one walk's rounds, as one `retrieve` instance makes them
     params = parse_search(offline.limits, k=TOP_M)
     runtime = offline.scorer.runtime
     calls, seconds = [], [0.0]
@@ -96,6 +96,17 @@ def replay(runtime, calls: list[Call]) -> float:
     for c in calls:
         runtime.score_emb(c.state, c.owner, c.cand)
     return sum(c.size for c in calls) / (time.perf_counter() - t0)
+
+
+def replay_parallel(runtime, calls: list[Call], workers: int) -> float:
+    """Candidates per second of `calls` split across `workers` threads run at once (a one-thread session each call,
+    as the offline engine's shards score)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        t0 = time.perf_counter()
+        list(pool.map(lambda part: replay(runtime, part), [calls[i::workers] for i in range(workers)]))
+        return sum(c.size for c in calls) / (time.perf_counter() - t0)
 
 
 def measure(run: Path, data: Path, users: int = 192, batch: int = 8, repeats: int = 5) -> dict:

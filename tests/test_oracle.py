@@ -90,15 +90,19 @@ def test_served_answers_match_the_oracle(served, oracle):
         assert_matches(oracle, i, answer.item_ids, "served", scores=answer.scores)
 
 
-def test_offline_retrieve_matches_the_oracle(tiny_run, oracle):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_offline_retrieve_matches_the_oracle(tiny_run, oracle, workers):
     """`nann retrieve`'s library path (OfflineRetriever: the served services without a server), all users in one
-    batch."""
+    batch: walked as one, or as 3 shards in parallel threads with one-thread scorers."""
     from nann.engine.search import SearchParams
     from nann.serving.retrieval import OfflineRetriever
 
     params = SearchParams(EF, ROUNDS, top_m=K, frontier=0)
     histories = [u.raw_history for u in oracle.users]
-    answers = OfflineRetriever(tiny_run.run).retrieve(histories, [params] * len(histories))
+    retriever = OfflineRetriever(tiny_run.run, workers=workers)
+    assert (retriever.shard_scorer is not None) == (workers > 1)
+    answers = retriever.retrieve(histories, [params] * len(histories))
+    assert len(answers) == len(histories)
     for i, answer in enumerate(answers):
         assert_matches(oracle, i, answer[0], "OfflineRetriever", scores=answer[1])
 

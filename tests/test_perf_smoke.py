@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -66,7 +67,9 @@ def test_comparison_numbers(perf_quick):
     assert rounds["calls"] > 0 and rounds["layout_padding"] >= 1.0
     assert _finite(rounds["rounds_over_bound"]["median"]) and rounds["rounds_over_bound"]["median"] > 0
     offline = res["offline_throughput"]
-    assert [r["batch"] for r in offline] == [1, 8, 16]
+    cpus = len(os.sched_getaffinity(0))  # the sharded engine walks min(batch, CPUs) shards in parallel
+    assert [(r["batch"], r["shards"], bool(r.get("one_walk"))) for r in offline] == \
+        [(b, min(b, cpus), False) for b in (1, 4, 8, 16)] + [(16, 1, True)]
     for r in offline:
         assert r["users"] > 0 and all(_finite(r[n]) and r[n] > 0 for n in
                                       ("requests_per_s", "candidates_per_s", "scorer_calls_per_batch")), r

@@ -78,23 +78,33 @@ def test_subset_keeps_every_history_item_and_remaps_ids():
         subset_cache(scores, histories, targets, size=3, seed=1)
 
 
-def test_served_efficiency_compares_with_the_offline_engine_at_its_best_batch():
+def test_served_efficiency_compares_with_the_offline_engine_in_the_served_arrangement_and_at_its_best():
     """The efficiency line: served req/s at concurrency 16 over (scorer candidates/s ÷ items per query), and the
-    offline engine's rows against the same bound, its fastest batch the reference of the served req/s."""
+    offline engine's rows against the same bound: the sharded engine at the batch nearest `retrieve`'s instances ×
+    its average batch (the same arrangement) and the fastest row, a one-walk row included."""
     from perf.compare import BEAM_SERVED
-    from perf.run import SCORER_SHAPE, served_efficiency
+    from perf.run import SCORER_SHAPE, offline_markdown, served_efficiency
 
-    res = {"load": {"on": [{"concurrency": 16, "throughput_rps": 120.0, "retrieve_avg_batch": 7.6}]},
+    from nann.serving.export import RETRIEVE_INSTANCES
+
+    rows = [(1, 1, 100.0, False), (4, 2, 150.0, False), (8, 2, 200.0, False), (16, 2, 240.0, False),
+            (16, 1, 250.0, True)]
+    res = {"load": {"on": [{"concurrency": 16, "throughput_rps": 120.0, "retrieve_avg_batch": 3.6}]},
            "methods": [{"method": BEAM_SERVED, "items_scored": 1500.0}],
            "scorer": {"ours": {SCORER_SHAPE: {"candidates_per_s": 600_000.0}}},
-           "offline_throughput": [{"batch": b, "users": 64, "requests_per_s": rps, "candidates_per_s": rps * 1500,
-                                   "scorer_calls_per_batch": 26.0} for b, rps in ((1, 100.0), (8, 200.0), (16, 240.0))]}
+           "offline_throughput": [{"batch": b, "shards": w, "users": 64, "requests_per_s": rps,
+                                   "candidates_per_s": rps * 1500, "scorer_calls_per_batch": 26.0,
+                                   **({"one_walk": True} if one else {})} for b, w, rps, one in rows]}
     eff = served_efficiency(res)
     assert eff["bound_rps"] == 400.0 and eff["ratio"] == 0.3
-    assert [r["of_bound"] for r in eff["offline"]] == [0.25, 0.5, 0.6]
-    assert eff["offline_best"]["batch"] == 16 and eff["served_rps"] / eff["offline_best"]["requests_per_s"] == 0.5
+    assert [r["of_bound"] for r in eff["offline"]] == [0.25, 0.375, 0.5, 0.6, 0.625]
+    assert RETRIEVE_INSTANCES == 2 and eff["offline_matched"]["batch"] == 8  # 2 x 3.6 -> the batch-8 row
+    assert eff["offline_best"].get("one_walk") and eff["served_rps"] / eff["offline_best"]["requests_per_s"] == 0.48
+    text = "\n".join(offline_markdown(eff))
+    assert "| 16 | one walk | 250.0 |" in text and "batch 8): **0.60**" in text
     del res["offline_throughput"]  # results of an older run: the line without the decomposition
     assert served_efficiency(res)["offline"] == [] and served_efficiency(res)["offline_best"] is None
+    assert offline_markdown(served_efficiency(res)) == []
 
 
 def test_with_setting_rewrites_copies_only(tmp_path):

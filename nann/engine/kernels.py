@@ -8,6 +8,9 @@ not return (eligibility filters): it is still walked through, never part of the 
 
 Visited sets are bitmaps over item ids, one row of uint64 words per concurrent request. Each row keeps a
 list of the words it turned from zero to non-zero ("touched"), so clearing costs O(work), not O(|V|).
+
+Every kernel releases the GIL (``nogil``): walks of separate batches run in parallel threads (``OfflineRetriever``'s
+shards).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ INELIGIBLE = np.uint64(0x80000000)
 _SHIFT = np.uint64(32)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def make_keys(score_bits, ids):
     """uint64 keys from float32 scores (given as their uint32 bit patterns) and int32 ids."""
     n = ids.shape[0]
@@ -47,7 +50,7 @@ def decode_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids, bits.view(np.float32)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def expand(indptr, indices, w_keys, w_flag, w_len, active, max_expand, bitmap, touched, touched_n,
            extra_ids, extra_ptr):
     """Neighbour expansion + visited test-and-set for all requests in one pass.
@@ -95,7 +98,7 @@ def expand(indptr, indices, w_keys, w_flag, w_len, active, max_expand, bitmap, t
     return owner[:c], ids[:c], ptr
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _emit_new(r, v, bitmap, touched, touched_n, owner, ids, c):
     """Test-and-set item v in request r's bitmap; append (r, v) at position c when it was new. Returns the new c."""
     wi = v >> 6
@@ -112,7 +115,7 @@ def _emit_new(r, v, bitmap, touched, touched_n, owner, ids, c):
     return c
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def select_seeds(hist_ids, hist_ptr, counts, num_items):
     """The ``counts[r]`` most recent distinct valid ids of each history (oldest first in
     ``hist_ids[hist_ptr[r]:hist_ptr[r+1]]``), newest first. Ids outside [0, num_items) are skipped.
@@ -141,7 +144,7 @@ def select_seeds(hist_ids, hist_ptr, counts, num_items):
     return out[:c], ptr
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def mark_nodes(bitmap, touched, touched_n, nodes, n_req):
     """Mark the same ``nodes`` visited for requests 0..n_req-1."""
     one = np.uint64(1)
@@ -156,7 +159,7 @@ def mark_nodes(bitmap, touched, touched_n, nodes, n_req):
             bitmap[r, wi] = word | (one << np.uint64(v & 63))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def mark_lists(bitmap, touched, touched_n, w_keys, w_len):
     """Mark every entry of each request's list W visited."""
     one = np.uint64(1)
@@ -171,7 +174,7 @@ def mark_lists(bitmap, touched, touched_n, w_keys, w_len):
             bitmap[r, wi] = word | (one << np.uint64(v & 63))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def reset_bitmaps(bitmap, touched, touched_n):
     """Clear only the touched words of every row."""
     for r in range(touched_n.shape[0]):
@@ -180,7 +183,7 @@ def reset_bitmaps(bitmap, touched, touched_n):
         touched_n[r] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def merge(w_keys, w_flag, w_len, cand_keys, ptr, ef, cap, buf_keys, buf_flag, top, entered):
     """W <- the best of (W ∪ N) for every request, in place: entries in key order until ``ef[r]`` of them are eligible
     (or ``cap[r]`` entries in all). Without filters every entry is eligible and this is top-ef.
@@ -230,7 +233,7 @@ def merge(w_keys, w_flag, w_len, cand_keys, ptr, ef, cap, buf_keys, buf_flag, to
         w_len[r] = o
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _kept(keys, length, ef, cap):
     """How many leading entries of a sorted list the ef / cap rule keeps."""
     good = 0
@@ -242,14 +245,14 @@ def _kept(keys, length, ef, cap):
     return o
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def truncate(w_keys, w_len, ef, cap):
     """Cut every list to what the ef / cap rule keeps (a layer with a smaller ef than the one before)."""
     for r in range(w_len.shape[0]):
         w_len[r] = _kept(w_keys[r], w_len[r], ef[r], cap[r])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def mark_ineligible(keys, owner, blocked, exclude_ids, exclude_ptr, allow_cats, allow_ptr, item_category):
     """Set the INELIGIBLE bit of every key its request may not return: the item is in the ``blocked`` bitmap
     (uint64 words over item ids; may be empty = none blocked), in the request's sorted ``exclude_ids`` segment, or
@@ -266,7 +269,7 @@ def mark_ineligible(keys, owner, blocked, exclude_ids, exclude_ptr, allow_cats, 
             keys[i] |= INELIGIBLE
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _in_sorted(values, lo, hi, x):
     """Whether x is in the sorted values[lo:hi] (binary search)."""
     end = hi
@@ -279,7 +282,7 @@ def _in_sorted(values, lo, hi, x):
     return lo < end and values[lo] == x
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def eligible_top(w_keys, w_len, top_m, out):
     """The first top_m[r] eligible keys of each list into out [B, M] (0 where fewer); returns their counts."""
     counts = np.zeros(w_len.shape[0], dtype=np.int64)
@@ -295,7 +298,7 @@ def eligible_top(w_keys, w_len, top_m, out):
     return counts
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def count_flags(w_flag, w_len, out):
     """out[r] = the entries of request r's list not yet expanded."""
     for r in range(w_len.shape[0]):

@@ -44,6 +44,9 @@ MAX_BATCH = 64
 # latency (two instances, the scorer in their processes, 90,896 items: 2 ms against 0, p50 13.6 vs 10.6 ms at
 # concurrency 1, 1.07x the req/s at 16 with 0).
 QUEUE_DELAY_US = {"encode": 0, "retrieve": 0}
+# `retrieve`'s instances (stub processes), each walking and scoring one batch on one thread: on 2 cores one batch's
+# walk and scoring overlap the other's (model_repository/retrieve/config.pbtxt.template says why, with its measurement)
+RETRIEVE_INSTANCES = 2
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -238,7 +241,8 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
     }
     values = dict(
         max_batch=MAX_BATCH, encode_queue_delay_us=QUEUE_DELAY_US["encode"],
-        retrieve_queue_delay_us=QUEUE_DELAY_US["retrieve"], max_seq=limits.max_seq, emb_dim=emb_dim,
+        retrieve_queue_delay_us=QUEUE_DELAY_US["retrieve"],
+        retrieve_instances=RETRIEVE_INSTANCES, max_seq=limits.max_seq, emb_dim=emb_dim,
         env_path=pbtxt_string(env_path or sys.prefix),
         encode_runtime=parameters(runtime_parameters("encode", runtime.encoder_runtime)),
         scorer_runtime=parameters(runtime_parameters("scorer", runtime.name)),

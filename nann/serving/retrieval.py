@@ -7,6 +7,8 @@ filters and the blocked set included (`nann.serving.filters`).
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Mapping, NamedTuple, Sequence
 
@@ -118,33 +120,57 @@ class RetrieveService:
 
 
 class OfflineRetriever:
-    """The served pipeline without a server: the same encode, search and scorer code."""
+    """The served pipeline without a server: the same encode, search and scorer code.
+
+    A batch of several requests runs as up to `workers` shards in parallel threads, each shard encoding, walking and
+    scoring its requests on one thread (a one-thread scorer session; the engine's kernels and the runtime release the
+    GIL), as `retrieve`'s instances do in the server; a single request scores with the runtime's full thread pool.
+    A walk's small round-sized calls keep a pool's second thread half idle; `nann perf` measures a batch of 16 both
+    ways (perf/RESULTS.md "nann perf", the offline engine's table)."""
 
     def __init__(self, run_dir: str | Path, backend: str = "onnxruntime", limits: ServingLimits | None = None,
-                 grid: CandidateGrid | None = None, blocked: np.ndarray | None = None):
-        """blocked: raw item ids nobody gets (the server's blocked set; `nann.serving.filters.read_ids`)."""
+                 grid: CandidateGrid | None = None, blocked: np.ndarray | None = None, workers: int | None = None):
+        """blocked: raw item ids nobody gets (the server's blocked set; `nann.serving.filters.read_ids`); workers:
+        parallel shards of a batch (None: one per CPU this process may use; 1 for a runtime whose threads are the
+        process's, torch)."""
         from nann.serving.services import RequestEncoder, ScorerService
 
         run_dir = Path(run_dir)
+        runtime = scorers.runtime(backend)
         self.scorer = ScorerService(run_dir, backend)
         self.limits = limits or ServingLimits.for_catalogue(RunDir(run_dir).search_defaults(),
                                                             max_seq=self.scorer.runtime.max_seq)
         # the encoder as `encode` serves it (RUNTIME_THREADS: one thread, not spinning): a spinning pool beside the
         # scorer takes a core from it (`python -m perf.scorer_rounds`: the walk's calls in the engine against the same
         # calls back to back). A runtime whose threads are the process's (torch) keeps the scorer's.
-        threads, spinning = (None, True) if scorers.runtime(backend).process_threads else RUNTIME_THREADS["encode"]
+        threads, spinning = (None, True) if runtime.process_threads else RUNTIME_THREADS["encode"]
         self.encoder = RequestEncoder(run_dir, self.limits, backend, threads, spinning)
-        self.service = RetrieveService(run_dir, self.limits, grid or scorers.runtime(backend).grid())
+        self.service = RetrieveService(run_dir, self.limits, grid or runtime.grid())
         self.blocked = NOTHING_BLOCKED if blocked is None else self.service.eligibility.blocked(blocked)
+        self.workers = 1 if runtime.process_threads else max(1, workers or len(os.sched_getaffinity(0)))
+        # the shards' scorer: one thread each, as `retrieve` runs it (RUNTIME_THREADS)
+        self.shard_scorer = ScorerService(run_dir, backend, *RUNTIME_THREADS["retrieve"]) if self.workers > 1 else None
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="nann-shard") if self.workers > 1 else None
 
     def retrieve(self, raw_histories: Sequence[np.ndarray], params: Sequence[SearchParams],
                  filters: Sequence[FilterRequest] | None = None) -> list[Answer]:
         """The served answer per history (`filters`: each request's, as `parse_filters` gives them; None = none);
         raises RequestError for a request the server would refuse."""
         histories = [np.asarray(h, dtype=np.int64) for h in raw_histories]
+        filters = list(filters) if filters is not None else [NO_FILTERS] * len(histories)
+        shards = min(self.workers, len(histories))
+        if shards <= 1:
+            return self._retrieve(histories, list(params), filters, self.scorer)
+        bounds = np.linspace(0, len(histories), shards + 1).round().astype(int)
+        parts = [self._pool.submit(self._retrieve, histories[s:e], list(params[s:e]), filters[s:e], self.shard_scorer)
+                 for s, e in zip(bounds[:-1], bounds[1:])]
+        return [answer for part in parts for answer in part.result()]
+
+    def _retrieve(self, histories: list[np.ndarray], params: list[SearchParams], filters: list[FilterRequest],
+                  scorer) -> list[Answer]:
         encoded = [self.encoder.encode(h) for h in histories]
         state = stack_states([e.state for e in encoded])
         requests = [self.service.request(p, e.hist_ids[0], h, f)
-                    for p, e, h, f in zip(params, encoded, histories, filters or [NO_FILTERS] * len(histories))]
-        answers = self.service.retrieve(requests, self.scorer.scores_for(state), self.blocked)
+                    for p, e, h, f in zip(params, encoded, histories, filters)]
+        answers = self.service.retrieve(requests, scorer.scores_for(state), self.blocked)
         return [Answer(ids, scores, e.dropped) for (ids, scores), e in zip(answers, encoded)]
