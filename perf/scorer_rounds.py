@@ -7,7 +7,8 @@ served defaults) makes for `users` test users in batches of `batch` (the batch `
 ~8): each call's user state, owners and candidate ids. Then times, alternating `repeats` times, the recorded calls
 back to back and calls of 8 users × 2,000 candidates (`perf.scorer_bench`'s shape), both through
 `ModelRuntime.score_emb` with the candidates' embeddings gathered beforehand (as `perf.scorer_bench` does), with
-`perf.scorer_bench.THREADS` runtime threads. Reports the candidates/s of each (median and spread), their ratio, and
+`perf.scorer_bench.THREADS` runtime threads; and the recorded calls split across that many threads of a one-thread
+scorer, as the walks run them (`retrieve`'s instances, the offline engine's shards). Reports the candidates/s of each (median and spread), their ratio, and
 the shape of the recorded calls: users and candidates per call and how much the attention's layout pads them.
 Part of `nann perf` (perf/run.py, issue #26's acceptance: the rounds ≥ 0.8 × 8 × 2,000); writes its own section of
 perf/RESULTS.md when run alone.
@@ -121,19 +122,22 @@ def measure(run: Path, data: Path, users: int = 192, batch: int = 8, repeats: in
     record(run, data, min(users, 4 * batch), batch)  # warm-up: first calls, page cache
     calls, in_engine_s = record(run, data, users, batch)
     runtime = ModelRuntime.load(run, threads=THREADS)
+    one_thread = ModelRuntime.load(run, threads=1, parts=("scorer",))  # the walks' scorer in `retrieve` and the shards
     shape = layout(calls)
     bound = bound_calls(runtime, max(1, round(shape["candidates"] / (BOUND_SHAPE[0] * BOUND_SHAPE[1]))))
-    replay(runtime, calls[:50]), replay(runtime, bound[:1])  # warm-up
-    rates: dict[str, list[float]] = {"rounds": [], "bound": []}
+    replay(runtime, calls[:50]), replay(runtime, bound[:1]), replay(one_thread, calls[:50])  # warm-up
+    rates: dict[str, list[float]] = {"rounds": [], "rounds_parallel": [], "bound": []}
     for _ in range(repeats):
         rates["bound"].append(replay(runtime, bound))
         rates["rounds"].append(replay(runtime, calls))
+        rates["rounds_parallel"].append(replay_parallel(one_thread, calls, THREADS))
     out = {"loadavg_at_start": load, "users": users, "batch": batch, "threads": THREADS, "repeats": repeats,
            **shape}
     for key, r in rates.items():
         out[key] = {"candidates_per_s": statistics.median(r), "spread": [min(r), max(r)]}
-    ratios = [a / b for a, b in zip(rates["rounds"], rates["bound"])]
-    out["rounds_over_bound"] = {"median": statistics.median(ratios), "spread": [min(ratios), max(ratios)]}
+    for key in ("rounds", "rounds_parallel"):
+        ratios = [a / b for a, b in zip(rates[key], rates["bound"])]
+        out[f"{key}_over_bound"] = {"median": statistics.median(ratios), "spread": [min(ratios), max(ratios)]}
     out["in_engine"] = {"candidates_per_s": shape["candidates"] / in_engine_s}
     out["in_engine"]["of_replay"] = out["in_engine"]["candidates_per_s"] / out["rounds"]["candidates_per_s"]
     return out
@@ -142,6 +146,7 @@ def measure(run: Path, data: Path, users: int = 192, batch: int = 8, repeats: in
 def markdown(res: dict) -> list[str]:
     users, per_user = BOUND_SHAPE
     r, b, q = res["rounds"], res["bound"], res["rounds_over_bound"]
+    rp, qp = res.get("rounds_parallel"), res.get("rounds_parallel_over_bound")
     return [f"The walk's scorer calls recorded on {res['users']} test users in batches of {res['batch']} (served "
             f"defaults): {res['calls']:,} calls, {res['users_per_call']:.1f} users and {res['candidates_per_call']:.0f} "
             f"candidates a call, attention layout [users, longest run] = {res['layout_padding']:.2f}× the candidates. "
@@ -149,9 +154,13 @@ def markdown(res: dict) -> list[str]:
             f"{res['threads']} runtime threads; load average at start {res['loadavg_at_start']}.", "",
             "| calls | candidates/s, median [spread] |", "|---|---|",
             f"| the walk's rounds | {r['candidates_per_s']:,.0f} [{r['spread'][0]:,.0f}–{r['spread'][1]:,.0f}] |",
+            *([f"| the walk's rounds, split across {res['threads']} threads of a one-thread scorer (as `retrieve`'s "
+               f"instances and the offline engine's shards run them) | {rp['candidates_per_s']:,.0f} "
+               f"[{rp['spread'][0]:,.0f}–{rp['spread'][1]:,.0f}] |"] if rp else []),
             f"| {users} × {per_user:,} | {b['candidates_per_s']:,.0f} [{b['spread'][0]:,.0f}–{b['spread'][1]:,.0f}] |",
-            "", f"Rounds / {users} × {per_user:,}: **{q['median']:.2f}** [{q['spread'][0]:.2f}–{q['spread'][1]:.2f}] "
-                f"(ratio of each alternating pair).", "",
+            "", f"Rounds / {users} × {per_user:,}: **{q['median']:.2f}** [{q['spread'][0]:.2f}–{q['spread'][1]:.2f}]"
+                + (f"; split across one-thread scorers: **{qp['median']:.2f}** [{qp['spread'][0]:.2f}–"
+                   f"{qp['spread'][1]:.2f}]" if qp else "") + " (ratio of each alternating pair).", "",
             f"The same calls as the engine made them (the walk's kernels between them, the encoder in the same "
             f"process, timed while recording, after a warm-up): {res['in_engine']['candidates_per_s']:,.0f} "
             f"candidates/s, {res['in_engine']['of_replay']:.2f}× their replay back to back."]

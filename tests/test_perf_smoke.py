@@ -65,7 +65,8 @@ def test_comparison_numbers(perf_quick):
         assert _finite(scorer["ours"][shape]["of_reference"]) and scorer["ours"][shape]["of_reference"] > 0, shape
     rounds = res["scorer_rounds"]  # the walk's recorded scorer calls replayed against 8 x 2,000
     assert rounds["calls"] > 0 and rounds["layout_padding"] >= 1.0
-    assert _finite(rounds["rounds_over_bound"]["median"]) and rounds["rounds_over_bound"]["median"] > 0
+    for key in ("rounds_over_bound", "rounds_parallel_over_bound"):
+        assert _finite(rounds[key]["median"]) and rounds[key]["median"] > 0, key
     offline = res["offline_throughput"]
     cpus = len(os.sched_getaffinity(0))  # the sharded engine walks min(batch, CPUs) shards in parallel
     assert [(r["batch"], r["shards"], bool(r.get("one_walk"))) for r in offline] == \

@@ -153,7 +153,7 @@ def test_queue_policy_is_replaced_in_the_exported_dynamic_batcher(tmp_path):
     assert exported_policy(repo, ["retrieve"]) == "retrieve: max_queue_size: 128"
     text = (without_dynamic_batching(repo, tmp_path / "off") / "retrieve" / "config.pbtxt").read_text()
     assert block_span(text, "dynamic_batching") is None and "default_queue_policy" not in text
-    assert "instance_group [ { kind: KIND_CPU count: 2 } ]\nversion_policy" in text  # the rest kept
+    assert "instance_group [ { kind: KIND_CPU count: $retrieve_instances } ]\nversion_policy" in text  # the rest kept
 
 
 def test_with_setting_swaps_the_candidate_grid(tmp_path):

@@ -22,12 +22,6 @@ class ScorerFailed(RuntimeError):
     pass
 
 
-def _input(request, name):
-    """The input as a numpy array; None when the request does not send it (an optional input)."""
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy()
-
-
 class TritonPythonModel:
     def initialize(self, args):
         version_dir, params = model_context(args)
@@ -70,9 +64,12 @@ class TritonPythonModel:
         good, parsed, states = [], [], []
         for i, request in enumerate(requests):
             try:
-                state = {name: _input(request, name) for name in self.state_names}
-                parsed.append(self.service.parse(state, _input(request, HIST_IDS), _input(request, HISTORY),
-                                                 {name: _input(request, name) for name in REQUEST_INPUT_NAMES}))
+                # every input the request sent, in one pass (a lookup by name walks the inputs each time: 15 of them
+                # took ~0.1 ms a request); an optional input not sent is None
+                sent = {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
+                state = {name: sent.get(name) for name in self.state_names}
+                parsed.append(self.service.parse(state, sent.get(HIST_IDS), sent.get(HISTORY),
+                                                 {name: sent.get(name) for name in REQUEST_INPUT_NAMES}))
                 good.append(i)
                 states.append(state)
             except RequestError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Mapping, NamedTuple, Sequence
 
@@ -148,9 +149,19 @@ class OfflineRetriever:
         self.service = RetrieveService(run_dir, self.limits, grid or runtime.grid())
         self.blocked = NOTHING_BLOCKED if blocked is None else self.service.eligibility.blocked(blocked)
         self.workers = 1 if runtime.process_threads else max(1, workers or len(os.sched_getaffinity(0)))
-        # the shards' scorer: one thread each, as `retrieve` runs it (RUNTIME_THREADS)
-        self.shard_scorer = ScorerService(run_dir, backend, *RUNTIME_THREADS["retrieve"]) if self.workers > 1 else None
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="nann-shard") if self.workers > 1 else None
+        self._run_dir, self._backend = run_dir, backend
+
+    @cached_property
+    def shard_scorer(self):
+        """The shards' scorer (`ScorerService`), loaded with the first batch that has several requests: one thread, as
+        `retrieve` runs it (RUNTIME_THREADS); None with one worker."""
+        from nann.serving.services import ScorerService
+
+        return ScorerService(self._run_dir, self._backend, *RUNTIME_THREADS["retrieve"]) if self.workers > 1 else None
+
+    @cached_property
+    def _pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self.workers, thread_name_prefix="nann-shard")
 
     def retrieve(self, raw_histories: Sequence[np.ndarray], params: Sequence[SearchParams],
                  filters: Sequence[FilterRequest] | None = None) -> list[Answer]:
