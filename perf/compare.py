@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -413,8 +414,6 @@ class ScorerCount:
     """Candidates and calls of the runtimes it wraps (`wrap`: their `score`), counted across threads."""
 
     def __init__(self):
-        import threading
-
         self._lock = threading.Lock()
         self.reset()
 
