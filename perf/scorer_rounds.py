@@ -8,8 +8,9 @@ served defaults) makes for `users` test users in batches of `batch` (the batch `
 back to back and calls of 8 users × 2,000 candidates (`perf.scorer_bench`'s shape), both through
 `ModelRuntime.score_emb` with the candidates' embeddings gathered beforehand (as `perf.scorer_bench` does), with
 `perf.scorer_bench.THREADS` runtime threads; and the recorded calls split across that many threads of a one-thread
-scorer, as the walks run them (`retrieve`'s instances, the offline engine's shards). Reports the candidates/s of each (median and spread), their ratio, and
-the shape of the recorded calls: users and candidates per call and how much the attention's layout pads them.
+scorer, as the walks run them (`retrieve`'s instances, the offline engine's shards). Reports the candidates/s of each
+(median and spread), their ratios, and the shape of the recorded calls: users and candidates per call and how much
+the attention's layout pads them.
 Part of `nann perf` (perf/run.py, issue #26's acceptance: the rounds ≥ 0.8 × 8 × 2,000); writes its own section of
 perf/RESULTS.md when run alone.
 """
