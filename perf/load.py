@@ -34,7 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL_SCRIPT = ROOT / "scripts" / "install_perf_analyzer.sh"
-BATCHED_MODELS = ("encode", "retrieve")
+BATCHED_MODELS = ("retrieve",)
 
 
 class PerfAnalyzerUnavailable(RuntimeError):

@@ -233,6 +233,7 @@ def markdown(reports: dict[tuple[str, int], dict], command: str, info: dict, des
 def main(argv: list[str] | None = None) -> int:
     from nann.serving.export import export_repository
     from nann.serving.server import TritonServer
+    from perf.load import BATCHED_MODELS
     from perf.run import machine_info
     from perf.sections import command_line, report
     from perf.soak import random_histories, repo_item_ids
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 reports[name, concurrency] = {**measure(server, histories, args.seconds, concurrency, args.baseline,
                                                         args.warmup, args.timeout), "warmup_s": args.warmup}
                 print(name, reports[name, concurrency], file=sys.stderr)
-    others = sorted({"encode", "retrieve"} - set(models))
+    others = sorted(set(BATCHED_MODELS) - set(models))
     kept = f" ({exported_policy(exported, others)}, as exported, in every row)" if others else ""
     described = (f"Run `{args.run}` ({len(items):,} items), exported with the ONNX Runtime scorer; the queue policy of "
                  f"{', '.join(f'`{m}`' for m in models)} varies{kept}. Per row, that many asyncio SDK "

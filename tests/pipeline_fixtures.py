@@ -99,8 +99,8 @@ def send_together(url: str, calls: list, model: str, tries: int = 8) -> tuple[li
     """Run every `call(client)` in its own thread, all released at once so that the server batches them. Returns
     their results (the InferenceServerException where one failed) and how many execute() calls `model` made.
 
-    Whether two requests share an execute() is a race the client cannot decide (`encode` takes no queue delay: it
-    batches only what arrives while it runs, and threads released together on a busy machine arrive apart), so the
+    Whether two requests share an execute() is a race the client cannot decide (`retrieve` takes no queue delay: it
+    batches only what arrives while its instances run, and threads released together on a busy machine arrive apart), so the
     calls are sent again, up to `tries` times, until `model` ran fewer executions than calls: the round returned is
     the first batched one (or the last)."""
     for _ in range(tries):

@@ -21,7 +21,7 @@ import tritonclient.grpc as grpcclient
 
 from nann_cli.main import main as cli_main
 from nann.errors import UserError
-from nann.serving.export import export_repository
+from nann.serving.export import RETRIEVE_INSTANCES, export_repository
 from nann.serving.repository import ArtifactError, verify_repository
 from nann.serving.requests import parse_search
 from nann.serving.retrieval import OfflineRetriever
@@ -129,15 +129,19 @@ def test_killed_stub_under_load_is_recovered_by_the_supervisor(served, tiny_run,
 
 
 def test_dead_stub_is_detected_and_not_repaired_by_triton(served, histories, tmp_path):
-    """Without the supervisor: the model stays 'ready' while every request through it fails, naming the stub."""
+    """Without the supervisor: the model stays 'ready' while every request through it fails, naming the stub (both
+    of `retrieve`'s instances killed: with one left, it would take every request)."""
     with TritonServer(served.repo, log_path=tmp_path / "triton.log") as server, \
             grpcclient.InferenceServerClient(server.grpc_url) as client:
         infer(client, histories[0])
-        os.kill(stub_pid(server, "encode"), signal.SIGKILL)
+        stubs = sorted(name for name in server.stub_processes() if name.startswith("retrieve_"))
+        assert len(stubs) == RETRIEVE_INSTANCES
+        for name in stubs:
+            os.kill(server.stub_processes()[name], signal.SIGKILL)
         time.sleep(1.0)
-        assert server.dead_stubs() == ["encode_0_0"]
-        assert client.is_model_ready("encode")  # Triton's readiness does not notice
-        with pytest.raises(Exception, match="Stub process 'encode_0_0' is not healthy"):
+        assert server.dead_stubs() == stubs
+        assert client.is_model_ready("retrieve")  # Triton's readiness does not notice
+        with pytest.raises(Exception, match=r"Stub process 'retrieve_\w+' is not healthy"):
             infer(client, histories[0])
         server.restart()
         assert len(infer(client, histories[0])) == 20 and server.dead_stubs() == []
@@ -150,16 +154,16 @@ def test_supervisor_gives_up_naming_the_model_when_the_restart_fails_to_load(tin
     server = TritonServer(repo, log_path=tmp_path / "triton.log").start()
     messages: list[str] = []
     try:
-        target = repo / "encode" / "1" / "user_encoder.onnx"
+        target = repo / "retrieve" / "1" / "user_encoder.onnx"
         replace_file(target, target.read_bytes()[:-1])
-        os.kill(stub_pid(server, "encode"), signal.SIGKILL)
+        os.kill(stub_pid(server, "retrieve"), signal.SIGKILL)
         started = time.monotonic()
         code = supervise(server, lambda: False, interval=0.2, say=messages.append)
         took = time.monotonic() - started
     finally:
         server.stop(5)
     print(f"\nsupervisor gave up after {took:.1f} s: {messages}")
-    assert code == 1 and any("restart failed: model 'encode' failed to load" in m and str(target) in m
+    assert code == 1 and any("restart failed: model 'retrieve' failed to load" in m and str(target) in m
                              for m in messages), messages
     assert processes_of(repo) == []
 
@@ -343,7 +347,7 @@ def publish(new_run, repo, tmp_path, client, scorer_last: bool, limits=None) -> 
     staging = tmp_path / "staging"
     shutil.copytree(repo, staging)
     export_repository(new_run, staging, scorer="onnxruntime", limits=limits, in_process=False)
-    for model in ("encode", "retrieve", "nann", "scorer"):
+    for model in ("retrieve", "nann", "scorer"):
         if model == "scorer":
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and not client.is_model_ready("retrieve", "2"):
@@ -376,7 +380,7 @@ def answers_across_a_switch(tiny_run, new_run, histories, tmp_path, scorer_last=
             exported_at = time.monotonic()
             publish(new_run, repo, tmp_path, client, scorer_last, new_limits)
             deadline = time.monotonic() + 120
-            models = ("encode", "retrieve", "nann") + (("scorer",) if scorer_last else ())
+            models = ("retrieve", "nann") + (("scorer",) if scorer_last else ())
             while time.monotonic() < deadline and not all(
                     client.is_model_ready(m, "2") and not client.is_model_ready(m, "1") for m in models):
                 time.sleep(0.5)

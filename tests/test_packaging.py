@@ -80,8 +80,8 @@ def test_nann_export_from_a_regular_install(installed, tiny_run, tmp_path):
     out = run(installed / "nann", "export", "--run", tiny_run.run, "--repo", repo, "--scorer", "onnxruntime",
               "--bls", cwd=tmp_path)  # behind BLS: every model's shipped files are used
     assert "exported version 1" in out and "behind BLS" in out
-    for model in ("nann", "encode", "retrieve", "scorer"):
+    for model in ("nann", "retrieve", "scorer"):
         assert (repo / model / "config.pbtxt").is_file()
-    for model in ("encode", "retrieve", "scorer"):
+    for model in ("retrieve", "scorer"):
         shipped = (ROOT / "model_repository" / model / "model.py").read_text()
         assert (repo / model / "1" / "model.py").read_text() == shipped

@@ -109,22 +109,22 @@ def test_served_efficiency_compares_with_the_offline_engine_in_the_served_arrang
 
 def test_with_setting_rewrites_copies_only(tmp_path):
     repo = tmp_path / "repo"
-    for model in ("encode", "retrieve"):
+    for model in ("scorer", "retrieve"):
         (repo / model / "1").mkdir(parents=True)
         (repo / model / "1" / "model.py").write_text("# stub\n")
         (repo / model / "config.pbtxt").write_text(
             'dynamic_batching { max_queue_delay_microseconds: 2000 }\n'
             'parameters: { key: "spinning" value: { string_value: "false" } }\n')
-    original = (repo / "encode" / "config.pbtxt").read_text()
-    a = with_setting(repo, tmp_path / "a", ["encode", "retrieve"], "spinning", "true")
-    b = with_setting(repo, tmp_path / "b", ["encode"], "max_queue_delay_microseconds", "0")
+    original = (repo / "scorer" / "config.pbtxt").read_text()
+    a = with_setting(repo, tmp_path / "a", ["scorer", "retrieve"], "spinning", "true")
+    b = with_setting(repo, tmp_path / "b", ["scorer"], "max_queue_delay_microseconds", "0")
     assert 'string_value: "true"' in (a / "retrieve" / "config.pbtxt").read_text()
-    assert "max_queue_delay_microseconds: 0 }" in (b / "encode" / "config.pbtxt").read_text()
+    assert "max_queue_delay_microseconds: 0 }" in (b / "scorer" / "config.pbtxt").read_text()
     assert (b / "retrieve" / "config.pbtxt").read_text() == original
-    assert (repo / "encode" / "config.pbtxt").read_text() == original  # the hard-linked original is untouched
-    assert os.path.samefile(repo / "encode" / "1" / "model.py", a / "encode" / "1" / "model.py")
+    assert (repo / "scorer" / "config.pbtxt").read_text() == original  # the hard-linked original is untouched
+    assert os.path.samefile(repo / "scorer" / "1" / "model.py", a / "scorer" / "1" / "model.py")
     with pytest.raises(SystemExit, match="no parameter or field"):
-        with_setting(repo, tmp_path / "c", ["encode"], "no_such_setting", "1")
+        with_setting(repo, tmp_path / "c", ["scorer"], "no_such_setting", "1")
 
 
 def test_queue_policy_is_replaced_in_the_exported_dynamic_batcher(tmp_path):

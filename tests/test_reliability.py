@@ -8,7 +8,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -23,12 +22,11 @@ from nann.run_dir import GraphDir, RunDir
 from nann.serving.export import state_specs
 from nann.serving.requests import ServingLimits, parse_search
 from nann.serving.retrieval import OfflineRetriever
-from nann.serving.services import RequestEncoder
 from pipeline_fixtures import send_together
 
 pytestmark = pytest.mark.serving
 
-MODELS = ("nann", "encode", "retrieve")  # the shared export's: its scorer runs inside `retrieve`
+MODELS = ("nann", "retrieve")  # the shared export's: its encoder and scorer run inside `retrieve`
 ROOT = Path(__file__).resolve().parents[1]
 BAD_INPUTS_TRIED: list[str] = []
 
@@ -203,7 +201,7 @@ def test_bad_requests_in_a_shared_batch_do_not_affect_the_good_ones(served, user
     histories = {("good", i): users[i] for i in range(12)} | {("odd", n): ODD[n][0](users) for n in odd_names}
     inputs = [BAD[what][0](users) if kind == "bad" else request(histories[(kind, what)], k=20) for kind, what in jobs]
     results, executions = send_together(served.server.grpc_url, [lambda c, x=x: infer(c, x) for x in inputs],
-                                        "encode")
+                                        "retrieve")
     params = parse_search(offline.limits, k=20)
     for (kind, what), got in zip(jobs, results):
         if kind != "bad":
@@ -218,10 +216,11 @@ def test_bad_requests_in_a_shared_batch_do_not_affect_the_good_ones(served, user
 
 # ---------------------------------------------------------------- the internal models, called directly
 # Triton serves every model of the repository on the same port (no per-model access control), so the internal
-# models' inputs (the only float inputs) are reachable from outside: they must refuse what would corrupt others.
+# models' inputs (the `scorer`'s state: the only float inputs) are reachable from outside: they must refuse what would
+# corrupt others.
 
 def state_inputs(run, rows=1, seq=50, fill=0.1, nan_in=None):
-    """The user-state inputs of the run's model (`state_specs`: the names and shapes `encode` outputs)."""
+    """The user-state inputs of the run's model (`state_specs`: the names and shapes its encoder outputs)."""
     out = {}
     for spec in state_specs(run):
         name, shape = spec["name"], (rows, *[seq if d < 0 else d for d in spec["dims"]])
@@ -251,74 +250,24 @@ def test_scorer_called_directly_refuses_nan_state_and_bad_ids(strict_tiny_grid, 
                              "scorer shape mismatch"])
 
 
-def test_retrieve_called_directly_refuses_nan_or_misshaped_state_per_request(served, client, users):
-    run = served.run
-    def retrieve_inputs(state, k=5, hist_ids=-1):
-        rows, seq = state["keys"].shape[:2]  # k and hist_ids with as many rows, or Triton refuses the batch
-        return [tensor(n, v, "FP32") for n, v in state.items()] + [
-            tensor("k", np.full((rows, 1), k, np.int32), "INT32"),
-            tensor("hist_ids", np.resize(np.asarray(hist_ids, np.int64), (rows, 50)), "INT64"),
-            tensor("seeds", np.full((rows, 1), 50, np.int32), "INT32")]
-
-    ids, _ = infer(client, retrieve_inputs(state_inputs(run)), model="retrieve")
-    assert len(ids) == 5
-    # history ids outside the catalogue (a direct caller's garbage) are not seeds; repeated ones count once
-    garbage = infer(client, retrieve_inputs(state_inputs(run), hist_ids=[-5, 2**62, 10**9, -1]), model="retrieve")[0]
-    assert garbage.tolist() == ids.tolist()
-    assert len(infer(client, retrieve_inputs(state_inputs(run), hist_ids=[3, 3, 7]), model="retrieve")[0]) == 5
-    assert_invalid(client, retrieve_inputs(state_inputs(run))[:-2] + [tensor("hist_ids", np.zeros((1, 7), np.int64), "INT64")],
-                   r"unexpected shape for input 'hist_ids'", model="retrieve")
-    assert_invalid(client, retrieve_inputs(state_inputs(run, nan_in="values")), r"state input values holds NaN or inf",
-                   model="retrieve")
-    assert_invalid(client, retrieve_inputs(state_inputs(run, rows=2)), r"must have shape \[1, 50, 64\], got \[2, 50, 64\]",
-                   model="retrieve")
-    assert_invalid(client, retrieve_inputs(state_inputs(run, seq=7)), r"got \[1, 7, 64\]", model="retrieve")
-    without_bias = {name: value for name, value in state_inputs(run).items() if name != "user_bias"}
-    assert_invalid(client, retrieve_inputs(without_bias), r"state input user_bias is missing", model="retrieve")
-    BAD_INPUTS_TRIED.extend(["retrieve NaN state", "retrieve 2-row state", "retrieve short state",
-                             "retrieve garbage hist_ids", "retrieve short hist_ids", "retrieve missing state"])
-
-    # sent together, the bad ones must not shift or fail the good ones sharing their execute()
-    jobs = [("good", state_inputs(run)), ("nan", state_inputs(run, nan_in="keys")), ("rows", state_inputs(run, rows=3)),
-            ("good", state_inputs(run, fill=0.2)), ("seq", state_inputs(run, seq=3))] * 2
-    barrier, results = threading.Barrier(len(jobs)), [None] * len(jobs)
-
-    def worker(i):
-        with grpcclient.InferenceServerClient(served.server.grpc_url) as c:
-            barrier.wait()
-            try:
-                results[i] = infer(c, retrieve_inputs(jobs[i][1]), model="retrieve")
-            except InferenceServerException as e:
-                results[i] = e
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    alone = {fill: infer(client, retrieve_inputs(state_inputs(run, fill=fill)), model="retrieve")[0].tolist()
-             for fill in (0.1, 0.2)}
-    for (kind, state), got in zip(jobs, results):
-        if kind == "good":
-            assert not isinstance(got, Exception), got
-            assert got[0].tolist() == alone[float(state["keys"].flat[0]).__round__(1)]
-        else:
-            assert isinstance(got, InferenceServerException) and "INVALID_ARG" in str(got.status()), got
-
-
-def test_encode_called_directly_answers_each_request_alone(served, client, users):
-    """`encode` batches requests but encodes one user at a time: each request gets the outputs of its own history
-    alone (the library's RequestEncoder, bitwise), whichever requests share its execute(); several rows are refused."""
+def test_retrieve_called_directly_answers_each_request_alone_and_refuses_what_nann_refuses(served, client, users,
+                                                                                             offline):
+    """`retrieve` takes the ensemble's inputs: called directly, requests sharing its execute() each get the answer of
+    their own history alone (each user encoded alone), and it refuses what `nann` refuses (several histories in one
+    request, a history that is not INT64)."""
     histories = [users[i] for i in range(8)] + [[], [123456789012, *users[8][:3]]]
     results, executions = send_together(served.server.grpc_url, [
-        lambda c, h=h: c.infer("encode", request(h), client_timeout=60) for h in histories], "encode")
-    encoder = RequestEncoder(served.run, ServingLimits(max_seq=served.info["max_seq"]))
+        lambda c, h=h: c.infer("retrieve", request(h, k=10), client_timeout=60) for h in histories], "retrieve")
+    params = parse_search(offline.limits, k=10)
     for history, result in zip(histories, results):
-        for name, value in encoder.encode(np.asarray(history, np.int64)).outputs().items():
-            assert np.array_equal(result.as_numpy(name), value), name
+        want = offline.retrieve([history], [params])[0]
+        assert result.as_numpy("item_ids")[0].tolist() == want.item_ids.tolist()
+        assert result.as_numpy("dropped_ids").tolist() == [[want.dropped]]
     assert executions < len(histories), "never batched together"
-    assert_invalid(client, request(np.stack([users[0][:5], users[1][:5]])), r"got \[2, 5\]", model="encode")
-    BAD_INPUTS_TRIED.append("encode 2 rows")
+    assert_invalid(client, request(np.stack([users[0][:5], users[1][:5]])), r"got \[2, 5\]", model="retrieve")
+    assert_invalid(client, request(users[0], history_dtype=np.int32, history_type="INT32"), r"expects 'INT64'",
+                   model="retrieve")
+    BAD_INPUTS_TRIED.extend(["retrieve 2 rows", "retrieve INT32 history"])
 
 
 # ---------------------------------------------------------------- limits

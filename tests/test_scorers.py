@@ -58,12 +58,11 @@ def test_a_new_runtime_is_one_registered_class(tiny_run, tmp_path, monkeypatch):
     assert (runtime.score(state, [0, 0], [4, 5]) == reference.score(state, [0, 0], [4, 5])).all()
     info = export_repository(tiny_run.run, tmp_path / "repo", scorer=PaddedOnnx.name)
     assert info["scorer_backend"] == PaddedOnnx.name and info["grid"]["sizes"] == list(CandidateGrid().sizes)
-    assert info["scorer_in_process"] is True and info["models"] == ["encode", "retrieve", "nann"]
+    assert info["scorer_in_process"] is True and info["models"] == ["retrieve", "nann"]
     assert not (tmp_path / "repo" / "scorer").exists()  # nothing would call it
-    for model in ("encode", "retrieve"):  # the Python models load it by name
-        config = (tmp_path / "repo" / model / "config.pbtxt").read_text()
-        assert f'key: "backend" value: {{ string_value: "{PaddedOnnx.name}" }}' in config
     retrieve = (tmp_path / "repo" / "retrieve" / "config.pbtxt").read_text()
+    for prefix in ("encoder_", ""):  # `retrieve` loads it by name, as its encoder's runtime and as its scorer's
+        assert f'key: "{prefix}backend" value: {{ string_value: "{PaddedOnnx.name}" }}' in retrieve
     assert 'key: "scorer" value: { string_value: "in-process" }' in retrieve
     assert pbtxt_string(json.dumps(CandidateGrid().to_json())) in retrieve  # the engine pads to its grid
 
@@ -76,9 +75,10 @@ def test_a_python_runtime_can_be_exported_behind_bls_and_tensorrt_cannot_run_in_
     repo = tmp_path / "repo"
     export_repository(tiny_run.run, repo, scorer="onnxruntime")
     info = export_repository(tiny_run.run, repo, scorer="onnxruntime", in_process=False)  # version 2, behind BLS
-    assert info["scorer_in_process"] is False and info["models"] == ["encode", "retrieve", "scorer", "nann"]
+    assert info["scorer_in_process"] is False and info["models"] == ["retrieve", "scorer", "nann"]
     retrieve = (repo / "retrieve" / "config.pbtxt").read_text()
     assert 'key: "scorer" value: { string_value: "bls" }' in retrieve and 'key: "backend"' not in retrieve
+    assert 'key: "encoder_backend" value: { string_value: "onnxruntime" }' in retrieve
     scorer = (repo / "scorer" / "config.pbtxt").read_text()
     assert 'key: "backend" value: { string_value: "onnxruntime" }' in scorer and (repo / "scorer" / "2").is_dir()
     info = export_repository(tiny_run.run, repo, scorer="onnxruntime")  # version 3, in `retrieve` again

@@ -1,4 +1,4 @@
-"""Serving logic without a server: request validation, the `encode` model's service, manifests, TensorRT profiles,
+"""Serving logic without a server: request validation, `retrieve`'s encoder, manifests, TensorRT profiles,
 config rendering."""
 import json
 
@@ -13,7 +13,7 @@ from nann.scorers.tensorrt import profile_shapes
 from nann.serving.export import export_repository, pbtxt_string, search_input_entries, step_map
 from nann.serving.repository import ArtifactError, verify_manifest, write_manifest
 from nann.serving.requests import REQUEST_INPUT_NAMES, RequestError, ServingLimits, parse_history, parse_search
-from nann.serving.services import RequestEncoder, check_state, runtime_options
+from nann.serving.services import RequestEncoder, runtime_options
 from nann.serving.templates import tensor_entries
 
 try:
@@ -188,8 +188,7 @@ def test_tensorrt_profiles_one_per_grid_size():
 
 def test_config_rendering_helpers():
     specs = [{"name": "keys", "dtype": "float32", "dims": [50, 64]}]
-    assert tensor_entries(specs, batched=True) == '  { name: "keys" data_type: TYPE_FP32 dims: [ 50, 64 ] }'
-    assert "dims: [ -1, 50, 64 ]" in tensor_entries(specs, batched=False)
+    assert tensor_entries(specs) == '  { name: "keys" data_type: TYPE_FP32 dims: [ -1, 50, 64 ] }'
     assert pbtxt_string('{"a": "b\\c"}') == '{\\"a\\": \\"b\\\\c\\"}'
     # the optional inputs come from two tables (search parameters, filters): the ensemble's, retrieve's (ragged) and
     # the step's map
@@ -206,21 +205,7 @@ def test_config_rendering_helpers():
         '      input_map { key: "k" value: "k" }', '      input_map { key: "seeds" value: "seeds" }']
 
 
-def test_state_checks_refuse_wrong_shapes_and_non_finite_values():
-    shapes = {"keys": (1, 3, 2), "user_bias": (1, 4)}
-    good = {"keys": np.zeros((1, 3, 2), np.float32), "user_bias": np.ones((1, 4), np.float32)}
-    check_state(good, shapes)
-    with pytest.raises(RequestError, match=r"keys must have shape \[1, 3, 2\], got \[2, 3, 2\]"):
-        check_state({**good, "keys": np.zeros((2, 3, 2), np.float32)}, shapes)
-    bad = good["user_bias"].copy()
-    bad[0, 1] = np.nan
-    with pytest.raises(RequestError, match="user_bias holds NaN or inf"):
-        check_state({**good, "user_bias": bad}, shapes)
-    with pytest.raises(RequestError, match="state input user_bias is missing"):
-        check_state({**good, "user_bias": None}, shapes)
-
-
-# ---------------------------------------------------------------- the `encode` model's service
+# ---------------------------------------------------------------- `retrieve`'s encoder
 
 ENCODER_RAW = 1000 + 7 * np.arange(200, dtype=np.int64)  # raw id of each dense item of `encoder_run`
 
@@ -240,16 +225,15 @@ def test_request_encoder_gives_retrieve_the_state_the_kept_ids_and_the_dropped_c
     library = ModelRuntime.load(encoder_run)  # default threads and spinning, as OfflineRetriever runs it
     history = np.concatenate([ENCODER_RAW[[3, 5]], [999_999], ENCODER_RAW[20:32]])
     got = served.encode(history.reshape(1, -1))
-    assert got.hist_ids.tolist() == [list(range(22, 32))] and got.dropped == 1  # the most recent 10 known ids
-    assert set(got.outputs()) == {*library.state_names, "hist_ids", "dropped_ids"}
-    assert got.hist_ids.dtype == np.int64 and got.dropped_ids.dtype == np.int32 and got.dropped_ids.shape == (1, 1)
+    assert got.hist_ids.tolist() == list(range(22, 32)) and got.dropped == 1  # the most recent 10 known ids
+    assert set(got.state) == set(library.state_names) and got.hist_ids.dtype == np.int64
     want = library.encode([np.arange(22, 32)])
     assert all(np.array_equal(got.state[name], want[name]) for name in library.state_names)  # bitwise
-    short = served.encode(ENCODER_RAW[[4, 9]])  # padded to max_seq: ids -1, the state's history axis max_seq long
-    assert short.hist_ids.tolist() == [[4, 9] + [-1] * 8] and short.state["keys"].shape == (1, 10, 64)
+    short = served.encode(ENCODER_RAW[[4, 9]])  # the state's history axis padded to max_seq
+    assert short.hist_ids.tolist() == [4, 9] and short.state["keys"].shape == (1, 10, 64)
     want = library.encode([[4, 9]], length=10)
     assert all(np.array_equal(short.state[name], want[name]) for name in library.state_names)
-    with pytest.raises(RuntimeError, match="without its scorer"):  # the encode stub loads no scorer session
+    with pytest.raises(RuntimeError, match="without its scorer"):  # the encoder loads no scorer session
         served.runtime.score(got.state, np.zeros(1, np.int64), np.zeros(1, np.int64))
 
 
@@ -257,7 +241,7 @@ def test_request_encoder_serves_new_users_and_refuses_in_strict_mode(encoder_run
     encoder = RequestEncoder(encoder_run, ServingLimits(max_seq=10))
     empty, unknown = encoder.encode(np.zeros(0, np.int64)), encoder.encode(np.array([5, 999_999]))
     assert (empty.dropped, unknown.dropped) == (0, 2)
-    assert empty.hist_ids.tolist() == unknown.hist_ids.tolist() == [[-1] * 10]
+    assert empty.hist_ids.tolist() == unknown.hist_ids.tolist() == []
     assert all(np.array_equal(empty.state[name], unknown.state[name]) and np.isfinite(empty.state[name]).all()
                for name in empty.state)
     strict = RequestEncoder(encoder_run, ServingLimits(max_seq=10, unknown_ids="refuse"))
@@ -270,13 +254,16 @@ def test_request_encoder_serves_new_users_and_refuses_in_strict_mode(encoder_run
 def test_runtime_options_from_config_parameters():
     assert runtime_options({"backend": "torch", "intra_op_threads": "0", "spinning": "false"}) == {
         "backend": "torch", "threads": None, "spinning": False}
+    assert runtime_options({"encoder_backend": "torch", "encoder_intra_op_threads": "1", "encoder_spinning": "false",
+                            "backend": "onnxruntime"}, "encoder_") == {"backend": "torch", "threads": 1, "spinning": False}
     assert runtime_options({"backend": "onnxruntime", "intra_op_threads": "1", "spinning": "true"}) == {
         "backend": "onnxruntime", "threads": 1, "spinning": True}
 
 
-def test_export_refuses_a_repository_of_the_older_layout(tmp_path):
-    (tmp_path / "repo" / "user_encoder" / "1").mkdir(parents=True)
-    with pytest.raises(UserError, match="holds user_encoder of an older layout .* export into a fresh repository"):
+@pytest.mark.parametrize("model", ["user_encoder", "encode"])
+def test_export_refuses_a_repository_of_an_older_layout(tmp_path, model):
+    (tmp_path / "repo" / model / "1").mkdir(parents=True)
+    with pytest.raises(UserError, match=f"holds {model} of an older layout .* export into a fresh repository"):
         export_repository(tmp_path / "run", tmp_path / "repo")
 
 

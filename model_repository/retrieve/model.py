@@ -1,6 +1,8 @@
-"""Triton model `retrieve`: beam search for all requests of one execute(), one scorer call per round: in this process
-(a Python scorer runtime, nann.serving.services.ScorerService) or a BLS call to `scorer` (parameter `scorer`); the
-repository's blocked set is watched (nann.serving.filters.BlockedWatcher), its size and version published as gauges."""
+"""Triton model `retrieve`: each request's history encoded alone (unknown ids dropped, counted in a metrics counter),
+then beam search for all requests of one execute(), one scorer call per round: in this process (a Python scorer
+runtime, nann.serving.services.ScorerService) or a BLS call to `scorer` (parameter `scorer`); the repository's blocked
+set is watched (nann.serving.filters.BlockedWatcher), its size and version published as gauges.
+Logic: nann.serving.retrieval.RetrieveService."""
 import json
 import threading
 import time
@@ -11,11 +13,13 @@ import triton_python_backend_utils as pb_utils
 
 from nann.engine.grid import CandidateGrid
 from nann.serving.filters import BLOCKED_GAUGES, BlockedWatcher
-from nann.serving.requests import REQUEST_INPUT_NAMES, RequestError, ServingLimits
-from nann.serving.retrieval import HIST_IDS, HISTORY, RetrieveService, state_dims
-from nann.serving.services import CANDIDATES_OUTSIDE, in_process_scorer, model_context, stack_states
+from nann.serving.requests import RequestError, ServingLimits
+from nann.serving.retrieval import HISTORY, RetrieveService
+from nann.serving.services import (CANDIDATES_OUTSIDE, RequestEncoder, in_process_scorer, model_context,
+                                   runtime_options)
 
 SWITCH_WAIT_S = 20.0  # how long a scorer call waits for the new `scorer` of a version switch (score below)
+DROPPED = "nann_unknown_ids_dropped_total"  # the counter of unknown history ids dropped
 
 
 class ScorerFailed(RuntimeError):
@@ -25,17 +29,19 @@ class ScorerFailed(RuntimeError):
 class TritonPythonModel:
     def initialize(self, args):
         version_dir, params = model_context(args)
-        grid = json.loads(params["grid"])
-        dims = state_dims(json.loads(args["model_config"]))
-        self.service = RetrieveService(version_dir, ServingLimits.from_json(json.loads(params["limits"])),
-                                       CandidateGrid.from_json(grid), dims)
-        self.state_names = list(dims)
+        limits = ServingLimits.from_json(json.loads(params["limits"]))
         self.scorer = in_process_scorer(version_dir, params)  # None: the `scorer` model, through BLS
+        self.service = RetrieveService(version_dir, limits, CandidateGrid.from_json(json.loads(params["grid"])),
+                                       RequestEncoder(version_dir, limits, **runtime_options(params, "encoder_")))
         # pb_utils gets PreferredMemory only once the model module is loaded: not at import time
         self.cpu_memory = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
         labels = {"model": args["model_name"], "version": args["model_version"]}
         self.families = {name: pb_utils.MetricFamily(name=name, kind=pb_utils.MetricFamily.GAUGE, description=text)
                          for name, (text, _) in BLOCKED_GAUGES.items()}  # kept alive as long as their metrics
+        self.families[DROPPED] = pb_utils.MetricFamily(
+            name=DROPPED, kind=pb_utils.MetricFamily.COUNTER,
+            description="History item ids the index does not know, dropped from requests")
+        self.dropped = self.families[DROPPED].Metric(labels=labels)
         gauges = [(self.families[name].Metric(labels=labels), field) for name, (_, field) in BLOCKED_GAUGES.items()]
         # the watcher thread's gauge updates and execute() never talk to the server at the same time: execute() holds
         # this lock for its whole run and the gauges are set only under it, so by construction no gauge set falls
@@ -61,33 +67,34 @@ class TritonPythonModel:
 
     def _execute(self, requests):
         responses = [None] * len(requests)
-        good, parsed, states = [], [], []
+        good, parsed = [], []
         for i, request in enumerate(requests):
             try:
-                # every input the request sent, in one pass (a lookup by name walks the inputs each time: 15 of them
-                # took ~0.1 ms a request); an optional input not sent is None
+                # every input the request sent, in one pass (a lookup by name walks the inputs each time); an optional
+                # input not sent is None
                 sent = {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
-                state = {name: sent.get(name) for name in self.state_names}
-                parsed.append(self.service.parse(state, sent.get(HIST_IDS), sent.get(HISTORY),
-                                                 {name: sent.get(name) for name in REQUEST_INPUT_NAMES}))
+                parsed.append(self.service.parse(sent.pop(HISTORY, None), sent))
                 good.append(i)
-                states.append(state)
             except RequestError as e:
                 responses[i] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
         if good:
-            state = stack_states(states)
-            score = self.scorer.scores_for(state) if self.scorer else self._bls_scores_for(state)
+            dropped = sum(r.encoded.dropped for r in parsed)
+            if dropped:
+                self.dropped.increment(dropped)
             try:
-                answers = self.service.retrieve(parsed, score, self.blocked.current)
+                answers = self.service.retrieve(parsed, self.scorer.scores_for if self.scorer else self._bls_scores_for,
+                                                self.blocked.current)
             except ScorerFailed as e:
                 error = pb_utils.TritonError(f"scorer failed: {e}", pb_utils.TritonError.UNAVAILABLE)
                 for i in good:
                     responses[i] = pb_utils.InferenceResponse(error=error)
             else:
-                for i, (ids, scores) in zip(good, answers):
-                    responses[i] = pb_utils.InferenceResponse(
-                        [pb_utils.Tensor("item_ids", ids[None]), pb_utils.Tensor("scores", scores[None])])
+                for i, answer in zip(good, answers):
+                    responses[i] = pb_utils.InferenceResponse([
+                        pb_utils.Tensor("item_ids", answer.item_ids[None]),
+                        pb_utils.Tensor("scores", answer.scores[None]),
+                        pb_utils.Tensor("dropped_ids", np.array([[answer.dropped]], dtype=np.int32))])
         return responses
 
     def _bls_scores_for(self, state):

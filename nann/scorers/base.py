@@ -29,7 +29,7 @@ class ScorerRuntime:
     scores_ids: bool = False    # its scorer takes candidate ids and holds the item table itself (on its device);
     #                             False: the caller gathers the candidates' embeddings
     process_threads: bool = False  # its thread settings are the process's (torch.set_num_threads), not per session
-    encoder: str = ""           # the runtime `encode` runs where this one scores, when not this one
+    encoder: str = ""           # the runtime `retrieve`'s encoder runs where this one scores, when not this one
     needs: str = ""             # what a host must have for it, when not every host has it
 
     def available(self) -> bool:

@@ -4,7 +4,7 @@ with the paper's XLA auto-padding as optimization profiles.
 The run's scorer with the item table inside (candidates passed as ids) is compiled with one optimization profile
 per candidate-grid size: profile i fixes the candidate axis to exactly grid size i (min = opt = max), and
 the user-state axis R ranges over 1..max_batch. `retrieve` pads every round to a grid size (`padded_grid`), so exactly
-one profile matches each call, the way XLA compiled one program per padded size. `encode` runs ONNX Runtime.
+one profile matches each call, the way XLA compiled one program per padded size. `retrieve`'s encoder runs ONNX Runtime.
 
 TensorRT cannot be installed on the CPU machines this project is developed on: `build_scorer_plan` runs only
 where `tensorrt` (10 or newer: the scorer has INT64 inputs) imports and a CUDA device is present; the profiles
@@ -23,7 +23,7 @@ CANDIDATE_INPUTS = ("cand_ids", "owner")
 
 
 def fixed_sequence_axis(state_specs: list[dict], max_seq: int) -> list[dict]:
-    """The state specs with the sequence axis (-1 in `state_specs`) fixed to max_seq: `encode` pads every
+    """The state specs with the sequence axis (-1 in `state_specs`) fixed to max_seq: `retrieve`'s encoder pads every
     served history to max_seq, and TensorRT profiles (and the plan's config) need fixed inner dimensions."""
     return [{**spec, "dims": [max_seq if d < 0 else d for d in spec["dims"]]} for spec in state_specs]
 
@@ -94,7 +94,7 @@ def tensorrt_available() -> bool:
 def scorer_config(specs: list[dict], profiles: int) -> str:
     """config.pbtxt of the TensorRT `scorer` for state `specs` (fixed inner dims) and a plan with `profiles`
     optimization profiles (one per candidate-grid size); renders without TensorRT or a plan."""
-    return render("scorer_tensorrt/config.pbtxt.template", state_inputs_unbatched=tensor_entries(specs, batched=False),
+    return render("scorer_tensorrt/config.pbtxt.template", state_inputs_unbatched=tensor_entries(specs),
                   profiles=", ".join(f'"{p}"' for p in range(profiles)))
 
 

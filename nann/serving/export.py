@@ -1,10 +1,10 @@
 """`nann export`: assemble a complete, versioned Triton model repository from a trained run.
 
 Layout of REPO_DIR (model names are a contract):
-    nann/          the ensemble (public entry point): encode → retrieve
-    encode/        Python: validate, raw → dense ids, gather e_v, pad to max_seq, user_encoder.onnx
-    retrieve/      Python: Numba beam search, one scorer call per round: a Python scorer runtime (ONNX Runtime,
-                   torch) in this process, else a BLS call to `scorer`
+    nann/          the ensemble (public entry point): one step, `retrieve`
+    retrieve/      Python: validate, raw → dense ids, gather e_v, pad to max_seq, user_encoder.onnx (one user at a
+                   time); Numba beam search, one scorer call per round: a Python scorer runtime (ONNX Runtime, torch)
+                   in this process, else a BLS call to `scorer`
     scorer/        only for a scorer behind BLS, what its runtime writes (`nann.scorers`): a TensorRT plan on GPU
                    hosts (or, asked for with `in_process=False`, a Python model running a Python runtime)
 Each model gets a new version directory `N/` (N = newest + 1 when REPO_DIR already exists, so a running
@@ -34,16 +34,16 @@ from nann.serving.requests import REQUEST_INPUT_NAMES, REQUEST_INPUTS, ServingLi
 from nann.serving.services import BLS, IN_PROCESS, RUNTIME_THREADS
 from nann.serving.templates import model_file, render, tensor_entries
 
-MODELS = ("encode", "retrieve", "scorer", "nann")
-OBSOLETE_MODELS = ("preprocess", "user_encoder")  # an older layout's models, merged into `encode`
+MODELS = ("retrieve", "scorer", "nann")
+# an older layout's models, all merged into `retrieve` since (preprocess and user_encoder into encode, encode into
+# retrieve): a repository holding one cannot take a new version (its `nann` would still route through it)
+OBSOLETE_MODELS = ("preprocess", "user_encoder", "encode")
 MAX_BATCH = 64
-# dynamic batchers' max_queue_delay_microseconds (perf/RESULTS.md "Serving parameters: max_queue_delay_microseconds
-# (encode)" and "(retrieve)"): `encode` runs one user at a time, so waiting for a batch only delays it (0 against 2 ms:
-# p50 28.7 vs 30.2 ms at concurrency 1, 0.99x / 1.00x req/s at 8 / 16). `retrieve` needs no wait either: under load
-# the requests that arrive while its instances are busy form the next batch anyway; at concurrency 1 a wait is pure
-# latency (two instances, the scorer in their processes, 90,896 items: 2 ms against 0, p50 13.6 vs 10.6 ms at
-# concurrency 1, 1.07x the req/s at 16 with 0).
-QUEUE_DELAY_US = {"encode": 0, "retrieve": 0}
+# `retrieve`'s dynamic batcher's max_queue_delay_microseconds (perf/RESULTS.md "Serving parameters:
+# max_queue_delay_microseconds (retrieve)"): no wait: under load the requests that arrive while its instances are busy
+# form the next batch anyway; at concurrency 1 a wait is pure latency (two instances, the scorer in their processes,
+# 90,896 items: 2 ms against 0, p50 13.6 vs 10.6 ms at concurrency 1, 1.07x the req/s at 16 with 0).
+QUEUE_DELAY_US = {"retrieve": 0}
 # `retrieve`'s instances (stub processes), each walking and scoring one batch on one thread: on 2 cores one batch's
 # walk and scoring overlap the other's (model_repository/retrieve/config.pbtxt.template says why, with its measurement)
 RETRIEVE_INSTANCES = 2
@@ -90,10 +90,12 @@ def parameters(values: dict[str, str]) -> str:
                      for key, value in values.items())
 
 
-def runtime_parameters(model: str, backend: str) -> dict[str, str]:
-    """The parameters of a model that loads a scorer runtime (`nann.serving.services.runtime_options` reads them)."""
-    threads, spinning = RUNTIME_THREADS[model]
-    return {"backend": backend, "intra_op_threads": str(threads), "spinning": str(spinning).lower()}
+def runtime_parameters(role: str, backend: str, prefix: str = "") -> dict[str, str]:
+    """The parameters of a runtime a model loads, its names after `prefix` (`nann.serving.services.runtime_options`
+    reads them); role: its entry in `RUNTIME_THREADS`."""
+    threads, spinning = RUNTIME_THREADS[role]
+    return {prefix + "backend": backend, prefix + "intra_op_threads": str(threads),
+            prefix + "spinning": str(spinning).lower()}
 
 
 def retrieve_scorer(runtime: ScorerRuntime, in_process: bool) -> str:
@@ -212,7 +214,7 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
     run_dir, repo = Path(run_dir).resolve(), Path(repo).resolve()
     stale = [model for model in OBSOLETE_MODELS if (repo / model).is_dir()]
     if stale:
-        raise UserError(f"{repo} holds {' and '.join(stale)} of an older layout (merged into `encode` since): "
+        raise UserError(f"{repo} holds {' and '.join(stale)} of an older layout (merged into `retrieve` since): "
                         "export into a fresh repository")
     run = RunDir(run_dir)
     run.check_servable()
@@ -240,27 +242,21 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
         "cpu_scorer_candidates_per_s": {k: round(v) for k, v in speeds.items()},
     }
     values = dict(
-        max_batch=MAX_BATCH, encode_queue_delay_us=QUEUE_DELAY_US["encode"],
-        retrieve_queue_delay_us=QUEUE_DELAY_US["retrieve"],
+        max_batch=MAX_BATCH, retrieve_queue_delay_us=QUEUE_DELAY_US["retrieve"],
         retrieve_instances=RETRIEVE_INSTANCES, max_seq=limits.max_seq, emb_dim=emb_dim,
         env_path=pbtxt_string(env_path or sys.prefix),
-        encode_runtime=parameters(runtime_parameters("encode", runtime.encoder_runtime)),
+        encoder_runtime=parameters(runtime_parameters("encoder", runtime.encoder_runtime, "encoder_")),
         scorer_runtime=parameters(runtime_parameters("scorer", runtime.name)),
         retrieve_scorer=retrieve_scorer(runtime, in_process),
         limits=pbtxt_string(json.dumps(limits.to_json())), grid=pbtxt_string(json.dumps(info["grid"])),
         nann_info=pbtxt_string(json.dumps(info)),
-        state_outputs=tensor_entries(specs, batched=True),
-        state_inputs=tensor_entries(specs, batched=True),
-        state_inputs_unbatched=tensor_entries(specs, batched=False),
-        state_output_map=step_map("output_map", (s["name"] for s in specs)),
-        retrieve_state_input_map=step_map("input_map", (s["name"] for s in specs)),
+        state_inputs_unbatched=tensor_entries(specs),
         search_inputs=search_input_entries(ragged=False), search_inputs_ragged=search_input_entries(ragged=True),
         search_input_map=step_map("input_map", REQUEST_INPUT_NAMES),
     )
     repo.mkdir(parents=True, exist_ok=True)
     export = RepositoryExport(run, repo, version, values, specs, limits, grid)
-    for model in ("encode", "retrieve"):
-        export.python_model(model)
+    export.python_model("retrieve")
     if not in_process:
         runtime.export_scorer(export)
     export.version_dir("nann")

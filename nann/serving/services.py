@@ -28,38 +28,22 @@ def model_context(args: dict) -> tuple[Path, dict[str, str]]:
     return version_dir, params
 
 
-def check_state(state: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
-    """Refuse a user-state input that is missing (None: Triton lets a request of a model with optional inputs leave
-    out a required one), of the wrong shape or holding NaN/inf.
-
-    Only a client calling an internal model directly can send such state (Triton serves every model on the
-    same port); through the `nann` ensemble the state comes from `encode`.
-    """
-    for name, shape in shapes.items():
-        value = state.get(name)
-        if value is None:
-            raise RequestError(f"state input {name} is missing")
-        if value.shape != tuple(shape):
-            raise RequestError(f"state input {name} must have shape {list(shape)}, got {list(value.shape)}")
-        if not np.isfinite(value).all():
-            raise RequestError(f"state input {name} holds NaN or inf")
-
-
-# The models that run a scorer runtime: (intra_op_threads, spinning) of each (0 threads: one per physical core, the
-# runtime's default; docs/OPERATIONS.md "Runtime threads"). `encode` encodes one user at a time: one thread, not
+# The runtimes the models load: (intra_op_threads, spinning) of each (0 threads: one per physical core, the runtime's
+# default; docs/OPERATIONS.md "Runtime threads"). `retrieve`'s encoder encodes one user at a time: one thread, not
 # spinning, leaves the cores to the scorer. The `scorer` model's threads (behind BLS) spin for the next round, which
 # comes within a millisecond (1.2x the req/s of sleeping threads: perf/RESULTS.md "Serving parameters: spinning
 # (scorer)"). Inside `retrieve` the scorer shares the process with the walk: one thread (no pool, so `spinning` acts on
 # nothing) measured 1.36x the req/s of one per core at concurrency 16 (perf/RESULTS.md "Serving parameters:
 # intra_op_threads (retrieve)").
-RUNTIME_THREADS = {"encode": (1, False), "scorer": (0, True), "retrieve": (1, True)}
+RUNTIME_THREADS = {"encoder": (1, False), "scorer": (0, True), "retrieve": (1, True)}
 
 
-def runtime_options(params: dict[str, str]) -> dict:
+def runtime_options(params: dict[str, str], prefix: str = "") -> dict:
     """ModelRuntime's options from a model config's parameters: `backend`, `intra_op_threads` (0: one per physical
-    core, the runtime's default) and `spinning` ("true" / "false": whether idle runtime threads spin for more work)."""
-    return {"backend": params["backend"], "threads": int(params["intra_op_threads"]) or None,
-            "spinning": params["spinning"] == "true"}
+    core, the runtime's default) and `spinning` ("true" / "false": whether idle runtime threads spin for more work),
+    each name after `prefix` (`retrieve`'s encoder: "encoder_")."""
+    return {"backend": params[prefix + "backend"], "threads": int(params[prefix + "intra_op_threads"]) or None,
+            "spinning": params[prefix + "spinning"] == "true"}
 
 
 def stack_states(states: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -68,19 +52,11 @@ def stack_states(states: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarra
 
 
 class Encoded(NamedTuple):
-    """One request encoded: the `encode` model's outputs, each with a leading axis of 1."""
+    """One request's history encoded."""
 
-    state: dict[str, np.ndarray]  # the user-state tensors (user_encoder.onnx's outputs)
-    hist_ids: np.ndarray          # int64 [1, max_seq]: the kept behaviours' dense ids, -1 padding (the source of seeds)
-    dropped_ids: np.ndarray       # int32 [1, 1]: history ids the index does not know, dropped
-
-    @property
-    def dropped(self) -> int:
-        return int(self.dropped_ids[0, 0])
-
-    def outputs(self) -> dict[str, np.ndarray]:
-        """Every output by its name in the `encode` config."""
-        return {**self.state, "hist_ids": self.hist_ids, "dropped_ids": self.dropped_ids}
+    state: dict[str, np.ndarray]  # the user-state tensors (user_encoder.onnx's outputs), each with a leading axis of 1
+    hist_ids: np.ndarray          # int64 [≤ max_seq]: the kept behaviours' dense ids, oldest first (the seeds)
+    dropped: int                  # history ids the index does not know, dropped
 
 
 class RequestEncoder:
@@ -104,10 +80,7 @@ class RequestEncoder:
         the work is, stay batched.
         """
         dense, dropped = parse_history(raw_history, self.vocab.raw_to_dense, self.limits)
-        hist_ids = np.full((1, self.limits.max_seq), -1, dtype=np.int64)
-        hist_ids[0, :dense.size] = dense
-        return Encoded(self.runtime.encode([dense], length=self.limits.max_seq), hist_ids,
-                       np.array([[dropped]], dtype=np.int32))
+        return Encoded(self.runtime.encode([dense], length=self.limits.max_seq), dense, dropped)
 
 
 IN_PROCESS, BLS = "in-process", "bls"  # `retrieve`'s `scorer` parameter: where its scorer runs
@@ -126,8 +99,8 @@ class ScorerService:
         self.state_names = list(self.runtime.state_names)
 
     def scores_for(self, state: dict[str, np.ndarray]):
-        """The engine's score_fn(owner, ids) for the users of `state` (rows stacked by `stack_states`, already checked:
-        `retrieve` checks each request's, the offline engine encodes them), scored in this process."""
+        """The engine's score_fn(owner, ids) for the users of `state` (rows stacked by `stack_states`, from the encoder),
+        scored in this process."""
         return lambda owner, ids: self.runtime.score(state, owner, ids)
 
     def score(self, state: dict[str, np.ndarray], cand_ids: np.ndarray, owner: np.ndarray) -> np.ndarray:

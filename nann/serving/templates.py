@@ -26,12 +26,12 @@ def model_file(model: str) -> bytes:
     return templates().joinpath(model, "model.py").read_bytes()
 
 
-def tensor_entries(specs: list[dict], batched: bool, indent: str = "  ") -> str:
-    """config.pbtxt input / output entries of tensors [{"name", "dtype", "dims"}] (dims without the batch axis;
-    unbatched: with a leading -1)."""
+def tensor_entries(specs: list[dict], indent: str = "  ") -> str:
+    """config.pbtxt input entries of the user-state tensors [{"name", "dtype", "dims"}] (dims without the batch axis) for
+    a model without Triton's batching (`max_batch_size: 0`, the `scorer`): a leading -1 axis of rows."""
     lines = []
     for s in specs:
-        dims = s["dims"] if batched else [-1] + s["dims"]
+        dims = [-1] + s["dims"]
         lines.append(f'{indent}{{ name: "{s["name"]}" data_type: {TRITON_TYPES[s["dtype"]]} '
                      f'dims: [ {", ".join(str(d) for d in dims)} ] }}')
     return ",\n".join(lines)
