@@ -238,7 +238,7 @@ def scored_fraction(offline, encoded: list, params: SearchParams) -> float:
     graph = offline.service.graph
     state = stack_states([e.state for e in encoded])
     result = beam_search(graph, len(encoded), offline.scorer.scores_for(state), params, offline.service.grid,
-                         histories=[e.hist_ids[0] for e in encoded])
+                         histories=[e.hist_ids for e in encoded])
     return float(result.n_scored.mean()) / graph.num_items
 
 

@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -19,7 +20,9 @@ from nann.engine.grid import CandidateGrid
 from nann.errors import UserError
 from nann.scorers.tensorrt import fixed_sequence_axis, profile_shapes, scorer_config
 from nann.serving.export import MAX_BATCH, export_repository, state_specs
+from nann.serving.requests import ServingLimits
 from nann.serving.server import TRITONSERVER_ENV, TritonServer, make_backend_dir, pytriton_server_root
+from nann.serving.services import RequestEncoder
 
 GRID = CandidateGrid([1, 64, 128, 256])
 DTYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
@@ -103,10 +106,12 @@ def test_export_for_tensorrt_writes_plan_config_and_matching_grid(trt_export):
     assert json.loads(retrieve.parameters["grid"].string_value)["sizes"] == list(GRID.sizes) == \
         [p["cand_ids"][0][0] for p in profile_shapes(built["specs"], built["grid"], built["max_batch"])]
     assert built["max_batch"] == retrieve.max_batch_size
-    max_seq = trt_export.info["max_seq"]
-    sent = {t.name: [max_seq if d == -1 else d for d in t.dims]  # the user state retrieve passes on to scorer
-            for t in retrieve.input if t.data_type == model_config_pb2.TYPE_FP32}
-    assert {s["name"]: s["dims"] for s in built["specs"]} == sent
+    # the user state `retrieve`'s encoder passes on to the scorer: the plan's inputs, as the scorer's config names them
+    encoder = RequestEncoder(trt_export.run, ServingLimits(max_seq=trt_export.info["max_seq"]))
+    encoded = encoder.encode(np.zeros(0, np.int64))
+    planned = {s["name"]: s["dims"] for s in built["specs"]}
+    assert planned == {name: list(value.shape[1:]) for name, value in encoded.state.items()}
+    assert planned == {t.name: list(t.dims[1:]) for t in scorer.input if t.data_type == model_config_pb2.TYPE_FP32}
 
 
 def fake_triton_install(root: Path, backends: tuple[str, ...]) -> Path:
