@@ -87,7 +87,7 @@ def scale_for(items: int, quick: bool) -> Scale:
     return Scale(items=items, users=20_000, categories=500, test_users=1000, val_users=500,
                  train=["--epochs", "1", "--negatives", "20", "--max-samples", "200000", "--batch-size", "256",
                         "--eval-users", "100"],
-                 eval_users=300, brute_latency_users=20, hnsw_latency_users=30, served_users=60)
+                 eval_users=300, brute_latency_users=20, hnsw_latency_users=30, served_users=150)
 
 
 MODELS = {"nann": [], "sl2g": ["--fgsm-eps", "0"], "two_tower": ["--arch", "two-tower", "--fgsm-eps", "0"]}
@@ -309,7 +309,8 @@ def raw_test_histories(data: Path, n_users: int) -> list[np.ndarray]:
 # served_vs_offline alternates blocks of this many queries, each block after SETTLE_S of quiet and one untimed query:
 # after a call ONNX Runtime's thread pool (the offline engine's, in this process) spins for more work, one core busy
 # for 40-60 ms on a 2-core host (process CPU time in 10 ms slices after a call), so a served query started at once
-# shared the cores with it; within a block the queries run back to back, as a client's at concurrency 1 do.
+# shared the cores with it; within a block the queries run back to back, as a client's at concurrency 1 do. Which path
+# goes first alternates from block to block, so that neither always follows the other.
 LATENCY_BLOCK = 10
 SETTLE_S = 0.1
 
@@ -317,7 +318,7 @@ SETTLE_S = 0.1
 def served_vs_offline(run: Path, data: Path, server_url: str, n_users: int, k: int = TOP_M) -> dict:
     """Served latency at concurrency 1 (NannClient) vs the offline engine (OfflineRetriever, the same services
     the Triton models run), same users, alternating blocks of LATENCY_BLOCK queries of each; also checks the answers
-    agree."""
+    agree. `served_over_offline_paired`: the median over users of each user's served / offline time (the same walk)."""
     from nann_client import NannClient
 
     from nann.serving.requests import parse_search
@@ -334,8 +335,8 @@ def served_vs_offline(run: Path, data: Path, server_url: str, n_users: int, k: i
         for query in paths.values():  # warm-up (Numba, ORT sessions, gRPC channel)
             for h in histories[:3]:
                 query(h)
-        for s in range(0, len(histories), LATENCY_BLOCK):
-            for name, query in paths.items():
+        for block, s in enumerate(range(0, len(histories), LATENCY_BLOCK)):
+            for name, query in (list(paths.items()) if block % 2 == 0 else list(paths.items())[::-1]):
                 time.sleep(SETTLE_S)
                 query(histories[s])
                 for h in histories[s:s + LATENCY_BLOCK]:
@@ -347,6 +348,7 @@ def served_vs_offline(run: Path, data: Path, server_url: str, n_users: int, k: i
     return {"users": len(histories), "k": k, "served": s, "offline": o,
             "served_over_offline_median": s["latency_ms_median"] / o["latency_ms_median"],
             "served_over_offline_p99": s["latency_ms_p99"] / o["latency_ms_p99"],
+            "served_over_offline_paired": statistics.median(a / b for a, b in zip(seconds["served"], seconds["offline"])),
             "answer_overlap": float(statistics.mean(same))}
 
 

@@ -158,6 +158,12 @@ def placement_ratios(runs: dict[str, list[dict]]) -> list[dict]:
             for c, r in sorted(pairs.items())]
 
 
+def paired_ratio(run: dict) -> str:
+    """A served_vs_offline run's median of per-user served / offline times, for its line (older results lack it)."""
+    value = run.get("served_over_offline_paired")
+    return "" if value is None else f"; per user, paired: {value:.2f}x"
+
+
 def isolated(fn, *args):
     """fn(*args) in a fresh process (spawned): what earlier benchmarks leave in this one does not slow it down (the
     walk's rounds replayed after `scorer_bench` in the same process ran at 0.69 of its 8 x 2,000 calls, 0.93 in a
@@ -255,7 +261,7 @@ def markdown(results: list[dict], info: dict, command: str) -> str:
                          f"[{first['served_over_offline_median']:.2f}–{last['served_over_offline_median']:.2f}] "
                          f"(median run: {mid['served']['latency_ms_median']:.2f} ms vs "
                          f"{mid['offline']['latency_ms_median']:.2f} ms; p99 {mid['served']['latency_ms_p99']:.2f} vs "
-                         f"{mid['offline']['latency_ms_p99']:.2f} ms) |")
+                         f"{mid['offline']['latency_ms_p99']:.2f} ms{paired_ratio(mid)}) |")
         if "scorer" in res:
             lines += ["", "#### Scorer against this CPU's reference bound (perf/scorer_bench.py, same run)", "",
                       *scorer_bench.markdown(res["scorer"])]

@@ -57,6 +57,7 @@ def test_comparison_numbers(perf_quick):
         assert _finite(value) or (value is None and key.startswith("nann_recall_over_")), (key, value)
     (so,) = res["served_vs_offline"]  # one run in --quick (three in the full run)
     assert _finite(so["served_over_offline_median"]) and so["served"]["latency_queries"] > 0
+    assert _finite(so["served_over_offline_paired"])
     assert so["answer_overlap"] > 0.9   # the server and the offline engine run the same search
     scorer = res["scorer"]
     for backend in ("onnxruntime", "torch"):
