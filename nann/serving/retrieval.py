@@ -21,8 +21,8 @@ from nann.engine.grid import CandidateGrid
 from nann.engine.search import SearchParams, beam_search
 from nann.run_dir import RunDir
 from nann.serving.filters import NOTHING_BLOCKED, BlockedSet, DenseFilter, Eligibility
-from nann.serving.requests import (FILTER_INPUT_NAMES, NO_FILTERS, REQUEST_INPUT_NAMES, SEARCH_INPUT_NAMES,
-                                   FilterRequest, RequestError, ServingLimits, int_row, parse_filters, parse_search)
+from nann.serving.requests import (FILTER_INPUT_NAMES, NO_FILTERS, SEARCH_INPUT_NAMES, FilterRequest, RequestError,
+                                   ServingLimits, int_row, parse_filters, parse_search)
 from nann.serving.services import RUNTIME_THREADS, Encoded, RequestEncoder, ScorerService, stack_states
 
 ScoreFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
