@@ -29,33 +29,27 @@ def _serve_and_query(repo: Path, data: Path, run: Path) -> None:
     from nann_client import NannClient
 
     from nann.data.prepared import PreparedData
+    from nann.latency import alternating_latency
+    from nann.serving.requests import parse_search
     from nann.serving.retrieval import OfflineRetriever
     from nann.serving.server import TritonServer
-    from nann.serving.requests import parse_search
 
     prepared = PreparedData.load(str(data))
     test = prepared.test
     histories = [prepared.vocab.dense_to_raw(test.history(i)) for i in range(min(len(test), LATENCY_QUERIES))]
     offline = OfflineRetriever(run)
     params = parse_search(offline.limits, k=10)
-    offline_seconds = []
-    for h in histories:
-        t0 = time.perf_counter()
-        offline.retrieve([h], [params])
-        offline_seconds.append(time.perf_counter() - t0)
     print("== serve: starting tritonserver", file=sys.stderr)
     with TritonServer(repo) as server, NannClient(server.grpc_url) as client:
         print(f"   serving at {server.grpc_url}; info: {client.info()}", file=sys.stderr)
-        served_seconds = []
-        for i, h in enumerate(histories):
-            t0 = time.perf_counter()
+        for i, h in enumerate(histories[:QUERY_USERS]):
             result = client.retrieve(h, k=10)
-            served_seconds.append(time.perf_counter() - t0)
-            if i < QUERY_USERS:
-                print(f"user {test.user_ids[i]} (history of {len(h)} items, last {h[-3:].tolist()}): "
-                      f"top-5 {result.item_ids[:5].tolist()} scores {np.round(result.scores[:5].astype(float), 3).tolist()}")
-    served, off = statistics.median(served_seconds), statistics.median(offline_seconds)
-    print(f"served latency (concurrency 1, median of {len(histories)}): {served * 1000:.1f} ms; "
+            print(f"user {test.user_ids[i]} (history of {len(h)} items, last {h[-3:].tolist()}): "
+                  f"top-5 {result.item_ids[:5].tolist()} scores {np.round(result.scores[:5].astype(float), 3).tolist()}")
+        measured = alternating_latency({"served": lambda h: client.retrieve(h, k=10),
+                                        "offline": lambda h: offline.retrieve([h], [params])}, histories)
+    served, off = (statistics.median(measured[name][0]) for name in ("served", "offline"))
+    print(f"served latency (concurrency 1, median of {len(histories)}, in alternating blocks): {served * 1000:.1f} ms; "
           f"offline engine {off * 1000:.1f} ms; ratio {served / off:.2f}")
 
 

@@ -306,21 +306,14 @@ def raw_test_histories(data: Path, n_users: int) -> list[np.ndarray]:
     return [prepared.vocab.dense_to_raw(test.history(i)) for i in range(min(n_users, len(test)))]
 
 
-# served_vs_offline alternates blocks of this many queries, each block after SETTLE_S of quiet and one untimed query:
-# after a call ONNX Runtime's thread pool (the offline engine's, in this process) spins for more work, one core busy
-# for 40-60 ms on a 2-core host (process CPU time in 10 ms slices after a call), so a served query started at once
-# shared the cores with it; within a block the queries run back to back, as a client's at concurrency 1 do. Which path
-# goes first alternates from block to block, so that neither always follows the other.
-LATENCY_BLOCK = 10
-SETTLE_S = 0.1
-
-
 def served_vs_offline(run: Path, data: Path, server_url: str, n_users: int, k: int = TOP_M) -> dict:
     """Served latency at concurrency 1 (NannClient) vs the offline engine (OfflineRetriever, the same services
-    the Triton models run), same users, alternating blocks of LATENCY_BLOCK queries of each; also checks the answers
-    agree. `served_over_offline_paired`: the median over users of each user's served / offline time (the same walk)."""
+    the Triton models run), same users, in alternating blocks (`nann.latency.alternating_latency`); also checks the
+    answers agree. `served_over_offline_paired`: the median over users of each user's served / offline time (the same
+    walk)."""
     from nann_client import NannClient
 
+    from nann.latency import alternating_latency
     from nann.serving.requests import parse_search
     from nann.serving.retrieval import OfflineRetriever
 
@@ -328,21 +321,10 @@ def served_vs_offline(run: Path, data: Path, server_url: str, n_users: int, k: i
     offline = OfflineRetriever(run)
     params = parse_search(offline.limits, k=k)
     with NannClient(server_url, timeout=60) as client:
-        paths = {"served": lambda h: client.retrieve(h, k=k).item_ids,
-                 "offline": lambda h: offline.retrieve([h], [params])[0].item_ids}
-        seconds = {name: [] for name in paths}
-        answers = {name: [] for name in paths}
-        for query in paths.values():  # warm-up (Numba, ORT sessions, gRPC channel)
-            for h in histories[:3]:
-                query(h)
-        for block, s in enumerate(range(0, len(histories), LATENCY_BLOCK)):
-            for name, query in (list(paths.items()) if block % 2 == 0 else list(paths.items())[::-1]):
-                time.sleep(SETTLE_S)
-                query(histories[s])
-                for h in histories[s:s + LATENCY_BLOCK]:
-                    t0 = time.perf_counter()
-                    answers[name].append(query(h))
-                    seconds[name].append(time.perf_counter() - t0)
+        measured = alternating_latency({"served": lambda h: client.retrieve(h, k=k).item_ids,
+                                        "offline": lambda h: offline.retrieve([h], [params])[0].item_ids}, histories)
+    seconds = {name: times for name, (times, _) in measured.items()}
+    answers = {name: got for name, (_, got) in measured.items()}
     same = [len(np.intersect1d(o, v)) / max(1, len(o)) for o, v in zip(answers["offline"], answers["served"])]
     s, o = _lat(seconds["served"]), _lat(seconds["offline"])
     return {"users": len(histories), "k": k, "served": s, "offline": o,
