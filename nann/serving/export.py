@@ -243,7 +243,7 @@ def export_repository(run_dir: Path, repo: Path, scorer: str = "auto", limits: S
     }
     values = dict(
         max_batch=MAX_BATCH, retrieve_queue_delay_us=QUEUE_DELAY_US["retrieve"],
-        retrieve_instances=RETRIEVE_INSTANCES, max_seq=limits.max_seq, emb_dim=emb_dim,
+        retrieve_instances=RETRIEVE_INSTANCES,
         env_path=pbtxt_string(env_path or sys.prefix),
         encoder_runtime=parameters(runtime_parameters("encoder", runtime.encoder_runtime, "encoder_")),
         scorer_runtime=parameters(runtime_parameters("scorer", runtime.name)),

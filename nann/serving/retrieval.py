@@ -81,8 +81,8 @@ class RetrieveService:
         history or categories it refuses); `exclude_history` takes every known id of the raw history, not only the
         max_seq behaviours the model sees."""
         encoded = self.encoder.encode(history)
-        raw = int_row(HISTORY, history) if filters.exclude_history else np.zeros(0, np.int64)
-        excluded = self.eligibility.vocab.raw_to_dense(raw)
+        excluded = (self.eligibility.vocab.raw_to_dense(int_row(HISTORY, history)) if filters.exclude_history
+                    else np.zeros(0, np.int64))
         return RetrieveRequest(params, encoded, self.eligibility.dense(filters, excluded))
 
     def retrieve(self, requests: Sequence[RetrieveRequest], scores_for: ScoresFor,

@@ -26,12 +26,12 @@ def model_file(model: str) -> bytes:
     return templates().joinpath(model, "model.py").read_bytes()
 
 
-def tensor_entries(specs: list[dict], indent: str = "  ") -> str:
+def tensor_entries(specs: list[dict]) -> str:
     """config.pbtxt input entries of the user-state tensors [{"name", "dtype", "dims"}] (dims without the batch axis) for
     a model without Triton's batching (`max_batch_size: 0`, the `scorer`): a leading -1 axis of rows."""
     lines = []
     for s in specs:
         dims = [-1] + s["dims"]
-        lines.append(f'{indent}{{ name: "{s["name"]}" data_type: {TRITON_TYPES[s["dtype"]]} '
+        lines.append(f'  {{ name: "{s["name"]}" data_type: {TRITON_TYPES[s["dtype"]]} '
                      f'dims: [ {", ".join(str(d) for d in dims)} ] }}')
     return ",\n".join(lines)
