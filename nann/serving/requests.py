@@ -294,10 +294,16 @@ def parse_search(limits: ServingLimits, **inputs) -> SearchParams:
     unexpected = sorted(set(inputs) - set(SEARCH_INPUT_NAMES))
     if unexpected:
         raise TypeError(f"unexpected search inputs {unexpected} (known: {', '.join(SEARCH_INPUT_NAMES)})")
-    fields = {s.field: s.read(s.name, inputs.get(s.name), limits) for s in SEARCH_INPUTS}
+    fields = {s.field: s.read(s.name, value, limits) if _sent(value) else limits.default(s.name)
+              for s in SEARCH_INPUTS for value in (inputs.get(s.name),)}  # the defaults were checked with the limits
     layers = {s.name: len(fields[s.field]) for s in SEARCH_INPUTS if s.dims == -1}
     if len(set(layers.values())) > 1:
         raise RequestError(f"{' and '.join(layers)} need one value per layer each, got "
                            f"{' and '.join(map(str, layers.values()))} (send {'both' if len(layers) == 2 else 'all'}, "
                            f"top layer first; the defaults have {len(limits.default(next(iter(layers))))} layers)")
     return SearchParams(**fields)
+
+
+def _sent(value) -> bool:
+    """Whether an optional input carries a value (None, or an empty tensor, means the default)."""
+    return value is not None and np.asarray(value).size > 0
