@@ -3,7 +3,8 @@ engine: `nann demo`, `nann perf`)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 # Queries run in alternating blocks of this many, each block after SETTLE_S of quiet and one untimed query: after a
 # call ONNX Runtime's thread pool (the offline engine's, in the measuring process) spins for more work, one core busy
@@ -15,9 +16,13 @@ SETTLE_S = 0.1
 WARM_UP = 3  # queries each path answers before any is timed (Numba, runtime sessions, gRPC channel, page cache)
 
 
-def alternating_latency(paths: Mapping[str, Callable[[Any], Any]], queries: Sequence[Any],
-                        block: int = LATENCY_BLOCK) -> dict[str, tuple[list[float], list[Any]]]:
-    """Each path's (seconds, answers), one of each per query in `queries`' order: every path answers every query."""
+def alternating_latency(paths: Mapping[str, Callable[[Any], Any]], queries: Sequence[Any], block: int = LATENCY_BLOCK,
+                        around: Mapping[str, Callable[[], ContextManager]] | None = None,
+                        ) -> dict[str, tuple[list[float], list[Any]]]:
+    """Each path's (seconds, answers), one of each per query in `queries`' order: every path answers every query.
+    `around[name]()`: a context entered around each of that path's timed blocks and nothing else (e.g. reading a
+    server's statistics before and after the timed queries only)."""
+    around = around or {}
     for answer in paths.values():
         for query in queries[:WARM_UP]:
             answer(query)
@@ -27,8 +32,9 @@ def alternating_latency(paths: Mapping[str, Callable[[Any], Any]], queries: Sequ
             answer, (seconds, answers) = paths[name], measured[name]
             time.sleep(SETTLE_S)
             answer(queries[start])
-            for query in queries[start:start + block]:
-                t0 = time.perf_counter()
-                answers.append(answer(query))
-                seconds.append(time.perf_counter() - t0)
+            with around.get(name, nullcontext)():
+                for query in queries[start:start + block]:
+                    t0 = time.perf_counter()
+                    answers.append(answer(query))
+                    seconds.append(time.perf_counter() - t0)
     return measured

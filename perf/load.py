@@ -161,22 +161,28 @@ def without_dynamic_batching(repo: str | Path, dst: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- statistics
+COMPUTE_PARTS = ("compute_input", "compute_infer", "compute_output")
+
+
 def model_stats(http_url: str) -> dict[str, dict]:
-    """Triton's cumulative per-model statistics: {model: {inferences, executions, queue_ns, compute_ns}}."""
+    """Triton's cumulative per-model statistics, versions summed: {model: {inferences, executions, success,
+    success_ns (request start to end, the model's whole time in the server), queue_ns, compute_ns, and each of
+    COMPUTE_PARTS + "_ns"}}."""
     with urllib.request.urlopen(f"{http_url}/v2/models/stats", timeout=10) as r:
         data = json.loads(r.read())
     out = {}
     for m in data.get("model_stats", []):
         s = m.get("inference_stats", {})
-        key = m["name"]
-        prev = out.get(key, {"inferences": 0, "executions": 0, "queue_ns": 0, "compute_ns": 0, "success": 0})
+        prev = out.setdefault(m["name"], {"inferences": 0, "executions": 0, "success": 0, "success_ns": 0,
+                                          "queue_ns": 0, "compute_ns": 0, **{f"{k}_ns": 0 for k in COMPUTE_PARTS}})
         prev["inferences"] += int(m.get("inference_count", 0))
         prev["executions"] += int(m.get("execution_count", 0))
         prev["success"] += int(s.get("success", {}).get("count", 0))
+        prev["success_ns"] += int(s.get("success", {}).get("ns", 0))
         prev["queue_ns"] += int(s.get("queue", {}).get("ns", 0))
-        prev["compute_ns"] += sum(int(s.get(k, {}).get("ns", 0))
-                                  for k in ("compute_input", "compute_infer", "compute_output"))
-        out[key] = prev
+        for k in COMPUTE_PARTS:
+            prev[f"{k}_ns"] += int(s.get(k, {}).get("ns", 0))
+            prev["compute_ns"] += int(s.get(k, {}).get("ns", 0))
     return out
 
 

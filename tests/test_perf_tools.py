@@ -199,6 +199,29 @@ def test_bls_floor_runs_against_a_real_server(capsys):
     assert len(rows) == 2 and all(float(r.split("|")[3].split()[0]) > 0 for r in rows)
 
 
+@pytest.mark.serving
+@pytest.mark.timeout(600)
+def test_served_overhead_splits_the_served_time_of_the_same_requests(tiny_run, tmp_path):
+    """Triton's statistics cover exactly the timed requests: the client's time holds the ensemble's, which holds
+    `retrieve`'s, which holds its execute; the offline engine's parts add up to its time."""
+    from perf import served_overhead
+    from perf.compare import raw_test_histories
+
+    from nann.serving.export import export_repository
+
+    repo = tmp_path / "repo"
+    export_repository(tiny_run.run, repo, scorer="onnxruntime")
+    histories = raw_test_histories(tiny_run.data, 12)
+    m = served_overhead.measure_once(repo, tiny_run.run, histories)
+    assert m["timed"] == m["served_requests"] == 12 and m["same_answers"] == 1.0
+    assert m["served_ms"] > m["nann_in_server_ms"] >= m["retrieve_in_server_ms"] >= m["retrieve_execute_ms"] > 0
+    assert m["encode_ms"] > 0 and m["walk_ms"] > 0 and m["encode_ms"] + m["walk_ms"] <= m["offline_ms"]
+    text = served_overhead.markdown([m, m], 12, "python -m perf.served_overhead", {
+        "nproc": 2, "cpu": "x", "date": "d", "git_describe": "g", "loadavg_at_start": None})
+    assert f"| served end to end (NannClient, gRPC) | {m['served_ms']:.2f} [{m['served_ms']:.2f}–" in text
+    assert f"mean latency **{m['served_ms'] / m['offline_ms']:.2f}**" in text
+
+
 def test_placement_ratios_pair_each_repeat_and_concurrency():
     """In-process / BLS req/s are taken per alternating pair (same repeat), never across repeats."""
     from perf.run import median_rows, placement_markdown, placement_ratios
