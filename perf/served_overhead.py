@@ -123,16 +123,18 @@ def measure_once(repo: Path, run: Path, histories: list[np.ndarray]) -> dict:
     }
 
 
-# (label, how it is derived from one repeat's measurement), in the order of the table
+# (label, how it is derived from one repeat's measurement), in the order of the table; "· " marks a part of the
+# row above
 ROWS = (
     ("served end to end (NannClient, gRPC)", lambda m: m["served_ms"]),
-    ("  client and gRPC: served − `nann`'s time in the server", lambda m: m["served_ms"] - m["nann_in_server_ms"]),
-    ("  Triton around `retrieve`: `nann`'s time − `retrieve`'s", lambda m: m["nann_in_server_ms"] - m["retrieve_in_server_ms"]),
-    ("  `retrieve`'s queue, inputs and outputs", lambda m: m["retrieve_in_server_ms"] - m["retrieve_execute_ms"]),
-    ("  `retrieve`'s execute (stub hand-off, request, encoding, walk, response)", lambda m: m["retrieve_execute_ms"]),
+    ("· client and gRPC: served − `nann`'s time in the server", lambda m: m["served_ms"] - m["nann_in_server_ms"]),
+    ("· Triton around `retrieve`: `nann`'s time − `retrieve`'s",
+     lambda m: m["nann_in_server_ms"] - m["retrieve_in_server_ms"]),
+    ("· `retrieve`'s queue, inputs and outputs", lambda m: m["retrieve_in_server_ms"] - m["retrieve_execute_ms"]),
+    ("· `retrieve`'s execute (stub hand-off, request, encoding, walk, response)", lambda m: m["retrieve_execute_ms"]),
     ("offline engine (the same request in this process)", lambda m: m["offline_ms"]),
-    ("  encoding (`RetrieveService.request`)", lambda m: m["encode_ms"]),
-    ("  walk (`RetrieveService.retrieve`)", lambda m: m["walk_ms"]),
+    ("· encoding (`RetrieveService.request`)", lambda m: m["encode_ms"]),
+    ("· walk (`RetrieveService.retrieve`)", lambda m: m["walk_ms"]),
     ("`retrieve`'s execute − offline engine", lambda m: m["retrieve_execute_ms"] - m["offline_ms"]),
     ("served − offline", lambda m: m["served_ms"] - m["offline_ms"]),
     ("a gRPC call doing nothing (`is_server_live`)", lambda m: m["nothing_ms"]),
