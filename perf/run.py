@@ -100,8 +100,8 @@ def _serve_and_load(res: dict, out: Path, tag: str, quick: bool, skip_load: bool
             res["load"] = {"skipped": str(e)}
             print(f"[perf] load test skipped: {e}", file=sys.stderr)
     res["served_vs_offline"] = []
-    for _ in range(1 if quick else SERVED_REPEATS):  # a fresh server each: where one lands (memory, cores) differs
-        with TritonServer(repo) as server:           # from start to start, so repeats on one server are one sample
+    for _ in range(1 if quick else SERVED_REPEATS):  # a fresh server each, so that the repeats also sample where a
+        with TritonServer(repo) as server:           # server lands (memory, cores), which differs from start to start
             print(f"[perf] serving {repo} at {server.grpc_url}", file=sys.stderr)
             res["served_vs_offline"].append(isolated(served_vs_offline, Path(paths["nann"]), Path(paths["data"]),
                                                      server.grpc_url, sc.served_users))

@@ -3,8 +3,8 @@
     python -m perf.served_overhead --run RUN --data DATA [--users 100] [--repeats 3] [--no-results-md]
 
 Exports RUN (the scorer inside `retrieve`, as `nann export` does) into a throwaway repository; each repeat starts a
-fresh tritonserver (where a server lands in memory and on the cores differs from start to start, so repeats on one
-server are not independent) and times, in alternating blocks on the same test users (`nann.latency`):
+fresh tritonserver (where a server lands in memory and on the cores differs from start to start: the repeats sample
+that too) and times, in alternating blocks on the same test users (`nann.latency`):
 
 - served: `NannClient.retrieve` over gRPC, with Triton's statistics of `nann` and `retrieve` read before and after
   each timed block, so that they cover exactly the timed requests;
