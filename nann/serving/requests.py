@@ -52,7 +52,7 @@ class ServingLimits:
         object.__setattr__(self, "maxima", {name: int(given.get(name, t.served_max)) for name, t in _BOUNDED.items()})
         for spec in SEARCH_INPUTS:
             try:
-                spec.read(spec.name, None, self)
+                spec.read(spec.name, self.default(spec.name), self)
             except RequestError as e:
                 raise ValueError(f"default_{spec.name}: {e}") from None
         if self.unknown_ids not in UNKNOWN_ID_POLICIES:
@@ -161,12 +161,15 @@ def parse_history(raw_history: np.ndarray, raw_to_dense, limits: ServingLimits) 
 Reader = Callable[[str, Any, ServingLimits], Any]
 
 
+def _sent(value) -> bool:
+    """Whether an optional input carries a value (None, or an empty tensor, means not sent)."""
+    return value is not None and np.asarray(value).size > 0
+
+
 def _bounded(low: int, note: str = "") -> Reader:
-    """One integer in [low, limits.maximum(NAME)]; limits.default(NAME) when not sent."""
+    """One integer in [low, limits.maximum(NAME)]."""
     def read(name: str, value, limits: ServingLimits) -> int:
         high = limits.maximum(name)
-        if value is None or np.asarray(value).size == 0:
-            value = limits.default(name)
         row = int_row(name, value)
         if row.size != 1:
             raise RequestError(f"{name} must be a single value, got {row.size}")
@@ -177,11 +180,10 @@ def _bounded(low: int, note: str = "") -> Reader:
 
 
 def _per_layer(low: int) -> Reader:
-    """One integer per layer (top first; 1 … MAX_LAYERS of them, limits.default(NAME) when not sent), each in
-    [low, limits.maximum(NAME)]."""
+    """One integer per layer (top first; 1 … MAX_LAYERS of them), each in [low, limits.maximum(NAME)]."""
     def read(name: str, value, limits: ServingLimits) -> tuple[int, ...]:
-        default, high = limits.default(name), limits.maximum(name)
-        row = int_row(name, default if value is None or np.asarray(value).size == 0 else value)
+        high = limits.maximum(name)
+        row = int_row(name, value)
         if not 1 <= row.size <= MAX_LAYERS:
             raise RequestError(f"{name} needs 1 to {MAX_LAYERS} values (one per layer, top first), got {row.size}")
         if row.min() < low or row.max() > high:
@@ -194,8 +196,8 @@ def _per_layer(low: int) -> Reader:
 class SearchInput:
     """An optional per-request input of the `nann` ensemble carrying one search tunable, passed through to `retrieve`.
 
-    read(name, value or None when not sent, limits) → the value of SearchParams' `field`, refusing bad input
-    with RequestError; dims are Triton's (1: one value, -1: a list)."""
+    read(name, value sent, limits) → the value of SearchParams' `field`, refusing bad input with RequestError
+    (`parse_search` gives an input not sent the limits' default); dims are Triton's (1: one value, -1: a list)."""
 
     name: str
     field: str
@@ -221,7 +223,7 @@ _BOUNDED = {t.name: t for t in TUNABLES if t.served_max is not None}  # the othe
 def _ids(what: str) -> Reader:
     """A list of raw ids (int64), at most limits.max_NAME of them; empty when not sent."""
     def read(name: str, value, limits: ServingLimits) -> np.ndarray:
-        if value is None or np.asarray(value).size == 0:
+        if not _sent(value):
             return np.zeros(0, dtype=np.int64)
         return bounded_ids(name, value, getattr(limits, f"max_{name}"), what)
     return read
@@ -229,7 +231,7 @@ def _ids(what: str) -> Reader:
 
 def _flag(name: str, value, limits: ServingLimits) -> bool:
     """One boolean (BOOL, or an integer 0 / 1); False when not sent."""
-    if value is None or np.asarray(value).size == 0:
+    if not _sent(value):
         return False
     row = _one_row(name, np.asarray(value))
     if row.size != 1:
@@ -242,7 +244,8 @@ def _flag(name: str, value, limits: ServingLimits) -> bool:
 @dataclass(frozen=True)
 class FilterInput:
     """An optional per-request input of the `nann` ensemble saying which items the request may not get (data, not a
-    search parameter), passed through to `retrieve`. read as for SearchInput; a list input (dims -1) is bounded by
+    search parameter), passed through to `retrieve`. read(name, value or None when not sent, limits) → the filter
+    (nothing filtered when not sent), refusing bad input with RequestError; a list input (dims -1) is bounded by
     limits.max_NAME, published in `nann_info`."""
 
     name: str
@@ -302,8 +305,3 @@ def parse_search(limits: ServingLimits, **inputs) -> SearchParams:
                            f"{' and '.join(map(str, layers.values()))} (send {'both' if len(layers) == 2 else 'all'}, "
                            f"top layer first; the defaults have {len(limits.default(next(iter(layers))))} layers)")
     return SearchParams(**fields)
-
-
-def _sent(value) -> bool:
-    """Whether an optional input carries a value (None, or an empty tensor, means the default)."""
-    return value is not None and np.asarray(value).size > 0
